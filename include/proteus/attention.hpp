@@ -1,0 +1,39 @@
+// Stage 6b: attention of every active (head, row) over its shortlist, as a team kernel: one team
+// per block of active rows of one head; K/V tiles of the rows' local windows pass through team
+// scratch, anchors and DNA candidates are gathered; softmax is online (running max and sum), so
+// memory stays O(tile), never O(T^2). Dense causal attention is the same kernel with a window
+// that covers the whole prefix.
+#pragma once
+
+#include "proteus/shortlist.hpp"
+#include "proteus/types.hpp"
+
+namespace proteus {
+
+// Active rows grouped by head: rows are sorted by (batch*head, token).
+struct ActiveRows {
+  IndexVector head;          // [rows] batch*heads index
+  Kokkos::View<long*, MemSpace> token;   // [rows] row index within the call (0..T-1)
+  Kokkos::View<long*, MemSpace> head_start;  // [B*H + 1] first row of each head
+  Kokkos::View<long*, MemSpace> block_start; // [blocks + 1] first row of each block
+  long rows = 0;
+  long blocks = 0;
+};
+
+inline constexpr int attention_block_rows = 32;
+
+// Rows of tokens t in [row_begin, row_end) with head_mask(b*T + t, h) set, or with keep set
+// for every head when all_heads is true (the dense path ignores the head mask).
+ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_mask,
+                               MaskVector const& keep, bool all_heads, int batch, long tokens,
+                               long row_begin, long row_end);
+
+// ctx [B*T x E]: rows of active (head, token) get softmax(q k^T / sqrt(D)) v over the
+// shortlist of `plan`; all other entries are left untouched (callers zero ctx first).
+// candidate_count [rows] (optional, may be empty) receives each row's candidate count.
+void attend(ExecSpace const& space, ShortlistPlan const& plan, HeadTensor const& q,
+            HeadTensor const& k, HeadTensor const& v, ActiveRows const& rows,
+            CandidateLists const& dna_lists, int heads, TokenMatrix const& ctx,
+            Kokkos::View<int*, MemSpace> const& candidate_count);
+
+}  // namespace proteus

@@ -1,0 +1,55 @@
+// Stage 2: DNA, one prototype vector per gate, blended with the router (hybrid routing), and the
+// EMA update of the prototypes after a forward pass.
+#pragma once
+
+#include <string>
+
+#include "proteus/config.hpp"
+#include "proteus/types.hpp"
+
+namespace proteus {
+
+struct DnaState {
+  GateByEmbed prototypes;  // [G x E]
+  GateVector usage;        // [G] decayed token mass routed to each gate
+  GateVector confidence;   // [G] decayed count of updates of each gate
+
+  static DnaState allocate(int num_gates, int embed_dim, std::string const& label = "dna");
+  // prototypes = N(0, 1) * scale from the counter-based generator; usage = confidence = 0.
+  void initialise(ExecSpace const& space, std::uint64_t seed, float scale) const;
+  DnaState clone(ExecSpace const& space) const;
+};
+
+// Per-token routing outputs of stage 2 and 3.
+struct Routing {
+  GateMatrix gate_probs;   // [N x G] blended distribution over gates
+  TokenVector salience;    // [N] s_max = max_g cos(x, P_g) (0 without DNA)
+  TokenVector beta;        // [N] blend strength
+  TokenVector importance;  // [N] (1 - beta) max_g gate_probs + beta s_max
+
+  static Routing allocate(int tokens, int num_gates);
+};
+
+// sim [N x G] = cos(x[t], P[g]) with norms clamped at 1e-6.
+void dna_similarity(ExecSpace const& space, TokenMatrix const& x, GateByEmbed const& prototypes,
+                    GateMatrix const& sim);
+
+// Blends router_probs with the prototype distribution (SPEC stage 2, steps 2-4) and computes
+// salience, beta and importance. Without DNA (cfg.dna_enable false) gate_probs = router_probs.
+void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs,
+                  GateMatrix const& sim, DnaState const& dna, Routing const& out);
+
+// Sufficient statistics of one EMA step: count[g] = sum_t p[t,g], sums[g,:] = sum_t p[t,g] x[t].
+struct DnaStatistics {
+  Kokkos::View<double*, MemSpace> count;                       // [G]
+  Kokkos::View<double**, Kokkos::LayoutRight, MemSpace> sums;  // [G x E]
+  static DnaStatistics allocate(int num_gates, int embed_dim);
+};
+void dna_statistics(ExecSpace const& space, TokenMatrix const& x, GateMatrix const& gate_probs,
+                    DnaStatistics const& stats);
+// P[g] = d P[g] + (1-d) sums[g]/count[g] for count > 1e-6; usage, confidence decay and grow.
+// Returns the number of gates updated.
+int dna_ema_update(ExecSpace const& space, float decay, DnaStatistics const& stats,
+                   DnaState const& dna);
+
+}  // namespace proteus

@@ -1,0 +1,24 @@
+// The project's one exception type. It carries where the problem is (file, line, key, argument or
+// tensor name) so that a driver can print one line a user can act on.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace proteus {
+
+class Error : public std::runtime_error {
+ public:
+  explicit Error(std::string const& message) : std::runtime_error(message) {}
+};
+
+// "what: detail" with an optional location prefix, e.g. "deck.in:12: [model] embed_dim: ...".
+[[noreturn]] inline void fail(std::string const& where, std::string const& what) {
+  throw Error(where.empty() ? what : where + ": " + what);
+}
+
+inline void require(bool ok, std::string const& where, std::string const& what) {
+  if (!ok) fail(where, what);
+}
+
+}  // namespace proteus

@@ -1,0 +1,68 @@
+// Stages 3 and 4: token sparsity from importance, gates mapped to heads, head count K and the
+// per-token choice of active heads.
+#pragma once
+
+#include <vector>
+
+#include "proteus/config.hpp"
+#include "proteus/types.hpp"
+
+namespace proteus {
+
+// r(T, alpha) = (1 - alpha) r0 + alpha r_lin(T), r_lin = r0 sqrt(ref / T) clamped to [min_ratio, r0].
+double token_keep_ratio(Config const& cfg, long tokens, double alpha);
+
+// Number of tokens kept per batch row: max(round(r T), keep_min, guard), at most T.
+long tokens_to_keep(Config const& cfg, long tokens, double alpha);
+
+// keep [B*T]: 1 for the kept tokens of each batch row: the top-n by importance (ties: lower
+// position first), every token with importance >= threshold (if > 0), and the first `guard`
+// tokens. With token sparsity off every token is kept. Returns the total number kept.
+long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance,
+                   int batch, long tokens, double alpha, MaskVector const& keep);
+
+// head_probs[t, h] = sum of gate_probs[t, g] over the gates g with gate_to_head[g] == h.
+void head_probabilities(ExecSpace const& space, GateMatrix const& gate_probs,
+                        IndexVector const& gate_to_head, GateMatrix const& head_probs);
+
+// K before the nucleus rule: heads_active_max for T <= seq_low, heads_active_min for
+// T >= seq_high, floor(kmax - ((T - seq_low) / (seq_high - seq_low))^curve (kmax - kmin)) between.
+int heads_for_length(Config const& cfg, long tokens);
+
+// Nucleus count on the mean head probabilities (sorted descending): #(cumsum < p total) + 1.
+int nucleus_head_count(std::vector<double> const& mean_head_probs, double top_p);
+
+struct HeadCount {
+  int k = 0;           // heads per token used
+  int adaptive = 0;    // K from the length schedule and the nucleus rule
+  int by_length = 0;   // K from the length schedule alone
+  int nucleus = 0;     // nucleus count (0 when off)
+};
+// SPEC stage 4: K = round((1 - alpha) K_adaptive + alpha K_linear), with the nucleus rule.
+HeadCount choose_head_count(ExecSpace const& space, Config const& cfg, long tokens, double alpha,
+                            GateMatrix const& head_probs);
+
+// head_mask[t, h] = 1 for the top-k heads of token t by head_probs (ties: lower head first),
+// only where keep[t] is set. With cfg.nucleus_per_token, k is chosen per token by the rule of
+// choose_head_count applied to that token's own head probabilities (hc.by_length caps it);
+// otherwise k = hc.k for every token. Returns the number of active (token, head) pairs.
+long select_heads(ExecSpace const& space, Config const& cfg, GateMatrix const& head_probs,
+                  HeadCount const& hc, double alpha, MaskVector const& keep,
+                  MaskMatrix const& head_mask);
+
+// The head count of the SPEC rule for one nucleus count n (n = 0: nucleus off).
+KOKKOS_INLINE_FUNCTION int mixed_head_count(int by_length, int kmin, int nucleus, int linear_head_k,
+                                            double alpha) {
+  int adaptive = by_length;
+  if (nucleus > 0) {
+    int const n = nucleus < by_length ? nucleus : by_length;
+    adaptive = kmin > n ? kmin : n;
+  }
+  int const lin = linear_head_k < adaptive ? linear_head_k : adaptive;
+  int const linear_k = lin > 1 ? lin : 1;
+  int mixed = static_cast<int>((1.0 - alpha) * adaptive + alpha * linear_k + 0.5);
+  mixed = mixed > 1 ? mixed : 1;
+  return adaptive < mixed ? adaptive : mixed;
+}
+
+}  // namespace proteus

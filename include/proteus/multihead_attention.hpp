@@ -1,0 +1,98 @@
+// The drop-in module: proteus::CausalGeneticMultiheadAttention mirrors torch.nn.MultiheadAttention
+// (embed_dim, num_heads, batch_first; forward(query, key, value, key_padding_mask, need_weights,
+// attn_mask)) for causal self-attention, and runs the Proteus stages in order:
+// router -> DNA blend -> token sparsity -> gates to heads -> Q/K/V + RoPE -> shortlist attention
+// -> output projection -> DNA EMA update.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "proteus/config.hpp"
+#include "proteus/dna.hpp"
+#include "proteus/projection.hpp"
+#include "proteus/shortlist.hpp"
+#include "proteus/types.hpp"
+
+namespace proteus {
+
+// What one forward did (SPEC stage 7's statistics).
+struct ForwardStats {
+  long batch = 0, tokens = 0;
+  double alpha = 0.0;
+  std::string mode;        // "dense" or "shortlist"
+  ShortlistPlan plan;
+  int heads_k = 0, heads_adaptive = 0, heads_by_length = 0, heads_nucleus = 0;
+  long tokens_kept = 0;
+  long active_rows = 0;
+  double mean_active_heads = 0.0;  // active heads per kept token
+  double density = 0.0;            // active (token, head) pairs / (H * kept tokens)
+  int distinct_heads = 0;
+  double router_entropy = 0.0;     // mean over tokens of -sum_g p log p (blended gates)
+  double mean_salience = 0.0, mean_beta = 0.0;
+  long tokens_caught = 0;          // tokens with beta > 0
+  int gates_updated = 0;
+  double mean_candidates = 0.0;    // mean shortlist size over active rows
+};
+
+// Options of the token-level entry point (used by the drop-in forward and the pipelines).
+struct RunOptions {
+  long row_begin = 0;   // only rows in [row_begin, row_end) are attended (others output bias)
+  long row_end = -1;    // -1: all rows
+  std::optional<bool> update_dna;  // default: Config::dna_update
+};
+
+// Routing of a block of tokens without attention (what the chunk pipeline scores with).
+struct RoutingResult {
+  Routing routing;
+  MaskVector keep;   // [N] token keep mask
+  double alpha = 0.0;
+  long tokens_kept = 0;
+};
+
+class CausalGeneticMultiheadAttention {
+ public:
+  using PaddingMask = Kokkos::View<std::uint8_t**, Kokkos::LayoutRight, MemSpace>;  // [B x T], 1 = pad
+  using AttnMask = Kokkos::View<std::uint8_t**, Kokkos::LayoutRight, MemSpace>;     // [T x T], 1 = masked
+
+  CausalGeneticMultiheadAttention(int embed_dim, int num_heads, bool batch_first = true,
+                                  Config config = {});
+  explicit CausalGeneticMultiheadAttention(Config const& config);
+
+  // query/key/value: [B, T, E] (batch_first) or [T, B, E]. Self-attention only: key and value
+  // must be the query itself (or empty). attn_mask, if given, must be the standard causal mask.
+  // key_padding_mask zeroes padded tokens' inputs and outputs. need_weights returns statistics
+  // (weights of a sparse attention over the whole sequence are not materialised).
+  std::pair<BatchTensor, std::optional<ForwardStats>> forward(
+      ExecSpace const& space, BatchTensor const& query, BatchTensor const& key = {},
+      BatchTensor const& value = {}, PaddingMask const& key_padding_mask = {},
+      bool need_weights = false, AttnMask const& attn_mask = {});
+
+  // Token-level forward: x [B*T x E] (batch rows stacked), positions [B*T] original positions,
+  // y [B*T x E] written.
+  ForwardStats run(ExecSpace const& space, TokenMatrix const& x, int batch,
+                   PositionVector const& positions, TokenMatrix const& y, RunOptions const& options = {});
+
+  // Stages 1-3 only: routing and token keep mask of x [B*T x E] with the current DNA.
+  RoutingResult route(ExecSpace const& space, TokenMatrix const& x, int batch) const;
+
+  Config const& config() const { return config_; }
+  Weights const& weights() const { return weights_; }
+  DnaState const& dna() const { return dna_; }
+  IndexVector const& gate_to_head() const { return gate_to_head_; }
+  // Copies the given tensors in (shapes are checked).
+  void set_weights(ExecSpace const& space, Weights const& w);
+  void set_dna(ExecSpace const& space, DnaState const& dna);
+
+ private:
+  Config config_;
+  Weights weights_;
+  DnaState dna_;
+  IndexVector gate_to_head_;
+};
+
+// Throws proteus::Error naming `name` if v holds NaN or Inf.
+void check_finite(ExecSpace const& space, TokenMatrix const& v, std::string const& name);
+
+}  // namespace proteus

@@ -1,0 +1,53 @@
+// Counter-based random numbers: value i of stream s under seed k is a pure function of (k, s, i).
+// Weights, DNA initialisation and synthetic tokens use it, so they are the same on every backend
+// and every rank count, and any rank can make any slice of a sequence by itself.
+#pragma once
+
+#include <cstdint>
+
+#include <Kokkos_Core.hpp>
+
+#include "proteus/detail/kokkos_compat.hpp"
+
+namespace proteus {
+
+// SplitMix64 finaliser (Steele, Lea, Flood 2014): a bijective 64-bit mixer.
+KOKKOS_INLINE_FUNCTION std::uint64_t mix64(std::uint64_t z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+KOKKOS_INLINE_FUNCTION std::uint64_t hash3(std::uint64_t seed, std::uint64_t stream,
+                                           std::uint64_t index) {
+  return mix64(mix64(mix64(seed) ^ stream) ^ index);
+}
+
+// Uniform in (0, 1), never 0 or 1.
+KOKKOS_INLINE_FUNCTION double uniform_open01(std::uint64_t bits) {
+  return (static_cast<double>(bits >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+// Standard normal (Box-Muller on two counter-based uniforms).
+KOKKOS_INLINE_FUNCTION double standard_normal(std::uint64_t seed, std::uint64_t stream,
+                                              std::uint64_t index) {
+  double const u1 = uniform_open01(hash3(seed, stream, 2 * index));
+  double const u2 = uniform_open01(hash3(seed, stream, 2 * index + 1));
+  return detail::kmath::sqrt(-2.0 * detail::kmath::log(u1)) *
+         detail::kmath::cos(6.283185307179586 * u2);
+}
+
+// Streams used by the library (one per tensor), so that changing one shape leaves the others.
+enum RandomStream : std::uint64_t {
+  stream_qkv_weight = 1,
+  stream_qkv_bias = 2,
+  stream_out_weight = 3,
+  stream_out_bias = 4,
+  stream_router = 5,
+  stream_prototypes = 6,
+  stream_tokens = 100,
+  stream_needles = 101,
+};
+
+}  // namespace proteus

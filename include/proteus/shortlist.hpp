@@ -1,0 +1,95 @@
+// Stage 6a: the alpha slider and the shortlist (candidate set) of every query row.
+//
+// The candidate set of row i (index in the current call) is the union of
+//   local   the `local_width` rows up to and including i,
+//   anchors max(0, i - j * stride) for j = 1 .. anchor_cap,
+//   dna     up to dna_cap of the most salient rows before the start of i's query block
+//           (blocks of dna_block rows; our rule, so that lists are shared by a block),
+// every candidate <= i, deduplicated. Sizes follow SPEC.md's budget law (plan_shortlist).
+#pragma once
+
+#include "proteus/config.hpp"
+#include "proteus/types.hpp"
+
+namespace proteus {
+
+// alpha for a call of T tokens: linear -> 1, subquad -> 0, fixed -> cfg.alpha,
+// auto -> clip((T - seq_low) / (switch_ctx - seq_low), 0, 1).
+double resolve_alpha(Config const& cfg, long tokens);
+
+struct ShortlistPlan {
+  double alpha = 0.0;
+  bool dense = false;     // exact causal attention over every earlier row
+  long budget = 0;        // L_eff
+  long window = 0;        // local window before the piece caps
+  long local_width = 0;   // rows of the local piece (includes the row itself), >= 1
+  long anchor_cap = 0;
+  long anchor_stride = 0;
+  long dna_cap = 0;
+  int dna_block = 64;
+};
+
+// Budget law (SPEC stage 6): L = alpha L_lin + (1 - alpha) dense_cap,
+// dense_cap = clamp(min(T, window + T/32), L_min, L_max); window slides from max(window, T/8) to
+// min(window, L_lin); the split slides from (0.85, 0.10, 0.05) to the configured fractions.
+// L_max = 0 means no cap. dense = alpha <= dense_alpha_cutoff.
+ShortlistPlan plan_shortlist(Config const& cfg, long tokens, double alpha);
+
+// A plan that makes every earlier row a candidate (exact causal attention).
+ShortlistPlan dense_plan(long tokens);
+
+// Per (batch row, query block) lists of DNA candidates: [batch * blocks x dna_cap], -1 padded.
+using CandidateLists = Kokkos::View<Position**, Kokkos::LayoutRight, MemSpace>;
+CandidateLists dna_candidate_lists(ExecSpace const& space, ShortlistPlan const& plan,
+                                   TokenVector const& salience, int batch, long tokens);
+
+// First row of the local piece of row i.
+KOKKOS_INLINE_FUNCTION long local_begin(ShortlistPlan const& p, long i) {
+  return i - p.local_width + 1 > 0 ? i - p.local_width + 1 : 0;
+}
+
+// Calls f(j) once for each candidate j of row i that lies before its local piece: anchors, then
+// DNA candidates, without duplicates. `dna` points at the row's block list of plan.dna_cap
+// entries (may be null when dna_cap == 0).
+template <class F>
+KOKKOS_INLINE_FUNCTION void for_each_extra_candidate(ShortlistPlan const& p, long i,
+                                                     Position const* dna, F&& f) {
+  long const lo = local_begin(p, i);
+  long const s = p.anchor_stride, a = p.anchor_cap;
+  bool const anchors = s > 0 && a > 0;
+  // Anchors i - j s for j = 1..a; those below 0 are clamped to 0 (one copy).
+  if (anchors) {
+    bool clamped_zero = i - a * s < 0;
+    for (long j = 1; j <= a; ++j) {
+      long const c = i - j * s;
+      if (c < 0) break;
+      if (c < lo) f(c);
+      if (c == 0) clamped_zero = false;  // 0 is already an exact anchor
+    }
+    if (clamped_zero && lo > 0) f(0);
+  }
+  if (p.dna_cap > 0 && dna != nullptr) {
+    for (long n = 0; n < p.dna_cap; ++n) {
+      long const c = dna[n];
+      if (c < 0) break;
+      if (c >= lo) continue;
+      if (anchors) {
+        long const gap = i - c;
+        bool const exact = gap % s == 0 && gap / s >= 1 && gap / s <= a;
+        bool const zero = c == 0 && i - a * s < 0;
+        if (exact || zero) continue;
+      }
+      f(c);
+    }
+  }
+}
+
+// Calls f(j) for every candidate of row i: the local piece, then the extra candidates.
+template <class F>
+KOKKOS_INLINE_FUNCTION void for_each_candidate(ShortlistPlan const& p, long i, Position const* dna,
+                                               F&& f) {
+  for (long j = local_begin(p, i); j <= i; ++j) f(j);
+  for_each_extra_candidate(p, i, dna, f);
+}
+
+}  // namespace proteus

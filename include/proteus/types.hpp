@@ -1,0 +1,36 @@
+// View aliases for the shapes that flow between the stages. Dimension order is written once here.
+#pragma once
+
+#include <cstdint>
+
+#include <Kokkos_Core.hpp>
+
+namespace proteus {
+
+using ExecSpace = Kokkos::DefaultExecutionSpace;
+using MemSpace = ExecSpace::memory_space;
+using HostSpace = Kokkos::HostSpace;
+
+// [tokens x embed]: one row per token (batch rows stacked: row = b*T + t).
+using TokenMatrix = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;
+// [tokens x gates] or [tokens x heads]: per-token probabilities.
+using GateMatrix = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;
+// [gates x embed]: DNA prototypes, router weights.
+using GateByEmbed = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;
+// [batch*heads x tokens x head_dim]: per-head Q, K or V after RoPE.
+using HeadTensor = Kokkos::View<float***, Kokkos::LayoutRight, MemSpace>;
+// [batch x tokens x embed] or [tokens x batch x embed]: the module's public input/output.
+using BatchTensor = Kokkos::View<float***, Kokkos::LayoutRight, MemSpace>;
+// [gates] (or [heads], [tokens]) of floats.
+using GateVector = Kokkos::View<float*, MemSpace>;
+using TokenVector = Kokkos::View<float*, MemSpace>;
+// Original sequence positions of tokens (RoPE angle, causality of the buffer pass).
+using PositionVector = Kokkos::View<std::int64_t*, MemSpace>;
+using IndexVector = Kokkos::View<int*, MemSpace>;
+using MaskVector = Kokkos::View<std::uint8_t*, MemSpace>;
+// [tokens x heads] 0/1: head h is active for token t.
+using MaskMatrix = Kokkos::View<std::uint8_t**, Kokkos::LayoutRight, MemSpace>;
+
+using Position = std::int64_t;
+
+}  // namespace proteus

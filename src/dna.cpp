@@ -1,0 +1,208 @@
+// Stage 2: DNA similarity, hybrid blend with the router, and the EMA update of the prototypes.
+// Reads x, router probabilities and the DNA state; writes gate probabilities, salience, beta,
+// importance, and (update) the prototypes, usage and confidence.
+#include "proteus/dna.hpp"
+
+#include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/random.hpp"
+
+namespace proteus {
+
+namespace km = detail::kmath;
+
+DnaState DnaState::allocate(int num_gates, int embed_dim, std::string const& label) {
+  DnaState s;
+  s.prototypes = GateByEmbed(label + "::prototypes", num_gates, embed_dim);
+  s.usage = GateVector(label + "::usage", num_gates);
+  s.confidence = GateVector(label + "::confidence", num_gates);
+  return s;
+}
+
+void DnaState::initialise(ExecSpace const& space, std::uint64_t seed, float scale) const {
+  auto p = prototypes;
+  int const e = static_cast<int>(p.extent(1));
+  Kokkos::parallel_for(
+      "proteus::dna::initialise",
+      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0},
+                                                        {static_cast<long>(p.extent(0)), e}),
+      KOKKOS_LAMBDA(int g, int j) {
+        p(g, j) = static_cast<float>(scale * standard_normal(seed, stream_prototypes,
+                                                             static_cast<std::uint64_t>(g) * e + j));
+      });
+  Kokkos::deep_copy(space, usage, 0.0f);
+  Kokkos::deep_copy(space, confidence, 0.0f);
+}
+
+DnaState DnaState::clone(ExecSpace const& space) const {
+  DnaState c = allocate(static_cast<int>(prototypes.extent(0)), static_cast<int>(prototypes.extent(1)),
+                        prototypes.label());
+  Kokkos::deep_copy(space, c.prototypes, prototypes);
+  Kokkos::deep_copy(space, c.usage, usage);
+  Kokkos::deep_copy(space, c.confidence, confidence);
+  return c;
+}
+
+Routing Routing::allocate(int tokens, int num_gates) {
+  Routing r;
+  r.gate_probs = GateMatrix("proteus::gate_probs", tokens, num_gates);
+  r.salience = TokenVector("proteus::salience", tokens);
+  r.beta = TokenVector("proteus::beta", tokens);
+  r.importance = TokenVector("proteus::importance", tokens);
+  return r;
+}
+
+DnaStatistics DnaStatistics::allocate(int num_gates, int embed_dim) {
+  DnaStatistics s;
+  s.count = Kokkos::View<double*, MemSpace>("proteus::dna::count", num_gates);
+  s.sums = Kokkos::View<double**, Kokkos::LayoutRight, MemSpace>("proteus::dna::sums", num_gates,
+                                                                 embed_dim);
+  return s;
+}
+
+namespace {
+// Row L2 norms clamped below at 1e-6 (the eps of torch's normalize).
+void row_norms(ExecSpace const& space, GateByEmbed const& m, TokenVector const& norms,
+               char const* label) {
+  int const cols = static_cast<int>(m.extent(1));
+  Kokkos::parallel_for(label, Kokkos::RangePolicy<ExecSpace>(space, 0, m.extent(0)),
+                       KOKKOS_LAMBDA(int i) {
+                         float s = 0.0f;
+                         for (int j = 0; j < cols; ++j) s += m(i, j) * m(i, j);
+                         float const n = km::sqrt(s);
+                         norms(i) = n > 1e-6f ? n : 1e-6f;
+                       });
+}
+}  // namespace
+
+void dna_similarity(ExecSpace const& space, TokenMatrix const& x, GateByEmbed const& prototypes,
+                    GateMatrix const& sim) {
+  TokenVector xn("proteus::dna::token_norm", x.extent(0));
+  GateVector pn("proteus::dna::prototype_norm", prototypes.extent(0));
+  row_norms(space, x, xn, "proteus::dna::token_norm");
+  row_norms(space, prototypes, pn, "proteus::dna::prototype_norm");
+  detail::gemm(space, "N", "T", 1.0f, x, prototypes, 0.0f, sim);
+  Kokkos::parallel_for(
+      "proteus::dna::cosine",
+      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(
+          space, {0, 0}, {static_cast<long>(sim.extent(0)), static_cast<long>(sim.extent(1))}),
+      KOKKOS_LAMBDA(int t, int g) { sim(t, g) /= xn(t) * pn(g); });
+}
+
+void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs,
+                  GateMatrix const& sim, DnaState const& dna, Routing const& out) {
+  int const gates = static_cast<int>(router_probs.extent(1));
+  bool const use_dna = cfg.dna_enable;
+  float const theta = cfg.dna_threshold, lambda = cfg.dna_blend, tau = cfg.dna_temperature;
+  float const boost = cfg.dna_usage_boost;
+  auto probs = out.gate_probs;
+  auto salience = out.salience;
+  auto beta_out = out.beta;
+  auto importance = out.importance;
+  auto confidence = dna.confidence;
+  auto usage = dna.usage;
+  // The usage bias softmax_g(-(usage + 1e-6)) is the same for every token: computed per token
+  // anyway, since G is small and it keeps the kernel one pass.
+  Kokkos::parallel_for(
+      "proteus::dna::hybrid_route", Kokkos::RangePolicy<ExecSpace>(space, 0, router_probs.extent(0)),
+      KOKKOS_LAMBDA(int t) {
+        if (!use_dna) {
+          float gmax = 0.0f;
+          for (int g = 0; g < gates; ++g) {
+            probs(t, g) = router_probs(t, g);
+            gmax = probs(t, g) > gmax ? probs(t, g) : gmax;
+          }
+          salience(t) = 0.0f;
+          beta_out(t) = 0.0f;
+          importance(t) = gmax;
+          return;
+        }
+        float smax = sim(t, 0);
+        for (int g = 1; g < gates; ++g) smax = sim(t, g) > smax ? sim(t, g) : smax;
+        // proto_probs = softmax(sim / tau) * (confidence + 1e-6), renormalised.
+        float pz = 0.0f;
+        for (int g = 0; g < gates; ++g) pz += km::exp((sim(t, g) - smax) / tau);
+        float wz = 0.0f;
+        for (int g = 0; g < gates; ++g)
+          wz += km::exp((sim(t, g) - smax) / tau) / pz * (confidence(g) + 1e-6f);
+        wz = wz > 1e-6f ? wz : 1e-6f;
+        float b = (smax - theta) / (1.0f - theta > 1e-6f ? 1.0f - theta : 1e-6f);
+        b = b < 0.0f ? 0.0f : (b > 1.0f ? 1.0f : b);
+        float const blend = lambda * b;
+        float umin = 0.0f, uz = 0.0f;
+        if (boost > 0.0f) {
+          umin = usage(0);
+          for (int g = 1; g < gates; ++g) umin = usage(g) < umin ? usage(g) : umin;
+          for (int g = 0; g < gates; ++g) uz += km::exp(-(usage(g) - umin));
+        }
+        float total = 0.0f;
+        for (int g = 0; g < gates; ++g) {
+          float const proto = km::exp((sim(t, g) - smax) / tau) / pz * (confidence(g) + 1e-6f) / wz;
+          float p = (1.0f - blend) * router_probs(t, g) + blend * proto;
+          if (boost > 0.0f) p += km::exp(-(usage(g) - umin)) / uz * (1.0f - b) * boost;
+          p = p > 0.0f ? p : 0.0f;
+          probs(t, g) = p;
+          total += p;
+        }
+        total = total > 1e-12f ? total : 1e-12f;
+        float gmax = 0.0f;
+        for (int g = 0; g < gates; ++g) {
+          probs(t, g) /= total;
+          gmax = probs(t, g) > gmax ? probs(t, g) : gmax;
+        }
+        salience(t) = smax;
+        beta_out(t) = b;
+        importance(t) = (1.0f - b) * gmax + b * smax;
+      });
+}
+
+void dna_statistics(ExecSpace const& space, TokenMatrix const& x, GateMatrix const& gate_probs,
+                    DnaStatistics const& stats) {
+  int const gates = static_cast<int>(gate_probs.extent(1));
+  int const embed = static_cast<int>(x.extent(1));
+  GateByEmbed sums("proteus::dna::weighted_sums", gates, embed);
+  detail::gemm(space, "T", "N", 1.0f, gate_probs, x, 0.0f, sums);
+  GateVector ones("proteus::dna::ones", gate_probs.extent(0));
+  Kokkos::deep_copy(space, ones, 1.0f);
+  GateVector count("proteus::dna::count_f", gates);
+  detail::gemv(space, "T", 1.0f, gate_probs, ones, 0.0f, count);
+  auto c = stats.count;
+  auto s = stats.sums;
+  Kokkos::parallel_for(
+      "proteus::dna::statistics",
+      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {gates, embed}),
+      KOKKOS_LAMBDA(int g, int j) {
+        s(g, j) = sums(g, j);
+        if (j == 0) c(g) = count(g);
+      });
+}
+
+int dna_ema_update(ExecSpace const& space, float decay, DnaStatistics const& stats,
+                   DnaState const& dna) {
+  int const gates = static_cast<int>(dna.prototypes.extent(0));
+  int const embed = static_cast<int>(dna.prototypes.extent(1));
+  auto p = dna.prototypes;
+  auto usage = dna.usage;
+  auto conf = dna.confidence;
+  auto c = stats.count;
+  auto s = stats.sums;
+  double const d = decay;
+  Kokkos::parallel_for(
+      "proteus::dna::ema_update",
+      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {gates, embed}),
+      KOKKOS_LAMBDA(int g, int j) {
+        if (c(g) > 1e-6) p(g, j) = static_cast<float>(d * p(g, j) + (1.0 - d) * s(g, j) / c(g));
+      });
+  int updated = 0;
+  Kokkos::parallel_reduce(
+      "proteus::dna::ema_usage", Kokkos::RangePolicy<ExecSpace>(space, 0, gates),
+      KOKKOS_LAMBDA(int g, int& n) {
+        bool const hit = c(g) > 1e-6;
+        usage(g) = static_cast<float>(d * usage(g) + (hit ? (1.0 - d) * c(g) : 0.0));
+        conf(g) = static_cast<float>(d * conf(g) + (hit ? 1.0 - d : 0.0));
+        n += hit ? 1 : 0;
+      },
+      updated);
+  return updated;
+}
+
+}  // namespace proteus

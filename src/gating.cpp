@@ -1,0 +1,168 @@
+// Stages 3 and 4: token importance -> token keep mask (sort-based top-n per batch row), gate
+// probabilities -> head probabilities -> head count K -> per-token head mask.
+#include "proteus/gating.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/detail/sort_keys.hpp"
+
+namespace proteus {
+
+double token_keep_ratio(Config const& cfg, long tokens, double alpha) {
+  double const r0 = cfg.token_keep_ratio;
+  double const lo = std::min<double>(r0, cfg.token_keep_min_ratio);
+  double r_lin = r0 * std::sqrt(static_cast<double>(cfg.token_keep_ref) / std::max(1L, tokens));
+  r_lin = std::clamp(r_lin, lo, r0);
+  return (1.0 - alpha) * r0 + alpha * r_lin;
+}
+
+long tokens_to_keep(Config const& cfg, long tokens, double alpha) {
+  double const r = token_keep_ratio(cfg, tokens, alpha);
+  long n = std::lround(r * static_cast<double>(tokens));
+  n = std::max<long>({n, cfg.token_keep_min, cfg.token_keep_guard});
+  return std::min(n, tokens);
+}
+
+long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance,
+                   int batch, long tokens, double alpha, MaskVector const& keep) {
+  double const r = token_keep_ratio(cfg, tokens, alpha);
+  bool const all = !cfg.token_sparse || (r >= 0.999 && cfg.token_keep_threshold <= 0.0f);
+  if (all) {
+    Kokkos::deep_copy(space, keep, std::uint8_t(1));
+    return batch * tokens;
+  }
+  long const n = tokens_to_keep(cfg, tokens, alpha);
+  long const guard = std::min<long>(cfg.token_keep_guard, tokens);
+  float const threshold = cfg.token_keep_threshold;
+  Kokkos::deep_copy(space, keep, std::uint8_t(0));
+  Kokkos::View<std::uint64_t*, MemSpace> keys("proteus::gating::token_keys", tokens);
+  for (int b = 0; b < batch; ++b) {
+    long const offset = b * tokens;
+    Kokkos::parallel_for(
+        "proteus::gating::token_keys", Kokkos::RangePolicy<ExecSpace>(space, 0, tokens),
+        KOKKOS_LAMBDA(long t) { keys(t) = detail::descending_score_key(importance(offset + t), t); });
+    detail::sort(space, keys);
+    Kokkos::parallel_for(
+        "proteus::gating::mark_kept", Kokkos::RangePolicy<ExecSpace>(space, 0, tokens),
+        KOKKOS_LAMBDA(long i) {
+          long const t = static_cast<long>(detail::key_position(keys(i)));
+          bool const top = i < n;
+          bool const over = threshold > 0.0f && importance(offset + t) >= threshold;
+          if (top || over || t < guard) keep(offset + t) = 1;
+        });
+  }
+  long kept = 0;
+  Kokkos::parallel_reduce(
+      "proteus::gating::count_kept", Kokkos::RangePolicy<ExecSpace>(space, 0, keep.extent(0)),
+      KOKKOS_LAMBDA(long i, long& s) { s += keep(i); }, kept);
+  return kept;
+}
+
+void head_probabilities(ExecSpace const& space, GateMatrix const& gate_probs,
+                        IndexVector const& gate_to_head, GateMatrix const& head_probs) {
+  int const gates = static_cast<int>(gate_probs.extent(1));
+  int const heads = static_cast<int>(head_probs.extent(1));
+  Kokkos::parallel_for(
+      "proteus::gating::head_probs", Kokkos::RangePolicy<ExecSpace>(space, 0, gate_probs.extent(0)),
+      KOKKOS_LAMBDA(long t) {
+        for (int h = 0; h < heads; ++h) head_probs(t, h) = 0.0f;
+        for (int g = 0; g < gates; ++g) head_probs(t, gate_to_head(g)) += gate_probs(t, g);
+      });
+}
+
+int heads_for_length(Config const& cfg, long tokens) {
+  int const kmax = cfg.heads_active_max, kmin = cfg.heads_active_min;
+  if (tokens <= cfg.seq_low) return kmax;
+  if (tokens >= cfg.seq_high) return kmin;
+  double const x = static_cast<double>(tokens - cfg.seq_low) / (cfg.seq_high - cfg.seq_low);
+  int const k = static_cast<int>(std::floor(kmax - std::pow(x, cfg.head_curve) * (kmax - kmin) + 1e-6));
+  return std::clamp(k, kmin, kmax);
+}
+
+int nucleus_head_count(std::vector<double> const& mean_head_probs, double top_p) {
+  std::vector<double> p = mean_head_probs;
+  std::sort(p.begin(), p.end(), std::greater<double>());
+  double total = 0.0;
+  for (double v : p) total += v;
+  double cum = 0.0;
+  int below = 0;
+  for (double v : p) {
+    cum += v;
+    if (cum < top_p * total) ++below;
+  }
+  return std::min<int>(below + 1, static_cast<int>(p.size()));
+}
+
+HeadCount choose_head_count(ExecSpace const& space, Config const& cfg, long tokens, double alpha,
+                            GateMatrix const& head_probs) {
+  HeadCount hc;
+  hc.by_length = heads_for_length(cfg, tokens);
+  if (cfg.router_top_p > 0.0f && !cfg.nucleus_per_token) {
+    int const heads = static_cast<int>(head_probs.extent(1));
+    GateVector ones("proteus::gating::ones", head_probs.extent(0));
+    Kokkos::deep_copy(space, ones, 1.0f);
+    GateVector sums("proteus::gating::head_mass", heads);
+    detail::gemv(space, "T", 1.0f, head_probs, ones, 0.0f, sums);
+    auto host = Kokkos::create_mirror_view_and_copy(HostSpace(), sums);
+    std::vector<double> mean(heads);
+    for (int h = 0; h < heads; ++h) mean[h] = host(h) / static_cast<double>(head_probs.extent(0));
+    hc.nucleus = nucleus_head_count(mean, cfg.router_top_p);
+  }
+  hc.k = mixed_head_count(hc.by_length, cfg.heads_active_min, hc.nucleus, cfg.linear_head_k, alpha);
+  hc.adaptive = hc.nucleus > 0 ? std::max(cfg.heads_active_min, std::min(hc.by_length, hc.nucleus))
+                               : hc.by_length;
+  return hc;
+}
+
+long select_heads(ExecSpace const& space, Config const& cfg, GateMatrix const& head_probs,
+                  HeadCount const& hc, double alpha, MaskVector const& keep,
+                  MaskMatrix const& head_mask) {
+  int const heads = static_cast<int>(head_probs.extent(1));
+  bool const per_token = cfg.nucleus_per_token && cfg.router_top_p > 0.0f;
+  float const top_p = cfg.router_top_p;
+  int const fixed_k = hc.k, by_length = hc.by_length, kmin = cfg.heads_active_min;
+  int const linear_k = cfg.linear_head_k;
+  long active = 0;
+  Kokkos::parallel_reduce(
+      "proteus::gating::select_heads", Kokkos::RangePolicy<ExecSpace>(space, 0, head_probs.extent(0)),
+      KOKKOS_LAMBDA(long t, long& count) {
+        // rank(h) = number of heads that beat h (higher probability, or equal and lower index).
+        // H is small, so O(H^2) per token is cheap and needs no scratch.
+        auto rank_of = [&](int h) {
+          int rank = 0;
+          float const ph = head_probs(t, h);
+          for (int o = 0; o < heads; ++o) {
+            float const po = head_probs(t, o);
+            rank += (po > ph || (po == ph && o < h)) ? 1 : 0;
+          }
+          return rank;
+        };
+        int k = fixed_k;
+        if (per_token) {
+          // Nucleus: heads whose cumulative mass (in rank order, inclusive) stays below p * total.
+          float total = 0.0f;
+          for (int h = 0; h < heads; ++h) total += head_probs(t, h);
+          int below = 0;
+          for (int h = 0; h < heads; ++h) {
+            int const rh = rank_of(h);
+            float cum = 0.0f;
+            for (int o = 0; o < heads; ++o)
+              if (rank_of(o) <= rh) cum += head_probs(t, o);
+            below += cum < top_p * total ? 1 : 0;
+          }
+          int const nucleus = below + 1 < heads ? below + 1 : heads;
+          k = mixed_head_count(by_length, kmin, nucleus, linear_k, alpha);
+        }
+        for (int h = 0; h < heads; ++h) {
+          bool const on = keep(t) && rank_of(h) < k;
+          head_mask(t, h) = on ? 1 : 0;
+          count += on ? 1 : 0;
+        }
+      },
+      active);
+  return active;
+}
+
+}  // namespace proteus

@@ -1,0 +1,285 @@
+// The drop-in module: argument checks, layout handling, and the stage sequence of one forward.
+#include "proteus/multihead_attention.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "proteus/attention.hpp"
+#include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/error.hpp"
+#include "proteus/gating.hpp"
+#include "proteus/rope.hpp"
+#include "proteus/router.hpp"
+
+namespace proteus {
+
+namespace {
+Config with_shape(Config c, int embed_dim, int num_heads, bool batch_first) {
+  c.embed_dim = embed_dim;
+  c.num_heads = num_heads;
+  c.batch_first = batch_first;
+  return c;
+}
+
+std::string shape_of(BatchTensor const& t) {
+  return "[" + std::to_string(t.extent(0)) + ", " + std::to_string(t.extent(1)) + ", " +
+         std::to_string(t.extent(2)) + "]";
+}
+
+template <class Functor>
+double mean_over(ExecSpace const& space, long n, char const* label, Functor f) {
+  double sum = 0.0;
+  Kokkos::parallel_reduce(label, Kokkos::RangePolicy<ExecSpace>(space, 0, n), f, sum);
+  return n > 0 ? sum / static_cast<double>(n) : 0.0;
+}
+}  // namespace
+
+void check_finite(ExecSpace const& space, TokenMatrix const& v, std::string const& name) {
+  long bad = 0;
+  long const cols = static_cast<long>(v.extent(1));
+  Kokkos::parallel_reduce(
+      "proteus::check_finite", Kokkos::RangePolicy<ExecSpace>(space, 0, v.extent(0) * cols),
+      KOKKOS_LAMBDA(long i, long& n) { n += detail::kmath::isfinite(v(i / cols, i % cols)) ? 0 : 1; },
+      bad);
+  require(bad == 0, name, "contains " + std::to_string(bad) + " NaN or Inf value(s)");
+}
+
+CausalGeneticMultiheadAttention::CausalGeneticMultiheadAttention(int embed_dim, int num_heads,
+                                                                 bool batch_first, Config config)
+    : CausalGeneticMultiheadAttention(with_shape(std::move(config), embed_dim, num_heads, batch_first)) {}
+
+CausalGeneticMultiheadAttention::CausalGeneticMultiheadAttention(Config const& config)
+    : config_(config.resolved()) {
+  ExecSpace space;
+  weights_ = Weights::allocate(config_.embed_dim, config_.num_gates);
+  weights_.initialise(space, config_.seed, config_.bias);
+  dna_ = DnaState::allocate(config_.num_gates, config_.embed_dim);
+  dna_.initialise(space, config_.seed, config_.dna_init_scale);
+  gate_to_head_ = IndexVector("proteus::gate_to_head", config_.num_gates);
+  auto host = Kokkos::create_mirror_view(gate_to_head_);
+  for (int g = 0; g < config_.num_gates; ++g) host(g) = config_.gate_to_head[g];
+  Kokkos::deep_copy(space, gate_to_head_, host);
+  space.fence();
+}
+
+void CausalGeneticMultiheadAttention::set_weights(ExecSpace const& space, Weights const& w) {
+  auto same = [](auto const& a, auto const& b, char const* name) {
+    require(a.extent(0) == b.extent(0) && a.extent(1) == b.extent(1), std::string("weights.") + name,
+            "shape [" + std::to_string(b.extent(0)) + " x " + std::to_string(b.extent(1)) +
+                "] does not match the module's [" + std::to_string(a.extent(0)) + " x " +
+                std::to_string(a.extent(1)) + "]");
+  };
+  same(weights_.qkv_weight, w.qkv_weight, "qkv_weight");
+  same(weights_.out_weight, w.out_weight, "out_weight");
+  same(weights_.router_weight, w.router_weight, "router_weight");
+  require(w.qkv_bias.extent(0) == weights_.qkv_bias.extent(0), "weights.qkv_bias", "wrong length");
+  require(w.out_bias.extent(0) == weights_.out_bias.extent(0), "weights.out_bias", "wrong length");
+  Kokkos::deep_copy(space, weights_.qkv_weight, w.qkv_weight);
+  Kokkos::deep_copy(space, weights_.qkv_bias, w.qkv_bias);
+  Kokkos::deep_copy(space, weights_.out_weight, w.out_weight);
+  Kokkos::deep_copy(space, weights_.out_bias, w.out_bias);
+  Kokkos::deep_copy(space, weights_.router_weight, w.router_weight);
+}
+
+void CausalGeneticMultiheadAttention::set_dna(ExecSpace const& space, DnaState const& dna) {
+  require(dna.prototypes.extent(0) == dna_.prototypes.extent(0) &&
+              dna.prototypes.extent(1) == dna_.prototypes.extent(1),
+          "dna.prototypes", "shape does not match [num_gates x embed_dim]");
+  Kokkos::deep_copy(space, dna_.prototypes, dna.prototypes);
+  Kokkos::deep_copy(space, dna_.usage, dna.usage);
+  Kokkos::deep_copy(space, dna_.confidence, dna.confidence);
+}
+
+RoutingResult CausalGeneticMultiheadAttention::route(ExecSpace const& space, TokenMatrix const& x,
+                                                     int batch) const {
+  long const n = static_cast<long>(x.extent(0));
+  long const tokens = n / batch;
+  RoutingResult r;
+  r.alpha = resolve_alpha(config_, tokens);
+  r.routing = Routing::allocate(static_cast<int>(n), config_.num_gates);
+  GateMatrix router_probs("proteus::router_probs", n, config_.num_gates);
+  router_probabilities(space, x, weights_.router_weight, router_probs);
+  GateMatrix sim;
+  if (config_.dna_enable) {
+    sim = GateMatrix("proteus::dna::similarity", n, config_.num_gates);
+    dna_similarity(space, x, dna_.prototypes, sim);
+  }
+  hybrid_route(space, config_, router_probs, sim, dna_, r.routing);
+  r.keep = MaskVector("proteus::token_keep", n);
+  r.tokens_kept = select_tokens(space, config_, r.routing.importance, batch, tokens, r.alpha, r.keep);
+  return r;
+}
+
+ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenMatrix const& x,
+                                                  int batch, PositionVector const& positions,
+                                                  TokenMatrix const& y, RunOptions const& options) {
+  Config const& c = config_;
+  long const n = static_cast<long>(x.extent(0));
+  require(batch > 0 && n % batch == 0, "batch", "token rows are not a multiple of the batch size");
+  require(static_cast<int>(x.extent(1)) == c.embed_dim, "x",
+          "has width " + std::to_string(x.extent(1)) + ", expected embed_dim " + std::to_string(c.embed_dim));
+  require(static_cast<long>(positions.extent(0)) == n, "positions", "needs one entry per token row");
+  require(y.extent(0) == x.extent(0) && y.extent(1) == x.extent(1), "y", "must have the shape of x");
+  long const tokens = n / batch;
+  long const row_end = options.row_end < 0 ? tokens : std::min(options.row_end, tokens);
+  require(options.row_begin >= 0 && options.row_begin <= row_end, "row_begin", "outside [0, row_end]");
+  int const heads = c.num_heads, d = c.head_dim();
+
+  ForwardStats st;
+  st.batch = batch;
+  st.tokens = tokens;
+  RoutingResult routed = route(space, x, batch);
+  Routing const& rt = routed.routing;
+  st.alpha = routed.alpha;
+  st.tokens_kept = routed.tokens_kept;
+
+  GateMatrix head_probs("proteus::head_probs", n, heads);
+  head_probabilities(space, rt.gate_probs, gate_to_head_, head_probs);
+  HeadCount const hc = choose_head_count(space, c, tokens, st.alpha, head_probs);
+  st.heads_k = hc.k;
+  st.heads_adaptive = hc.adaptive;
+  st.heads_by_length = hc.by_length;
+  st.heads_nucleus = hc.nucleus;
+  MaskMatrix head_mask("proteus::head_mask", n, heads);
+  long const pairs = select_heads(space, c, head_probs, hc, st.alpha, routed.keep, head_mask);
+  st.density = static_cast<double>(pairs) / (static_cast<double>(heads) * std::max(1L, st.tokens_kept));
+
+  // The dense switch looks only at the head fraction the length schedule allows, never at the
+  // tokens themselves, so that it cannot make earlier outputs depend on later tokens.
+  ShortlistPlan plan = plan_shortlist(c, tokens, st.alpha);
+  double const head_fraction = static_cast<double>(hc.k) / heads;
+  if (!plan.dense && c.force_dense_threshold > 0.0f && head_fraction >= c.force_dense_threshold &&
+      st.alpha < 0.95) {
+    plan = dense_plan(tokens);
+    plan.alpha = st.alpha;
+  }
+  ActiveRows rows = compact_active_rows(space, head_mask, routed.keep, plan.dense, batch, tokens,
+                                        options.row_begin, row_end);
+  auto head_rows = Kokkos::create_mirror_view_and_copy(HostSpace(), rows.head_start);
+  st.plan = plan;
+  st.mode = plan.dense ? "dense" : "shortlist";
+  st.active_rows = rows.rows;
+  std::vector<bool> used(heads, false);
+  for (int bh = 0; bh < batch * heads; ++bh)
+    if (head_rows(bh + 1) > head_rows(bh)) used[bh % heads] = true;
+  st.distinct_heads = static_cast<int>(std::count(used.begin(), used.end(), true));
+
+  TokenMatrix qkv("proteus::qkv", n, 3 * c.embed_dim);
+  project_qkv(space, x, weights_, qkv);
+  HeadTensor q("proteus::q", batch * heads, tokens, d), k("proteus::k", batch * heads, tokens, d),
+      v("proteus::v", batch * heads, tokens, d);
+  split_heads_rope(space, qkv, positions, batch, heads, c.rope, c.rope_base, q, k, v);
+  CandidateLists lists = dna_candidate_lists(space, plan, rt.salience, batch, tokens);
+  TokenMatrix ctx("proteus::context", n, c.embed_dim);
+  Kokkos::View<int*, MemSpace> counts("proteus::candidate_count", rows.rows);
+  attend(space, plan, q, k, v, rows, lists, heads, ctx, counts);
+  project_output(space, ctx, weights_, y);
+
+  bool const update = options.update_dna.value_or(c.dna_update) && c.dna_enable;
+  if (update) {
+    DnaStatistics stats = DnaStatistics::allocate(c.num_gates, c.embed_dim);
+    dna_statistics(space, x, rt.gate_probs, stats);
+    st.gates_updated = dna_ema_update(space, c.dna_decay, stats, dna_);
+  }
+
+  // Statistics.
+  long const rows_active = rows.rows;
+  st.mean_candidates = mean_over(space, rows_active, "proteus::stats::candidates",
+                                 KOKKOS_LAMBDA(long i, double& s) { s += counts(i); });
+  st.mean_active_heads =
+      static_cast<double>(rows_active) / std::max(1L, st.tokens_kept);
+  auto const gp = rt.gate_probs;
+  int const gates = c.num_gates;
+  st.router_entropy = mean_over(space, n, "proteus::stats::entropy", KOKKOS_LAMBDA(long t, double& s) {
+    for (int g = 0; g < gates; ++g) {
+      float const p = gp(t, g);
+      if (p > 0.0f) s -= p * detail::kmath::log(p);
+    }
+  });
+  auto const sal = rt.salience;
+  auto const beta = rt.beta;
+  st.mean_salience = mean_over(space, n, "proteus::stats::salience",
+                               KOKKOS_LAMBDA(long t, double& s) { s += sal(t); });
+  st.mean_beta = mean_over(space, n, "proteus::stats::beta", KOKKOS_LAMBDA(long t, double& s) { s += beta(t); });
+  st.tokens_caught = static_cast<long>(std::lround(
+      n * mean_over(space, n, "proteus::stats::caught",
+                    KOKKOS_LAMBDA(long t, double& s) { s += beta(t) > 0.0f ? 1.0 : 0.0; })));
+  return st;
+}
+
+std::pair<BatchTensor, std::optional<ForwardStats>> CausalGeneticMultiheadAttention::forward(
+    ExecSpace const& space, BatchTensor const& query, BatchTensor const& key,
+    BatchTensor const& value, PaddingMask const& key_padding_mask, bool need_weights,
+    AttnMask const& attn_mask) {
+  Config const& c = config_;
+  require(query.data() != nullptr, "query", "is empty");
+  require(static_cast<int>(query.extent(2)) == c.embed_dim, "query",
+          "shape " + shape_of(query) + " does not end in embed_dim " + std::to_string(c.embed_dim));
+  for (auto const* other : {&key, &value}) {
+    char const* name = other == &key ? "key" : "value";
+    require(other->data() == nullptr || other->data() == query.data(), name,
+            "cross-attention is not supported: pass the query itself (or nothing) as key and value");
+    require(other->data() == nullptr || (other->extent(0) == query.extent(0) &&
+                                         other->extent(1) == query.extent(1) &&
+                                         other->extent(2) == query.extent(2)),
+            name, "shape " + shape_of(*other) + " differs from query " + shape_of(query));
+  }
+  int const batch = static_cast<int>(c.batch_first ? query.extent(0) : query.extent(1));
+  long const tokens = static_cast<long>(c.batch_first ? query.extent(1) : query.extent(0));
+  require(batch > 0 && tokens > 0, "query", "shape " + shape_of(query) + " has no tokens");
+  if (attn_mask.data() != nullptr) {
+    require(static_cast<long>(attn_mask.extent(0)) == tokens && static_cast<long>(attn_mask.extent(1)) == tokens,
+            "attn_mask", "must be [T x T] with T = " + std::to_string(tokens));
+    long wrong = 0;
+    Kokkos::parallel_reduce(
+        "proteus::check_attn_mask", Kokkos::RangePolicy<ExecSpace>(space, 0, tokens * tokens),
+        KOKKOS_LAMBDA(long i, long& w) {
+          long const r = i / tokens, col = i % tokens;
+          w += (attn_mask(r, col) != 0) != (col > r) ? 1 : 0;
+        },
+        wrong);
+    require(wrong == 0, "attn_mask",
+            "only the standard causal mask (masked exactly above the diagonal) is supported");
+  }
+  bool const padded = key_padding_mask.data() != nullptr;
+  if (padded)
+    require(static_cast<int>(key_padding_mask.extent(0)) == batch &&
+                static_cast<long>(key_padding_mask.extent(1)) == tokens,
+            "key_padding_mask", "must be [B x T]");
+
+  int const e = c.embed_dim;
+  bool const bf = c.batch_first;
+  TokenMatrix x("proteus::input", batch * tokens, e);
+  PositionVector positions("proteus::positions", batch * tokens);
+  auto pad = key_padding_mask;
+  Kokkos::parallel_for(
+      "proteus::gather_input",
+      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {batch * tokens, static_cast<long>(e)}),
+      KOKKOS_LAMBDA(long row, long j) {
+        long const b = row / tokens, t = row % tokens;
+        bool const masked = padded && pad(b, t) != 0;
+        float const val = bf ? query(b, t, j) : query(t, b, j);
+        x(row, j) = masked ? 0.0f : val;
+        if (j == 0) positions(row) = t;
+      });
+  check_finite(space, x, "query");
+  TokenMatrix y("proteus::output_rows", batch * tokens, e);
+  ForwardStats st = run(space, x, batch, positions, y);
+  BatchTensor out("proteus::output", query.extent(0), query.extent(1), query.extent(2));
+  Kokkos::parallel_for(
+      "proteus::scatter_output",
+      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {batch * tokens, static_cast<long>(e)}),
+      KOKKOS_LAMBDA(long row, long j) {
+        long const b = row / tokens, t = row % tokens;
+        float const val = (padded && pad(b, t) != 0) ? 0.0f : y(row, j);
+        if (bf)
+          out(b, t, j) = val;
+        else
+          out(t, b, j) = val;
+      });
+  std::optional<ForwardStats> stats;
+  if (need_weights) stats = st;
+  return {out, stats};
+}
+
+}  // namespace proteus

@@ -1,0 +1,151 @@
+// gate_to_head maps, head counts, per-token head top-K with the nucleus rule, and token top-n,
+// each against a sort-based reference.
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#include "proteus/error.hpp"
+#include "proteus/gating.hpp"
+#include "proteus_catch.hpp"
+#include "reference.hpp"
+
+using namespace proteus;
+using test::Matrix;
+
+TEST_CASE("default gate_to_head is floor(g H / G); a custom map is kept", "[gating]") {
+  Config c;
+  c.embed_dim = 48;
+  c.num_heads = 6;
+  c.num_gates = 16;
+  Config const r = c.resolved();
+  for (int g = 0; g < 16; ++g) CHECK(r.gate_to_head[g] == g * 6 / 16);
+  c.gate_to_head = {5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 0, 1, 2, 3, 4, 4};  // head 5 a generalist
+  CHECK(c.resolved().gate_to_head == c.gate_to_head);
+  c.gate_to_head = {0, 1};
+  CHECK_THROWS_AS(c.resolved(), proteus::Error);
+  c.gate_to_head.assign(16, 6);
+  CHECK_THROWS_AS(c.resolved(), proteus::Error);
+
+  Matrix gp = test::random_matrix(9, 16, 3);
+  for (auto& row : gp)
+    for (auto& v : row) v = std::fabs(v);
+  IndexVector map("map", 16);
+  auto hm = Kokkos::create_mirror_view(map);
+  c.gate_to_head = {5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 0, 1, 2, 3, 4, 4};
+  for (int g = 0; g < 16; ++g) hm(g) = c.gate_to_head[g];
+  Kokkos::deep_copy(map, hm);
+  GateMatrix hp("hp", 9, 6);
+  head_probabilities(ExecSpace(), test::to_device(gp), map, hp);
+  Matrix h = test::to_host_matrix(hp);
+  for (int t = 0; t < 9; ++t)
+    for (int head = 0; head < 6; ++head) {
+      double s = 0;
+      for (int g = 0; g < 16; ++g) s += c.gate_to_head[g] == head ? float(gp[t][g]) : 0.0;
+      CHECK(h[t][head] == Approx(s).margin(1e-5));
+    }
+}
+
+TEST_CASE("head schedule matches upstream's recorded counts", "[gating]") {
+  Config c;
+  c.embed_dim = 512;
+  c.num_heads = 32;
+  c.heads_active_min = 2;
+  c.heads_active_max = 16;
+  c.seq_low = 512;
+  c.seq_high = 4096;
+  c = c.resolved();
+  CHECK(heads_for_length(c, 64) == 16);
+  CHECK(heads_for_length(c, 512) == 16);
+  CHECK(heads_for_length(c, 1024) == 7);
+  CHECK(heads_for_length(c, 2048) == 4);
+  CHECK(heads_for_length(c, 4096) == 2);
+  CHECK(heads_for_length(c, 8192) == 2);
+}
+
+TEST_CASE("per-token head top-K with the nucleus rule equals a sort-based reference", "[gating]") {
+  int const T = 200, H = 8;
+  for (bool per_token : {true, false})
+    for (double alpha : {0.0, 0.4, 1.0}) {
+      Config c;
+      c.embed_dim = 64;
+      c.num_heads = H;
+      c.nucleus_per_token = per_token;
+      c.router_top_p = 0.7f;
+      c = c.resolved();
+      Matrix raw = test::random_matrix(T, H, 17);
+      for (auto& row : raw)
+        for (auto& v : row) v = std::round(std::exp(v) * 4) / 4;  // many ties
+      TokenMatrix hp = test::to_device(raw);
+      MaskVector keep("keep", T);
+      auto hk = Kokkos::create_mirror_view(keep);
+      for (int t = 0; t < T; ++t) hk(t) = t % 7 != 3;
+      Kokkos::deep_copy(keep, hk);
+      HeadCount const hc = choose_head_count(ExecSpace(), c, T, alpha, hp);
+      MaskMatrix mask("mask", T, H);
+      long const pairs = select_heads(ExecSpace(), c, hp, hc, alpha, keep, mask);
+      auto hm = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), mask);
+      long pairs_ref = 0;
+      // Sequence-level nucleus reference: mean over tokens.
+      std::vector<double> mean(H, 0.0);
+      for (int t = 0; t < T; ++t)
+        for (int h = 0; h < H; ++h) mean[h] += float(raw[t][h]) / T;
+      for (int t = 0; t < T; ++t) {
+        std::vector<int> order(H);
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return float(raw[t][a]) > float(raw[t][b]); });
+        std::vector<double> probs(H);
+        for (int h = 0; h < H; ++h) probs[h] = float(raw[t][h]);
+        int const nucleus = nucleus_head_count(per_token ? probs : mean, c.router_top_p);
+        int const k = mixed_head_count(heads_for_length(c, T), c.heads_active_min, nucleus, c.linear_head_k, alpha);
+        std::vector<int> expect(H, 0);
+        if (hk(t))
+          for (int n = 0; n < k; ++n) expect[order[n]] = 1;
+        for (int h = 0; h < H; ++h) {
+          INFO("t " << t << " h " << h << " alpha " << alpha << " per_token " << per_token);
+          CHECK(int(hm(t, h)) == expect[h]);
+          pairs_ref += expect[h];
+        }
+      }
+      CHECK(pairs == pairs_ref);
+    }
+}
+
+TEST_CASE("token top-n equals a full-sort reference, ties broken by position", "[gating]") {
+  int const B = 2;
+  long const T = 1000;
+  Config c;
+  c.embed_dim = 16;
+  c.num_heads = 2;
+  c.token_sparse = true;
+  c.token_keep_ratio = 0.3f;
+  c.token_keep_guard = 4;
+  c.token_keep_threshold = 0.9f;
+  c = c.resolved();
+  Matrix raw = test::random_matrix(1, B * T, 8);
+  std::vector<float> imp(B * T);
+  for (long i = 0; i < B * T; ++i) imp[i] = static_cast<float>(std::round((raw[0][i] * 0.15 + 0.5) * 20) / 20);
+  TokenVector dev("imp", B * T);
+  auto h = Kokkos::create_mirror_view(dev);
+  for (long i = 0; i < B * T; ++i) h(i) = imp[i];
+  Kokkos::deep_copy(dev, h);
+  MaskVector keep("keep", B * T);
+  double const alpha = 0.5;
+  long const kept = select_tokens(ExecSpace(), c, dev, B, T, alpha, keep);
+  auto hk = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), keep);
+  long const n = tokens_to_keep(c, T, alpha);
+  CHECK(n == std::lround(token_keep_ratio(c, T, alpha) * T));
+  long kept_ref = 0;
+  for (int b = 0; b < B; ++b) {
+    std::vector<long> order(T);
+    std::iota(order.begin(), order.end(), 0L);
+    std::stable_sort(order.begin(), order.end(), [&](long x, long y) { return imp[b * T + x] > imp[b * T + y]; });
+    std::vector<int> expect(T, 0);
+    for (long i = 0; i < n; ++i) expect[order[i]] = 1;
+    for (long t = 0; t < T; ++t) {
+      if (t < 4 || imp[b * T + t] >= 0.9f) expect[t] = 1;
+      CHECK(int(hk(b * T + t)) == expect[t]);
+      kept_ref += expect[t];
+    }
+  }
+  CHECK(kept == kept_ref);
+}

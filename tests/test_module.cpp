@@ -1,0 +1,212 @@
+// The drop-in module against a naive double-precision causal multi-head attention with RoPE,
+// plus causality, layout, determinism and bad-input checks.
+#include <cmath>
+#include <vector>
+
+#include "proteus/error.hpp"
+#include "proteus/multihead_attention.hpp"
+#include "proteus_catch.hpp"
+#include "reference.hpp"
+
+using namespace proteus;
+using proteus::test::Matrix;
+
+namespace {
+
+struct Shape {
+  int batch, tokens, embed, heads;
+};
+
+BatchTensor make_input(Shape s, std::uint64_t seed, bool batch_first = true) {
+  Matrix m = test::random_matrix(static_cast<size_t>(s.batch) * s.tokens, s.embed, seed);
+  BatchTensor x("test::x", batch_first ? s.batch : s.tokens, batch_first ? s.tokens : s.batch, s.embed);
+  auto h = Kokkos::create_mirror_view(x);
+  for (int b = 0; b < s.batch; ++b)
+    for (int t = 0; t < s.tokens; ++t)
+      for (int e = 0; e < s.embed; ++e) {
+        double const v = m[static_cast<size_t>(b) * s.tokens + t][e];
+        if (batch_first)
+          h(b, t, e) = static_cast<float>(v);
+        else
+          h(t, b, e) = static_cast<float>(v);
+      }
+  Kokkos::deep_copy(x, h);
+  return x;
+}
+
+Matrix batch_row(BatchTensor const& x, int b, bool batch_first = true) {
+  auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), x);
+  int const tokens = static_cast<int>(batch_first ? h.extent(1) : h.extent(0));
+  Matrix m(tokens, std::vector<double>(h.extent(2)));
+  for (int t = 0; t < tokens; ++t)
+    for (size_t e = 0; e < h.extent(2); ++e) m[t][e] = batch_first ? h(b, t, e) : h(t, b, e);
+  return m;
+}
+
+Matrix dense_reference(CausalGeneticMultiheadAttention const& mha, Matrix const& x) {
+  auto const& w = mha.weights();
+  std::vector<std::int64_t> pos(x.size());
+  for (size_t t = 0; t < x.size(); ++t) pos[t] = static_cast<std::int64_t>(t);
+  return test::attention_reference(
+      x, pos, test::to_host_matrix(w.qkv_weight), test::to_host_vector(w.qkv_bias),
+      test::to_host_matrix(w.out_weight), test::to_host_vector(w.out_bias), mha.config().num_heads,
+      mha.config().rope, mha.config().rope_base, [](int, size_t, size_t) { return true; },
+      [](int, size_t) { return true; });
+}
+
+}  // namespace
+
+TEST_CASE("alpha = 0 equals naive double-precision causal attention with RoPE", "[module][dense]") {
+  // Odd T, E not a power of two, B > 1; token sparsity off (the default).
+  for (Shape s : {Shape{1, 37, 24, 3}, Shape{2, 65, 48, 4}, Shape{3, 129, 40, 5}, Shape{1, 200, 64, 8}}) {
+    Config cfg;
+    cfg.mode = AlphaMode::subquad;
+    cfg.seed = 11;
+    CausalGeneticMultiheadAttention mha(s.embed, s.heads, true, cfg);
+    BatchTensor x = make_input(s, 3 + s.tokens);
+    auto [y, stats] = mha.forward(ExecSpace(), x, x, x, {}, true);
+    REQUIRE(stats.has_value());
+    CHECK(stats->mode == "dense");
+    CHECK(stats->alpha == 0.0);
+    for (int b = 0; b < s.batch; ++b) {
+      double const err = test::relative_error(batch_row(y, b), dense_reference(mha, batch_row(x, b)));
+      INFO("B=" << s.batch << " T=" << s.tokens << " E=" << s.embed << " H=" << s.heads << " b=" << b);
+      CHECK(err < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("outputs at or before t never depend on tokens after t, at every alpha", "[module][causal]") {
+  Shape const s{2, 300, 32, 4};
+  for (float alpha : {0.0f, 0.3f, 0.7f, 1.0f}) {
+    Config cfg;
+    cfg.mode = AlphaMode::fixed;
+    cfg.alpha = alpha;
+    cfg.linear_L = 48;
+    cfg.L_min = 16;
+    cfg.window = 24;
+    cfg.anchor_stride = 16;
+    cfg.use_dna_candidates = true;
+    cfg.dna_update = false;
+    cfg.seed = 5;
+    CausalGeneticMultiheadAttention mha(s.embed, s.heads, true, cfg);
+    BatchTensor x = make_input(s, 21);
+    BatchTensor changed = make_input(s, 21);
+    long const cut = 150;
+    {
+      Matrix noise = test::random_matrix(static_cast<size_t>(s.batch) * s.tokens, s.embed, 99, 3.0);
+      auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), changed);
+      for (int b = 0; b < s.batch; ++b)
+        for (long t = cut + 1; t < s.tokens; ++t)
+          for (int e = 0; e < s.embed; ++e) h(b, t, e) = static_cast<float>(noise[b * s.tokens + t][e]);
+      Kokkos::deep_copy(changed, h);
+    }
+    auto [y1, st1] = mha.forward(ExecSpace(), x, {}, {}, {}, true);
+    auto [y2, st2] = mha.forward(ExecSpace(), changed, {}, {}, {}, true);
+    auto h1 = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), y1);
+    auto h2 = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), y2);
+    long same = 0, later_differs = 0;
+    for (int b = 0; b < s.batch; ++b)
+      for (long t = 0; t < s.tokens; ++t) {
+        bool equal = true;
+        for (int e = 0; e < s.embed; ++e) equal = equal && h1(b, t, e) == h2(b, t, e);
+        if (t <= cut) same += equal ? 1 : 0;
+        if (t > cut) later_differs += equal ? 0 : 1;
+      }
+    INFO("alpha = " << alpha << " mode " << st1->mode);
+    CHECK(same == s.batch * (cut + 1));
+    CHECK(later_differs == s.batch * (s.tokens - cut - 1));  // the change did reach later rows
+  }
+}
+
+TEST_CASE("batch_first true and false give the same numbers", "[module][layout]") {
+  Shape const s{3, 50, 32, 4};
+  Config cfg;
+  cfg.seed = 2;
+  cfg.dna_update = false;
+  CausalGeneticMultiheadAttention a(s.embed, s.heads, true, cfg);
+  CausalGeneticMultiheadAttention b(s.embed, s.heads, false, cfg);
+  auto [ya, sa] = a.forward(ExecSpace(), make_input(s, 8, true));
+  auto [yb, sb] = b.forward(ExecSpace(), make_input(s, 8, false));
+  CHECK_FALSE(sa.has_value());
+  for (int bb = 0; bb < s.batch; ++bb) CHECK(batch_row(ya, bb, true) == batch_row(yb, bb, false));
+}
+
+TEST_CASE("two runs with one seed are bit-identical, DNA included", "[module][determinism]") {
+  Shape const s{2, 700, 32, 4};
+  auto run_once = [&] {
+    Config cfg;
+    cfg.seed = 77;
+    cfg.token_sparse = true;
+    cfg.token_keep_ratio = 0.5f;
+    cfg.mode = AlphaMode::fixed;
+    cfg.alpha = 0.6f;
+    CausalGeneticMultiheadAttention mha(s.embed, s.heads, true, cfg);
+    BatchTensor x = make_input(s, 4);
+    mha.forward(ExecSpace(), x);
+    auto [y, st] = mha.forward(ExecSpace(), x);
+    return std::make_pair(batch_row(y, 1), test::to_host_matrix(mha.dna().prototypes));
+  };
+  auto first = run_once();
+  auto second = run_once();
+  CHECK(first.first == second.first);
+  CHECK(first.second == second.second);
+}
+
+TEST_CASE("bad input gives a clear error naming the argument", "[module][errors]") {
+  auto message = [](auto&& f) {
+    try {
+      f();
+    } catch (proteus::Error const& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK(message([] { CausalGeneticMultiheadAttention(30, 4); }).find("embed_dim") != std::string::npos);
+  CHECK(message([] { CausalGeneticMultiheadAttention(36, 4); }).find("RoPE") != std::string::npos);
+  Config bad_alpha;
+  bad_alpha.alpha = 1.5f;
+  CHECK(message([&] { CausalGeneticMultiheadAttention(32, 4, true, bad_alpha); }).find("alpha") !=
+        std::string::npos);
+
+  CausalGeneticMultiheadAttention mha(32, 4);
+  Shape const s{1, 10, 32, 4};
+  BatchTensor x = make_input(s, 1);
+  CHECK(message([&] { mha.forward(ExecSpace(), make_input(Shape{1, 10, 16, 4}, 1)); }).find("query") !=
+        std::string::npos);
+  BatchTensor other = make_input(s, 2);
+  CHECK(message([&] { mha.forward(ExecSpace(), x, other, other); }).find("cross-attention") !=
+        std::string::npos);
+  auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), x);
+  h(0, 3, 5) = std::nanf("");
+  Kokkos::deep_copy(x, h);
+  CHECK(message([&] { mha.forward(ExecSpace(), x); }).find("query: contains 1 NaN") != std::string::npos);
+  CausalGeneticMultiheadAttention::AttnMask full("mask", 10, 10);
+  Kokkos::deep_copy(full, std::uint8_t(1));
+  CHECK(message([&] { mha.forward(ExecSpace(), make_input(s, 1), {}, {}, {}, false, full); })
+            .find("attn_mask") != std::string::npos);
+}
+
+TEST_CASE("the standard causal attn_mask and a key padding mask are accepted", "[module][masks]") {
+  Shape const s{2, 12, 16, 2};
+  Config cfg;
+  cfg.dna_update = false;
+  CausalGeneticMultiheadAttention mha(s.embed, s.heads, true, cfg);
+  BatchTensor x = make_input(s, 6);
+  CausalGeneticMultiheadAttention::AttnMask causal("causal", s.tokens, s.tokens);
+  auto hm = Kokkos::create_mirror_view(causal);
+  for (int i = 0; i < s.tokens; ++i)
+    for (int j = 0; j < s.tokens; ++j) hm(i, j) = j > i;
+  Kokkos::deep_copy(causal, hm);
+  auto [y0, s0] = mha.forward(ExecSpace(), x);
+  auto [y1, s1] = mha.forward(ExecSpace(), x, {}, {}, {}, false, causal);
+  CHECK(batch_row(y0, 1) == batch_row(y1, 1));
+  CausalGeneticMultiheadAttention::PaddingMask pad("pad", s.batch, s.tokens);
+  auto hp = Kokkos::create_mirror_view(pad);
+  for (int t = 0; t < s.tokens; ++t) hp(1, t) = 1;  // batch row 1 fully padded
+  Kokkos::deep_copy(pad, hp);
+  auto [y2, s2] = mha.forward(ExecSpace(), x, {}, {}, pad);
+  for (auto const& row : batch_row(y2, 1))
+    for (double v : row) CHECK(v == 0.0);
+  CHECK(batch_row(y2, 0) == batch_row(y0, 0));
+}

@@ -1,0 +1,249 @@
+// The alpha budget law, candidate sets against a brute-force construction of the same rule, and
+// the shortlist attention kernel against a double-precision softmax over those sets.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <set>
+#include <vector>
+
+#include "proteus/attention.hpp"
+#include "proteus/shortlist.hpp"
+#include "proteus_catch.hpp"
+#include "reference.hpp"
+
+using namespace proteus;
+
+namespace {
+
+// Brute force of the documented rule: window, clamped anchors, DNA = the dna_cap most salient
+// rows before the block start (ties: lower row first), all <= i.
+std::vector<long> brute_candidates(ShortlistPlan const& p, long i, std::vector<float> const& salience) {
+  std::set<long> s;
+  for (long j = std::max(0L, i - p.local_width + 1); j <= i; ++j) s.insert(j);
+  if (p.anchor_stride > 0)
+    for (long j = 1; j <= p.anchor_cap; ++j) s.insert(std::max(0L, i - j * p.anchor_stride));
+  if (p.dna_cap > 0) {
+    long const start = (i / p.dna_block) * p.dna_block;
+    std::vector<long> order(start);
+    std::iota(order.begin(), order.end(), 0L);
+    std::stable_sort(order.begin(), order.end(), [&](long a, long b) { return salience[a] > salience[b]; });
+    for (long n = 0; n < std::min<long>(p.dna_cap, start); ++n) s.insert(order[n]);
+  }
+  return {s.begin(), s.end()};
+}
+
+std::vector<long> kernel_rule_candidates(ShortlistPlan const& p, long i, Position const* dna) {
+  std::vector<long> out;
+  for_each_candidate(p, i, dna, [&](long c) { out.push_back(c); });
+  return out;
+}
+
+Config upstream_dropin() {
+  Config c;
+  c.embed_dim = 64;
+  c.num_heads = 4;
+  c.L_max = 512;
+  c.dense_alpha_cutoff = -1.0f;  // sizes only: keep the shortlist at alpha 0 too
+  return c.resolved();
+}
+
+}  // namespace
+
+TEST_CASE("budget law reproduces upstream's sizes with L_max = 512", "[shortlist][plan]") {
+  Config const c = upstream_dropin();
+  struct Row {
+    long tokens;
+    double alpha;  // < 0: from the auto ramp
+    long local, anchors;
+  };
+  // Computed from upstream's _compute_effective_linear_params (see UPSTREAM_NOTES.md, 2.9).
+  for (Row r : {Row{1024, -1, 452, 60}, Row{4096, -1, 434, 78}, Row{16384, -1, 362, 150},
+                Row{20000, -1, 341, 171}, Row{65536, 0.0, 458, 54}, Row{65536, 0.3, 422, 90},
+                Row{65536, 0.5, 398, 114}}) {
+    double const alpha = r.alpha < 0 ? resolve_alpha(c, r.tokens) : r.alpha;
+    ShortlistPlan const p = plan_shortlist(c, r.tokens, alpha);
+    INFO("T = " << r.tokens << ", alpha = " << alpha);
+    CHECK(p.budget == 512);
+    CHECK(p.local_width == r.local);
+    CHECK(p.anchor_cap == r.anchors);
+  }
+}
+
+TEST_CASE("alpha slides from dense to a fixed budget", "[shortlist][plan]") {
+  Config c;
+  c.embed_dim = 64;
+  c.num_heads = 4;
+  c = c.resolved();
+  CHECK(plan_shortlist(c, 100000, 0.0).dense);
+  ShortlistPlan const mid = plan_shortlist(c, 100000, 0.3);
+  ShortlistPlan const lin4k = plan_shortlist(c, 4096, 1.0), lin1m = plan_shortlist(c, 1 << 20, 1.0);
+  CHECK_FALSE(mid.dense);
+  CHECK(mid.budget > lin1m.budget);
+  CHECK(mid.budget < 100000);
+  CHECK(lin4k.budget == 512);
+  CHECK(lin1m.budget == 512);
+  CHECK(lin4k.local_width == lin1m.local_width);
+  CHECK(lin4k.anchor_cap == lin1m.anchor_cap);
+}
+
+TEST_CASE("candidate sets equal a brute-force construction of the same rule", "[shortlist][candidates]") {
+  long const T = 700;
+  Config c;
+  c.embed_dim = 32;
+  c.num_heads = 2;
+  c.linear_L = 60;
+  c.L_min = 8;
+  c.window = 20;
+  c.anchor_stride = 7;
+  c.use_dna_candidates = true;
+  c = c.resolved();
+  test::Matrix noise = test::random_matrix(1, T, 5);
+  std::vector<float> salience(T);
+  for (long t = 0; t < T; ++t) salience[t] = static_cast<float>(std::round(noise[0][t] * 4) / 4);  // ties
+  TokenVector sal("sal", T);
+  auto hs = Kokkos::create_mirror_view(sal);
+  for (long t = 0; t < T; ++t) hs(t) = salience[t];
+  Kokkos::deep_copy(sal, hs);
+  for (double alpha : {0.2, 0.6, 1.0}) {
+    ShortlistPlan const p = plan_shortlist(c, T, alpha);
+    REQUIRE(p.dna_cap > 0);
+    auto lists = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), dna_candidate_lists(ExecSpace(), p, sal, 1, T));
+    for (long i = 0; i < T; ++i) {
+      std::vector<long> got = kernel_rule_candidates(p, i, &lists(i / p.dna_block, 0));
+      std::vector<long> sorted = got;
+      std::sort(sorted.begin(), sorted.end());
+      INFO("alpha " << alpha << " row " << i);
+      CHECK(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end());  // no duplicates
+      CHECK(sorted == brute_candidates(p, i, salience));
+      CHECK(static_cast<long>(sorted.size()) <= p.budget);
+      CHECK(sorted.back() == i);
+    }
+  }
+}
+
+TEST_CASE("shortlist attention equals softmax over the candidate set in double", "[shortlist][attention]") {
+  int const heads = 3, d = 8, batch = 2;
+  long const T = 333;
+  Config c;
+  c.embed_dim = heads * d;
+  c.num_heads = heads;
+  c.linear_L = 40;
+  c.L_min = 8;
+  c.window = 16;
+  c.anchor_stride = 9;
+  c.use_dna_candidates = true;
+  c = c.resolved();
+  ShortlistPlan const plan = plan_shortlist(c, T, 0.8);
+  auto fill = [&](std::uint64_t seed) {
+    HeadTensor t("t", batch * heads, T, d);
+    test::Matrix m = test::random_matrix(batch * heads * T, d, seed);
+    auto h = Kokkos::create_mirror_view(t);
+    for (long i = 0; i < batch * heads * T; ++i)
+      for (int j = 0; j < d; ++j) h(i / T, i % T, j) = static_cast<float>(m[i][j]);
+    Kokkos::deep_copy(t, h);
+    return std::make_pair(t, m);
+  };
+  auto [q, qm] = fill(1);
+  auto [k, km] = fill(2);
+  auto [v, vm] = fill(3);
+  test::Matrix sal_m = test::random_matrix(1, batch * T, 4);
+  TokenVector sal("sal", batch * T);
+  auto hs = Kokkos::create_mirror_view(sal);
+  for (long t = 0; t < batch * T; ++t) hs(t) = static_cast<float>(sal_m[0][t]);
+  Kokkos::deep_copy(sal, hs);
+  // A random half of (token, head) pairs active, and a few tokens dropped entirely.
+  MaskMatrix mask("mask", batch * T, heads);
+  MaskVector keep("keep", batch * T);
+  auto hm = Kokkos::create_mirror_view(mask);
+  auto hk = Kokkos::create_mirror_view(keep);
+  test::Matrix coin = test::random_matrix(batch * T, heads + 1, 6);
+  for (long r = 0; r < batch * T; ++r) {
+    hk(r) = coin[r][heads] > -1.5;
+    for (int h = 0; h < heads; ++h) hm(r, h) = coin[r][h] > 0.0;
+  }
+  Kokkos::deep_copy(mask, hm);
+  Kokkos::deep_copy(keep, hk);
+  ActiveRows rows = compact_active_rows(ExecSpace(), mask, keep, false, batch, T, 0, T);
+  CandidateLists lists = dna_candidate_lists(ExecSpace(), plan, sal, batch, T);
+  TokenMatrix ctx("ctx", batch * T, heads * d);
+  Kokkos::View<int*, MemSpace> counts("counts", rows.rows);
+  attend(ExecSpace(), plan, q, k, v, rows, lists, heads, ctx, counts);
+  auto hc = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), ctx);
+  auto hl = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), lists);
+  long const blocks = (T + plan.dna_block - 1) / plan.dna_block;
+  double worst = 0.0;
+  long checked = 0;
+  for (int b = 0; b < batch; ++b) {
+    std::vector<float> salience(sal_m[0].begin() + b * T, sal_m[0].begin() + (b + 1) * T);
+    for (int h = 0; h < heads; ++h)
+      for (long i = 0; i < T; ++i) {
+        long const row = b * T + i, bh = b * heads + h;
+        bool const active = hk(row) && hm(row, h);
+        std::vector<double> ref(d, 0.0);
+        if (active) {
+          std::vector<long> cand = brute_candidates(plan, i, salience);
+          std::vector<double> s;
+          for (long j : cand) {
+            double dot = 0.0;
+            for (int e = 0; e < d; ++e) dot += qm[bh * T + i][e] * km[bh * T + j][e];
+            s.push_back(dot / std::sqrt(double(d)));
+          }
+          double const mx = *std::max_element(s.begin(), s.end());
+          double z = 0.0;
+          for (double& e : s) z += (e = std::exp(e - mx));
+          for (size_t n = 0; n < cand.size(); ++n)
+            for (int e = 0; e < d; ++e) ref[e] += s[n] / z * vm[bh * T + cand[n]][e];
+          ++checked;
+        }
+        for (int e = 0; e < d; ++e) worst = std::max(worst, std::fabs(hc(row, h * d + e) - ref[e]));
+      }
+    (void)blocks;
+    (void)hl;
+  }
+  CHECK(checked == rows.rows);
+  CHECK(worst < 2e-6);  // |v| ~ 1, float accumulation over <= 40 candidates
+}
+
+TEST_CASE("at alpha = 1 every query sees the same candidate count at T = 4k and 64k", "[shortlist][linear]") {
+  Config c;
+  c.embed_dim = 8;
+  c.num_heads = 1;
+  c.anchor_stride = 16;  // so that rows reach a full candidate set well inside 4k
+  c = c.resolved();
+  std::vector<std::vector<int>> per_t;
+  ShortlistPlan plans[2];
+  int n = 0;
+  for (long T : {4096L, 65536L}) {
+    ShortlistPlan const plan = plan_shortlist(c, T, 1.0);
+    plans[n++] = plan;
+    HeadTensor q("q", 1, T, 8), k("k", 1, T, 8), v("v", 1, T, 8);
+    Kokkos::deep_copy(q, 0.1f);
+    Kokkos::deep_copy(k, 0.2f);
+    Kokkos::deep_copy(v, 1.0f);
+    MaskMatrix mask("mask", T, 1);
+    MaskVector keep("keep", T);
+    Kokkos::deep_copy(mask, std::uint8_t(1));
+    Kokkos::deep_copy(keep, std::uint8_t(1));
+    ActiveRows rows = compact_active_rows(ExecSpace(), mask, keep, false, 1, T, 0, T);
+    TokenMatrix ctx("ctx", T, 8);
+    Kokkos::View<int*, MemSpace> counts("counts", rows.rows);
+    attend(ExecSpace(), plan, q, k, v, rows, CandidateLists("none", 1, 1), 1, ctx, counts);
+    auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), counts);
+    per_t.emplace_back(h.data(), h.data() + h.extent(0));
+  }
+  CHECK(plans[0].budget == plans[1].budget);
+  // Once a row is past the reach of its window and anchors it sees a fixed number of
+  // candidates: the window plus the anchors that fall before it (anchors inside the window are
+  // duplicates), never more than L.
+  ShortlistPlan const& p = plans[1];
+  long const reach = p.local_width + p.anchor_cap * p.anchor_stride;
+  long const fixed = p.local_width + p.anchor_cap - (p.local_width - 1) / p.anchor_stride;
+  REQUIRE(reach < 4096);
+  CHECK(fixed <= p.budget);
+  CHECK(fixed > p.budget * 9 / 10);
+  for (long i = 0; i < 65536; ++i) {
+    if (i < 4096) REQUIRE(per_t[0][i] == per_t[1][i]);
+    if (i >= reach) REQUIRE(per_t[1][i] == fixed);
+  }
+  CHECK(*std::max_element(per_t[1].begin(), per_t[1].end()) == fixed);
+}
