@@ -12,6 +12,13 @@ class Error : public std::runtime_error {
   explicit Error(std::string const& message) : std::runtime_error(message) {}
 };
 
+// An error every rank of a communicator raised together (so all can exit cleanly, no abort).
+// Only rank 0's copy carries the message; the others are empty.
+class CollectiveError : public Error {
+ public:
+  explicit CollectiveError(std::string const& message) : Error(message) {}
+};
+
 // "what: detail" with an optional location prefix, e.g. "deck.in:12: [model] embed_dim: ...".
 [[noreturn]] inline void fail(std::string const& where, std::string const& what) {
   throw Error(where.empty() ? what : where + ": " + what);

@@ -1,0 +1,107 @@
+// proteus_driver: the main job. Parses the command line and the deck, runs the pipeline and
+// prints the summary. Thin by design: everything it does lives in the library.
+#include <mpi.h>
+
+#include <CLI/CLI.hpp>
+#include <Kokkos_Core.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+#include "proteus/deck.hpp"
+#include "proteus/error.hpp"
+#include "proteus/pipeline.hpp"
+#include "proteus/version.hpp"
+
+namespace {
+
+struct Options {
+  std::string deck;
+  std::vector<std::string> overrides;
+  std::string restart;
+  bool version = false, reference = false, print_deck = false, quiet = false;
+};
+
+int main_body(int argc, char** argv, int rank) {
+  Options o;
+  CLI::App app{"proteus_driver: Proteus attention over long sequences, split into chunks over MPI ranks.\n"
+               "Example: mpirun -np 2 proteus_driver inputs/quickstart.in"};
+  app.add_option("deck", o.deck, "input deck (INI sections [model] [sequence] [pipeline] [checkpoint] [output])")
+      ->check(CLI::ExistingFile);
+  app.add_option("--set", o.overrides, "override a deck key: --set section.key=value (repeatable)");
+  app.add_option("--restart", o.restart, "resume from this checkpoint (same deck shape and rank count)")
+      ->check(CLI::ExistingFile);
+  app.add_flag("--version", o.version, "print the version and exit");
+  app.add_flag("--deck-reference", o.reference, "print the reference of every deck key (Markdown) and exit");
+  app.add_flag("--print-deck", o.print_deck, "print the resolved deck and exit");
+  app.add_flag("-q,--quiet", o.quiet, "print only the summary");
+  try {
+    app.parse(argc, argv);
+  } catch (CLI::ParseError const& e) {
+    if (rank != 0) return e.get_exit_code();
+    return app.exit(e);
+  }
+  if (o.version) {
+    if (rank == 0) std::printf("proteus %s (%s), Kokkos %d\n", PROTEUS_VERSION_STRING, PROTEUS_GIT_COMMIT, KOKKOS_VERSION);
+    return 0;
+  }
+  if (o.reference) {
+    if (rank == 0) std::fputs(proteus::deck_reference_markdown().c_str(), stdout);
+    return 0;
+  }
+  if (o.deck.empty()) {
+    if (rank == 0) std::fprintf(stderr, "proteus_driver: error: an input deck is required (see --help)\n");
+    return 2;
+  }
+  proteus::RunDeck deck;
+  try {
+    deck = proteus::read_deck(o.deck, o.overrides);  // the same on every rank: errors are agreed
+  } catch (proteus::Error const& e) {
+    if (rank == 0) std::fprintf(stderr, "proteus_driver: error: %s\n", e.what());
+    return 1;
+  }
+  int ranks = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &ranks);
+  if (o.print_deck) {
+    if (rank == 0) std::fputs(proteus::deck_to_ini(deck).c_str(), stdout);
+    return 0;
+  }
+  if (rank == 0 && !o.quiet)
+    std::printf("proteus %s (%s) on %d rank(s), execution space %s\n--- resolved deck (%s) ---\n%s---\n",
+                PROTEUS_VERSION_STRING, PROTEUS_GIT_COMMIT, ranks, Kokkos::DefaultExecutionSpace::name(),
+                o.deck.c_str(), proteus::deck_to_ini(deck).c_str());
+  std::fflush(stdout);
+  proteus::RunSummary summary;
+  try {
+    summary = proteus::run_pipeline(deck, MPI_COMM_WORLD,
+                                    o.restart.empty() ? std::nullopt : std::optional<std::string>(o.restart));
+  } catch (proteus::CollectiveError const& e) {
+    if (rank == 0) std::fprintf(stderr, "proteus_driver: error: %s\n", e.what());
+    return 1;
+  } catch (std::exception const& e) {
+    // Only this rank failed: the others cannot agree any more.
+    std::fprintf(stderr, "proteus_driver: error on rank %d: %s\n", rank, e.what());
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  if (rank == 0) {
+    std::fputs(summary.to_text().c_str(), stdout);
+    std::printf("  summary.json      %s/summary.json\n", deck.output.directory.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  int rc = 0;
+  {
+    Kokkos::ScopeGuard kokkos(argc, argv);
+    rc = main_body(argc, argv, rank);
+  }
+  MPI_Finalize();
+  return rc;
+}

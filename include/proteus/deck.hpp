@@ -1,0 +1,73 @@
+// Input decks: INI-style sections ([model], [sequence], [pipeline], [checkpoint], [output]) read
+// with CLI11's config parser and checked against one registry of keys, which also writes
+// docs/input_deck.md. Errors name the file, line and key.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "proteus/config.hpp"
+
+namespace proteus {
+
+struct SequenceSpec {
+  std::string source = "synthetic";  // synthetic | hdf5
+  long tokens = 65536;
+  std::uint64_t seed = 7;
+  std::string file;                  // hdf5: file and dataset [T x E] of float32
+  std::string dataset = "embeddings";
+  int needles = 8;                   // synthetic: planted tokens close to a DNA prototype
+  double needle_similarity = 0.8;    // cosine similarity of a needle to its prototype
+  std::vector<long> needle_positions;  // empty: spread evenly (deterministic)
+};
+
+struct PipelineSpec {
+  long chunk_tokens = 16384;
+  double chunk_keep_ratio = 0.05;    // token sparsity inside a chunk
+  double top_p = 0.9;                // nucleus over a chunk's kept scores
+  long chunk_budget = 4096;          // at most this many candidates per chunk
+  long buffer_tokens = 4096;         // size of the global buffer
+  bool buffer_pass = true;           // attention over the global buffer
+  double buffer_keep_ratio = 0.5;    // token sparsity of the buffer pass
+  bool second_pass = false;          // every token: local window + earlier buffer
+  long second_pass_window = 256;
+  double memory_limit_gb = 0.0;      // 0: what the machine reports as available
+};
+
+struct CheckpointSpec {
+  std::string directory = "checkpoints";
+  long interval_chunks = 0;          // 0: only at the end
+  int keep_last = 2;
+  bool at_end = true;
+  bool dna_dump = false;             // time series of DNA snapshots (one per checkpoint interval)
+  std::string weights;               // load weights/DNA from this HDF5 file
+};
+
+struct OutputSpec {
+  std::string directory = "proteus_out";
+  bool write_outputs = false;        // buffer (and second-pass) outputs to HDF5
+  double progress_seconds = 10.0;    // interval of plain progress lines (non-terminal)
+};
+
+struct RunDeck {
+  std::string path;  // where it was read from
+  Config model;
+  SequenceSpec sequence;
+  PipelineSpec pipeline;
+  CheckpointSpec checkpoint;
+  OutputSpec output;
+
+  RunDeck();
+  // Checks that need several keys at once, the rank count and the sequence length (which an
+  // HDF5 source knows only once opened), e.g. a chunk larger than a rank's slice.
+  void validate(int ranks, long tokens) const;
+};
+
+// Reads `path`, then applies "section.key=value" overrides in order.
+RunDeck read_deck(std::string const& path, std::vector<std::string> const& overrides = {});
+// The resolved deck as INI text (printed at start, stored with results).
+std::string deck_to_ini(RunDeck const& deck);
+// Markdown reference of every key: type, default, unit, meaning.
+std::string deck_reference_markdown();
+
+}  // namespace proteus

@@ -1,0 +1,76 @@
+// Where the tokens of a long sequence come from: a synthetic generator (token t is a pure
+// function of (seed, t), so any rank makes its own slice on the device) with planted needles, or
+// an HDF5 dataset [T x E] of which each rank reads its own hyperslabs.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "proteus/deck.hpp"
+#include "proteus/dna.hpp"
+#include "proteus/types.hpp"
+
+namespace proteus {
+
+class SequenceSource {
+ public:
+  virtual ~SequenceSource() = default;
+  virtual long tokens() const = 0;
+  virtual int embed_dim() const = 0;
+  // Rows [begin, begin + out.extent(0)) into out.
+  virtual void read(ExecSpace const& space, long begin, TokenMatrix const& out) const = 0;
+  // The rows at `positions` (ascending) into out, one row each.
+  virtual void read_rows(ExecSpace const& space, std::vector<Position> const& positions,
+                         TokenMatrix const& out) const = 0;
+  // Positions of planted needles (synthetic source), ascending.
+  virtual std::vector<Position> needles() const { return {}; }
+};
+
+// Synthetic tokens: x[t] ~ N(0, I_E) from the counter-based generator; a needle at position p is
+// s sqrt(E) u + sqrt(1 - s^2) n, with u the unit prototype of gate (k mod G) of `dna` and n
+// noise, so that its cosine similarity to that prototype is about s.
+class SyntheticSource final : public SequenceSource {
+ public:
+  SyntheticSource(SequenceSpec const& spec, int embed_dim, DnaState const& dna);
+  long tokens() const override { return tokens_; }
+  int embed_dim() const override { return embed_dim_; }
+  void read(ExecSpace const& space, long begin, TokenMatrix const& out) const override;
+  void read_rows(ExecSpace const& space, std::vector<Position> const& positions,
+                 TokenMatrix const& out) const override;
+  std::vector<Position> needles() const override { return needle_positions_; }
+
+ private:
+  long tokens_;
+  int embed_dim_;
+  std::uint64_t seed_;
+  double similarity_;
+  std::vector<Position> needle_positions_;
+  Kokkos::View<Position*, MemSpace> needle_pos_;        // [needles]
+  Kokkos::View<float**, Kokkos::LayoutRight, MemSpace> needle_dir_;  // [needles x E] unit rows
+  // Fills rows at positions pos(i) (i < n) of out.
+  void generate(ExecSpace const& space, Kokkos::View<Position*, MemSpace> const& pos, TokenMatrix const& out) const;
+};
+
+// HDF5 dataset of float32 [T x E]; the file is opened read-only by every rank.
+class Hdf5Source final : public SequenceSource {
+ public:
+  Hdf5Source(std::string const& file, std::string const& dataset);
+  ~Hdf5Source() override;
+  long tokens() const override { return tokens_; }
+  int embed_dim() const override { return embed_dim_; }
+  void read(ExecSpace const& space, long begin, TokenMatrix const& out) const override;
+  void read_rows(ExecSpace const& space, std::vector<Position> const& positions,
+                 TokenMatrix const& out) const override;
+
+ private:
+  std::string file_, dataset_;
+  long tokens_ = 0;
+  int embed_dim_ = 0;
+  long long file_id_ = -1, dataset_id_ = -1;
+};
+
+// The source the deck asks for; `deck_dir` resolves a relative file name.
+std::unique_ptr<SequenceSource> make_source(RunDeck const& deck, DnaState const& dna);
+
+}  // namespace proteus

@@ -1,0 +1,109 @@
+// MPI exchange: candidates -> global top-S buffer -> buffer embeddings on every rank.
+#include "proteus/buffer_exchange.hpp"
+
+#include <algorithm>
+#include <numeric>
+
+#include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/detail/sort_keys.hpp"
+#include "proteus/error.hpp"
+
+namespace proteus {
+
+namespace {
+std::vector<int> displacements(std::vector<int> const& counts) {
+  std::vector<int> d(counts.size(), 0);
+  for (size_t i = 1; i < counts.size(); ++i) d[i] = d[i - 1] + counts[i - 1];
+  return d;
+}
+}  // namespace
+
+GlobalBuffer select_global_buffer(MPI_Comm comm, Candidates const& local, long buffer_tokens) {
+  int ranks = 1;
+  MPI_Comm_size(comm, &ranks);
+  int const mine = static_cast<int>(local.size());
+  std::vector<int> counts(ranks);
+  MPI_Allgather(&mine, 1, MPI_INT, counts.data(), 1, MPI_INT, comm);
+  std::vector<int> const displ = displacements(counts);
+  long const total = std::accumulate(counts.begin(), counts.end(), 0L);
+  std::vector<Position> pos(total);
+  std::vector<float> score(total);
+  static_assert(sizeof(Position) == sizeof(std::int64_t));
+  MPI_Allgatherv(local.positions.data(), mine, MPI_INT64_T, pos.data(), counts.data(), displ.data(),
+                 MPI_INT64_T, comm);
+  MPI_Allgatherv(local.scores.data(), mine, MPI_FLOAT, score.data(), counts.data(), displ.data(), MPI_FLOAT, comm);
+
+  // Top-S by (score desc, position asc): Kokkos sort of 64-bit keys on the host.
+  Kokkos::View<std::uint64_t*, HostSpace> keys("proteus::buffer::keys", total);
+  for (long i = 0; i < total; ++i) {
+    require(pos[i] >= 0 && pos[i] < (Position(1) << 32), "buffer", "positions must be below 2^32");
+    keys(i) = detail::descending_score_key(score[i], static_cast<std::uint64_t>(pos[i]));
+  }
+  detail::sort(Kokkos::DefaultHostExecutionSpace(), keys);
+  long const take = std::min(buffer_tokens, total);
+  Kokkos::View<std::int64_t*, HostSpace> chosen("proteus::buffer::chosen", take);
+  for (long i = 0; i < take; ++i) chosen(i) = static_cast<std::int64_t>(detail::key_position(keys(i)));
+  detail::sort(Kokkos::DefaultHostExecutionSpace(), chosen);
+  GlobalBuffer buffer;
+  buffer.candidates = total;
+  buffer.positions.assign(chosen.data(), chosen.data() + take);
+  // Scores in position order (chunks are disjoint, so each position occurs once).
+  std::vector<std::pair<Position, float>> by_pos(total);
+  for (long i = 0; i < total; ++i) by_pos[i] = {pos[i], score[i]};
+  std::sort(by_pos.begin(), by_pos.end());
+  buffer.scores.resize(take);
+  for (long i = 0; i < take; ++i)
+    buffer.scores[i] = std::lower_bound(by_pos.begin(), by_pos.end(), std::make_pair(buffer.positions[i], -1e30f))->second;
+  return buffer;
+}
+
+TokenMatrix gather_buffer_embeddings(ExecSpace const& space, MPI_Comm comm, SequenceSource const& source,
+                                     GlobalBuffer const& buffer, Position own_begin, Position own_end) {
+  int ranks = 1;
+  MPI_Comm_size(comm, &ranks);
+  int const e = source.embed_dim();
+  auto lo = std::lower_bound(buffer.positions.begin(), buffer.positions.end(), own_begin);
+  auto hi = std::lower_bound(buffer.positions.begin(), buffer.positions.end(), own_end);
+  std::vector<Position> const mine(lo, hi);
+  TokenMatrix rows("proteus::buffer::own_rows", mine.size(), e);
+  source.read_rows(space, mine, rows);
+  auto host_rows = Kokkos::create_mirror_view_and_copy(HostSpace(), rows);
+  int const count = static_cast<int>(mine.size()) * e;
+  std::vector<int> counts(ranks);
+  MPI_Allgather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, comm);
+  std::vector<int> const displ = displacements(counts);
+  TokenMatrix all("proteus::buffer::tokens", buffer.size(), e);
+  auto host_all = Kokkos::create_mirror_view(all);
+  // Ranks own contiguous ranges in rank order, so the gathered rows are in position order.
+  MPI_Allgatherv(host_rows.data(), count, MPI_FLOAT, host_all.data(), counts.data(), displ.data(), MPI_FLOAT, comm);
+  Kokkos::deep_copy(space, all, host_all);
+  return all;
+}
+
+std::pair<long, long> buffer_rows_of_rank(long rows, int rank, int ranks) {
+  return {rows * rank / ranks, rows * (rank + 1) / ranks};
+}
+
+TokenMatrix gather_rows_to_root(ExecSpace const& space, MPI_Comm comm, TokenMatrix const& y) {
+  int rank = 0, ranks = 1;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &ranks);
+  long const rows = static_cast<long>(y.extent(0));
+  int const e = static_cast<int>(y.extent(1));
+  auto [lo, hi] = buffer_rows_of_rank(rows, rank, ranks);
+  auto host = Kokkos::create_mirror_view_and_copy(HostSpace(), y);
+  std::vector<int> counts(ranks), displ(ranks);
+  for (int r = 0; r < ranks; ++r) {
+    auto [a, b] = buffer_rows_of_rank(rows, r, ranks);
+    counts[r] = static_cast<int>((b - a) * e);
+    displ[r] = static_cast<int>(a * e);
+  }
+  TokenMatrix out("proteus::buffer::outputs", rank == 0 ? rows : 0, e);
+  auto host_out = Kokkos::create_mirror_view(out);
+  MPI_Gatherv(host.data() + lo * e, static_cast<int>((hi - lo) * e), MPI_FLOAT, host_out.data(), counts.data(),
+              displ.data(), MPI_FLOAT, 0, comm);
+  Kokkos::deep_copy(space, out, host_out);
+  return out;
+}
+
+}  // namespace proteus

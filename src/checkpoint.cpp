@@ -1,0 +1,299 @@
+// HDF5 checkpoints: gather every rank's run state to rank 0, which writes one file under a
+// temporary name and renames it into place. Reading checks the format version, shapes and types.
+#include "proteus/checkpoint.hpp"
+
+#include <algorithm>
+#include <filesystem>
+
+#include "proteus/detail/hdf5_io.hpp"
+#include "proteus/error.hpp"
+#include "proteus/version.hpp"
+
+namespace proteus {
+
+using detail::H5File;
+
+namespace {
+
+template <class View>
+std::vector<typename View::non_const_value_type> host_vector(View const& v) {
+  auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), v);
+  return std::vector<typename View::non_const_value_type>(h.data(), h.data() + h.size());
+}
+
+template <class View, class T>
+void to_view(std::vector<T> const& data, View const& v) {
+  auto h = Kokkos::create_mirror_view(v);
+  for (size_t i = 0; i < data.size(); ++i) h.data()[i] = static_cast<typename View::non_const_value_type>(data[i]);
+  Kokkos::deep_copy(v, h);
+}
+
+hsize_t dim(size_t n) { return static_cast<hsize_t>(n); }
+
+void write_dna(H5File const& f, std::string const& group, DnaState const& dna) {
+  f.create_group(group);
+  hsize_t const g = dna.prototypes.extent(0), e = dna.prototypes.extent(1);
+  f.write(group + "/prototypes", {g, e}, host_vector(dna.prototypes).data());
+  f.write(group + "/usage", {g}, host_vector(dna.usage).data());
+  f.write(group + "/confidence", {g}, host_vector(dna.confidence).data());
+  f.attr(group, "description", std::string("DNA: one prototype per gate [gates x embed], EMA usage mass and confidence per gate"));
+}
+
+// The serialised state of one rank: [next_chunk, rounds, kept, caught, chunks, n_candidates].
+std::vector<std::int64_t> header_of(RankState const& s) {
+  return {s.next_chunk, s.rounds_done, s.tokens_kept, s.tokens_caught, s.dna.chunks,
+          static_cast<std::int64_t>(s.candidates.size())};
+}
+
+}  // namespace
+
+void write_checkpoint(std::string const& path, MPI_Comm comm, CheckpointContent const& c) {
+  int rank = 0, ranks = 1;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &ranks);
+  RankState const& s = *c.state;
+  int const g = s.dna.gates, e = s.dna.embed;
+  // Gather the per-rank state to rank 0 (works with serial and parallel HDF5 builds alike).
+  std::vector<std::int64_t> header = header_of(s);
+  std::vector<std::int64_t> headers(6 * ranks);
+  MPI_Gather(header.data(), 6, MPI_INT64_T, headers.data(), 6, MPI_INT64_T, 0, comm);
+  int const n = static_cast<int>(s.candidates.size());
+  std::vector<int> counts(ranks), displ(ranks, 0);
+  MPI_Gather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, comm);
+  for (int r = 1; r < ranks; ++r) displ[r] = displ[r - 1] + counts[r - 1];
+  long const total = rank == 0 ? displ[ranks - 1] + counts[ranks - 1] : 0;
+  std::vector<std::int64_t> positions(total);
+  std::vector<float> scores(total);
+  MPI_Gatherv(s.candidates.positions.data(), n, MPI_INT64_T, positions.data(), counts.data(), displ.data(),
+              MPI_INT64_T, 0, comm);
+  MPI_Gatherv(s.candidates.scores.data(), n, MPI_FLOAT, scores.data(), counts.data(), displ.data(), MPI_FLOAT, 0, comm);
+  std::vector<double> chain(static_cast<size_t>(g) * e + 2 * g);
+  std::copy(s.dna.prototypes.begin(), s.dna.prototypes.end(), chain.begin());
+  std::copy(s.dna.usage.begin(), s.dna.usage.end(), chain.begin() + static_cast<long>(g) * e);
+  std::copy(s.dna.confidence.begin(), s.dna.confidence.end(), chain.begin() + static_cast<long>(g) * e + g);
+  std::vector<double> chains(rank == 0 ? chain.size() * ranks : 0);
+  MPI_Gather(chain.data(), static_cast<int>(chain.size()), MPI_DOUBLE, chains.data(), static_cast<int>(chain.size()),
+             MPI_DOUBLE, 0, comm);
+  std::vector<std::int64_t> hits(s.dna.hits.begin(), s.dna.hits.end());
+  std::vector<std::int64_t> all_hits(rank == 0 ? g * ranks : 0);
+  MPI_Gather(hits.data(), g, MPI_INT64_T, all_hits.data(), g, MPI_INT64_T, 0, comm);
+
+  int ok = 1;
+  std::string message;
+  if (rank == 0) {
+    std::string const tmp = path + ".tmp";
+    try {
+      H5File f(tmp, "w");
+      CausalGeneticMultiheadAttention const& m = *c.model;
+      Config const& cfg = m.config();
+      f.attr("/", "format_version", static_cast<long long>(checkpoint_format_version));
+      f.attr("/", "proteus_version", std::string(PROTEUS_VERSION_STRING));
+      f.attr("/", "commit", std::string(PROTEUS_GIT_COMMIT));
+      f.attr("/", "deck", deck_to_ini(*c.deck));
+      f.attr("/", "tokens", static_cast<long long>(c.tokens));
+      f.attr("/", "chunks_total", static_cast<long long>(c.chunks_total));
+      f.attr("/", "chunk_tokens", static_cast<long long>(c.deck->pipeline.chunk_tokens));
+      f.attr("/", "ranks", static_cast<long long>(ranks));
+      f.attr("/", "complete", static_cast<long long>(c.buffer != nullptr ? 1 : 0));
+      f.create_group("/config");
+      f.attr("/config", "embed_dim", static_cast<long long>(cfg.embed_dim));
+      f.attr("/config", "num_heads", static_cast<long long>(cfg.num_heads));
+      f.attr("/config", "num_gates", static_cast<long long>(cfg.num_gates));
+      f.attr("/config", "head_dim", static_cast<long long>(cfg.head_dim()));
+      f.attr("/config", "seed", static_cast<long long>(cfg.seed));
+      f.attr("/config", "dna_decay", static_cast<double>(cfg.dna_decay));
+      f.attr("/config", "dna_threshold", static_cast<double>(cfg.dna_threshold));
+      f.attr("/config", "dna_blend", static_cast<double>(cfg.dna_blend));
+      f.attr("/config", "dna_temperature", static_cast<double>(cfg.dna_temperature));
+      f.attr("/config", "rope_base", cfg.rope_base);
+      f.attr("/config", "mode", to_string(cfg.mode));
+      f.attr("/config", "alpha", static_cast<double>(cfg.alpha));
+      Weights const& w = m.weights();
+      f.create_group("/weights");
+      f.attr("/weights", "layout", std::string("torch.nn.Linear: weight [out x in], y = x W^T + b"));
+      hsize_t const E = cfg.embed_dim, G = cfg.num_gates;
+      f.write("/weights/qkv_weight", {3 * E, E}, host_vector(w.qkv_weight).data());
+      f.write("/weights/qkv_bias", {3 * E}, host_vector(w.qkv_bias).data());
+      f.write("/weights/out_weight", {E, E}, host_vector(w.out_weight).data());
+      f.write("/weights/out_bias", {E}, host_vector(w.out_bias).data());
+      f.write("/weights/router_weight", {G, E}, host_vector(w.router_weight).data());
+      write_dna(f, "/dna", m.dna());
+      if (c.final_dna) write_dna(f, "/dna_final", *c.final_dna);
+      std::vector<std::int32_t> map(cfg.gate_to_head.begin(), cfg.gate_to_head.end());
+      f.write("/gate_to_head", {G}, map.data());
+      f.attr("/gate_to_head", "description", std::string("head of each gate (many gates per head)"));
+      f.create_group("/run");
+      f.write("/run/rank_header", {dim(ranks), 6}, headers.data());
+      f.attr("/run/rank_header", "columns",
+             std::string("next_chunk, rounds_done, tokens_kept, tokens_caught, dna_chunks, candidates"));
+      f.write("/run/candidate_positions", {dim(total)}, positions.data());
+      f.write("/run/candidate_scores", {dim(total)}, scores.data());
+      f.attr("/run/candidate_positions", "units", std::string("token positions in the original sequence"));
+      f.write("/run/dna_chain", {dim(ranks), dim(chain.size())}, chains.data());
+      f.attr("/run/dna_chain", "layout", std::string("per rank: prototypes [G*E], usage [G], confidence [G] (float64)"));
+      f.write("/run/dna_hits", {dim(ranks), G}, all_hits.data());
+      f.create_group("/statistics");
+      long long kept = 0, caught = 0;
+      for (int r = 0; r < ranks; ++r) kept += headers[6 * r + 2], caught += headers[6 * r + 3];
+      f.attr("/statistics", "tokens_kept", kept);
+      f.attr("/statistics", "tokens_caught", caught);
+      if (c.buffer) {
+        f.create_group("/buffer");
+        std::vector<std::int64_t> bp(c.buffer->positions.begin(), c.buffer->positions.end());
+        f.write("/buffer/positions", {dim(bp.size())}, bp.data());
+        f.write("/buffer/scores", {dim(bp.size())}, c.buffer->scores.data());
+        f.attr("/buffer/positions", "units", std::string("token positions in the original sequence, ascending"));
+        f.attr("/buffer", "candidates", static_cast<long long>(c.buffer->candidates));
+      }
+      f.close();
+      std::filesystem::rename(tmp, path);
+    } catch (std::exception const& ex) {
+      ok = 0;
+      message = ex.what();
+      std::error_code ec;
+      std::filesystem::remove(tmp, ec);
+    }
+  }
+  MPI_Bcast(&ok, 1, MPI_INT, 0, comm);
+  if (!ok) throw CollectiveError(rank == 0 ? path + ": checkpoint not written: " + message : "");
+}
+
+RankState read_rank_state(std::string const& path, MPI_Comm comm, RunDeck const& deck) {
+  int rank = 0, ranks = 1;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &ranks);
+  H5File f(path, "r");
+  long long const version = f.attr_int("/", "format_version");
+  require(version == checkpoint_format_version, f.where("/"),
+          "format_version " + std::to_string(version) + " is not the supported " + std::to_string(checkpoint_format_version));
+  Config const cfg = deck.model.resolved();
+  auto same = [&](char const* object, char const* name, long long expect, std::string const& key) {
+    long long const got = f.attr_int(object, name);
+    require(got == expect, f.where(object) + " @" + name,
+            "checkpoint has " + std::to_string(got) + " but the deck has " + std::to_string(expect) + " (" + key + ")");
+  };
+  same("/", "ranks", ranks, "restart needs the same number of ranks");
+  same("/", "chunk_tokens", deck.pipeline.chunk_tokens, "[pipeline] chunk_tokens");
+  same("/config", "embed_dim", cfg.embed_dim, "[model] embed_dim");
+  same("/config", "num_gates", cfg.num_gates, "[model] num_gates");
+  same("/config", "num_heads", cfg.num_heads, "[model] num_heads");
+  same("/config", "seed", static_cast<long long>(cfg.seed), "[model] seed");
+  std::vector<std::int64_t> headers, positions, hits;
+  std::vector<float> scores;
+  std::vector<double> chains;
+  hsize_t const G = cfg.num_gates, E = cfg.embed_dim;
+  f.read("/run/rank_header", {dim(ranks), 6}, headers);
+  f.read("/run/candidate_positions", {0}, positions);
+  f.read("/run/candidate_scores", {dim(positions.size())}, scores);
+  f.read("/run/dna_chain", {dim(ranks), G * E + 2 * G}, chains);
+  f.read("/run/dna_hits", {dim(ranks), G}, hits);
+  RankState s;
+  std::int64_t const* h = &headers[6 * rank];
+  s.next_chunk = h[0];
+  s.rounds_done = h[1];
+  s.tokens_kept = h[2];
+  s.tokens_caught = h[3];
+  long offset = 0;
+  for (int r = 0; r < rank; ++r) offset += headers[6 * r + 5];
+  require(offset + h[5] <= static_cast<long>(positions.size()), f.where("/run/candidate_positions"), "too short for the rank headers");
+  s.candidates.positions.assign(positions.begin() + offset, positions.begin() + offset + h[5]);
+  s.candidates.scores.assign(scores.begin() + offset, scores.begin() + offset + h[5]);
+  s.dna.reset(cfg.num_gates, cfg.embed_dim);
+  s.dna.chunks = h[4];
+  double const* chain = &chains[rank * (G * E + 2 * G)];
+  std::copy(chain, chain + G * E, s.dna.prototypes.begin());
+  std::copy(chain + G * E, chain + G * E + G, s.dna.usage.begin());
+  std::copy(chain + G * E + G, chain + G * E + 2 * G, s.dna.confidence.begin());
+  std::copy(hits.begin() + rank * G, hits.begin() + (rank + 1) * G, s.dna.hits.begin());
+  return s;
+}
+
+void load_model(std::string const& path, CausalGeneticMultiheadAttention& model, std::string const& dna_group) {
+  H5File f(path, "r");
+  long long const version = f.attr_int("/", "format_version");
+  require(version == checkpoint_format_version, f.where("/"), "unsupported format_version " + std::to_string(version));
+  Config const& cfg = model.config();
+  hsize_t const E = cfg.embed_dim, G = cfg.num_gates;
+  ExecSpace space;
+  Weights w = Weights::allocate(cfg.embed_dim, cfg.num_gates);
+  std::vector<float> buf;
+  f.read("/weights/qkv_weight", {3 * E, E}, buf), to_view(buf, w.qkv_weight);
+  f.read("/weights/qkv_bias", {3 * E}, buf), to_view(buf, w.qkv_bias);
+  f.read("/weights/out_weight", {E, E}, buf), to_view(buf, w.out_weight);
+  f.read("/weights/out_bias", {E}, buf), to_view(buf, w.out_bias);
+  f.read("/weights/router_weight", {G, E}, buf), to_view(buf, w.router_weight);
+  model.set_weights(space, w);
+  DnaState dna = DnaState::allocate(cfg.num_gates, cfg.embed_dim);
+  f.read(dna_group + "/prototypes", {G, E}, buf), to_view(buf, dna.prototypes);
+  f.read(dna_group + "/usage", {G}, buf), to_view(buf, dna.usage);
+  f.read(dna_group + "/confidence", {G}, buf), to_view(buf, dna.confidence);
+  model.set_dna(space, dna);
+  std::vector<std::int32_t> map;
+  f.read("/gate_to_head", {G}, map);
+  for (int gth = 0; gth < static_cast<int>(G); ++gth)
+    require(map[gth] == cfg.gate_to_head[gth], f.where("/gate_to_head"),
+            "differs from the model's gate_to_head at gate " + std::to_string(gth));
+}
+
+void append_dna_snapshot(std::string const& path, DnaState const& dna, long tokens_seen) {
+  hsize_t const g = dna.prototypes.extent(0), e = dna.prototypes.extent(1);
+  bool const fresh = !std::filesystem::exists(path);
+  H5File f(path, "a");
+  if (fresh) {
+    f.attr("/", "format_version", static_cast<long long>(checkpoint_format_version));
+    f.attr("/", "description", std::string("DNA snapshots along the sequence: one row per snapshot"));
+  }
+  auto extend = [&](std::string const& name, std::vector<hsize_t> row, hid_t type, void const* data) {
+    std::vector<hsize_t> dims = row, maxd = row, chunk = row;
+    dims.insert(dims.begin(), 1);
+    maxd.insert(maxd.begin(), H5S_UNLIMITED);
+    chunk.insert(chunk.begin(), 1);
+    hid_t set;
+    hsize_t n = 0;
+    if (!f.exists(name)) {
+      hid_t const space = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), maxd.data());
+      hid_t const plist = H5Pcreate(H5P_DATASET_CREATE);
+      H5Pset_chunk(plist, static_cast<int>(chunk.size()), chunk.data());
+      set = H5Dcreate2(f.id(), name.c_str(), type, space, H5P_DEFAULT, plist, H5P_DEFAULT);
+      H5Pclose(plist);
+      H5Sclose(space);
+    } else {
+      set = H5Dopen2(f.id(), name.c_str(), H5P_DEFAULT);
+      hid_t const space = H5Dget_space(set);
+      std::vector<hsize_t> cur(dims.size());
+      H5Sget_simple_extent_dims(space, cur.data(), nullptr);
+      H5Sclose(space);
+      n = cur[0];
+      cur[0] = n + 1;
+      H5Dset_extent(set, cur.data());
+    }
+    require(set >= 0, f.where(name), "cannot create or open the snapshot dataset");
+    hid_t const fs = H5Dget_space(set);
+    std::vector<hsize_t> start(dims.size(), 0);
+    start[0] = n;
+    H5Sselect_hyperslab(fs, H5S_SELECT_SET, start.data(), nullptr, dims.data(), nullptr);
+    hid_t const ms = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
+    herr_t const rc = H5Dwrite(set, type, ms, fs, H5P_DEFAULT, data);
+    H5Sclose(ms);
+    H5Sclose(fs);
+    H5Dclose(set);
+    require(rc >= 0, f.where(name), "cannot append a snapshot");
+  };
+  std::int64_t const seen = tokens_seen;
+  extend("/tokens_seen", {}, H5T_NATIVE_INT64, &seen);
+  extend("/prototypes", {g, e}, H5T_NATIVE_FLOAT, host_vector(dna.prototypes).data());
+  extend("/usage", {g}, H5T_NATIVE_FLOAT, host_vector(dna.usage).data());
+  extend("/confidence", {g}, H5T_NATIVE_FLOAT, host_vector(dna.confidence).data());
+}
+
+void prune_checkpoints(std::string const& dir, std::string const& prefix, int keep) {
+  std::vector<std::filesystem::path> files;
+  for (auto const& entry : std::filesystem::directory_iterator(dir)) {
+    std::string const name = entry.path().filename().string();
+    if (name.rfind(prefix, 0) == 0 && entry.path().extension() == ".h5") files.push_back(entry.path());
+  }
+  std::sort(files.begin(), files.end());
+  for (size_t i = 0; i + keep < files.size(); ++i) std::filesystem::remove(files[i]);
+}
+
+}  // namespace proteus

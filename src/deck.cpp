@@ -1,0 +1,377 @@
+// Input deck: CLI11 tokenises the INI file; this registry checks every key's type and range and
+// reports errors as "file:line: [section] key: problem".
+#include "proteus/deck.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <map>
+#include <sstream>
+
+#include "proteus/error.hpp"
+
+namespace proteus {
+
+namespace {
+
+struct Key {
+  std::string section, name, type, unit, doc;
+  std::function<std::string(RunDeck const&)> get;
+  std::function<void(RunDeck&, std::string const&)> set;  // throws std::invalid_argument
+};
+
+std::string trim(std::string s) {
+  auto const a = s.find_first_not_of(" \t\r\n");
+  auto const b = s.find_last_not_of(" \t\r\n");
+  return a == std::string::npos ? "" : s.substr(a, b - a + 1);
+}
+
+template <class T>
+T parse_number(std::string const& text, double lo, double hi) {
+  std::string const t = trim(text);
+  size_t used = 0;
+  long double v = 0;
+  try {
+    if constexpr (std::is_integral_v<T>)
+      v = static_cast<long double>(std::stoll(t, &used));
+    else
+      v = std::stold(t, &used);
+  } catch (std::exception const&) {
+    used = 0;
+  }
+  if (t.empty() || used != t.size())
+    throw std::invalid_argument(std::string("expected ") + (std::is_integral_v<T> ? "an integer" : "a number") +
+                                ", got '" + text + "'");
+  if (!(v >= lo && v <= hi)) {
+    std::ostringstream os;
+    os << "value " << t << " is out of range [" << lo << ", " << hi << "]";
+    throw std::invalid_argument(os.str());
+  }
+  return static_cast<T>(v);
+}
+
+bool parse_bool(std::string const& text) {
+  std::string t = trim(text);
+  std::transform(t.begin(), t.end(), t.begin(), ::tolower);
+  if (t == "true" || t == "1" || t == "yes" || t == "on") return true;
+  if (t == "false" || t == "0" || t == "no" || t == "off") return false;
+  throw std::invalid_argument("expected true or false, got '" + text + "'");
+}
+
+template <class T>
+std::string show(T const& v) {
+  if constexpr (std::is_same_v<T, bool>) {
+    return v ? "true" : "false";
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    return "\"" + v + "\"";
+  } else if constexpr (std::is_same_v<T, std::vector<long>>) {
+    std::string s = "[";
+    for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+    return s + "]";
+  } else {
+    std::ostringstream os;
+    os.precision(10);
+    os << v;
+    return os.str();
+  }
+}
+
+template <class T>
+char const* type_name() {
+  if constexpr (std::is_same_v<T, bool>) return "bool";
+  if constexpr (std::is_same_v<T, std::string>) return "string";
+  if constexpr (std::is_same_v<T, std::vector<long>>) return "list of integers";
+  if constexpr (std::is_integral_v<T>) return "integer";
+  return "number";
+}
+
+template <class T>
+Key key(std::string section, std::string name, std::string unit, std::string doc, T& (*ref)(RunDeck&),
+        double lo = -std::numeric_limits<double>::max(), double hi = std::numeric_limits<double>::max()) {
+  Key k{std::move(section), std::move(name), type_name<T>(), std::move(unit), std::move(doc), {}, {}};
+  k.get = [ref](RunDeck const& d) { return show(ref(const_cast<RunDeck&>(d))); };
+  k.set = [ref, lo, hi](RunDeck& d, std::string const& text) {
+    if constexpr (std::is_same_v<T, bool>) {
+      ref(d) = parse_bool(text);
+    } else if constexpr (std::is_same_v<T, std::string>) {
+      ref(d) = trim(text);
+    } else if constexpr (std::is_same_v<T, std::vector<long>>) {
+      std::vector<long> out;
+      std::string item;
+      std::istringstream is(text);
+      while (std::getline(is, item, ','))
+        if (!trim(item).empty()) out.push_back(parse_number<long>(item, lo, hi));
+      ref(d) = out;
+    } else {
+      ref(d) = parse_number<T>(text, lo, hi);
+    }
+  };
+  return k;
+}
+
+#define REF(expr) [](RunDeck& d) -> auto& { return d.expr; }
+constexpr double big = 1e18;
+
+std::vector<Key> const& registry() {
+  static std::vector<Key> const keys = [] {
+    std::vector<Key> k;
+    // [model]
+    k.push_back(key<int>("model", "embed_dim", "", "embedding width E", REF(model.embed_dim), 1, 65536));
+    k.push_back(key<int>("model", "num_heads", "", "attention heads H (E must be divisible by H)", REF(model.num_heads), 1, 4096));
+    k.push_back(key<int>("model", "num_gates", "", "router gates G; 0 = 2 max(H, heads_active_max)", REF(model.num_gates), 0, 65536));
+    k.push_back(key<std::uint64_t>("model", "seed", "", "seed of the weights and the initial DNA", REF(model.seed), 0, big));
+    k.push_back(key<bool>("model", "bias", "", "biases in the Q/K/V and output projections", REF(model.bias)));
+    k.push_back(key<bool>("model", "dna_enable", "", "DNA prototypes blended with the router", REF(model.dna_enable)));
+    k.push_back(key<float>("model", "dna_decay", "", "EMA decay of the prototypes per update", REF(model.dna_decay), 0, 0.999999));
+    k.push_back(key<float>("model", "dna_threshold", "cosine", "similarity where DNA blending starts (theta)", REF(model.dna_threshold), -1, 0.999));
+    k.push_back(key<float>("model", "dna_blend", "", "weight of the DNA distribution at full strength (lambda)", REF(model.dna_blend), 0, 1));
+    k.push_back(key<float>("model", "dna_temperature", "", "softmax temperature of the similarities (tau)", REF(model.dna_temperature), 1e-6, 1e6));
+    k.push_back(key<float>("model", "dna_usage_boost", "", "bias toward rarely used gates", REF(model.dna_usage_boost), 0, 1e6));
+    k.push_back(key<float>("model", "dna_init_scale", "", "std of the initial prototypes", REF(model.dna_init_scale), 0, 1e6));
+    k.push_back(key<int>("model", "heads_active_min", "heads", "fewest heads per token", REF(model.heads_active_min), 1, 4096));
+    k.push_back(key<int>("model", "heads_active_max", "heads", "most heads per token; 0 = H", REF(model.heads_active_max), 0, 4096));
+    k.push_back(key<float>("model", "router_top_p", "", "nucleus rule on head probabilities; 0 = off", REF(model.router_top_p), 0, 1));
+    k.push_back(key<int>("model", "linear_head_k", "heads", "heads per token at alpha = 1", REF(model.linear_head_k), 1, 4096));
+    k.push_back(key<bool>("model", "rope", "", "rotary position embedding at original positions", REF(model.rope)));
+    k.push_back(key<double>("model", "rope_base", "", "RoPE frequency base", REF(model.rope_base), 1.000001, 1e12));
+    k.push_back(Key{"model", "mode", "string", "", "alpha: auto | linear (1) | subquad (0) | fixed (model.alpha)",
+                    [](RunDeck const& d) { return "\"" + to_string(d.model.mode) + "\""; },
+                    [](RunDeck& d, std::string const& v) {
+                      try {
+                        d.model.mode = parse_alpha_mode(trim(v));
+                      } catch (Error const&) {
+                        throw std::invalid_argument("expected auto, linear, subquad or fixed, got '" + v + "'");
+                      }
+                    }});
+    k.push_back(key<float>("model", "alpha", "", "alpha in [0, 1] when mode = fixed", REF(model.alpha), 0, 1));
+    k.push_back(key<int>("model", "switch_ctx", "tokens", "auto mode reaches alpha = 1 here", REF(model.switch_ctx), 2, 2e9));
+    k.push_back(key<int>("model", "linear_L", "tokens", "candidates per query at alpha = 1", REF(model.linear_L), 1, 1e9));
+    k.push_back(key<int>("model", "L_min", "tokens", "smallest candidate budget", REF(model.L_min), 1, 1e9));
+    k.push_back(key<int>("model", "L_max", "tokens", "largest candidate budget; 0 = no cap (512 = upstream)", REF(model.L_max), 0, 1e9));
+    k.push_back(key<int>("model", "window", "tokens", "base of the local window", REF(model.window), 1, 1e9));
+    k.push_back(key<int>("model", "anchor_stride", "tokens", "spacing of anchor candidates; 0 = none", REF(model.anchor_stride), 0, 1e9));
+    k.push_back(key<bool>("model", "use_dna_candidates", "", "add the most salient earlier tokens to each shortlist", REF(model.use_dna_candidates)));
+    k.push_back(key<float>("model", "force_dense_threshold", "", "dense when K/H >= this and alpha < 0.95; 0 = off", REF(model.force_dense_threshold), 0, 1));
+    // [sequence]
+    k.push_back(key<std::string>("sequence", "source", "", "synthetic | hdf5", REF(sequence.source)));
+    k.push_back(key<long>("sequence", "tokens", "tokens", "sequence length T (synthetic source)", REF(sequence.tokens), 1, 4.0e9));
+    k.push_back(key<std::uint64_t>("sequence", "seed", "", "seed of the synthetic tokens", REF(sequence.seed), 0, big));
+    k.push_back(key<std::string>("sequence", "file", "path", "HDF5 file of the hdf5 source (relative to the deck)", REF(sequence.file)));
+    k.push_back(key<std::string>("sequence", "dataset", "", "dataset [T x E] of float32 in that file", REF(sequence.dataset)));
+    k.push_back(key<int>("sequence", "needles", "tokens", "planted tokens close to a DNA prototype", REF(sequence.needles), 0, 1e7));
+    k.push_back(key<double>("sequence", "needle_similarity", "cosine", "cosine similarity of a needle to its prototype", REF(sequence.needle_similarity), 0, 1));
+    k.push_back(key<std::vector<long>>("sequence", "needle_positions", "tokens", "needle positions; empty = spread evenly", REF(sequence.needle_positions), 0, 4.0e9));
+    // [pipeline]
+    k.push_back(key<long>("pipeline", "chunk_tokens", "tokens", "tokens per chunk on the device", REF(pipeline.chunk_tokens), 16, 1 << 26));
+    k.push_back(key<double>("pipeline", "chunk_keep_ratio", "", "fraction of a chunk's tokens kept by token sparsity", REF(pipeline.chunk_keep_ratio), 1e-6, 1));
+    k.push_back(key<double>("pipeline", "top_p", "", "nucleus over a chunk's kept scores", REF(pipeline.top_p), 1e-6, 1));
+    k.push_back(key<long>("pipeline", "chunk_budget", "tokens", "most candidates per chunk", REF(pipeline.chunk_budget), 1, 1 << 26));
+    k.push_back(key<long>("pipeline", "buffer_tokens", "tokens", "size of the global buffer of salient tokens", REF(pipeline.buffer_tokens), 1, 1 << 28));
+    k.push_back(key<bool>("pipeline", "buffer_pass", "", "run attention over the global buffer", REF(pipeline.buffer_pass)));
+    k.push_back(key<double>("pipeline", "buffer_keep_ratio", "", "token keep ratio of the buffer pass", REF(pipeline.buffer_keep_ratio), 1e-6, 1));
+    k.push_back(key<bool>("pipeline", "second_pass", "", "give every token an output (local window + earlier buffer)", REF(pipeline.second_pass)));
+    k.push_back(key<long>("pipeline", "second_pass_window", "tokens", "local window of the second pass", REF(pipeline.second_pass_window), 1, 1 << 20));
+    k.push_back(key<double>("pipeline", "memory_limit_gb", "GiB", "refuse decks whose estimate exceeds this; 0 = available memory", REF(pipeline.memory_limit_gb), 0, 1e6));
+    // [checkpoint]
+    k.push_back(key<std::string>("checkpoint", "directory", "path", "where checkpoints go (relative to the working directory)", REF(checkpoint.directory)));
+    k.push_back(key<long>("checkpoint", "interval_chunks", "chunks", "checkpoint every this many chunks per rank; 0 = only at the end", REF(checkpoint.interval_chunks), 0, big));
+    k.push_back(key<int>("checkpoint", "keep_last", "files", "checkpoints kept", REF(checkpoint.keep_last), 1, 1000));
+    k.push_back(key<bool>("checkpoint", "at_end", "", "write a checkpoint when the run ends", REF(checkpoint.at_end)));
+    k.push_back(key<bool>("checkpoint", "dna_dump", "", "append a DNA snapshot at every checkpoint interval", REF(checkpoint.dna_dump)));
+    k.push_back(key<std::string>("checkpoint", "weights", "path", "load weights and DNA from this HDF5 file", REF(checkpoint.weights)));
+    // [output]
+    k.push_back(key<std::string>("output", "directory", "path", "summary.json, resolved deck and outputs", REF(output.directory)));
+    k.push_back(key<bool>("output", "write_outputs", "", "write the buffer pass outputs to HDF5", REF(output.write_outputs)));
+    k.push_back(key<double>("output", "progress_seconds", "s", "interval of progress lines when not on a terminal", REF(output.progress_seconds), 0, 1e6));
+    return k;
+  }();
+  return keys;
+}
+#undef REF
+
+size_t edit_distance(std::string const& a, std::string const& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t prev = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t const cur = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, prev + (a[i - 1] != b[j - 1])});
+      prev = cur;
+    }
+  }
+  return row[b.size()];
+}
+
+std::string suggestion(std::string const& section, std::string const& name) {
+  std::string best;
+  size_t dist = 4;
+  for (Key const& k : registry()) {
+    size_t const d = edit_distance(name, k.name) + (k.section == section ? 0 : 2);
+    if (d < dist) dist = d, best = k.section == section ? k.name : "[" + k.section + "] " + k.name;
+  }
+  return best.empty() ? "" : " (did you mean " + best + "?)";
+}
+
+void assign(RunDeck& deck, std::string const& where, std::string const& section, std::string const& name,
+            std::string const& value) {
+  std::string const label = "[" + section + "] " + name;
+  for (Key const& k : registry())
+    if (k.section == section && k.name == name) {
+      try {
+        k.set(deck, value);
+      } catch (std::invalid_argument const& e) {
+        fail(where, label + ": " + e.what());
+      }
+      return;
+    }
+  bool const known_section = std::any_of(registry().begin(), registry().end(),
+                                         [&](Key const& k) { return k.section == section; });
+  if (!known_section)
+    fail(where, "unknown section [" + section + "] (sections: model, sequence, pipeline, checkpoint, output)");
+  fail(where, label + ": unknown key" + suggestion(section, name));
+}
+
+// Line of each "section.key" in the file, for messages (CLI11's items carry no line numbers).
+std::map<std::string, int> key_lines(std::string const& path) {
+  std::map<std::string, int> lines;
+  std::ifstream in(path);
+  std::string line, section;
+  for (int n = 1; std::getline(in, line); ++n) {
+    std::string const t = trim(line.substr(0, line.find_first_of("#;")));
+    if (t.empty()) continue;
+    if (t.front() == '[' && t.back() == ']') {
+      section = trim(t.substr(1, t.size() - 2));
+      lines.emplace("[" + section + "]", n);
+    } else if (auto eq = t.find('='); eq != std::string::npos) {
+      lines.emplace(section + "." + trim(t.substr(0, eq)), n);
+    }
+  }
+  return lines;
+}
+
+}  // namespace
+
+// The pipeline runs long sequences: alpha = 1 unless the deck says otherwise.
+RunDeck::RunDeck() {
+  model.embed_dim = 64;
+  model.num_heads = 4;
+  model.seed = 1;
+  model.mode = AlphaMode::linear;
+}
+
+RunDeck read_deck(std::string const& path, std::vector<std::string> const& overrides) {
+  std::ifstream file(path);
+  require(file.good(), path, "cannot open the input deck");
+  // Inline comments ("key = 1  # why") are ours; CLI11 knows only whole-line comments.
+  std::string text, line;
+  while (std::getline(file, line)) {
+    bool quoted = false;
+    for (size_t i = 0; i < line.size(); ++i) {
+      if (line[i] == '"') quoted = !quoted;
+      if (!quoted && (line[i] == '#' || line[i] == ';')) {
+        line.resize(i);
+        break;
+      }
+    }
+    text += line + "\n";
+  }
+  std::istringstream in(text);
+  std::vector<CLI::ConfigItem> items;
+  try {
+    items = CLI::ConfigINI().from_config(in);
+  } catch (CLI::Error const& e) {
+    fail(path, std::string("cannot parse the deck: ") + e.what());
+  }
+  auto const lines = key_lines(path);
+  RunDeck deck;
+  deck.path = path;
+  std::map<std::string, int> seen;
+  for (CLI::ConfigItem const& item : items) {
+    if (item.name == "++" || item.name == "--") continue;
+    std::string section;
+    for (auto const& p : item.parents) section += (section.empty() ? "" : ".") + p;
+    std::string const full = section + "." + item.name;
+    auto const it = lines.find(full);
+    std::string const where = path + (it != lines.end() ? ":" + std::to_string(it->second) : "");
+    if (section.empty()) fail(where, "key '" + item.name + "' is outside any [section]");
+    require(seen.emplace(full, 1).second, where, "[" + section + "] " + item.name + ": given twice");
+    std::string value;
+    for (size_t i = 0; i < item.inputs.size(); ++i) value += (i ? "," : "") + item.inputs[i];
+    assign(deck, where, section, item.name, value);
+  }
+  for (std::string const& o : overrides) {
+    auto const eq = o.find('='), dot = o.find('.');
+    std::string const where = "--set " + o;
+    require(eq != std::string::npos && dot != std::string::npos && dot < eq, where,
+            "expected section.key=value");
+    assign(deck, where, trim(o.substr(0, dot)), trim(o.substr(dot + 1, eq - dot - 1)), o.substr(eq + 1));
+  }
+  return deck;
+}
+
+void RunDeck::validate(int ranks, long tokens) const {
+  auto bad = [&](char const* label, std::string const& why) { fail(path, std::string(label) + ": " + why); };
+  try {
+    (void)model.resolved();
+  } catch (Error const& e) {
+    fail(path, std::string("[model] ") + e.what());
+  }
+  if (sequence.source != "synthetic" && sequence.source != "hdf5")
+    bad("[sequence] source", "expected synthetic or hdf5, got '" + sequence.source + "'");
+  if (sequence.source == "hdf5" && sequence.file.empty()) bad("[sequence] file", "the hdf5 source needs a file");
+  long const slice = (tokens + ranks - 1) / ranks;
+  if (tokens < ranks)
+    bad("[sequence] tokens", std::to_string(tokens) + " tokens cannot be split over " + std::to_string(ranks) + " ranks");
+  if (pipeline.chunk_tokens > slice)
+    bad("[pipeline] chunk_tokens", "chunk of " + std::to_string(pipeline.chunk_tokens) +
+                                       " tokens is larger than a rank's slice (" + std::to_string(slice) +
+                                       " tokens with " + std::to_string(ranks) + " ranks)");
+  if (pipeline.buffer_tokens > tokens)
+    bad("[pipeline] buffer_tokens", "buffer of " + std::to_string(pipeline.buffer_tokens) +
+                                        " tokens exceeds the sequence (" + std::to_string(tokens) + ")");
+  if (sequence.needles > tokens) bad("[sequence] needles", "more needles than tokens");
+  for (long p : sequence.needle_positions)
+    if (p >= tokens) bad("[sequence] needle_positions", "position " + std::to_string(p) + " is past the end");
+  if (!sequence.needle_positions.empty() && static_cast<long>(sequence.needle_positions.size()) != sequence.needles)
+    bad("[sequence] needle_positions", "lists " + std::to_string(sequence.needle_positions.size()) +
+                                           " positions but needles = " + std::to_string(sequence.needles));
+}
+
+std::string deck_to_ini(RunDeck const& deck) {
+  std::string out, section;
+  for (Key const& k : registry()) {
+    if (k.section != section) {
+      out += (section.empty() ? "" : "\n") + std::string("[") + k.section + "]\n";
+      section = k.section;
+    }
+    out += k.name + " = " + k.get(deck) + "\n";
+  }
+  return out;
+}
+
+std::string deck_reference_markdown() {
+  RunDeck const defaults;
+  std::string out =
+      "# Input deck reference\n\n"
+      "Generated by `proteus_driver --deck-reference`; a test keeps this file in step with the code.\n"
+      "Decks are INI files: `[section]` headers, `key = value` lines, `#` or `;` comments.\n"
+      "Relative paths in `[sequence] file` are taken relative to the deck. Any key can be overridden\n"
+      "on the command line with `--set section.key=value`.\n";
+  std::string section;
+  for (Key const& k : registry()) {
+    if (k.section != section) {
+      section = k.section;
+      out += "\n## [" + section + "]\n\n| key | type | default | unit | meaning |\n|---|---|---|---|---|\n";
+    }
+    out += "| `" + k.name + "` | " + k.type + " | `" + k.get(defaults) + "` | " + (k.unit.empty() ? "-" : k.unit) +
+           " | " + k.doc + " |\n";
+  }
+  return out;
+}
+
+}  // namespace proteus

@@ -1,0 +1,201 @@
+// Checked HDF5 helpers (datasets, attributes) shared by checkpoints, dumps and tools.
+#include "proteus/detail/hdf5_io.hpp"
+
+#include <filesystem>
+
+#include "proteus/error.hpp"
+
+namespace proteus::detail {
+
+namespace {
+template <class T>
+hid_t native_type() {
+  if constexpr (std::is_same_v<T, float>) return H5T_NATIVE_FLOAT;
+  if constexpr (std::is_same_v<T, double>) return H5T_NATIVE_DOUBLE;
+  if constexpr (std::is_same_v<T, std::int64_t>) return H5T_NATIVE_INT64;
+  if constexpr (std::is_same_v<T, std::int32_t>) return H5T_NATIVE_INT32;
+}
+template <class T>
+H5T_class_t type_class() {
+  return std::is_floating_point_v<T> ? H5T_FLOAT : H5T_INTEGER;
+}
+std::string dims_text(std::vector<hsize_t> const& d) {
+  std::string s = "[";
+  for (size_t i = 0; i < d.size(); ++i) s += (i ? " x " : "") + std::to_string(d[i]);
+  return s + "]";
+}
+}  // namespace
+
+H5Quiet::H5Quiet() {
+  H5Eget_auto2(H5E_DEFAULT, &func_, &data_);
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+}
+H5Quiet::~H5Quiet() { H5Eset_auto2(H5E_DEFAULT, func_, data_); }
+
+H5File::H5File(std::string path, char const* mode) : path_(std::move(path)) {
+  H5Quiet quiet;
+  std::string const m = mode;
+  if (m == "r") {
+    require(std::filesystem::exists(path_), path_, "file does not exist");
+    id_ = H5Fopen(path_.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    require(id_ >= 0, path_, "not a readable HDF5 file (truncated or corrupt?)");
+  } else if (m == "a" && std::filesystem::exists(path_)) {
+    id_ = H5Fopen(path_.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    require(id_ >= 0, path_, "cannot open the HDF5 file for writing");
+  } else {
+    id_ = H5Fcreate(path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    require(id_ >= 0, path_, "cannot create the HDF5 file");
+  }
+}
+
+H5File::~H5File() {
+  if (id_ >= 0) H5Fclose(id_);
+}
+
+void H5File::close() {
+  if (id_ >= 0) {
+    herr_t const rc = H5Fclose(id_);
+    id_ = -1;
+    require(rc >= 0, path_, "closing the file failed");
+  }
+}
+
+bool H5File::exists(std::string const& name) const {
+  H5Quiet quiet;
+  // Check each path component, as H5Lexists requires.
+  std::string partial;
+  size_t pos = 0;
+  while (pos != std::string::npos) {
+    size_t const next = name.find('/', pos + 1);
+    partial = name.substr(0, next);
+    if (!partial.empty() && partial != "/" && H5Lexists(id_, partial.c_str(), H5P_DEFAULT) <= 0) return false;
+    pos = next;
+  }
+  return true;
+}
+
+void H5File::create_group(std::string const& name) const {
+  if (exists(name)) return;
+  hid_t const g = H5Gcreate2(id_, name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  require(g >= 0, where(name), "cannot create group");
+  H5Gclose(g);
+}
+
+template <class T>
+void H5File::write(std::string const& name, std::vector<hsize_t> const& dims, T const* data) const {
+  hid_t const space = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
+  hid_t const set = H5Dcreate2(id_, name.c_str(), native_type<T>(), space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  require(set >= 0, where(name), "cannot create dataset");
+  hsize_t n = 1;
+  for (hsize_t d : dims) n *= d;
+  herr_t const rc = n > 0 ? H5Dwrite(set, native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, data) : 0;
+  H5Dclose(set);
+  H5Sclose(space);
+  require(rc >= 0, where(name), "write failed");
+}
+
+template <class T>
+std::vector<hsize_t> H5File::read(std::string const& name, std::vector<hsize_t> const& expected, std::vector<T>& out) const {
+  H5Quiet quiet;
+  require(exists(name), where(name), "dataset is missing");
+  hid_t const set = H5Dopen2(id_, name.c_str(), H5P_DEFAULT);
+  require(set >= 0, where(name), "cannot open dataset");
+  hid_t const space = H5Dget_space(set);
+  int const rank = H5Sget_simple_extent_ndims(space);
+  std::vector<hsize_t> dims(rank > 0 ? rank : 0);
+  if (rank > 0) H5Sget_simple_extent_dims(space, dims.data(), nullptr);
+  H5Sclose(space);
+  hid_t const type = H5Dget_type(set);
+  H5T_class_t const cls = H5Tget_class(type);
+  H5Tclose(type);
+  auto close_fail = [&](std::string const& why) {
+    H5Dclose(set);
+    fail(where(name), why);
+  };
+  if (cls != type_class<T>())
+    close_fail(std::string("wrong type: expected ") + (type_class<T>() == H5T_FLOAT ? "floating point" : "integer") + " data");
+  bool shape_ok = dims.size() == expected.size();
+  for (size_t i = 0; shape_ok && i < dims.size(); ++i) shape_ok = expected[i] == 0 || expected[i] == dims[i];
+  if (!shape_ok) close_fail("shape " + dims_text(dims) + " does not match the expected " + dims_text(expected) + " (0 = any)");
+  hsize_t n = 1;
+  for (hsize_t d : dims) n *= d;
+  out.resize(n);
+  herr_t const rc = n > 0 ? H5Dread(set, native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) : 0;
+  H5Dclose(set);
+  require(rc >= 0, where(name), "read failed (truncated or corrupt file?)");
+  return dims;
+}
+
+template void H5File::write<float>(std::string const&, std::vector<hsize_t> const&, float const*) const;
+template void H5File::write<double>(std::string const&, std::vector<hsize_t> const&, double const*) const;
+template void H5File::write<std::int64_t>(std::string const&, std::vector<hsize_t> const&, std::int64_t const*) const;
+template void H5File::write<std::int32_t>(std::string const&, std::vector<hsize_t> const&, std::int32_t const*) const;
+template std::vector<hsize_t> H5File::read<float>(std::string const&, std::vector<hsize_t> const&, std::vector<float>&) const;
+template std::vector<hsize_t> H5File::read<double>(std::string const&, std::vector<hsize_t> const&, std::vector<double>&) const;
+template std::vector<hsize_t> H5File::read<std::int64_t>(std::string const&, std::vector<hsize_t> const&, std::vector<std::int64_t>&) const;
+template std::vector<hsize_t> H5File::read<std::int32_t>(std::string const&, std::vector<hsize_t> const&, std::vector<std::int32_t>&) const;
+
+namespace {
+void put_attr(hid_t file, std::string const& where, std::string const& object, std::string const& name, hid_t type,
+              void const* data) {
+  hid_t const space = H5Screate(H5S_SCALAR);
+  hid_t const a = H5Acreate_by_name(file, object.c_str(), name.c_str(), type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  require(a >= 0, where + " @" + name, "cannot create attribute");
+  herr_t const rc = H5Awrite(a, type, data);
+  H5Aclose(a);
+  H5Sclose(space);
+  require(rc >= 0, where + " @" + name, "cannot write attribute");
+}
+hid_t open_attr(hid_t file, std::string const& where, std::string const& object, std::string const& name) {
+  H5Quiet quiet;
+  require(H5Aexists_by_name(file, object.c_str(), name.c_str(), H5P_DEFAULT) > 0, where + " @" + name,
+          "attribute is missing");
+  return H5Aopen_by_name(file, object.c_str(), name.c_str(), H5P_DEFAULT, H5P_DEFAULT);
+}
+}  // namespace
+
+void H5File::attr(std::string const& object, std::string const& name, long long value) const {
+  put_attr(id_, where(object), object, name, H5T_NATIVE_LLONG, &value);
+}
+void H5File::attr(std::string const& object, std::string const& name, double value) const {
+  put_attr(id_, where(object), object, name, H5T_NATIVE_DOUBLE, &value);
+}
+void H5File::attr(std::string const& object, std::string const& name, std::string const& value) const {
+  hid_t const type = H5Tcopy(H5T_C_S1);
+  H5Tset_size(type, value.size() + 1);
+  H5Tset_strpad(type, H5T_STR_NULLTERM);
+  put_attr(id_, where(object), object, name, type, value.c_str());
+  H5Tclose(type);
+}
+long long H5File::attr_int(std::string const& object, std::string const& name) const {
+  hid_t const a = open_attr(id_, where(object), object, name);
+  long long v = 0;
+  herr_t const rc = H5Aread(a, H5T_NATIVE_LLONG, &v);
+  H5Aclose(a);
+  require(rc >= 0, where(object) + " @" + name, "expected an integer attribute");
+  return v;
+}
+double H5File::attr_double(std::string const& object, std::string const& name) const {
+  hid_t const a = open_attr(id_, where(object), object, name);
+  double v = 0;
+  herr_t const rc = H5Aread(a, H5T_NATIVE_DOUBLE, &v);
+  H5Aclose(a);
+  require(rc >= 0, where(object) + " @" + name, "expected a numeric attribute");
+  return v;
+}
+std::string H5File::attr_string(std::string const& object, std::string const& name) const {
+  hid_t const a = open_attr(id_, where(object), object, name);
+  hid_t const type = H5Aget_type(a);
+  bool const is_string = H5Tget_class(type) == H5T_STRING;
+  size_t const n = H5Tget_size(type);
+  std::string v(is_string ? n : 0, '\0');
+  herr_t rc = -1;
+  if (is_string) rc = H5Aread(a, type, v.data());
+  H5Tclose(type);
+  H5Aclose(a);
+  require(rc >= 0, where(object) + " @" + name, "expected a string attribute");
+  v.resize(v.find('\0') == std::string::npos ? v.size() : v.find('\0'));
+  return v;
+}
+
+}  // namespace proteus::detail
