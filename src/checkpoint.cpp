@@ -286,6 +286,21 @@ void append_dna_snapshot(std::string const& path, DnaState const& dna, long toke
   extend("/confidence", {g}, H5T_NATIVE_FLOAT, host_vector(dna.confidence).data());
 }
 
+void write_buffer_outputs(std::string const& path, GlobalBuffer const& buffer, std::vector<float> const& outputs,
+                          int embed_dim) {
+  std::string const tmp = path + ".tmp";
+  {
+    H5File f(tmp, "w");
+    f.attr("/", "format_version", static_cast<long long>(checkpoint_format_version));
+    std::vector<std::int64_t> pos(buffer.positions.begin(), buffer.positions.end());
+    f.write("/positions", {dim(pos.size())}, pos.data());
+    f.write("/outputs", {dim(pos.size()), static_cast<hsize_t>(embed_dim)}, outputs.data());
+    f.attr("/outputs", "description", std::string("buffer pass output per buffer token, rows in position order"));
+    f.close();
+  }
+  std::filesystem::rename(tmp, path);
+}
+
 void prune_checkpoints(std::string const& dir, std::string const& prefix, int keep) {
   std::vector<std::filesystem::path> files;
   for (auto const& entry : std::filesystem::directory_iterator(dir)) {

@@ -248,7 +248,12 @@ std::map<std::string, int> key_lines(std::string const& path) {
       section = trim(t.substr(1, t.size() - 2));
       lines.emplace("[" + section + "]", n);
     } else if (auto eq = t.find('='); eq != std::string::npos) {
-      lines.emplace(section + "." + trim(t.substr(0, eq)), n);
+      std::string const name = trim(t.substr(0, eq));
+      // CLI11 would merge a repeated key into a list: refuse it here, where the line is known.
+      auto const [it, fresh] = lines.emplace(section + "." + name, n);
+      if (!fresh)
+        fail(path + ":" + std::to_string(n),
+             "[" + section + "] " + name + ": given twice (first on line " + std::to_string(it->second) + ")");
     }
   }
   return lines;
@@ -280,6 +285,7 @@ RunDeck read_deck(std::string const& path, std::vector<std::string> const& overr
     }
     text += line + "\n";
   }
+  auto const lines = key_lines(path);
   std::istringstream in(text);
   std::vector<CLI::ConfigItem> items;
   try {
@@ -287,10 +293,8 @@ RunDeck read_deck(std::string const& path, std::vector<std::string> const& overr
   } catch (CLI::Error const& e) {
     fail(path, std::string("cannot parse the deck: ") + e.what());
   }
-  auto const lines = key_lines(path);
   RunDeck deck;
   deck.path = path;
-  std::map<std::string, int> seen;
   for (CLI::ConfigItem const& item : items) {
     if (item.name == "++" || item.name == "--") continue;
     std::string section;
@@ -299,7 +303,6 @@ RunDeck read_deck(std::string const& path, std::vector<std::string> const& overr
     auto const it = lines.find(full);
     std::string const where = path + (it != lines.end() ? ":" + std::to_string(it->second) : "");
     if (section.empty()) fail(where, "key '" + item.name + "' is outside any [section]");
-    require(seen.emplace(full, 1).second, where, "[" + section + "] " + item.name + ": given twice");
     std::string value;
     for (size_t i = 0; i < item.inputs.size(); ++i) value += (i ? "," : "") + item.inputs[i];
     assign(deck, where, section, item.name, value);

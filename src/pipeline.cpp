@@ -208,10 +208,13 @@ RunSummary run_pipeline(RunDeck const& deck, MPI_Comm comm, std::optional<std::s
   Position const own_end = std::min(tokens, range.last * deck.pipeline.chunk_tokens);
   TokenMatrix const xbuf = gather_buffer_embeddings(space, comm, *source, buffer, own_begin, own_end);
   sum.seconds_exchange = now() - t0;
-  for (Position p : source->needles())
+  std::vector<Position> const needles = source->needles();
+  for (Position p : needles)
     sum.needles_found += std::binary_search(buffer.positions.begin(), buffer.positions.end(), p) ? 1 : 0;
-  sum.needles = static_cast<long>(source->needles().size());
+  sum.needles = static_cast<long>(needles.size());
   sum.buffer_head.assign(buffer.positions.begin(), buffer.positions.begin() + std::min<size_t>(8, buffer.size()));
+  sum.buffer_positions.assign(buffer.positions.begin(), buffer.positions.end());
+  sum.needle_positions.assign(needles.begin(), needles.end());
 
   // ---- buffer pass: attention over the buffer, query rows split over ranks ----------------------
   t0 = now();
@@ -237,6 +240,11 @@ RunSummary run_pipeline(RunDeck const& deck, MPI_Comm comm, std::optional<std::s
       double norm = 0.0;
       for (size_t i = 0; i < h.size(); ++i) norm += double(h.data()[i]) * h.data()[i];
       sum.buffer_output_norm = std::sqrt(norm);
+      if (deck.output.write_outputs) {
+        sum.buffer_outputs.assign(h.data(), h.data() + h.size());
+        sum.outputs_file = (outdir / "outputs.h5").string();
+        write_buffer_outputs(sum.outputs_file, buffer, sum.buffer_outputs, deck.model.embed_dim);
+      }
     }
   }
   sum.seconds_buffer_pass = now() - t0;

@@ -36,13 +36,17 @@ void write_checkpoint(std::string const& path, MPI_Comm comm, CheckpointContent 
 RankState read_rank_state(std::string const& path, MPI_Comm comm, RunDeck const& deck);
 
 // Weights and DNA (prototypes, usage, confidence) from a checkpoint or weights file; shapes are
-// checked against the module's config. `dna_group` is "dna" (run start) or "dna_final".
+// checked against the module's config. `dna_group` is "/dna" (run start) or "/dna_final".
 void load_model(std::string const& path, CausalGeneticMultiheadAttention& model,
-                std::string const& dna_group = "dna");
+                std::string const& dna_group = "/dna");
 
 // Appends one DNA snapshot (prototypes, usage, confidence, tokens seen) to an extendible
 // time series in `path` (created if missing). Rank 0 only.
 void append_dna_snapshot(std::string const& path, DnaState const& dna, long tokens_seen);
+
+// The buffer pass outputs [S x E] with their positions, written atomically. Rank 0 only.
+void write_buffer_outputs(std::string const& path, GlobalBuffer const& buffer, std::vector<float> const& outputs,
+                          int embed_dim);
 
 // Keeps the newest `keep` files of the form prefix*.h5 in dir.
 void prune_checkpoints(std::string const& dir, std::string const& prefix, int keep);

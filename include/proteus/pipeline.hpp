@@ -29,6 +29,10 @@ struct RunSummary {
   double buffer_output_norm = 0;   // Frobenius norm of the buffer pass output (a fingerprint)
   std::string buffer_mode;         // dense / shortlist
   std::vector<long> buffer_head;   // first buffer positions (for the report)
+  std::vector<long> buffer_positions;  // the whole global buffer, ascending
+  std::vector<long> needle_positions;
+  std::vector<float> buffer_outputs;   // rank 0, [S x E] row-major, when [output] write_outputs
+  std::string outputs_file;            // HDF5 file of the outputs, when written
   std::string checkpoint;          // last checkpoint written
   long resumed_from_chunk = -1;
 

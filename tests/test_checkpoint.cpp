@@ -1,0 +1,173 @@
+// HDF5 checkpoints and sources under bad input: each failure names the file and the dataset;
+// a failed write leaves the previous checkpoint untouched.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "proteus/checkpoint.hpp"
+#include "proteus/detail/hdf5_io.hpp"
+#include "proteus/error.hpp"
+#include "proteus/sequence_source.hpp"
+#include "proteus_catch.hpp"
+
+using namespace proteus;
+namespace fs = std::filesystem;
+
+namespace {
+std::string tmp(std::string const& name) {
+  auto const dir = fs::temp_directory_path() / ("proteus_ckpt_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  return (dir / name).string();
+}
+template <class F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (Error const& e) {
+    return e.what();
+  }
+  return "no error";
+}
+RunDeck deck_for(std::string const& dir) {
+  RunDeck d;
+  d.model.embed_dim = 16;
+  d.model.num_heads = 2;
+  d.sequence.tokens = 4096;
+  d.pipeline.chunk_tokens = 1024;
+  d.checkpoint.directory = dir;
+  return d;
+}
+// A checkpoint of a small model with a made-up run state.
+std::string make_checkpoint(std::string const& name, RunDeck const& d) {
+  CausalGeneticMultiheadAttention model(d.model);
+  RankState s;
+  s.dna.reset(model.config().num_gates, d.model.embed_dim);
+  s.next_chunk = 2;
+  s.candidates.positions = {5, 900, 1500};
+  s.candidates.scores = {0.5f, 0.25f, 0.75f};
+  CheckpointContent c;
+  c.deck = &d;
+  c.model = &model;
+  c.state = &s;
+  c.tokens = 4096;
+  c.chunks_total = 4;
+  std::string const path = tmp(name);
+  write_checkpoint(path, MPI_COMM_SELF, c);
+  return path;
+}
+}  // namespace
+
+TEST_CASE("a checkpoint round-trips the run state and the model", "[checkpoint]") {
+  RunDeck const d = deck_for(tmp("ck"));
+  std::string const path = make_checkpoint("roundtrip.h5", d);
+  RankState const s = read_rank_state(path, MPI_COMM_SELF, d);
+  CHECK(s.next_chunk == 2);
+  CHECK(s.candidates.positions == std::vector<Position>{5, 900, 1500});
+  CHECK(s.candidates.scores == std::vector<float>{0.5f, 0.25f, 0.75f});
+  Config other = d.model;
+  other.seed = 99;  // different initial weights, then loaded from the file
+  CausalGeneticMultiheadAttention loaded(other);
+  load_model(path, loaded);
+  CausalGeneticMultiheadAttention original(d.model);
+  auto a = Kokkos::create_mirror_view_and_copy(HostSpace(), loaded.weights().qkv_weight);
+  auto b = Kokkos::create_mirror_view_and_copy(HostSpace(), original.weights().qkv_weight);
+  for (size_t i = 0; i < a.size(); ++i) REQUIRE(a.data()[i] == b.data()[i]);
+  CHECK_FALSE(fs::exists(path + ".tmp"));
+}
+
+TEST_CASE("bad checkpoints give errors naming the file and dataset", "[checkpoint][errors]") {
+  RunDeck const d = deck_for(tmp("ck"));
+  std::string const good = make_checkpoint("good.h5", d);
+  CHECK(error_of([&] { read_rank_state(tmp("missing.h5"), MPI_COMM_SELF, d); }) ==
+        tmp("missing.h5") + ": file does not exist");
+  // Truncated file.
+  std::string const cut = tmp("truncated.h5");
+  fs::copy_file(good, cut, fs::copy_options::overwrite_existing);
+  fs::resize_file(cut, fs::file_size(cut) / 3);
+  CHECK(error_of([&] { read_rank_state(cut, MPI_COMM_SELF, d); }).find(cut + ": ") == 0);
+  // Not HDF5 at all.
+  std::string const text = tmp("text.h5");
+  std::ofstream(text) << "not hdf5";
+  CHECK(error_of([&] { load_model(text, *new CausalGeneticMultiheadAttention(d.model)); }) ==
+        text + ": not a readable HDF5 file (truncated or corrupt?)");
+  // Wrong format version, missing dataset, wrong shape, wrong type: edit copies of the good file.
+  auto edited = [&](std::string const& name, auto&& edit) {
+    std::string const p = tmp(name);
+    fs::copy_file(good, p, fs::copy_options::overwrite_existing);
+    detail::H5File f(p, "a");
+    edit(f);
+    return p;
+  };
+  std::string const version = edited("version.h5", [](detail::H5File& f) {
+    H5Adelete(f.id(), "format_version");
+    f.attr("/", "format_version", 99LL);
+  });
+  CHECK(error_of([&] { read_rank_state(version, MPI_COMM_SELF, d); }).find("format_version 99 is not the supported 1") !=
+        std::string::npos);
+  std::string const missing = edited("missing_ds.h5", [](detail::H5File& f) { H5Ldelete(f.id(), "/dna/usage", H5P_DEFAULT); });
+  CausalGeneticMultiheadAttention model(d.model);
+  CHECK(error_of([&] { load_model(missing, model); }) == missing + ":/dna/usage: dataset is missing");
+  std::string const shape = edited("shape.h5", [](detail::H5File& f) {
+    H5Ldelete(f.id(), "/weights/out_bias", H5P_DEFAULT);
+    std::vector<float> v(7, 0.f);
+    f.write("/weights/out_bias", {7}, v.data());
+  });
+  CHECK(error_of([&] { load_model(shape, model); }) ==
+        shape + ":/weights/out_bias: shape [7] does not match the expected [16] (0 = any)");
+  std::string const type = edited("type.h5", [](detail::H5File& f) {
+    H5Ldelete(f.id(), "/weights/out_bias", H5P_DEFAULT);
+    std::vector<std::int32_t> v(16, 0);
+    f.write("/weights/out_bias", {16}, v.data());
+  });
+  CHECK(error_of([&] { load_model(type, model); }) ==
+        type + ":/weights/out_bias: wrong type: expected floating point data");
+  // A checkpoint from a different configuration.
+  RunDeck wider = d;
+  wider.model.embed_dim = 32;
+  CHECK(error_of([&] { read_rank_state(good, MPI_COMM_SELF, wider); })
+            .find(good + ":/config @embed_dim: checkpoint has 16 but the deck has 32 ([model] embed_dim)") == 0);
+}
+
+TEST_CASE("a failed checkpoint write leaves the previous file untouched", "[checkpoint][atomic]") {
+  RunDeck const d = deck_for(tmp("ck"));
+  std::string const path = make_checkpoint("atomic.h5", d);
+  auto const before = fs::file_size(path);
+  // The temporary name is taken by a directory: the write must fail before touching `path`.
+  fs::create_directories(path + ".tmp");
+  fs::create_directories(path + ".tmp/blocker");
+  CHECK_THROWS_AS(make_checkpoint("atomic.h5", d), Error);
+  CHECK(fs::file_size(path) == before);
+  CHECK_NOTHROW(read_rank_state(path, MPI_COMM_SELF, d));
+  fs::remove_all(path + ".tmp");
+}
+
+TEST_CASE("HDF5 sequence sources check file, dataset, rank and type", "[source][errors]") {
+  std::string const path = tmp("tokens.h5");
+  {
+    detail::H5File f(path, "w");
+    std::vector<float> x(100 * 16);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i);
+    f.write("/embeddings", {100, 16}, x.data());
+    std::vector<float> flat(10);
+    f.write("/flat", {10}, flat.data());
+    std::vector<std::int32_t> ints(20);
+    f.write("/ints", {10, 2}, ints.data());
+  }
+  Hdf5Source src(path, "embeddings");
+  CHECK(src.tokens() == 100);
+  CHECK(src.embed_dim() == 16);
+  TokenMatrix rows("rows", 3, 16);
+  src.read_rows(ExecSpace(), {2, 50, 99}, rows);
+  auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), rows);
+  CHECK(h(1, 3) == 50 * 16 + 3);
+  CHECK(h(2, 15) == 99 * 16 + 15);
+  TokenMatrix block("block", 10, 16);
+  src.read(ExecSpace(), 90, block);
+  auto hb = Kokkos::create_mirror_view_and_copy(HostSpace(), block);
+  CHECK(hb(9, 0) == 99 * 16);
+  CHECK(error_of([&] { Hdf5Source(tmp("nope.h5"), "x"); }) == tmp("nope.h5") + ": sequence file does not exist");
+  CHECK(error_of([&] { Hdf5Source(path, "missing"); }) == path + ":missing: dataset not found");
+  CHECK(error_of([&] { Hdf5Source(path, "flat"); }).find(path + ":flat: expected a 2-D dataset") == 0);
+  CHECK(error_of([&] { Hdf5Source(path, "ints"); }) == path + ":ints: expected floating-point data");
+}

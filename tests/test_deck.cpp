@@ -1,0 +1,101 @@
+// Input decks: parsing, overrides, and errors that name the file, line and key; the committed
+// docs/input_deck.md must equal what the registry generates.
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "proteus/deck.hpp"
+#include "proteus/error.hpp"
+#include "proteus_catch.hpp"
+
+using namespace proteus;
+
+namespace {
+std::string write_deck(std::string const& name, std::string const& text) {
+  auto const path = std::filesystem::temp_directory_path() / ("proteus_test_" + name + ".in");
+  std::ofstream(path) << text;
+  return path.string();
+}
+std::string error_of(std::string const& path, std::vector<std::string> const& overrides = {}) {
+  try {
+    read_deck(path, overrides);
+  } catch (Error const& e) {
+    return e.what();
+  }
+  return "no error";
+}
+}  // namespace
+
+TEST_CASE("a deck sets every section; comments and overrides work", "[deck]") {
+  std::string const path = write_deck("good",
+                                      "# a comment\n[model]\nembed_dim = 32  # inline comment\nnum_heads = 2\n"
+                                      "mode = fixed\nalpha = 0.3\n\n[sequence]\ntokens = 5000\n"
+                                      "needle_positions = 10, 20, 30\nneedles = 3\n[pipeline]\nbuffer_pass = false\n");
+  RunDeck d = read_deck(path, {"pipeline.chunk_tokens=1024", "model.seed=9"});
+  CHECK(d.model.embed_dim == 32);
+  CHECK(d.model.num_heads == 2);
+  CHECK(d.model.mode == AlphaMode::fixed);
+  CHECK(d.model.alpha == Approx(0.3));
+  CHECK(d.sequence.tokens == 5000);
+  CHECK(d.sequence.needle_positions == std::vector<long>{10, 20, 30});
+  CHECK_FALSE(d.pipeline.buffer_pass);
+  CHECK(d.pipeline.chunk_tokens == 1024);
+  CHECK(d.model.seed == 9);
+  CHECK_NOTHROW(d.validate(2, d.sequence.tokens));
+  // The resolved deck reads back to the same values.
+  std::string const again = write_deck("again", deck_to_ini(d));
+  CHECK(deck_to_ini(read_deck(again)) == deck_to_ini(d));
+}
+
+TEST_CASE("deck errors name the file, line and key", "[deck][errors]") {
+  std::string const unknown = write_deck("unknown", "[model]\nembed_dim = 32\nembd_dim = 4\n");
+  CHECK(error_of(unknown) == unknown + ":3: [model] embd_dim: unknown key (did you mean embed_dim?)");
+  std::string const type = write_deck("type", "[model]\n\nnum_heads = four\n");
+  CHECK(error_of(type) == type + ":3: [model] num_heads: expected an integer, got 'four'");
+  std::string const range = write_deck("range", "[pipeline]\ntop_p = 1.5\n");
+  CHECK(error_of(range) == range + ":2: [pipeline] top_p: value 1.5 is out of range [1e-06, 1]");
+  std::string const section = write_deck("section", "[modle]\nembed_dim = 3\n");
+  CHECK(error_of(section).find(section + ":2: unknown section [modle]") == 0);
+  std::string const twice = write_deck("twice", "[model]\nseed = 1\nseed = 2\n");
+  CHECK(error_of(twice).find("seed: given twice") != std::string::npos);
+  std::string const boolean = write_deck("bool", "[pipeline]\nbuffer_pass = maybe\n");
+  CHECK(error_of(boolean) == boolean + ":2: [pipeline] buffer_pass: expected true or false, got 'maybe'");
+  CHECK(error_of("/nonexistent/deck.in") == "/nonexistent/deck.in: cannot open the input deck");
+  std::string const good = write_deck("ok", "[model]\nseed = 1\n");
+  CHECK(error_of(good, {"model.num_heads=x"}) == "--set model.num_heads=x: [model] num_heads: expected an integer, got 'x'");
+  CHECK(error_of(good, {"nonsense"}) == "--set nonsense: expected section.key=value");
+}
+
+TEST_CASE("cross-key checks name the key to change", "[deck][errors]") {
+  RunDeck d;
+  d.path = "deck.in";
+  d.sequence.tokens = 10000;
+  d.pipeline.chunk_tokens = 4096;
+  d.pipeline.buffer_tokens = 512;
+  auto message = [&](int ranks, long tokens) {
+    try {
+      d.validate(ranks, tokens);
+    } catch (Error const& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK(message(2, 10000) == "no error");
+  CHECK(message(4, 10000).find("[pipeline] chunk_tokens: chunk of 4096 tokens is larger than a rank's slice") != std::string::npos);
+  d.pipeline.buffer_tokens = 20000;
+  CHECK(message(1, 10000).find("[pipeline] buffer_tokens") != std::string::npos);
+  d.pipeline.buffer_tokens = 512;
+  d.model.num_heads = 3;
+  CHECK(message(1, 10000).find("[model] Config.embed_dim") != std::string::npos);
+  d.model.num_heads = 4;
+  d.sequence.source = "tape";
+  CHECK(message(1, 10000).find("[sequence] source") != std::string::npos);
+}
+
+TEST_CASE("docs/input_deck.md is what the registry generates", "[deck][docs]") {
+  std::ifstream in(std::string(PROTEUS_SOURCE_DIR) + "/docs/input_deck.md");
+  REQUIRE(in.good());
+  std::stringstream text;
+  text << in.rdbuf();
+  CHECK(text.str() == deck_reference_markdown());
+}

@@ -1,0 +1,219 @@
+// The long-context pipeline under MPI (ctest runs it with 1, 2 and 4 ranks): results do not
+// depend on the rank count, planted needles reach the buffer and are retrieved by a probe, and a
+// restart from a checkpoint ends exactly where an uninterrupted run ends.
+#include <mpi.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <vector>
+
+#include "proteus/checkpoint.hpp"
+#include "proteus/detail/hdf5_io.hpp"
+#include "proteus/pipeline.hpp"
+#include "proteus/sequence_source.hpp"
+#include "proteus_catch.hpp"
+#include "reference.hpp"
+
+using namespace proteus;
+
+namespace {
+
+int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+int world_size() {
+  int n = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  return n;
+}
+
+// A scratch directory shared by all ranks.
+std::string scratch(std::string const& name) {
+  long id = world_rank() == 0 ? static_cast<long>(getpid()) : 0;
+  MPI_Bcast(&id, 1, MPI_LONG, 0, MPI_COMM_WORLD);
+  auto const dir = std::filesystem::temp_directory_path() /
+                   ("proteus_" + name + "_np" + std::to_string(world_size()) + "_" + std::to_string(id));
+  if (world_rank() == 0) std::filesystem::create_directories(dir);
+  MPI_Barrier(MPI_COMM_WORLD);
+  return dir.string();
+}
+
+RunDeck small_deck(std::string const& dir) {
+  RunDeck d;
+  d.path = dir + "/deck.in";
+  d.model.embed_dim = 32;
+  d.model.num_heads = 4;
+  d.model.seed = 3;
+  d.sequence.tokens = 65536 + 1000;  // a short last chunk
+  d.sequence.needles = 6;
+  d.pipeline.chunk_tokens = 2048;
+  d.pipeline.chunk_budget = 200;
+  d.pipeline.buffer_tokens = 1024;
+  d.checkpoint.directory = dir + "/checkpoints";
+  d.output.directory = dir + "/out";
+  d.output.write_outputs = true;
+  d.output.progress_seconds = 1e6;
+  return d;
+}
+
+std::vector<float> final_dna(std::string const& checkpoint) {
+  detail::H5File f(checkpoint, "r");
+  std::vector<float> p;
+  f.read("/dna_final/prototypes", {0, 0}, p);
+  return p;
+}
+
+double max_relative_gap(std::vector<float> const& a, std::vector<float> const& b) {
+  REQUIRE(a.size() == b.size());
+  double worst = 0.0;
+  for (size_t i = 0; i < a.size(); ++i)
+    worst = std::max(worst, std::fabs(double(a[i]) - b[i]) / std::max(1.0, std::fabs(double(b[i]))));
+  return worst;
+}
+
+}  // namespace
+
+TEST_CASE("rank count changes neither the buffer nor the outputs", "[pipeline][mpi]") {
+  std::string const dir = scratch("ranks");
+  RunDeck many = small_deck(dir + "/many");
+  RunSummary const s = run_pipeline(many, MPI_COMM_WORLD);
+  if (world_rank() == 0) {
+    RunDeck one = small_deck(dir + "/one");
+    RunSummary const r = run_pipeline(one, MPI_COMM_SELF);
+    CHECK(s.ranks == world_size());
+    CHECK(s.buffer_positions == r.buffer_positions);  // identical positions
+    CHECK(s.candidates == r.candidates);
+    CHECK(s.tokens_caught == r.tokens_caught);
+    CHECK(s.buffer_positions.size() == 1024);
+    CHECK(max_relative_gap(s.buffer_outputs, r.buffer_outputs) <= 1e-6);
+    CHECK(max_relative_gap(final_dna(s.checkpoint), final_dna(r.checkpoint)) <= 1e-6);
+    CHECK(s.needles_found == s.needles);
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+TEST_CASE("a restart from a checkpoint ends exactly where the uninterrupted run ends", "[pipeline][restart]") {
+  std::string const dir = scratch("restart");
+  RunDeck full = small_deck(dir + "/full");
+  full.checkpoint.interval_chunks = 3;
+  full.checkpoint.keep_last = 100;
+  RunSummary const a = run_pipeline(full, MPI_COMM_WORLD);
+  // Resume from the first interval checkpoint, into other directories.
+  std::string first;
+  if (world_rank() == 0) {
+    for (auto const& e : std::filesystem::directory_iterator(full.checkpoint.directory))
+      if (first.empty() || e.path().string() < first) first = e.path().string();
+  }
+  int n = static_cast<int>(first.size());
+  MPI_Bcast(&n, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  first.resize(n);
+  MPI_Bcast(first.data(), n, MPI_CHAR, 0, MPI_COMM_WORLD);
+  REQUIRE(first.find("checkpoint_000000003.h5") != std::string::npos);
+  RunDeck resumed = small_deck(dir + "/resumed");
+  resumed.checkpoint.interval_chunks = 3;
+  RunSummary const b = run_pipeline(resumed, MPI_COMM_WORLD, first);
+  if (world_rank() == 0) {
+    CHECK(b.resumed_from_chunk >= 0);
+    CHECK(a.buffer_positions == b.buffer_positions);
+    CHECK(a.buffer_outputs == b.buffer_outputs);            // bit-identical
+    CHECK(final_dna(a.checkpoint) == final_dna(b.checkpoint));
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+TEST_CASE("needles in a 1M-token haystack reach the buffer and a probe retrieves them", "[pipeline][needles]") {
+  std::string const dir = scratch("needles");
+  RunDeck d;
+  d.path = dir + "/deck.in";
+  d.model.embed_dim = 64;
+  d.model.num_heads = 2;  // head width 32
+  d.model.seed = 11;
+  d.sequence.tokens = 1 << 20;
+  d.sequence.needles = 16;
+  d.sequence.needle_similarity = 0.9;
+  d.pipeline.chunk_tokens = 16384;
+  d.pipeline.chunk_budget = 512;
+  d.pipeline.buffer_tokens = 2048;
+  d.pipeline.buffer_keep_ratio = 1.0;
+  d.checkpoint.at_end = false;
+  d.output.directory = dir + "/out";
+  d.output.progress_seconds = 1e6;
+  RunSummary const s = run_pipeline(d, MPI_COMM_WORLD);
+  if (world_rank() != 0) return;
+  INFO("needles found " << s.needles_found << " of " << s.needles << ", buffer " << s.buffer_positions.size());
+  REQUIRE(s.needles == 16);
+  CHECK(s.needles_found == s.needles);  // 100% retrieval into the buffer
+
+  // A probe placed after the whole sequence, built so that each head's query (RoPE at its own
+  // position) points at the needle's key (RoPE at the needle's original position).
+  CausalGeneticMultiheadAttention model(d.model);
+  SyntheticSource source(d.sequence, d.model.embed_dim, model.dna());
+  std::vector<Position> buf(s.buffer_positions.begin(), s.buffer_positions.end());
+  TokenMatrix xb("xb", buf.size(), d.model.embed_dim);
+  source.read_rows(ExecSpace(), buf, xb);
+  test::Matrix x = test::to_host_matrix(xb);
+  auto const& w = model.weights();
+  test::Matrix wqkv = test::to_host_matrix(w.qkv_weight);
+  std::vector<double> bqkv = test::to_host_vector(w.qkv_bias);
+  int const E = 64, H = 2, D = 32;
+  test::Matrix kv = test::linear(x, wqkv, bqkv);  // [S x 3E]: q | k | v
+  Position const probe_pos = d.sequence.tokens;
+  double weight_sum = 0.0;
+  for (Position needle : s.needle_positions) {
+    size_t const row = std::lower_bound(buf.begin(), buf.end(), needle) - buf.begin();
+    REQUIRE(buf[row] == needle);
+    // Target query per head: c * R(needle - probe) k_needle, so that after RoPE at the probe's
+    // position q . k_needle = c |k|^2; solve W_q x = target - b_q.
+    std::vector<double> target(E);
+    for (int h = 0; h < H; ++h) {
+      std::vector<double> k(kv[row].begin() + E + h * D, kv[row].begin() + E + (h + 1) * D);
+      double kk = 0;
+      for (double v : k) kk += v * v;
+      test::rope_inplace(k.data(), D, static_cast<double>(needle - probe_pos), d.model.rope_base);
+      for (int j = 0; j < D; ++j) target[h * D + j] = 30.0 * std::sqrt(double(D)) / kk * k[j];
+    }
+    test::Matrix a(E, std::vector<double>(E + 1));
+    for (int i = 0; i < E; ++i) {
+      for (int j = 0; j < E; ++j) a[i][j] = wqkv[i][j];
+      a[i][E] = target[i] - bqkv[i];
+    }
+    for (int c = 0; c < E; ++c) {  // Gaussian elimination with partial pivoting
+      int p = c;
+      for (int i = c + 1; i < E; ++i)
+        if (std::fabs(a[i][c]) > std::fabs(a[p][c])) p = i;
+      std::swap(a[c], a[p]);
+      for (int i = 0; i < E; ++i)
+        if (i != c) {
+          double const f = a[i][c] / a[c][c];
+          for (int j = c; j <= E; ++j) a[i][j] -= f * a[c][j];
+        }
+    }
+    std::vector<double> probe(E);
+    for (int i = 0; i < E; ++i) probe[i] = a[i][E] / a[i][i];
+    // The probe's attention over the whole buffer, per head, in double.
+    test::Matrix q = test::linear({probe}, wqkv, bqkv);
+    double on_needle = 0.0;
+    for (int h = 0; h < H; ++h) {
+      std::vector<double> qh(q[0].begin() + h * D, q[0].begin() + (h + 1) * D);
+      test::rope_inplace(qh.data(), D, static_cast<double>(probe_pos), d.model.rope_base);
+      std::vector<double> score(buf.size());
+      double mx = -1e300;
+      for (size_t j = 0; j < buf.size(); ++j) {
+        std::vector<double> k(kv[j].begin() + E + h * D, kv[j].begin() + E + (h + 1) * D);
+        test::rope_inplace(k.data(), D, static_cast<double>(buf[j]), d.model.rope_base);
+        double dot = 0;
+        for (int c = 0; c < D; ++c) dot += qh[c] * k[c];
+        mx = std::max(mx, score[j] = dot / std::sqrt(double(D)));
+      }
+      double z = 0;
+      for (double& v : score) z += (v = std::exp(v - mx));
+      on_needle += score[row] / z / H;
+    }
+    weight_sum += on_needle;
+    CHECK(on_needle > 0.5);  // most of the probe's attention lands on its needle
+  }
+  WARN("mean attention weight of a probe on its needle: " << weight_sum / s.needle_positions.size());
+}

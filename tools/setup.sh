@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One-command set-up for Debian 12: installs what is missing (apt, with sudo when not root),
+# configures and builds proteus, then either runs the quick-start job or the whole test suite.
+#   bash tools/setup.sh run    # build + mpirun -np 2 proteus_driver inputs/quickstart.in
+#   bash tools/setup.sh test   # build + ctest (unit, MPI, tools) + sanitizer build of the unit tests
+# Environment: BUILD_DIR (default build), JOBS (default: number of cores), PROTEUS_SKIP_APT=1.
+set -euo pipefail
+action=${1:-run}
+case "$action" in run|test|build) ;; *) echo "usage: $0 run|test|build" >&2; exit 2 ;; esac
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build=${BUILD_DIR:-$root/build}
+jobs=${JOBS:-$(nproc)}
+
+packages=(build-essential cmake git pkg-config
+          libtrilinos-kokkos-dev libtrilinos-kokkos-kernels-dev
+          libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
+          catch2 libcli11-dev python3 python3-h5py python3-matplotlib)
+if [ "${PROTEUS_SKIP_APT:-0}" != 1 ]; then
+  missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "== installing: ${missing[*]}"
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+fi
+
+# Open MPI refuses to start as root unless told; as an ordinary user these do nothing.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_rmaps_base_oversubscribe=1
+
+echo "== configuring ($build)"
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DPROTEUS_ENABLE_TESTS=ON >/dev/null
+echo "== building with $jobs jobs"
+cmake --build "$build" -j "$jobs"
+
+case "$action" in
+  run)
+    mkdir -p "$build/run"
+    cd "$build/run"
+    echo "== mpirun -np 2 proteus_driver inputs/quickstart.in"
+    mpirun -np 2 "$build/drivers/proteus_driver" "$root/inputs/quickstart.in"
+    ;;
+  test)
+    echo "== ctest"
+    (cd "$build" && ctest --output-on-failure -j "$jobs" --timeout 900)
+    asan=${build}-asan
+    echo "== AddressSanitizer + UndefinedBehaviorSanitizer build of the unit tests ($asan)"
+    cmake -S "$root" -B "$asan" -DCMAKE_BUILD_TYPE=Debug -DPROTEUS_ENABLE_SANITIZERS=ON \
+          -DPROTEUS_ENABLE_TESTS=ON -DCMAKE_CXX_FLAGS=-O1 >/dev/null
+    cmake --build "$asan" -j "$jobs" --target proteus_unit_tests
+    # Open MPI's own allocations are not ours to report.
+    (cd "$asan" && ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
+       ctest --output-on-failure -L unit -j "$jobs" --timeout 900)
+    ;;
+esac
