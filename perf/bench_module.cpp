@@ -1,0 +1,120 @@
+// Benchmark of the drop-in module: forward latency (median of repeats after warm-up) and peak
+// memory of Kokkos allocations, over sequence lengths and alpha values. Prints a table and
+// optionally writes a CSV. Not a test: numbers go to perf/RESULTS.md.
+#include <mpi.h>
+
+#include <CLI/CLI.hpp>
+#include <Kokkos_Core.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <map>
+
+#include "proteus/memory_tracker.hpp"
+#include "proteus/multihead_attention.hpp"
+#include "proteus/random.hpp"
+#include "proteus/version.hpp"
+
+namespace {
+
+struct Options {
+  std::vector<long> tokens{1024, 4096, 16384, 65536};
+  std::vector<double> alphas{0.0, 0.3, 1.0};
+  int embed = 128, heads = 8, gates = 0, batch = 1, warmup = 1, repeat = 5;
+  bool dna_update = false, token_sparse = false;
+  double budget_seconds = 60.0;  // skip a row predicted to take longer than this
+  std::string csv;
+};
+
+void fill(proteus::BatchTensor const& x, std::uint64_t seed) {
+  auto flat = Kokkos::View<float*, proteus::MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(x.data(), x.size());
+  Kokkos::parallel_for("bench::fill", Kokkos::RangePolicy<proteus::ExecSpace>(0, x.size()), KOKKOS_LAMBDA(long i) {
+    flat(i) = static_cast<float>(proteus::standard_normal(seed, 9, static_cast<std::uint64_t>(i)));
+  });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  MPI_Init(&argc, &argv);
+  int rc = 0;
+  {
+    Kokkos::ScopeGuard guard(argc, argv);
+    Options o;
+    CLI::App app{"bench_module: latency and memory of CausalGeneticMultiheadAttention"};
+    app.add_option("--tokens", o.tokens, "sequence lengths");
+    app.add_option("--alphas", o.alphas, "alpha values (mode fixed)");
+    app.add_option("--embed", o.embed, "embedding width");
+    app.add_option("--heads", o.heads, "heads");
+    app.add_option("--gates", o.gates, "gates (0 = auto)");
+    app.add_option("--batch", o.batch, "batch");
+    app.add_option("--warmup", o.warmup, "untimed runs first");
+    app.add_option("--repeat", o.repeat, "timed runs (median reported)");
+    app.add_flag("--dna-update", o.dna_update, "let the DNA EMA run on every call (default: frozen)");
+    app.add_flag("--token-sparse", o.token_sparse, "token sparsity on (upstream's tinytoy does this)");
+    app.add_option("--budget", o.budget_seconds, "skip rows predicted to take longer (s)");
+    app.add_option("--csv", o.csv, "write the table as CSV here");
+    CLI11_PARSE(app, argc, argv);
+    proteus::track_memory();
+    std::printf("# proteus %s (%s), %s, E=%d H=%d B=%d, dna_update=%d token_sparse=%d\n", PROTEUS_VERSION_STRING,
+                PROTEUS_GIT_COMMIT, proteus::ExecSpace::name(), o.embed, o.heads, o.batch, o.dna_update,
+                o.token_sparse);
+    std::printf("%9s %6s %10s %4s %8s %12s %12s %10s %10s\n", "T", "alpha", "mode", "K", "L", "median_ms",
+                "tokens_per_s", "peak_MB", "cand/row");
+    std::ofstream csv;
+    if (!o.csv.empty()) {
+      csv.open(o.csv);
+      csv << "device,tokens,alpha,mode,heads_k,budget,median_ms,tokens_per_s,peak_mb,mean_candidates\n";
+    }
+    std::map<double, std::pair<long, double>> last;  // alpha -> (T, seconds) for the skip rule
+    for (long T : o.tokens)
+      for (double alpha : o.alphas) {
+        if (last.count(alpha)) {
+          auto [t0, s0] = last[alpha];
+          double const growth = alpha == 0.0 ? double(T) * T / (double(t0) * t0) : double(T) / t0 * (alpha < 1 ? 2 : 1);
+          if (s0 * growth * (o.warmup + o.repeat) > o.budget_seconds) {
+            std::printf("%9ld %6.2f %10s  skipped (predicted %.0f s per call)\n", T, alpha, "-", s0 * growth);
+            continue;
+          }
+        }
+        proteus::Config cfg;
+        cfg.mode = proteus::AlphaMode::fixed;
+        cfg.alpha = static_cast<float>(alpha);
+        cfg.num_gates = o.gates;
+        cfg.dna_update = o.dna_update;
+        cfg.token_sparse = o.token_sparse;
+        cfg.seed = 1;
+        proteus::BatchTensor x("bench::x", o.batch, T, o.embed);
+        fill(x, 5);
+        proteus::reset_peak_memory();
+        double const base_mb = proteus::current_memory_mb();
+        proteus::CausalGeneticMultiheadAttention mha(o.embed, o.heads, true, cfg);
+        std::vector<double> times;
+        proteus::ForwardStats st;
+        for (int i = 0; i < o.warmup + o.repeat; ++i) {
+          Kokkos::fence();
+          auto const t0 = std::chrono::steady_clock::now();
+          auto [y, stats] = mha.forward(proteus::ExecSpace(), x, {}, {}, {}, true);
+          Kokkos::fence();
+          double const s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          if (i >= o.warmup) times.push_back(s);
+          st = *stats;
+        }
+        std::sort(times.begin(), times.end());
+        double const median = times[times.size() / 2];
+        last[alpha] = {T, median};
+        double const peak = proteus::peak_memory_mb() - base_mb;
+        std::printf("%9ld %6.2f %10s %4d %8ld %12.3f %12.4g %10.1f %10.1f\n", T, alpha, st.mode.c_str(), st.heads_k,
+                    st.plan.budget, median * 1e3, o.batch * T / median, peak, st.mean_candidates);
+        std::fflush(stdout);
+        if (csv.is_open())
+          csv << proteus::ExecSpace::name() << "," << T << "," << alpha << "," << st.mode << "," << st.heads_k << ","
+              << st.plan.budget << "," << median * 1e3 << "," << o.batch * T / median << "," << peak << ","
+              << st.mean_candidates << "\n";
+      }
+  }
+  MPI_Finalize();
+  return rc;
+}
