@@ -6,7 +6,8 @@
 #   proteus_deps_cli11    CLI11 headers
 #   proteus_deps_catch2   Catch2 with a main (PROTEUS_CATCH2_V3=0/1)
 # and MPI::MPI_CXX. It is also installed with the package config, so that consumers get the
-# same fixes. Included twice is harmless.
+# same fixes: there PROTEUS_CONSUMER is set and only Kokkos and MPI are looked up (the exported
+# targets carry the resolved HDF5 and CLI11 paths). Included twice is harmless.
 include_guard(GLOBAL)
 
 # ---- Kokkos --------------------------------------------------------------------------------
@@ -29,7 +30,7 @@ if(TARGET Kokkos::kokkos)
 endif()
 
 find_package(KokkosKernels REQUIRED)
-if(NOT TARGET proteus_deps_kokkos)
+if(NOT TARGET proteus_deps_kokkos AND NOT PROTEUS_CONSUMER)
   add_library(proteus_deps_kokkos INTERFACE)
   if(TARGET Kokkos::kokkoskernels)
     target_link_libraries(proteus_deps_kokkos INTERFACE Kokkos::kokkoskernels Kokkos::kokkos)
@@ -45,6 +46,10 @@ message(STATUS "proteus: Kokkos ${Kokkos_VERSION}, devices: ${Kokkos_DEVICES}")
 
 # ---- MPI -----------------------------------------------------------------------------------
 find_package(MPI REQUIRED COMPONENTS C CXX)
+
+if(PROTEUS_CONSUMER)
+  return()
+endif()
 
 # ---- HDF5: parallel when the install has it, serial otherwise --------------------------------
 if(NOT TARGET proteus_deps_hdf5)
@@ -68,13 +73,13 @@ endif()
 # ---- CLI11 (header only) ---------------------------------------------------------------------
 if(NOT TARGET proteus_deps_cli11)
   add_library(proteus_deps_cli11 INTERFACE)
+  # Header only: resolved to a directory, so that the exported targets need no CLI11 package.
   find_package(CLI11 CONFIG QUIET)
   if(TARGET CLI11::CLI11)
-    target_link_libraries(proteus_deps_cli11 INTERFACE CLI11::CLI11)
-  else()
-    find_path(PROTEUS_CLI11_INCLUDE CLI/CLI.hpp HINTS ${CLI11_ROOT}/include REQUIRED)
-    target_include_directories(proteus_deps_cli11 INTERFACE ${PROTEUS_CLI11_INCLUDE})
+    get_target_property(_pc_inc CLI11::CLI11 INTERFACE_INCLUDE_DIRECTORIES)
   endif()
+  find_path(PROTEUS_CLI11_INCLUDE CLI/CLI.hpp HINTS ${_pc_inc} ${CLI11_ROOT}/include REQUIRED)
+  target_include_directories(proteus_deps_cli11 INTERFACE ${PROTEUS_CLI11_INCLUDE})
 endif()
 
 # ---- Catch2 v2 (Debian) or v3: our own main (it initialises MPI and Kokkos) in both -------

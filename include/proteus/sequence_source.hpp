@@ -39,6 +39,9 @@ class SyntheticSource final : public SequenceSource {
   void read_rows(ExecSpace const& space, std::vector<Position> const& positions,
                  TokenMatrix const& out) const override;
   std::vector<Position> needles() const override { return needle_positions_; }
+  // Fills row i of out with the token at position pos(i). (Public: CUDA forbids device lambdas
+  // in private member functions.)
+  void generate(ExecSpace const& space, Kokkos::View<Position*, MemSpace> const& pos, TokenMatrix const& out) const;
 
  private:
   long tokens_;
@@ -48,8 +51,6 @@ class SyntheticSource final : public SequenceSource {
   std::vector<Position> needle_positions_;
   Kokkos::View<Position*, MemSpace> needle_pos_;        // [needles]
   Kokkos::View<float**, Kokkos::LayoutRight, MemSpace> needle_dir_;  // [needles x E] unit rows
-  // Fills rows at positions pos(i) (i < n) of out.
-  void generate(ExecSpace const& space, Kokkos::View<Position*, MemSpace> const& pos, TokenMatrix const& out) const;
 };
 
 // HDF5 dataset of float32 [T x E]; the file is opened read-only by every rank.
