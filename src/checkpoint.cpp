@@ -145,6 +145,12 @@ void write_checkpoint(std::string const& path, MPI_Comm comm, CheckpointContent 
         f.attr("/buffer/positions", "units", std::string("token positions in the original sequence, ascending"));
         f.attr("/buffer", "candidates", static_cast<long long>(c.buffer->candidates));
       }
+      if (c.needles) {
+        f.create_group("/sequence");
+        std::vector<std::int64_t> np(c.needles->begin(), c.needles->end());
+        f.write("/sequence/needles", {dim(np.size())}, np.data());
+        f.attr("/sequence/needles", "units", std::string("positions of planted needles (synthetic source)"));
+      }
       f.close();
       std::filesystem::rename(tmp, path);
     } catch (std::exception const& ex) {

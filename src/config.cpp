@@ -17,7 +17,7 @@ void check(bool ok, char const* field, std::string const& why) {
 Config Config::resolved() const {
   Config c = *this;
   check(c.embed_dim > 0, "embed_dim", "must be positive, got " + std::to_string(c.embed_dim));
-  check(c.num_heads > 0, "num_heads", "must be positive, got " + std::to_string(c.num_heads));
+  check(c.num_heads > 0 && c.num_heads <= 128, "num_heads", "must lie in [1, 128], got " + std::to_string(c.num_heads));
   check(c.embed_dim % c.num_heads == 0, "embed_dim",
         "embed_dim " + std::to_string(c.embed_dim) + " is not divisible by num_heads " +
             std::to_string(c.num_heads));

@@ -7,6 +7,7 @@
 
 #include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/detail/sort_keys.hpp"
+#include "proteus/error.hpp"
 
 namespace proteus {
 
@@ -120,6 +121,7 @@ long select_heads(ExecSpace const& space, Config const& cfg, GateMatrix const& h
                   HeadCount const& hc, double alpha, MaskVector const& keep,
                   MaskMatrix const& head_mask) {
   int const heads = static_cast<int>(head_probs.extent(1));
+  require(heads <= max_heads, "num_heads", "at most " + std::to_string(max_heads) + " heads are supported");
   bool const per_token = cfg.nucleus_per_token && cfg.router_top_p > 0.0f;
   float const top_p = cfg.router_top_p;
   int const fixed_k = hc.k, by_length = hc.by_length, kmin = cfg.heads_active_min;
@@ -128,38 +130,36 @@ long select_heads(ExecSpace const& space, Config const& cfg, GateMatrix const& h
   Kokkos::parallel_reduce(
       "proteus::gating::select_heads", Kokkos::RangePolicy<ExecSpace>(space, 0, head_probs.extent(0)),
       KOKKOS_LAMBDA(long t, long& count) {
-        // rank(h) = number of heads that beat h (higher probability, or equal and lower index).
-        // H is small, so O(H^2) per token is cheap and needs no scratch.
-        auto rank_of = [&](int h) {
+        // order[r] = head of rank r (higher probability first, ties: lower index first).
+        // H is small, so the O(H^2) ranking needs no sort and no scratch.
+        int order[max_heads];
+        for (int h = 0; h < heads; ++h) {
           int rank = 0;
           float const ph = head_probs(t, h);
           for (int o = 0; o < heads; ++o) {
             float const po = head_probs(t, o);
             rank += (po > ph || (po == ph && o < h)) ? 1 : 0;
           }
-          return rank;
-        };
+          order[rank] = h;
+        }
         int k = fixed_k;
         if (per_token) {
-          // Nucleus: heads whose cumulative mass (in rank order, inclusive) stays below p * total.
+          // Nucleus: heads whose cumulative mass in rank order (inclusive) stays below p * total.
           float total = 0.0f;
           for (int h = 0; h < heads; ++h) total += head_probs(t, h);
+          float cum = 0.0f;
           int below = 0;
-          for (int h = 0; h < heads; ++h) {
-            int const rh = rank_of(h);
-            float cum = 0.0f;
-            for (int o = 0; o < heads; ++o)
-              if (rank_of(o) <= rh) cum += head_probs(t, o);
+          for (int r = 0; r < heads; ++r) {
+            cum += head_probs(t, order[r]);
             below += cum < top_p * total ? 1 : 0;
           }
           int const nucleus = below + 1 < heads ? below + 1 : heads;
           k = mixed_head_count(by_length, kmin, nucleus, linear_k, alpha);
         }
-        for (int h = 0; h < heads; ++h) {
-          bool const on = keep(t) && rank_of(h) < k;
-          head_mask(t, h) = on ? 1 : 0;
-          count += on ? 1 : 0;
-        }
+        for (int h = 0; h < heads; ++h) head_mask(t, h) = 0;
+        bool const kept = keep(t) != 0;
+        for (int r = 0; r < k && kept; ++r) head_mask(t, order[r]) = 1;
+        count += kept ? (k < heads ? k : heads) : 0;
       },
       active);
   return active;

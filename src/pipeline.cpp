@@ -14,6 +14,7 @@
 #include "proteus/detail/collective.hpp"
 #include "proteus/chunk_pipeline.hpp"
 #include "proteus/error.hpp"
+#include "proteus/memory_tracker.hpp"
 #include "proteus/progress.hpp"
 #include "proteus/sequence_source.hpp"
 
@@ -96,6 +97,8 @@ RunSummary run_pipeline(RunDeck const& deck, MPI_Comm comm, std::optional<std::s
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &ranks);
   ExecSpace space;
+  track_memory();
+  reset_peak_memory();
   RunSummary sum;
   sum.ranks = ranks;
 
@@ -142,6 +145,7 @@ RunSummary run_pipeline(RunDeck const& deck, MPI_Comm comm, std::optional<std::s
   std::filesystem::path const outdir = deck.output.directory;
   if (rank == 0) {
     std::filesystem::create_directories(outdir);
+    if (deck.checkpoint.dna_dump && !restart) std::filesystem::remove(outdir / "dna_dump.h5");
     if (deck.checkpoint.interval_chunks > 0 || deck.checkpoint.at_end) std::filesystem::create_directories(ckdir);
   }
   MPI_Barrier(comm);
@@ -171,6 +175,15 @@ RunSummary run_pipeline(RunDeck const& deck, MPI_Comm comm, std::optional<std::s
     MPI_Allreduce(MPI_IN_PLACE, &finished, 1, MPI_INT, MPI_MIN, comm);
     if (finished) break;
     state.rounds_done = round + 1;
+    if (deck.checkpoint.dna_dump) {
+      // The DNA as it stands after this round (collective), appended to the dump on rank 0.
+      DnaState const so_far = combine_dna(space, comm, state.dna, model.dna(), model.config().dna_decay);
+      long seen = 0;
+      long mine_done = std::min(tokens, state.next_chunk * deck.pipeline.chunk_tokens) -
+                       std::min(tokens, range.first * deck.pipeline.chunk_tokens);
+      MPI_Allreduce(&mine_done, &seen, 1, MPI_LONG, MPI_SUM, comm);
+      if (rank == 0) append_dna_snapshot((outdir / "dna_dump.h5").string(), so_far, seen);
+    }
     if (deck.checkpoint.interval_chunks > 0) {
       double const tc = now();
       CheckpointContent content;
@@ -197,6 +210,7 @@ RunSummary run_pipeline(RunDeck const& deck, MPI_Comm comm, std::optional<std::s
   // ---- DNA: join the ranks' chains ---------------------------------------------------------
   t0 = now();
   DnaState const final_dna = combine_dna(space, comm, state.dna, model.dna(), model.config().dna_decay);
+  if (deck.checkpoint.dna_dump && rank == 0) append_dna_snapshot((outdir / "dna_dump.h5").string(), final_dna, tokens);
   sum.seconds_dna = now() - t0;
 
   // ---- global buffer -------------------------------------------------------------------------
@@ -258,6 +272,7 @@ RunSummary run_pipeline(RunDeck const& deck, MPI_Comm comm, std::optional<std::s
     content.final_dna = &final_dna;
     content.state = &state;
     content.buffer = &buffer;
+    content.needles = &needles;
     content.tokens = tokens;
     content.chunks_total = chunks;
     sum.checkpoint = checkpoint_name(chunks);
@@ -271,6 +286,9 @@ RunSummary run_pipeline(RunDeck const& deck, MPI_Comm comm, std::optional<std::s
   double const mine = peak_host_mb();
   sum.peak_host_mb.resize(ranks);
   MPI_Gather(&mine, 1, MPI_DOUBLE, sum.peak_host_mb.data(), 1, MPI_DOUBLE, 0, comm);
+  double const device = peak_memory_mb();
+  sum.peak_device_mb.resize(ranks);
+  MPI_Gather(&device, 1, MPI_DOUBLE, sum.peak_device_mb.data(), 1, MPI_DOUBLE, 0, comm);
   if (rank == 0) {
     write_atomically((outdir / "summary.json").string(), sum.to_json());
     write_atomically((outdir / "deck.resolved.in").string(), deck_to_ini(deck));

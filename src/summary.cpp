@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "proteus/pipeline.hpp"
+#include "proteus/types.hpp"
 #include "proteus/progress.hpp"
 #include "proteus/version.hpp"
 
@@ -43,6 +44,7 @@ std::string RunSummary::to_json() const {
      << "  \"tokens_per_second\": " << tokens_per_second << ",\n"
      << "  \"estimated_mb_per_rank\": " << estimated_mb_per_rank << ",\n"
      << "  \"peak_host_mb\": " << list(peak_host_mb) << ",\n"
+     << "  \"peak_device_mb\": " << list(peak_device_mb) << ",\n"
      << "  \"resumed_from_chunk\": " << resumed_from_chunk << ",\n"
      << "  \"checkpoint\": \"" << checkpoint << "\"\n"
      << "}\n";
@@ -50,8 +52,9 @@ std::string RunSummary::to_json() const {
 }
 
 std::string RunSummary::to_text() const {
-  double peak = 0;
+  double peak = 0, device = 0;
   for (double p : peak_host_mb) peak = std::max(peak, p);
+  for (double p : peak_device_mb) device = std::max(device, p);
   char buf[2048];
   std::snprintf(buf, sizeof buf,
                 "proteus run summary\n"
@@ -62,14 +65,14 @@ std::string RunSummary::to_text() const {
                 "  buffer pass       %s, output norm %.6g\n"
                 "  time              chunks %s, dna %s, exchange %s, buffer pass %s, checkpoint %s, total %s\n"
                 "  throughput        %.4g tokens/s\n"
-                "  peak host memory  %.0f MiB per rank (estimate %.0f MiB)\n"
+                "  peak memory       %.0f MiB host, %.0f MiB Kokkos %s allocations per rank (estimate %.0f MiB)\n"
                 "  checkpoint        %s\n",
                 tokens, ranks, chunks, tokens_caught, tokens_kept, candidates, buffer_tokens, needles_found,
                 needles, buffer_mode.empty() ? "off" : buffer_mode.c_str(), buffer_output_norm,
                 format_duration(seconds_chunks).c_str(), format_duration(seconds_dna).c_str(),
                 format_duration(seconds_exchange).c_str(), format_duration(seconds_buffer_pass).c_str(),
                 format_duration(seconds_checkpoint).c_str(), format_duration(seconds_total).c_str(),
-                tokens_per_second, peak, estimated_mb_per_rank, checkpoint.empty() ? "none" : checkpoint.c_str());
+                tokens_per_second, peak, device, MemSpace::name(), estimated_mb_per_rank, checkpoint.empty() ? "none" : checkpoint.c_str());
   return buf;
 }
 

@@ -25,6 +25,7 @@ struct CheckpointContent {
   DnaState const* final_dna = nullptr;     // after the chunk stage (end of run), or null
   RankState const* state = nullptr;        // this rank's state (collective: every rank passes its own)
   GlobalBuffer const* buffer = nullptr;    // end of run, or null
+  std::vector<Position> const* needles = nullptr;  // planted needles (synthetic source), or null
   long tokens = 0;
   long chunks_total = 0;
 };

@@ -9,6 +9,9 @@
 
 namespace proteus {
 
+// Largest head count the per-token head selection supports (a register array per token).
+inline constexpr int max_heads = 128;
+
 // r(T, alpha) = (1 - alpha) r0 + alpha r_lin(T), r_lin = r0 sqrt(ref / T) clamped to [min_ratio, r0].
 double token_keep_ratio(Config const& cfg, long tokens, double alpha);
 

@@ -25,6 +25,7 @@ struct RunSummary {
          seconds_checkpoint = 0, seconds_total = 0;
   double tokens_per_second = 0;
   std::vector<double> peak_host_mb;  // per rank
+  std::vector<double> peak_device_mb;  // per rank: Kokkos allocations in the execution space's memory
   double estimated_mb_per_rank = 0;
   double buffer_output_norm = 0;   // Frobenius norm of the buffer pass output (a fingerprint)
   std::string buffer_mode;         // dense / shortlist
