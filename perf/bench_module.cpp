@@ -16,6 +16,7 @@
 #include "proteus/multihead_attention.hpp"
 #include "proteus/random.hpp"
 #include "proteus/version.hpp"
+#include "kernel_timer.hpp"
 
 namespace {
 
@@ -23,7 +24,7 @@ struct Options {
   std::vector<long> tokens{1024, 4096, 16384, 65536};
   std::vector<double> alphas{0.0, 0.3, 1.0};
   int embed = 128, heads = 8, gates = 0, batch = 1, warmup = 1, repeat = 5;
-  bool dna_update = false, token_sparse = false;
+  bool dna_update = false, token_sparse = false, profile = false;
   double budget_seconds = 60.0;  // skip a row predicted to take longer than this
   std::string csv;
 };
@@ -56,8 +57,10 @@ int main(int argc, char** argv) {
     app.add_flag("--token-sparse", o.token_sparse, "token sparsity on (upstream's tinytoy does this)");
     app.add_option("--budget", o.budget_seconds, "skip rows predicted to take longer (s)");
     app.add_option("--csv", o.csv, "write the table as CSV here");
+    app.add_flag("--profile", o.profile, "time every Kokkos kernel of the timed runs (adds fences)");
     CLI11_PARSE(app, argc, argv);
     proteus::track_memory();
+    if (o.profile) proteus::perf::install_kernel_timer();
     std::printf("# proteus %s (%s), %s, E=%d H=%d B=%d, dna_update=%d token_sparse=%d\n", PROTEUS_VERSION_STRING,
                 PROTEUS_GIT_COMMIT, proteus::ExecSpace::name(), o.embed, o.heads, o.batch, o.dna_update,
                 o.token_sparse);
@@ -100,6 +103,7 @@ int main(int argc, char** argv) {
           Kokkos::fence();
           double const s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
           if (i >= o.warmup) times.push_back(s);
+          proteus::perf::KernelTimes::get().on = o.profile && i + 1 >= o.warmup;
           st = *stats;
         }
         std::sort(times.begin(), times.end());
@@ -109,6 +113,17 @@ int main(int argc, char** argv) {
         std::printf("%9ld %6.2f %10s %4d %8ld %12.3f %12.4g %10.1f %10.1f\n", T, alpha, st.mode.c_str(), st.heads_k,
                     st.plan.budget, median * 1e3, o.batch * T / median, peak, st.mean_candidates);
         std::fflush(stdout);
+        if (o.profile) {
+          double total = 0;
+          for (auto const& [sec, name] : proteus::perf::kernel_report()) total += sec;
+          double const per_call = 1e3 / o.repeat;
+          std::printf("    kernels (ms per call; the rest of %.3f ms is BLAS and host work):\n", median * 1e3);
+          int shown = 0;
+          for (auto const& [sec, name] : proteus::perf::kernel_report())
+            if (shown++ < 12) std::printf("      %10.3f  %s\n", sec * per_call, name.c_str());
+          std::printf("      %10.3f  (all Kokkos kernels)\n", total * per_call);
+          proteus::perf::KernelTimes::get().seconds.clear();
+        }
         if (csv.is_open())
           csv << proteus::ExecSpace::name() << "," << T << "," << alpha << "," << st.mode << "," << st.heads_k << ","
               << st.plan.budget << "," << median * 1e3 << "," << o.batch * T / median << "," << peak << ","

@@ -44,7 +44,7 @@ DnaState DnaState::clone(ExecSpace const& space) const {
 
 Routing Routing::allocate(int tokens, int num_gates) {
   Routing r;
-  r.gate_probs = GateMatrix("proteus::gate_probs", tokens, num_gates);
+  r.gate_probs = GateMatrix(Kokkos::view_alloc("proteus::gate_probs", Kokkos::WithoutInitializing), tokens, num_gates);
   r.salience = TokenVector("proteus::salience", tokens);
   r.beta = TokenVector("proteus::beta", tokens);
   r.importance = TokenVector("proteus::importance", tokens);
@@ -159,7 +159,7 @@ void dna_statistics(ExecSpace const& space, TokenMatrix const& x, GateMatrix con
                     DnaStatistics const& stats) {
   int const gates = static_cast<int>(gate_probs.extent(1));
   int const embed = static_cast<int>(x.extent(1));
-  GateByEmbed sums("proteus::dna::weighted_sums", gates, embed);
+  GateByEmbed sums(Kokkos::view_alloc("proteus::dna::weighted_sums", Kokkos::WithoutInitializing), gates, embed);
   detail::gemm(space, "T", "N", 1.0f, gate_probs, x, 0.0f, sums);
   GateVector ones("proteus::dna::ones", gate_probs.extent(0));
   Kokkos::deep_copy(space, ones, 1.0f);

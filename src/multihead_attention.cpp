@@ -26,6 +26,19 @@ std::string shape_of(BatchTensor const& t) {
          std::to_string(t.extent(2)) + "]";
 }
 
+// v, reallocated (uninitialised) only when its shape differs from the one asked for.
+template <class View, class... Dims>
+View const& reuse(View& v, std::string const& label, Dims... dims) {
+  size_t const want[] = {static_cast<size_t>(dims)...};
+  bool same = v.data() != nullptr;
+  for (size_t i = 0; i < sizeof...(Dims); ++i) same = same && v.extent(i) == want[i];
+  if (!same) {
+    v = View();  // release first, so that peak memory does not hold both
+    v = View(Kokkos::view_alloc(label, Kokkos::WithoutInitializing), dims...);
+  }
+  return v;
+}
+
 template <class Functor>
 double mean_over(ExecSpace const& space, long n, char const* label, Functor f) {
   double sum = 0.0;
@@ -97,11 +110,11 @@ RoutingResult CausalGeneticMultiheadAttention::route(ExecSpace const& space, Tok
   RoutingResult r;
   r.alpha = resolve_alpha(config_, tokens);
   r.routing = Routing::allocate(static_cast<int>(n), config_.num_gates);
-  GateMatrix router_probs("proteus::router_probs", n, config_.num_gates);
+  GateMatrix const& router_probs = reuse(work_.router_probs, "proteus::router_probs", n, config_.num_gates);
   router_probabilities(space, x, weights_.router_weight, router_probs);
   GateMatrix sim;
   if (config_.dna_enable) {
-    sim = GateMatrix("proteus::dna::similarity", n, config_.num_gates);
+    sim = reuse(work_.sim, "proteus::dna::similarity", n, config_.num_gates);
     dna_similarity(space, x, dna_.prototypes, sim);
   }
   hybrid_route(space, config_, router_probs, sim, dna_, r.routing);
@@ -133,7 +146,7 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
   st.alpha = routed.alpha;
   st.tokens_kept = routed.tokens_kept;
 
-  GateMatrix head_probs("proteus::head_probs", n, heads);
+  GateMatrix head_probs(Kokkos::view_alloc("proteus::head_probs", Kokkos::WithoutInitializing), n, heads);
   head_probabilities(space, rt.gate_probs, gate_to_head_, head_probs);
   HeadCount const hc = choose_head_count(space, c, tokens, st.alpha, head_probs);
   st.heads_k = hc.k;
@@ -164,13 +177,15 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
     if (head_rows(bh + 1) > head_rows(bh)) used[bh % heads] = true;
   st.distinct_heads = static_cast<int>(std::count(used.begin(), used.end(), true));
 
-  TokenMatrix qkv("proteus::qkv", n, 3 * c.embed_dim);
+  TokenMatrix const& qkv = reuse(work_.qkv, "proteus::qkv", n, 3 * c.embed_dim);
   project_qkv(space, x, weights_, qkv);
-  HeadTensor q("proteus::q", batch * heads, tokens, d), k("proteus::k", batch * heads, tokens, d),
-      v("proteus::v", batch * heads, tokens, d);
+  HeadTensor const& q = reuse(work_.q, "proteus::q", batch * heads, tokens, d);
+  HeadTensor const& k = reuse(work_.k, "proteus::k", batch * heads, tokens, d);
+  HeadTensor const& v = reuse(work_.v, "proteus::v", batch * heads, tokens, d);
   split_heads_rope(space, qkv, positions, batch, heads, c.rope, c.rope_base, q, k, v);
   CandidateLists lists = dna_candidate_lists(space, plan, rt.salience, batch, tokens);
-  TokenMatrix ctx("proteus::context", n, c.embed_dim);
+  TokenMatrix const& ctx = reuse(work_.ctx, "proteus::context", n, c.embed_dim);
+  Kokkos::deep_copy(space, ctx, 0.0f);  // rows of inactive heads and dropped tokens stay zero
   Kokkos::View<int*, MemSpace> counts("proteus::candidate_count", rows.rows);
   attend(space, plan, q, k, v, rows, lists, heads, ctx, counts);
   project_output(space, ctx, weights_, y);
@@ -249,7 +264,7 @@ std::pair<BatchTensor, std::optional<ForwardStats>> CausalGeneticMultiheadAttent
 
   int const e = c.embed_dim;
   bool const bf = c.batch_first;
-  TokenMatrix x("proteus::input", batch * tokens, e);
+  TokenMatrix x(Kokkos::view_alloc("proteus::input", Kokkos::WithoutInitializing), batch * tokens, e);
   PositionVector positions("proteus::positions", batch * tokens);
   auto pad = key_padding_mask;
   Kokkos::parallel_for(
@@ -263,9 +278,10 @@ std::pair<BatchTensor, std::optional<ForwardStats>> CausalGeneticMultiheadAttent
         if (j == 0) positions(row) = t;
       });
   check_finite(space, x, "query");
-  TokenMatrix y("proteus::output_rows", batch * tokens, e);
+  TokenMatrix y(Kokkos::view_alloc("proteus::output_rows", Kokkos::WithoutInitializing), batch * tokens, e);
   ForwardStats st = run(space, x, batch, positions, y);
-  BatchTensor out("proteus::output", query.extent(0), query.extent(1), query.extent(2));
+  BatchTensor out(Kokkos::view_alloc("proteus::output", Kokkos::WithoutInitializing), query.extent(0),
+                  query.extent(1), query.extent(2));
   Kokkos::parallel_for(
       "proteus::scatter_output",
       Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {batch * tokens, static_cast<long>(e)}),

@@ -90,6 +90,14 @@ class CausalGeneticMultiheadAttention {
   Weights weights_;
   DnaState dna_;
   IndexVector gate_to_head_;
+  // Scratch tensors kept between calls of the same shape, so that repeated forwards (and
+  // chunks) do not pay for allocation and first touch again.
+  struct Workspace {
+    GateMatrix router_probs, sim;
+    TokenMatrix qkv, ctx;
+    HeadTensor q, k, v;
+  };
+  mutable Workspace work_;
 };
 
 // Throws proteus::Error naming `name` if v holds NaN or Inf.
