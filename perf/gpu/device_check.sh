@@ -22,6 +22,9 @@ for step in "$@"; do
     module)
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 524288 1048576 \
         --alphas 1.0 --warmup 2 --repeat 5 --csv "$out/module_alpha1.csv" | tee "$out/module.txt" ;;
+    profile)
+      "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 1048576 --alphas 1.0 --warmup 1 --repeat 3 \
+        --profile | tee "$out/profile.txt" ;;
     module_sweep)
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 512 4096 32768 131072 \
         --alphas 0.0 0.3 1.0 --warmup 1 --repeat 3 --budget 30 --csv "$out/module_sweep.csv" | tee "$out/module_sweep.txt" ;;
