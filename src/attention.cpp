@@ -9,9 +9,8 @@ namespace proteus {
 
 namespace km = detail::kmath;
 
-ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_mask,
-                               MaskVector const& keep, bool all_heads, int batch, long tokens,
-                               long row_begin, long row_end) {
+ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_mask, MaskVector const& keep,
+                               bool all_heads, int batch, long tokens, long row_begin, long row_end) {
   int const heads = static_cast<int>(head_mask.extent(1));
   long const slots = static_cast<long>(batch) * heads * tokens;
   ActiveRows r;
@@ -49,9 +48,7 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
       });
   // Blocks: runs of up to attention_block_rows rows of one head.
   constexpr long block_rows = attention_block_rows;
-  auto starts_block = KOKKOS_LAMBDA(long row)->bool {
-    return (row - head_start(row_head(row))) % block_rows == 0;
-  };
+  auto starts_block = KOKKOS_LAMBDA(long row)->bool { return (row - head_start(row_head(row))) % block_rows == 0; };
   long blocks = 0;
   Kokkos::parallel_scan(
       "proteus::attention::count_blocks", Kokkos::RangePolicy<ExecSpace>(space, 0, total),
@@ -74,14 +71,13 @@ namespace {
 
 using Scratch = Kokkos::View<float**, Kokkos::LayoutRight, ExecSpace::scratch_memory_space,
                              Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
-using ScratchVec = Kokkos::View<float*, ExecSpace::scratch_memory_space,
-                                Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+using ScratchVec = Kokkos::View<float*, ExecSpace::scratch_memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
 constexpr int key_tile = 32;
 
 // One online-softmax step of row r with score s and value row `val`.
 template <class ValueRow>
-KOKKOS_INLINE_FUNCTION void online_update(Scratch const& acc, ScratchVec const& m, ScratchVec const& l,
-                                          int r, float s, ValueRow const& val, int d) {
+KOKKOS_INLINE_FUNCTION void online_update(Scratch const& acc, ScratchVec const& m, ScratchVec const& l, int r, float s,
+                                          ValueRow const& val, int d) {
   if (s > m(r)) {
     float const c = km::exp(m(r) - s);
     l(r) = l(r) * c + 1.0f;
@@ -96,10 +92,9 @@ KOKKOS_INLINE_FUNCTION void online_update(Scratch const& acc, ScratchVec const& 
 
 }  // namespace
 
-void attend(ExecSpace const& space, ShortlistPlan const& plan, HeadTensor const& q,
-            HeadTensor const& k, HeadTensor const& v, ActiveRows const& rows,
-            CandidateLists const& dna_lists, int heads, TokenMatrix const& ctx,
-            Kokkos::View<int*, MemSpace> const& candidate_count) {
+void attend(ExecSpace const& space, ShortlistPlan const& plan, HeadTensor const& q, HeadTensor const& k,
+            HeadTensor const& v, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
+            TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count) {
   if (rows.blocks == 0) return;
   int const d = static_cast<int>(q.extent(2));
   long const tokens = static_cast<long>(q.extent(1));
@@ -111,11 +106,17 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, HeadTensor const&
   auto row_token = rows.token;
   auto block_start = rows.block_start;
   ShortlistPlan const p = plan;
-  size_t const bytes = Scratch::shmem_size(qb, d) * 2 + Scratch::shmem_size(key_tile, d) * 2 +
-                       ScratchVec::shmem_size(qb) * 2;
+  // Rows of q and acc are padded by one float: thread r touches row r, and an odd row stride
+  // spreads the 32 threads of a warp over 32 banks instead of two.
+  int const dp = d % 2 == 0 ? d + 1 : d;
+  size_t const bytes =
+      Scratch::shmem_size(qb, dp) * 2 + Scratch::shmem_size(key_tile, d) * 2 + ScratchVec::shmem_size(qb) * 2;
   using Policy = Kokkos::TeamPolicy<ExecSpace>;
   using Member = Policy::member_type;
-  Policy policy(space, rows.blocks, Kokkos::AUTO);
+  // One thread per row of the block on GPUs (a warp for 32 rows); host backends run a team as
+  // one thread.
+  int const team_size = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible ? 1 : qb;
+  Policy policy(space, rows.blocks, team_size);
   policy.set_scratch_size(0, Kokkos::PerTeam(bytes));
   Kokkos::parallel_for(
       "proteus::attention::shortlist", policy, KOKKOS_LAMBDA(Member const& team) {
@@ -123,7 +124,7 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, HeadTensor const&
         int const n = static_cast<int>(block_start(team.league_rank() + 1) - r0);
         int const bh = row_head(r0);
         long const b = bh / heads, h = bh % heads;
-        Scratch qs(team.team_scratch(0), qb, d), acc(team.team_scratch(0), qb, d);
+        Scratch qs(team.team_scratch(0), qb, dp), acc(team.team_scratch(0), qb, dp);
         Scratch ks(team.team_scratch(0), key_tile, d), vs(team.team_scratch(0), key_tile, d);
         ScratchVec m(team.team_scratch(0), qb), l(team.team_scratch(0), qb);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n * d), [&](int e) {
@@ -163,8 +164,7 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, HeadTensor const&
         // Anchors and DNA candidates outside the window, gathered from global memory.
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
           long const t = row_token(r0 + r);
-          Position const* dna =
-              p.dna_cap > 0 ? &dna_lists(b * dna_blocks + t / p.dna_block, 0) : nullptr;
+          Position const* dna = p.dna_cap > 0 ? &dna_lists(b * dna_blocks + t / p.dna_block, 0) : nullptr;
           int seen = static_cast<int>(t - local_begin(p, t) + 1);
           for_each_extra_candidate(p, t, dna, [&](long c) {
             ++seen;

@@ -3,6 +3,7 @@
 // importance, and (update) the prototypes, usage and confidence.
 #include "proteus/dna.hpp"
 
+#include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/random.hpp"
 
@@ -21,21 +22,18 @@ DnaState DnaState::allocate(int num_gates, int embed_dim, std::string const& lab
 void DnaState::initialise(ExecSpace const& space, std::uint64_t seed, float scale) const {
   auto p = prototypes;
   int const e = static_cast<int>(p.extent(1));
-  Kokkos::parallel_for(
-      "proteus::dna::initialise",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0},
-                                                        {static_cast<long>(p.extent(0)), e}),
-      KOKKOS_LAMBDA(int g, int j) {
-        p(g, j) = static_cast<float>(scale * standard_normal(seed, stream_prototypes,
-                                                             static_cast<std::uint64_t>(g) * e + j));
+  detail::for_each_element(
+      space, "proteus::dna::initialise", static_cast<long>(p.extent(0)), e, KOKKOS_LAMBDA(long g, long j) {
+        p(g, j) =
+            static_cast<float>(scale * standard_normal(seed, stream_prototypes, static_cast<std::uint64_t>(g) * e + j));
       });
   Kokkos::deep_copy(space, usage, 0.0f);
   Kokkos::deep_copy(space, confidence, 0.0f);
 }
 
 DnaState DnaState::clone(ExecSpace const& space) const {
-  DnaState c = allocate(static_cast<int>(prototypes.extent(0)), static_cast<int>(prototypes.extent(1)),
-                        prototypes.label());
+  DnaState c =
+      allocate(static_cast<int>(prototypes.extent(0)), static_cast<int>(prototypes.extent(1)), prototypes.label());
   Kokkos::deep_copy(space, c.prototypes, prototypes);
   Kokkos::deep_copy(space, c.usage, usage);
   Kokkos::deep_copy(space, c.confidence, confidence);
@@ -54,23 +52,21 @@ Routing Routing::allocate(int tokens, int num_gates) {
 DnaStatistics DnaStatistics::allocate(int num_gates, int embed_dim) {
   DnaStatistics s;
   s.count = Kokkos::View<double*, MemSpace>("proteus::dna::count", num_gates);
-  s.sums = Kokkos::View<double**, Kokkos::LayoutRight, MemSpace>("proteus::dna::sums", num_gates,
-                                                                 embed_dim);
+  s.sums = Kokkos::View<double**, Kokkos::LayoutRight, MemSpace>("proteus::dna::sums", num_gates, embed_dim);
   return s;
 }
 
 namespace {
 // Row L2 norms clamped below at 1e-6 (the eps of torch's normalize).
-void row_norms(ExecSpace const& space, GateByEmbed const& m, TokenVector const& norms,
-               char const* label) {
+void row_norms(ExecSpace const& space, GateByEmbed const& m, TokenVector const& norms, char const* label) {
   int const cols = static_cast<int>(m.extent(1));
-  Kokkos::parallel_for(label, Kokkos::RangePolicy<ExecSpace>(space, 0, m.extent(0)),
-                       KOKKOS_LAMBDA(int i) {
-                         float s = 0.0f;
-                         for (int j = 0; j < cols; ++j) s += m(i, j) * m(i, j);
-                         float const n = km::sqrt(s);
-                         norms(i) = n > 1e-6f ? n : 1e-6f;
-                       });
+  Kokkos::parallel_for(
+      label, Kokkos::RangePolicy<ExecSpace>(space, 0, m.extent(0)), KOKKOS_LAMBDA(int i) {
+        float s = 0.0f;
+        for (int j = 0; j < cols; ++j) s += m(i, j) * m(i, j);
+        float const n = km::sqrt(s);
+        norms(i) = n > 1e-6f ? n : 1e-6f;
+      });
 }
 }  // namespace
 
@@ -81,15 +77,13 @@ void dna_similarity(ExecSpace const& space, TokenMatrix const& x, GateByEmbed co
   row_norms(space, x, xn, "proteus::dna::token_norm");
   row_norms(space, prototypes, pn, "proteus::dna::prototype_norm");
   detail::gemm(space, "N", "T", 1.0f, x, prototypes, 0.0f, sim);
-  Kokkos::parallel_for(
-      "proteus::dna::cosine",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(
-          space, {0, 0}, {static_cast<long>(sim.extent(0)), static_cast<long>(sim.extent(1))}),
-      KOKKOS_LAMBDA(int t, int g) { sim(t, g) /= xn(t) * pn(g); });
+  detail::for_each_element(
+      space, "proteus::dna::cosine", static_cast<long>(sim.extent(0)), static_cast<long>(sim.extent(1)),
+      KOKKOS_LAMBDA(long t, long g) { sim(t, g) /= xn(t) * pn(g); });
 }
 
-void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs,
-                  GateMatrix const& sim, DnaState const& dna, Routing const& out) {
+void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs, GateMatrix const& sim,
+                  DnaState const& dna, Routing const& out) {
   int const gates = static_cast<int>(router_probs.extent(1));
   bool const use_dna = cfg.dna_enable;
   float const theta = cfg.dna_threshold, lambda = cfg.dna_blend, tau = cfg.dna_temperature;
@@ -122,8 +116,7 @@ void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& r
         float pz = 0.0f;
         for (int g = 0; g < gates; ++g) pz += km::exp((sim(t, g) - smax) / tau);
         float wz = 0.0f;
-        for (int g = 0; g < gates; ++g)
-          wz += km::exp((sim(t, g) - smax) / tau) / pz * (confidence(g) + 1e-6f);
+        for (int g = 0; g < gates; ++g) wz += km::exp((sim(t, g) - smax) / tau) / pz * (confidence(g) + 1e-6f);
         wz = wz > 1e-6f ? wz : 1e-6f;
         float b = (smax - theta) / (1.0f - theta > 1e-6f ? 1.0f - theta : 1e-6f);
         b = b < 0.0f ? 0.0f : (b > 1.0f ? 1.0f : b);
@@ -167,17 +160,14 @@ void dna_statistics(ExecSpace const& space, TokenMatrix const& x, GateMatrix con
   detail::gemv(space, "T", 1.0f, gate_probs, ones, 0.0f, count);
   auto c = stats.count;
   auto s = stats.sums;
-  Kokkos::parallel_for(
-      "proteus::dna::statistics",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {gates, embed}),
-      KOKKOS_LAMBDA(int g, int j) {
+  detail::for_each_element(
+      space, "proteus::dna::statistics", gates, embed, KOKKOS_LAMBDA(long g, long j) {
         s(g, j) = sums(g, j);
         if (j == 0) c(g) = count(g);
       });
 }
 
-int dna_ema_update(ExecSpace const& space, float decay, DnaStatistics const& stats,
-                   DnaState const& dna) {
+int dna_ema_update(ExecSpace const& space, float decay, DnaStatistics const& stats, DnaState const& dna) {
   int const gates = static_cast<int>(dna.prototypes.extent(0));
   int const embed = static_cast<int>(dna.prototypes.extent(1));
   auto p = dna.prototypes;
@@ -186,10 +176,8 @@ int dna_ema_update(ExecSpace const& space, float decay, DnaStatistics const& sta
   auto c = stats.count;
   auto s = stats.sums;
   double const d = decay;
-  Kokkos::parallel_for(
-      "proteus::dna::ema_update",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {gates, embed}),
-      KOKKOS_LAMBDA(int g, int j) {
+  detail::for_each_element(
+      space, "proteus::dna::ema_update", gates, embed, KOKKOS_LAMBDA(long g, long j) {
         if (c(g) > 1e-6) p(g, j) = static_cast<float>(d * p(g, j) + (1.0 - d) * s(g, j) / c(g));
       });
   int updated = 0;

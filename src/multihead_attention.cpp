@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "proteus/attention.hpp"
+#include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/error.hpp"
 #include "proteus/gating.hpp"
@@ -22,8 +23,8 @@ Config with_shape(Config c, int embed_dim, int num_heads, bool batch_first) {
 }
 
 std::string shape_of(BatchTensor const& t) {
-  return "[" + std::to_string(t.extent(0)) + ", " + std::to_string(t.extent(1)) + ", " +
-         std::to_string(t.extent(2)) + "]";
+  return "[" + std::to_string(t.extent(0)) + ", " + std::to_string(t.extent(1)) + ", " + std::to_string(t.extent(2)) +
+         "]";
 }
 
 // v, reallocated (uninitialised) only when its shape differs from the one asked for.
@@ -52,17 +53,15 @@ void check_finite(ExecSpace const& space, TokenMatrix const& v, std::string cons
   long const cols = static_cast<long>(v.extent(1));
   Kokkos::parallel_reduce(
       "proteus::check_finite", Kokkos::RangePolicy<ExecSpace>(space, 0, v.extent(0) * cols),
-      KOKKOS_LAMBDA(long i, long& n) { n += detail::kmath::isfinite(v(i / cols, i % cols)) ? 0 : 1; },
-      bad);
+      KOKKOS_LAMBDA(long i, long& n) { n += detail::kmath::isfinite(v(i / cols, i % cols)) ? 0 : 1; }, bad);
   require(bad == 0, name, "contains " + std::to_string(bad) + " NaN or Inf value(s)");
 }
 
-CausalGeneticMultiheadAttention::CausalGeneticMultiheadAttention(int embed_dim, int num_heads,
-                                                                 bool batch_first, Config config)
+CausalGeneticMultiheadAttention::CausalGeneticMultiheadAttention(int embed_dim, int num_heads, bool batch_first,
+                                                                 Config config)
     : CausalGeneticMultiheadAttention(with_shape(std::move(config), embed_dim, num_heads, batch_first)) {}
 
-CausalGeneticMultiheadAttention::CausalGeneticMultiheadAttention(Config const& config)
-    : config_(config.resolved()) {
+CausalGeneticMultiheadAttention::CausalGeneticMultiheadAttention(Config const& config) : config_(config.resolved()) {
   ExecSpace space;
   weights_ = Weights::allocate(config_.embed_dim, config_.num_gates);
   weights_.initialise(space, config_.seed, config_.bias);
@@ -79,8 +78,8 @@ void CausalGeneticMultiheadAttention::set_weights(ExecSpace const& space, Weight
   auto same = [](auto const& a, auto const& b, char const* name) {
     require(a.extent(0) == b.extent(0) && a.extent(1) == b.extent(1), std::string("weights.") + name,
             "shape [" + std::to_string(b.extent(0)) + " x " + std::to_string(b.extent(1)) +
-                "] does not match the module's [" + std::to_string(a.extent(0)) + " x " +
-                std::to_string(a.extent(1)) + "]");
+                "] does not match the module's [" + std::to_string(a.extent(0)) + " x " + std::to_string(a.extent(1)) +
+                "]");
   };
   same(weights_.qkv_weight, w.qkv_weight, "qkv_weight");
   same(weights_.out_weight, w.out_weight, "out_weight");
@@ -95,16 +94,15 @@ void CausalGeneticMultiheadAttention::set_weights(ExecSpace const& space, Weight
 }
 
 void CausalGeneticMultiheadAttention::set_dna(ExecSpace const& space, DnaState const& dna) {
-  require(dna.prototypes.extent(0) == dna_.prototypes.extent(0) &&
-              dna.prototypes.extent(1) == dna_.prototypes.extent(1),
-          "dna.prototypes", "shape does not match [num_gates x embed_dim]");
+  require(
+      dna.prototypes.extent(0) == dna_.prototypes.extent(0) && dna.prototypes.extent(1) == dna_.prototypes.extent(1),
+      "dna.prototypes", "shape does not match [num_gates x embed_dim]");
   Kokkos::deep_copy(space, dna_.prototypes, dna.prototypes);
   Kokkos::deep_copy(space, dna_.usage, dna.usage);
   Kokkos::deep_copy(space, dna_.confidence, dna.confidence);
 }
 
-RoutingResult CausalGeneticMultiheadAttention::route(ExecSpace const& space, TokenMatrix const& x,
-                                                     int batch) const {
+RoutingResult CausalGeneticMultiheadAttention::route(ExecSpace const& space, TokenMatrix const& x, int batch) const {
   long const n = static_cast<long>(x.extent(0));
   long const tokens = n / batch;
   RoutingResult r;
@@ -123,9 +121,9 @@ RoutingResult CausalGeneticMultiheadAttention::route(ExecSpace const& space, Tok
   return r;
 }
 
-ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenMatrix const& x,
-                                                  int batch, PositionVector const& positions,
-                                                  TokenMatrix const& y, RunOptions const& options) {
+ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenMatrix const& x, int batch,
+                                                  PositionVector const& positions, TokenMatrix const& y,
+                                                  RunOptions const& options) {
   Config const& c = config_;
   long const n = static_cast<long>(x.extent(0));
   require(batch > 0 && n % batch == 0, "batch", "token rows are not a multiple of the batch size");
@@ -161,13 +159,12 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
   // tokens themselves, so that it cannot make earlier outputs depend on later tokens.
   ShortlistPlan plan = plan_shortlist(c, tokens, st.alpha);
   double const head_fraction = static_cast<double>(hc.k) / heads;
-  if (!plan.dense && c.force_dense_threshold > 0.0f && head_fraction >= c.force_dense_threshold &&
-      st.alpha < 0.95) {
+  if (!plan.dense && c.force_dense_threshold > 0.0f && head_fraction >= c.force_dense_threshold && st.alpha < 0.95) {
     plan = dense_plan(tokens);
     plan.alpha = st.alpha;
   }
-  ActiveRows rows = compact_active_rows(space, head_mask, routed.keep, plan.dense, batch, tokens,
-                                        options.row_begin, row_end);
+  ActiveRows rows =
+      compact_active_rows(space, head_mask, routed.keep, plan.dense, batch, tokens, options.row_begin, row_end);
   auto head_rows = Kokkos::create_mirror_view_and_copy(HostSpace(), rows.head_start);
   st.plan = plan;
   st.mode = plan.dense ? "dense" : "shortlist";
@@ -199,33 +196,34 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
 
   // Statistics.
   long const rows_active = rows.rows;
-  st.mean_candidates = mean_over(space, rows_active, "proteus::stats::candidates",
-                                 KOKKOS_LAMBDA(long i, double& s) { s += counts(i); });
-  st.mean_active_heads =
-      static_cast<double>(rows_active) / std::max(1L, st.tokens_kept);
+  st.mean_candidates = mean_over(
+      space, rows_active, "proteus::stats::candidates", KOKKOS_LAMBDA(long i, double& s) { s += counts(i); });
+  st.mean_active_heads = static_cast<double>(rows_active) / std::max(1L, st.tokens_kept);
   auto const gp = rt.gate_probs;
   int const gates = c.num_gates;
-  st.router_entropy = mean_over(space, n, "proteus::stats::entropy", KOKKOS_LAMBDA(long t, double& s) {
-    for (int g = 0; g < gates; ++g) {
-      float const p = gp(t, g);
-      if (p > 0.0f) s -= p * detail::kmath::log(p);
-    }
-  });
+  st.router_entropy = mean_over(
+      space, n, "proteus::stats::entropy", KOKKOS_LAMBDA(long t, double& s) {
+        for (int g = 0; g < gates; ++g) {
+          float const p = gp(t, g);
+          if (p > 0.0f) s -= p * detail::kmath::log(p);
+        }
+      });
   auto const sal = rt.salience;
   auto const beta = rt.beta;
-  st.mean_salience = mean_over(space, n, "proteus::stats::salience",
-                               KOKKOS_LAMBDA(long t, double& s) { s += sal(t); });
-  st.mean_beta = mean_over(space, n, "proteus::stats::beta", KOKKOS_LAMBDA(long t, double& s) { s += beta(t); });
-  st.tokens_caught = static_cast<long>(std::lround(
-      n * mean_over(space, n, "proteus::stats::caught",
-                    KOKKOS_LAMBDA(long t, double& s) { s += beta(t) > 0.0f ? 1.0 : 0.0; })));
+  st.mean_salience = mean_over(
+      space, n, "proteus::stats::salience", KOKKOS_LAMBDA(long t, double& s) { s += sal(t); });
+  st.mean_beta = mean_over(
+      space, n, "proteus::stats::beta", KOKKOS_LAMBDA(long t, double& s) { s += beta(t); });
+  st.tokens_caught =
+      static_cast<long>(std::lround(n * mean_over(
+                                            space, n, "proteus::stats::caught",
+                                            KOKKOS_LAMBDA(long t, double& s) { s += beta(t) > 0.0f ? 1.0 : 0.0; })));
   return st;
 }
 
 std::pair<BatchTensor, std::optional<ForwardStats>> CausalGeneticMultiheadAttention::forward(
-    ExecSpace const& space, BatchTensor const& query, BatchTensor const& key,
-    BatchTensor const& value, PaddingMask const& key_padding_mask, bool need_weights,
-    AttnMask const& attn_mask) {
+    ExecSpace const& space, BatchTensor const& query, BatchTensor const& key, BatchTensor const& value,
+    PaddingMask const& key_padding_mask, bool need_weights, AttnMask const& attn_mask) {
   Config const& c = config_;
   require(query.data() != nullptr, "query", "is empty");
   require(static_cast<int>(query.extent(2)) == c.embed_dim, "query",
@@ -234,8 +232,7 @@ std::pair<BatchTensor, std::optional<ForwardStats>> CausalGeneticMultiheadAttent
     char const* name = other == &key ? "key" : "value";
     require(other->data() == nullptr || other->data() == query.data(), name,
             "cross-attention is not supported: pass the query itself (or nothing) as key and value");
-    require(other->data() == nullptr || (other->extent(0) == query.extent(0) &&
-                                         other->extent(1) == query.extent(1) &&
+    require(other->data() == nullptr || (other->extent(0) == query.extent(0) && other->extent(1) == query.extent(1) &&
                                          other->extent(2) == query.extent(2)),
             name, "shape " + shape_of(*other) + " differs from query " + shape_of(query));
   }
@@ -253,8 +250,7 @@ std::pair<BatchTensor, std::optional<ForwardStats>> CausalGeneticMultiheadAttent
           w += (attn_mask(r, col) != 0) != (col > r) ? 1 : 0;
         },
         wrong);
-    require(wrong == 0, "attn_mask",
-            "only the standard causal mask (masked exactly above the diagonal) is supported");
+    require(wrong == 0, "attn_mask", "only the standard causal mask (masked exactly above the diagonal) is supported");
   }
   bool const padded = key_padding_mask.data() != nullptr;
   if (padded)
@@ -267,10 +263,8 @@ std::pair<BatchTensor, std::optional<ForwardStats>> CausalGeneticMultiheadAttent
   TokenMatrix x(Kokkos::view_alloc("proteus::input", Kokkos::WithoutInitializing), batch * tokens, e);
   PositionVector positions("proteus::positions", batch * tokens);
   auto pad = key_padding_mask;
-  Kokkos::parallel_for(
-      "proteus::gather_input",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {batch * tokens, static_cast<long>(e)}),
-      KOKKOS_LAMBDA(long row, long j) {
+  detail::for_each_element(
+      space, "proteus::gather_input", batch * tokens, static_cast<long>(e), KOKKOS_LAMBDA(long row, long j) {
         long const b = row / tokens, t = row % tokens;
         bool const masked = padded && pad(b, t) != 0;
         float const val = bf ? query(b, t, j) : query(t, b, j);
@@ -280,12 +274,10 @@ std::pair<BatchTensor, std::optional<ForwardStats>> CausalGeneticMultiheadAttent
   check_finite(space, x, "query");
   TokenMatrix y(Kokkos::view_alloc("proteus::output_rows", Kokkos::WithoutInitializing), batch * tokens, e);
   ForwardStats st = run(space, x, batch, positions, y);
-  BatchTensor out(Kokkos::view_alloc("proteus::output", Kokkos::WithoutInitializing), query.extent(0),
-                  query.extent(1), query.extent(2));
-  Kokkos::parallel_for(
-      "proteus::scatter_output",
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(space, {0, 0}, {batch * tokens, static_cast<long>(e)}),
-      KOKKOS_LAMBDA(long row, long j) {
+  BatchTensor out(Kokkos::view_alloc("proteus::output", Kokkos::WithoutInitializing), query.extent(0), query.extent(1),
+                  query.extent(2));
+  detail::for_each_element(
+      space, "proteus::scatter_output", batch * tokens, static_cast<long>(e), KOKKOS_LAMBDA(long row, long j) {
         long const b = row / tokens, t = row % tokens;
         float const val = (padded && pad(b, t) != 0) ? 0.0f : y(row, j);
         if (bf)

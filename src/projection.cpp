@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/random.hpp"
 
@@ -19,13 +20,14 @@ Weights Weights::allocate(int embed_dim, int num_gates) {
 }
 
 namespace {
-void fill_uniform(ExecSpace const& space, float* data, long n, std::uint64_t seed,
-                  std::uint64_t stream, float bound, char const* label) {
+void fill_uniform(ExecSpace const& space, float* data, long n, std::uint64_t seed, std::uint64_t stream, float bound,
+                  char const* label) {
   Kokkos::View<float*, MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> out(data, n);
-  Kokkos::parallel_for(label, Kokkos::RangePolicy<ExecSpace>(space, 0, n), KOKKOS_LAMBDA(long i) {
-    double const u = uniform_open01(hash3(seed, stream, static_cast<std::uint64_t>(i)));
-    out(i) = static_cast<float>((2.0 * u - 1.0) * bound);
-  });
+  Kokkos::parallel_for(
+      label, Kokkos::RangePolicy<ExecSpace>(space, 0, n), KOKKOS_LAMBDA(long i) {
+        double const u = uniform_open01(hash3(seed, stream, static_cast<std::uint64_t>(i)));
+        out(i) = static_cast<float>((2.0 * u - 1.0) * bound);
+      });
 }
 }  // namespace
 
@@ -38,10 +40,8 @@ void Weights::initialise(ExecSpace const& space, std::uint64_t seed, bool bias) 
   fill_uniform(space, router_weight.data(), router_weight.size(), seed, stream_router, bound,
                "proteus::init::router_weight");
   if (bias) {
-    fill_uniform(space, qkv_bias.data(), qkv_bias.size(), seed, stream_qkv_bias, bound,
-                 "proteus::init::qkv_bias");
-    fill_uniform(space, out_bias.data(), out_bias.size(), seed, stream_out_bias, bound,
-                 "proteus::init::out_bias");
+    fill_uniform(space, qkv_bias.data(), qkv_bias.size(), seed, stream_qkv_bias, bound, "proteus::init::qkv_bias");
+    fill_uniform(space, out_bias.data(), out_bias.size(), seed, stream_out_bias, bound, "proteus::init::out_bias");
   } else {
     Kokkos::deep_copy(space, qkv_bias, 0.0f);
     Kokkos::deep_copy(space, out_bias, 0.0f);
@@ -50,22 +50,18 @@ void Weights::initialise(ExecSpace const& space, std::uint64_t seed, bool bias) 
 
 namespace {
 void add_bias(ExecSpace const& space, TokenMatrix const& y, TokenVector const& b, char const* label) {
-  Kokkos::parallel_for(
-      label,
-      Kokkos::MDRangePolicy<ExecSpace, Kokkos::Rank<2>>(
-          space, {0, 0}, {static_cast<long>(y.extent(0)), static_cast<long>(y.extent(1))}),
+  detail::for_each_element(
+      space, label, static_cast<long>(y.extent(0)), static_cast<long>(y.extent(1)),
       KOKKOS_LAMBDA(long t, long j) { y(t, j) += b(j); });
 }
 }  // namespace
 
-void project_qkv(ExecSpace const& space, TokenMatrix const& x, Weights const& w,
-                 TokenMatrix const& qkv) {
+void project_qkv(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& qkv) {
   detail::gemm(space, "N", "T", 1.0f, x, w.qkv_weight, 0.0f, qkv);
   add_bias(space, qkv, w.qkv_bias, "proteus::projection::qkv_bias");
 }
 
-void project_output(ExecSpace const& space, TokenMatrix const& ctx, Weights const& w,
-                    TokenMatrix const& y) {
+void project_output(ExecSpace const& space, TokenMatrix const& ctx, Weights const& w, TokenMatrix const& y) {
   detail::gemm(space, "N", "T", 1.0f, ctx, w.out_weight, 0.0f, y);
   add_bias(space, y, w.out_bias, "proteus::projection::out_bias");
 }
