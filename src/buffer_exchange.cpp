@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <tuple>
 
 #include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/detail/sort_keys.hpp"
@@ -41,19 +42,17 @@ GlobalBuffer select_global_buffer(MPI_Comm comm, Candidates const& local, long b
   }
   detail::sort(Kokkos::DefaultHostExecutionSpace(), keys);
   long const take = std::min(buffer_tokens, total);
-  Kokkos::View<std::int64_t*, HostSpace> chosen("proteus::buffer::chosen", take);
-  for (long i = 0; i < take; ++i) chosen(i) = static_cast<std::int64_t>(detail::key_position(keys(i)));
-  detail::sort(Kokkos::DefaultHostExecutionSpace(), chosen);
+  // The chosen (position, score) pairs, then in position order (chunks are disjoint, so each
+  // position occurs once).
+  std::vector<std::pair<Position, float>> chosen(take);
+  for (long i = 0; i < take; ++i)
+    chosen[i] = {static_cast<Position>(detail::key_position(keys(i))), detail::key_score(keys(i))};
+  std::sort(chosen.begin(), chosen.end());
   GlobalBuffer buffer;
   buffer.candidates = total;
-  buffer.positions.assign(chosen.data(), chosen.data() + take);
-  // Scores in position order (chunks are disjoint, so each position occurs once).
-  std::vector<std::pair<Position, float>> by_pos(total);
-  for (long i = 0; i < total; ++i) by_pos[i] = {pos[i], score[i]};
-  std::sort(by_pos.begin(), by_pos.end());
+  buffer.positions.resize(take);
   buffer.scores.resize(take);
-  for (long i = 0; i < take; ++i)
-    buffer.scores[i] = std::lower_bound(by_pos.begin(), by_pos.end(), std::make_pair(buffer.positions[i], -1e30f))->second;
+  for (long i = 0; i < take; ++i) std::tie(buffer.positions[i], buffer.scores[i]) = chosen[i];
   return buffer;
 }
 
