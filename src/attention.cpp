@@ -139,7 +139,7 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, HeadTensor const&
         team.team_barrier();
         // Local windows: the union of the block's windows is [first - width + 1, last].
         long const first = row_token(r0), last = row_token(r0 + n - 1);
-        long const span_lo = first - p.local_width + 1 > 0 ? first - p.local_width + 1 : 0;
+        long const span_lo = local_begin(p, first);
         for (long tile = span_lo; tile <= last; tile += key_tile) {
           int const nk = static_cast<int>(last - tile + 1 < key_tile ? last - tile + 1 : key_tile);
           Kokkos::parallel_for(Kokkos::TeamThreadRange(team, nk * d), [&](int e) {
@@ -150,7 +150,8 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, HeadTensor const&
           team.team_barrier();
           Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
             long const t = row_token(r0 + r);
-            long lo = t - p.local_width + 1 > tile ? t - p.local_width + 1 : tile;
+            long const from = local_begin(p, t);
+            long lo = from > tile ? from : tile;
             long const hi = t < tile + nk - 1 ? t : tile + nk - 1;
             for (long c = lo; c <= hi; ++c) {
               int const ci = static_cast<int>(c - tile);

@@ -172,6 +172,8 @@ std::vector<Key> const& registry() {
     k.push_back(key<long>("pipeline", "buffer_tokens", "tokens", "size of the global buffer of salient tokens", REF(pipeline.buffer_tokens), 1, 1 << 28));
     k.push_back(key<bool>("pipeline", "buffer_pass", "", "run attention over the global buffer", REF(pipeline.buffer_pass)));
     k.push_back(key<double>("pipeline", "buffer_keep_ratio", "", "token keep ratio of the buffer pass", REF(pipeline.buffer_keep_ratio), 1e-6, 1));
+    k.push_back(key<bool>("pipeline", "second_pass", "", "give every token an output: its local window + the earlier buffer", REF(pipeline.second_pass)));
+    k.push_back(key<long>("pipeline", "second_pass_window", "tokens", "local window of the second pass", REF(pipeline.second_pass_window), 1, 1 << 20));
     k.push_back(key<double>("pipeline", "memory_limit_gb", "GiB", "refuse decks whose estimate exceeds this; 0 = available memory", REF(pipeline.memory_limit_gb), 0, 1e6));
     // [checkpoint]
     k.push_back(key<std::string>("checkpoint", "directory", "path", "where checkpoints go (relative to the working directory)", REF(checkpoint.directory)));

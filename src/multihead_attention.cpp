@@ -157,9 +157,10 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
 
   // The dense switch looks only at the head fraction the length schedule allows, never at the
   // tokens themselves, so that it cannot make earlier outputs depend on later tokens.
-  ShortlistPlan plan = plan_shortlist(c, tokens, st.alpha);
+  ShortlistPlan plan = options.plan.value_or(plan_shortlist(c, tokens, st.alpha));
   double const head_fraction = static_cast<double>(hc.k) / heads;
-  if (!plan.dense && c.force_dense_threshold > 0.0f && head_fraction >= c.force_dense_threshold && st.alpha < 0.95) {
+  if (!options.plan && !plan.dense && c.force_dense_threshold > 0.0f && head_fraction >= c.force_dense_threshold &&
+      st.alpha < 0.95) {
     plan = dense_plan(tokens);
     plan.alpha = st.alpha;
   }

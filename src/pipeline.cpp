@@ -16,6 +16,7 @@
 #include "proteus/error.hpp"
 #include "proteus/memory_tracker.hpp"
 #include "proteus/progress.hpp"
+#include "proteus/second_pass.hpp"
 #include "proteus/sequence_source.hpp"
 
 namespace proteus {
@@ -262,6 +263,25 @@ RunSummary run_pipeline(RunDeck const& deck, MPI_Comm comm, std::optional<std::s
     }
   }
   sum.seconds_buffer_pass = now() - t0;
+
+  // ---- second pass: every token, its window plus the earlier buffer --------------------------
+  t0 = now();
+  if (deck.pipeline.second_pass) {
+    Config c = deck.model;
+    c.token_sparse = false;
+    c.dna_update = false;
+    CausalGeneticMultiheadAttention pass(c);
+    pass.set_weights(space, model.weights());
+    pass.set_dna(space, final_dna);
+    std::string const path =
+        deck.output.write_outputs ? (outdir / ("second_pass_rank" + std::to_string(rank) + ".h5")).string() : "";
+    SecondPassResult const r = run_second_pass(space, pass, *source, buffer, xbuf, deck.pipeline, range, path);
+    double totals[2] = {static_cast<double>(r.tokens), r.sum_of_squares};
+    MPI_Allreduce(MPI_IN_PLACE, totals, 2, MPI_DOUBLE, MPI_SUM, comm);
+    sum.second_pass_tokens = static_cast<long>(totals[0]);
+    sum.second_pass_norm = std::sqrt(totals[1]);
+  }
+  sum.seconds_second_pass = now() - t0;
 
   // ---- end-of-run checkpoint ----------------------------------------------------------------
   t0 = now();

@@ -37,9 +37,11 @@ std::string RunSummary::to_json() const {
      << "  \"needles_found\": " << needles_found << ",\n"
      << "  \"buffer_mode\": \"" << buffer_mode << "\",\n"
      << "  \"buffer_output_norm\": " << buffer_output_norm << ",\n"
+     << "  \"second_pass_tokens\": " << second_pass_tokens << ",\n"
+     << "  \"second_pass_norm\": " << second_pass_norm << ",\n"
      << "  \"buffer_head\": " << list(buffer_head) << ",\n"
      << "  \"seconds\": {\"chunks\": " << seconds_chunks << ", \"dna\": " << seconds_dna
-     << ", \"exchange\": " << seconds_exchange << ", \"buffer_pass\": " << seconds_buffer_pass
+     << ", \"exchange\": " << seconds_exchange << ", \"buffer_pass\": " << seconds_buffer_pass << ", \"second_pass\": " << seconds_second_pass
      << ", \"checkpoint\": " << seconds_checkpoint << ", \"total\": " << seconds_total << "},\n"
      << "  \"tokens_per_second\": " << tokens_per_second << ",\n"
      << "  \"estimated_mb_per_rank\": " << estimated_mb_per_rank << ",\n"
@@ -63,12 +65,14 @@ std::string RunSummary::to_text() const {
                 "  candidates        %ld -> global buffer of %ld tokens\n"
                 "  needles found     %ld of %ld\n"
                 "  buffer pass       %s, output norm %.6g\n"
+                "  second pass       %ld tokens, output norm %.6g (%s)\n"
                 "  time              chunks %s, dna %s, exchange %s, buffer pass %s, checkpoint %s, total %s\n"
                 "  throughput        %.4g tokens/s\n"
                 "  peak memory       %.0f MiB host, %.0f MiB Kokkos %s allocations per rank (estimate %.0f MiB)\n"
                 "  checkpoint        %s\n",
                 tokens, ranks, chunks, tokens_caught, tokens_kept, candidates, buffer_tokens, needles_found,
-                needles, buffer_mode.empty() ? "off" : buffer_mode.c_str(), buffer_output_norm,
+                needles, buffer_mode.empty() ? "off" : buffer_mode.c_str(), buffer_output_norm, second_pass_tokens,
+                second_pass_norm, format_duration(seconds_second_pass).c_str(),
                 format_duration(seconds_chunks).c_str(), format_duration(seconds_dna).c_str(),
                 format_duration(seconds_exchange).c_str(), format_duration(seconds_buffer_pass).c_str(),
                 format_duration(seconds_checkpoint).c_str(), format_duration(seconds_total).c_str(),

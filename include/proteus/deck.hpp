@@ -29,6 +29,8 @@ struct PipelineSpec {
   long buffer_tokens = 4096;         // size of the global buffer
   bool buffer_pass = true;           // attention over the global buffer
   double buffer_keep_ratio = 0.5;    // token sparsity of the buffer pass
+  bool second_pass = false;          // every token: its local window + the earlier buffer
+  long second_pass_window = 256;
   double memory_limit_gb = 0.0;      // 0: what the machine reports as available
 };
 

@@ -41,6 +41,7 @@ struct RunOptions {
   long row_begin = 0;   // only rows in [row_begin, row_end) are attended (others output bias)
   long row_end = -1;    // -1: all rows
   std::optional<bool> update_dna;  // default: Config::dna_update
+  std::optional<ShortlistPlan> plan;  // replaces the alpha budget law (e.g. the second pass)
 };
 
 // Routing of a block of tokens without attention (what the chunk pipeline scores with).

@@ -29,6 +29,9 @@ struct RunSummary {
   double estimated_mb_per_rank = 0;
   double buffer_output_norm = 0;   // Frobenius norm of the buffer pass output (a fingerprint)
   std::string buffer_mode;         // dense / shortlist
+  long second_pass_tokens = 0;     // tokens given an output by the second pass
+  double second_pass_norm = 0;     // Frobenius norm of those outputs (a fingerprint)
+  double seconds_second_pass = 0;
   std::vector<long> buffer_head;   // first buffer positions (for the report)
   std::vector<long> buffer_positions;  // the whole global buffer, ascending
   std::vector<long> needle_positions;

@@ -27,6 +27,11 @@ struct ShortlistPlan {
   long anchor_stride = 0;
   long dna_cap = 0;
   int dna_block = 64;
+  long prefix = 0;        // rows [0, prefix) are candidates of every row (global rows; second pass)
+  long local_floor = 0;   // local windows never reach below this row (the global rows)
+  // When set, row i's global prefix is [0, prefix_of_row(i)) instead (device memory; the second
+  // pass uses it to give each query exactly the buffer rows before its window).
+  Kokkos::View<long const*, MemSpace> prefix_of_row;
 };
 
 // Budget law (SPEC stage 6): L = alpha L_lin + (1 - alpha) dense_cap,
@@ -45,11 +50,12 @@ CandidateLists dna_candidate_lists(ExecSpace const& space, ShortlistPlan const& 
 
 // First row of the local piece of row i.
 KOKKOS_INLINE_FUNCTION long local_begin(ShortlistPlan const& p, long i) {
-  return i - p.local_width + 1 > 0 ? i - p.local_width + 1 : 0;
+  long const lo = i - p.local_width + 1;
+  return lo > p.local_floor ? lo : p.local_floor;
 }
 
-// Calls f(j) once for each candidate j of row i that lies before its local piece: anchors, then
-// DNA candidates, without duplicates. `dna` points at the row's block list of plan.dna_cap
+// Calls f(j) once for each candidate j of row i that lies before its local piece: anchors, the
+// global prefix rows, then DNA candidates, without duplicates. `dna` points at the row's block list of plan.dna_cap
 // entries (may be null when dna_cap == 0).
 template <class F>
 KOKKOS_INLINE_FUNCTION void for_each_extra_candidate(ShortlistPlan const& p, long i,
@@ -68,11 +74,18 @@ KOKKOS_INLINE_FUNCTION void for_each_extra_candidate(ShortlistPlan const& p, lon
     }
     if (clamped_zero && lo > 0) f(0);
   }
+  long const pre = p.prefix_of_row.extent(0) > 0 ? p.prefix_of_row(i) : p.prefix;
+  long const shared = pre < lo ? pre : lo;  // global rows not already local
+  for (long c = 0; c < shared; ++c) {
+    bool const anchor = anchors && (i - c) % s == 0 && (i - c) / s >= 1 && (i - c) / s <= a;
+    bool const zero = anchors && c == 0 && i - a * s < 0;
+    if (!anchor && !zero) f(c);
+  }
   if (p.dna_cap > 0 && dna != nullptr) {
     for (long n = 0; n < p.dna_cap; ++n) {
       long const c = dna[n];
       if (c < 0) break;
-      if (c >= lo) continue;
+      if (c >= lo || c < shared) continue;
       if (anchors) {
         long const gap = i - c;
         bool const exact = gap % s == 0 && gap / s >= 1 && gap / s <= a;
