@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <future>
 
 #include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/detail/sort_keys.hpp"
@@ -53,8 +54,7 @@ Candidates nucleus_candidates(ExecSpace const& space, TokenVector const& importa
       "proteus::chunk::nucleus_count", Kokkos::RangePolicy<ExecSpace>(space, 0, kept),
       KOKKOS_LAMBDA(long i, long& c) { c += prefix(i) < limit ? 1 : 0; }, below);
   long const take = std::min({below + 1, kept, budget});
-  auto head = Kokkos::create_mirror_view_and_copy(
-      HostSpace(), Kokkos::subview(keys, std::make_pair(0L, take)));
+  auto head = Kokkos::create_mirror_view_and_copy(HostSpace(), Kokkos::subview(keys, std::make_pair(0L, take)));
   out.positions.resize(take);
   out.scores.resize(take);
   for (long i = 0; i < take; ++i) {
@@ -92,8 +92,8 @@ void DnaAccumulator::add(ExecSpace const& space, DnaStatistics const& stats, dou
   ++chunks;
 }
 
-DnaState combine_dna(ExecSpace const& space, MPI_Comm comm, DnaAccumulator const& local,
-                     DnaState const& initial, double decay) {
+DnaState combine_dna(ExecSpace const& space, MPI_Comm comm, DnaAccumulator const& local, DnaState const& initial,
+                     double decay) {
   int rank = 0, ranks = 1;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &ranks);
@@ -115,7 +115,8 @@ DnaState combine_dna(ExecSpace const& space, MPI_Comm comm, DnaAccumulator const
   for (int k = 0; k < g; ++k) {
     double const age_p = std::pow(decay, static_cast<double>(after[k]));
     double const age_c = std::pow(decay, static_cast<double>(after[g]));
-    for (int j = 0; j < e; ++j) sum[static_cast<size_t>(k) * e + j] = age_p * local.prototypes[static_cast<size_t>(k) * e + j];
+    for (int j = 0; j < e; ++j)
+      sum[static_cast<size_t>(k) * e + j] = age_p * local.prototypes[static_cast<size_t>(k) * e + j];
     sum[static_cast<size_t>(g) * e + k] = age_c * local.usage[k];
     sum[static_cast<size_t>(g) * e + g + k] = age_c * local.confidence[k];
   }
@@ -127,8 +128,7 @@ DnaState combine_dna(ExecSpace const& space, MPI_Comm comm, DnaAccumulator const
   for (int k = 0; k < g; ++k) {
     double const keep_p = std::pow(decay, static_cast<double>(total[k]));
     double const keep_c = std::pow(decay, static_cast<double>(total[g]));
-    for (int j = 0; j < e; ++j)
-      p(k, j) = static_cast<float>(keep_p * p(k, j) + sum[static_cast<size_t>(k) * e + j]);
+    for (int j = 0; j < e; ++j) p(k, j) = static_cast<float>(keep_p * p(k, j) + sum[static_cast<size_t>(k) * e + j]);
     u(k) = static_cast<float>(keep_c * u(k) + sum[static_cast<size_t>(g) * e + k]);
     c(k) = static_cast<float>(keep_c * c(k) + sum[static_cast<size_t>(g) * e + g + k]);
   }
@@ -153,23 +153,53 @@ Config chunk_scorer_config(RunDeck const& deck) {
   return c;
 }
 
-void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& scorer,
-                SequenceSource const& source, PipelineSpec const& spec, ChunkRange range,
-                RankState& state, std::function<void(RankState const&)> const& after_chunk) {
+void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& scorer, SequenceSource const& source,
+                PipelineSpec const& spec, ChunkRange range, RankState& state,
+                std::function<void(RankState const&)> const& after_chunk) {
   Config const& cfg = scorer.config();
   long const tokens = source.tokens();
   TokenMatrix buffer("proteus::chunk::tokens", spec.chunk_tokens, cfg.embed_dim);
   DnaStatistics stats = DnaStatistics::allocate(cfg.num_gates, cfg.embed_dim);
   if (state.next_chunk < range.first) state.next_chunk = range.first;
-  for (long c = state.next_chunk; c < range.last; ++c) {
+  auto extent_of = [&](long c) {
     Position const begin = c * spec.chunk_tokens;
-    long const len = std::min(spec.chunk_tokens, tokens - begin);
+    return std::make_pair(begin, std::min(spec.chunk_tokens, tokens - begin));
+  };
+  // Host-resident sources (files) are double-buffered: chunk c + 1 is read on a helper thread
+  // into the second host buffer while chunk c is copied to the device and scored.
+  bool const prefetch = source.host_resident();
+  using HostChunk = Kokkos::View<float**, Kokkos::LayoutRight, HostSpace>;
+  HostChunk host[2];
+  std::future<void> pending;
+  auto start_read = [&](long c, int slot) {
+    auto [begin, len] = extent_of(c);
+    float* dst = host[slot].data();
+    pending =
+        std::async(std::launch::async, [&source, begin = begin, len = len, dst] { source.read_host(begin, len, dst); });
+  };
+  if (prefetch) {
+    for (auto& h : host)
+      h = HostChunk(Kokkos::view_alloc("proteus::chunk::host", Kokkos::WithoutInitializing), spec.chunk_tokens,
+                    cfg.embed_dim);
+    if (state.next_chunk < range.last) start_read(state.next_chunk, 0);
+  }
+  int slot = 0;
+  for (long c = state.next_chunk; c < range.last; ++c) {
+    auto [begin, len] = extent_of(c);
     auto x = Kokkos::subview(buffer, std::make_pair(0L, len), Kokkos::ALL);
-    source.read(space, begin, x);
+    if (prefetch) {
+      pending.get();  // rethrows a failed read
+      Kokkos::deep_copy(space, x, Kokkos::subview(host[slot], std::make_pair(0L, len), Kokkos::ALL));
+      space.fence();  // the host buffer is refilled next
+      if (c + 1 < range.last) start_read(c + 1, 1 - slot);
+      slot = 1 - slot;
+    } else {
+      source.read(space, begin, x);
+    }
     check_finite(space, x, "sequence tokens [" + std::to_string(begin) + ", " + std::to_string(begin + len) + ")");
     RoutingResult const routed = scorer.route(space, x, 1);
-    Candidates const cand = nucleus_candidates(space, routed.routing.importance, routed.keep, begin,
-                                               spec.top_p, spec.chunk_budget);
+    Candidates const cand =
+        nucleus_candidates(space, routed.routing.importance, routed.keep, begin, spec.top_p, spec.chunk_budget);
     state.candidates.append(cand);
     state.tokens_kept += routed.tokens_kept;
     long caught = 0;
@@ -185,6 +215,7 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
     state.next_chunk = c + 1;
     after_chunk(state);
   }
+  if (pending.valid()) pending.wait();
 }
 
 }  // namespace proteus

@@ -50,14 +50,16 @@ void SyntheticSource::generate(ExecSpace const& space, Kokkos::View<Position*, M
   double const spread = std::sqrt(std::max(0.0, 1.0 - s * s));
   double const scale = std::sqrt(static_cast<double>(e));
   Kokkos::parallel_for(
-      "proteus::source::synthetic", Kokkos::RangePolicy<ExecSpace>(space, 0, out.extent(0)),
-      KOKKOS_LAMBDA(long i) {
+      "proteus::source::synthetic", Kokkos::RangePolicy<ExecSpace>(space, 0, out.extent(0)), KOKKOS_LAMBDA(long i) {
         Position const t = pos(i);
         // Binary search for a needle at t (needles are few and sorted).
         int lo = 0, hi = needles;
         while (lo < hi) {
           int const mid = (lo + hi) / 2;
-          if (npos(mid) < t) lo = mid + 1; else hi = mid;
+          if (npos(mid) < t)
+            lo = mid + 1;
+          else
+            hi = mid;
         }
         bool const needle = lo < needles && npos(lo) == t;
         for (int j = 0; j < e; ++j) {
@@ -69,8 +71,9 @@ void SyntheticSource::generate(ExecSpace const& space, Kokkos::View<Position*, M
 
 void SyntheticSource::read(ExecSpace const& space, long begin, TokenMatrix const& out) const {
   Kokkos::View<Position*, MemSpace> pos("proteus::source::positions", out.extent(0));
-  Kokkos::parallel_for("proteus::source::iota", Kokkos::RangePolicy<ExecSpace>(space, 0, out.extent(0)),
-                       KOKKOS_LAMBDA(long i) { pos(i) = begin + i; });
+  Kokkos::parallel_for(
+      "proteus::source::iota", Kokkos::RangePolicy<ExecSpace>(space, 0, out.extent(0)),
+      KOKKOS_LAMBDA(long i) { pos(i) = begin + i; });
   generate(space, pos, out);
 }
 
@@ -129,12 +132,22 @@ void read_selection(hid_t dataset, hid_t file_space, long rows, int cols, std::s
 }
 }  // namespace
 
-void Hdf5Source::read(ExecSpace const& space, long begin, TokenMatrix const& out) const {
+void Hdf5Source::read_host(long begin, long rows, float* out) const {
   hid_t const fs = H5Dget_space(dataset_id_);
   hsize_t const start[2] = {static_cast<hsize_t>(begin), 0};
-  hsize_t const count[2] = {out.extent(0), static_cast<hsize_t>(embed_dim_)};
+  hsize_t const count[2] = {static_cast<hsize_t>(rows), static_cast<hsize_t>(embed_dim_)};
   H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, nullptr, count, nullptr);
-  read_selection(dataset_id_, fs, static_cast<long>(out.extent(0)), embed_dim_, file_ + ":" + dataset_, space, out);
+  hid_t const mem = H5Screate_simple(2, count, nullptr);
+  herr_t const rc = H5Dread(dataset_id_, H5T_NATIVE_FLOAT, mem, fs, H5P_DEFAULT, out);
+  H5Sclose(mem);
+  H5Sclose(fs);
+  require(rc >= 0, file_ + ":" + dataset_, "read failed (truncated or corrupt file?)");
+}
+
+void Hdf5Source::read(ExecSpace const& space, long begin, TokenMatrix const& out) const {
+  auto host = Kokkos::create_mirror_view(out);
+  read_host(begin, static_cast<long>(out.extent(0)), host.data());
+  Kokkos::deep_copy(space, out, host);
 }
 
 void Hdf5Source::read_rows(ExecSpace const& space, std::vector<Position> const& positions,
@@ -150,14 +163,18 @@ void Hdf5Source::read_rows(ExecSpace const& space, std::vector<Position> const& 
   read_selection(dataset_id_, fs, static_cast<long>(positions.size()), embed_dim_, file_ + ":" + dataset_, space, out);
 }
 
+void SequenceSource::read_host(long, long, float*) const {
+  fail("sequence source", "this source does not read into host memory");
+}
+
 std::unique_ptr<SequenceSource> make_source(RunDeck const& deck, DnaState const& dna) {
   if (deck.sequence.source == "hdf5") {
     std::filesystem::path file = deck.sequence.file;
     if (file.is_relative() && !deck.path.empty()) file = std::filesystem::path(deck.path).parent_path() / file;
     auto src = std::make_unique<Hdf5Source>(file.string(), deck.sequence.dataset);
     require(src->embed_dim() == deck.model.embed_dim, file.string() + ":" + deck.sequence.dataset,
-            "has width " + std::to_string(src->embed_dim()) + " but [model] embed_dim = " +
-                std::to_string(deck.model.embed_dim));
+            "has width " + std::to_string(src->embed_dim()) +
+                " but [model] embed_dim = " + std::to_string(deck.model.embed_dim));
     return src;
   }
   return std::make_unique<SyntheticSource>(deck.sequence, deck.model.embed_dim, dna);

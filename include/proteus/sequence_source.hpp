@@ -25,6 +25,10 @@ class SequenceSource {
                          TokenMatrix const& out) const = 0;
   // Positions of planted needles (synthetic source), ascending.
   virtual std::vector<Position> needles() const { return {}; }
+  // Sources whose tokens live in host memory or files can fill a host buffer from any thread,
+  // so that reading the next chunk overlaps the device work on the current one.
+  virtual bool host_resident() const { return false; }
+  virtual void read_host(long begin, long rows, float* out) const;
 };
 
 // Synthetic tokens: x[t] ~ N(0, I_E) from the counter-based generator; a needle at position p is
@@ -63,6 +67,8 @@ class Hdf5Source final : public SequenceSource {
   void read(ExecSpace const& space, long begin, TokenMatrix const& out) const override;
   void read_rows(ExecSpace const& space, std::vector<Position> const& positions,
                  TokenMatrix const& out) const override;
+  bool host_resident() const override { return true; }
+  void read_host(long begin, long rows, float* out) const override;
 
  private:
   std::string file_, dataset_;
