@@ -165,12 +165,16 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
     Position const begin = c * spec.chunk_tokens;
     return std::make_pair(begin, std::min(spec.chunk_tokens, tokens - begin));
   };
-  // Host-resident sources (files) are double-buffered: chunk c + 1 is read on a helper thread
-  // into the second host buffer while chunk c is copied to the device and scored.
+  // Host-resident sources (files) are double-buffered twice over: chunk c + 2 is read on a helper
+  // thread into one pinned host buffer and chunk c + 1 is copied to the second device buffer on a
+  // second stream, while chunk c is scored.
   bool const prefetch = source.host_resident();
-  using HostChunk = Kokkos::View<float**, Kokkos::LayoutRight, HostSpace>;
+  using HostChunk = Kokkos::View<float**, Kokkos::LayoutRight, detail::PinnedHostSpace>;
   HostChunk host[2];
+  TokenMatrix device[2] = {buffer, TokenMatrix()};
+  ExecSpace const copier = prefetch ? detail::copy_instance(space) : space;
   std::future<void> pending;
+  auto rows = [](auto const& v, long len) { return Kokkos::subview(v, std::make_pair(0L, len), Kokkos::ALL); };
   auto start_read = [&](long c, int slot) {
     auto [begin, len] = extent_of(c);
     float* dst = host[slot].data();
@@ -178,21 +182,30 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
         std::async(std::launch::async, [&source, begin = begin, len = len, dst] { source.read_host(begin, len, dst); });
   };
   if (prefetch) {
+    device[1] = TokenMatrix("proteus::chunk::tokens_next", spec.chunk_tokens, cfg.embed_dim);
     for (auto& h : host)
       h = HostChunk(Kokkos::view_alloc("proteus::chunk::host", Kokkos::WithoutInitializing), spec.chunk_tokens,
                     cfg.embed_dim);
-    if (state.next_chunk < range.last) start_read(state.next_chunk, 0);
+    if (state.next_chunk < range.last) {
+      start_read(state.next_chunk, 0);
+      pending.get();
+      Kokkos::deep_copy(copier, rows(device[0], extent_of(state.next_chunk).second),
+                        rows(host[0], extent_of(state.next_chunk).second));
+      if (state.next_chunk + 1 < range.last) start_read(state.next_chunk + 1, 1);
+    }
   }
   int slot = 0;
   for (long c = state.next_chunk; c < range.last; ++c) {
     auto [begin, len] = extent_of(c);
-    auto x = Kokkos::subview(buffer, std::make_pair(0L, len), Kokkos::ALL);
+    auto x = rows(device[slot], len);
     if (prefetch) {
-      pending.get();  // rethrows a failed read
-      Kokkos::deep_copy(space, x, Kokkos::subview(host[slot], std::make_pair(0L, len), Kokkos::ALL));
-      space.fence();  // the host buffer is refilled next
-      if (c + 1 < range.last) start_read(c + 1, 1 - slot);
-      slot = 1 - slot;
+      copier.fence();  // device[slot] holds chunk c; host[slot] is free again
+      if (c + 1 < range.last) {
+        pending.get();  // host[1 - slot] holds chunk c + 1 (rethrows a failed read)
+        long const next_len = extent_of(c + 1).second;
+        Kokkos::deep_copy(copier, rows(device[1 - slot], next_len), rows(host[1 - slot], next_len));
+        if (c + 2 < range.last) start_read(c + 2, slot);
+      }
     } else {
       source.read(space, begin, x);
     }
@@ -214,7 +227,10 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
     }
     state.next_chunk = c + 1;
     after_chunk(state);
+    space.fence();  // chunk c's buffer is overwritten by the copy issued in the next iteration
+    if (prefetch) slot = 1 - slot;
   }
+  copier.fence();
   if (pending.valid()) pending.wait();
 }
 

@@ -70,4 +70,22 @@ void sort(Space const& space, View const& keys) {
 #endif
 }
 
+// A second instance of the execution space, for copies that overlap kernels (a second stream on
+// GPUs). Kokkos 3.4 has no partition_space: the copies then run in order with the kernels.
+template <class Space>
+Space copy_instance(Space const& space) {
+#if KOKKOS_VERSION >= 40000
+  return Kokkos::Experimental::partition_space(space, 1)[0];
+#else
+  return space;
+#endif
+}
+
+// Host memory the device can copy from asynchronously (pinned on CUDA/HIP).
+#if KOKKOS_VERSION >= 40000 && defined(KOKKOS_HAS_SHARED_HOST_PINNED_SPACE)
+using PinnedHostSpace = Kokkos::SharedHostPinnedSpace;
+#else
+using PinnedHostSpace = Kokkos::HostSpace;
+#endif
+
 }  // namespace proteus::detail
