@@ -57,6 +57,11 @@ std::string RunSummary::to_text() const {
   double peak = 0, device = 0;
   for (double p : peak_host_mb) peak = std::max(peak, p);
   for (double p : peak_device_mb) device = std::max(device, p);
+  char pass[160] = "off";
+  if (second_pass_tokens > 0)
+    std::snprintf(pass, sizeof pass, "%ld tokens, output norm %.6g (%s)", second_pass_tokens, second_pass_norm,
+                  format_duration(seconds_second_pass).c_str());
+  std::string const second_pass_text = pass;
   char buf[2048];
   std::snprintf(buf, sizeof buf,
                 "proteus run summary\n"
@@ -65,14 +70,13 @@ std::string RunSummary::to_text() const {
                 "  candidates        %ld -> global buffer of %ld tokens\n"
                 "  needles found     %ld of %ld\n"
                 "  buffer pass       %s, output norm %.6g\n"
-                "  second pass       %ld tokens, output norm %.6g (%s)\n"
+                "  second pass       %s\n"
                 "  time              chunks %s, dna %s, exchange %s, buffer pass %s, checkpoint %s, total %s\n"
                 "  throughput        %.4g tokens/s\n"
                 "  peak memory       %.0f MiB host, %.0f MiB Kokkos %s allocations per rank (estimate %.0f MiB)\n"
                 "  checkpoint        %s\n",
                 tokens, ranks, chunks, tokens_caught, tokens_kept, candidates, buffer_tokens, needles_found,
-                needles, buffer_mode.empty() ? "off" : buffer_mode.c_str(), buffer_output_norm, second_pass_tokens,
-                second_pass_norm, format_duration(seconds_second_pass).c_str(),
+                needles, buffer_mode.empty() ? "off" : buffer_mode.c_str(), buffer_output_norm, second_pass_text.c_str(),
                 format_duration(seconds_chunks).c_str(), format_duration(seconds_dna).c_str(),
                 format_duration(seconds_exchange).c_str(), format_duration(seconds_buffer_pass).c_str(),
                 format_duration(seconds_checkpoint).c_str(), format_duration(seconds_total).c_str(),
