@@ -96,9 +96,10 @@ CandidateLists dna_candidate_lists(ExecSpace const& space, ShortlistPlan const& 
   long const block = plan.dna_block;
   long const blocks = (tokens + block - 1) / block;
   long const cap = plan.dna_cap;
-  CandidateLists lists("proteus::shortlist::dna_lists", batch * blocks, std::max(1L, cap));
+  // Without a DNA piece (the default) nothing reads the lists: no allocation on every forward.
+  if (cap == 0) return CandidateLists();
+  CandidateLists lists("proteus::shortlist::dna_lists", batch * blocks, cap);
   Kokkos::deep_copy(space, lists, Position(-1));
-  if (cap == 0) return lists;
   Kokkos::View<std::uint64_t*, MemSpace> keys("proteus::shortlist::salience_keys", tokens);
   for (int b = 0; b < batch; ++b) {
     long const offset = b * tokens;

@@ -43,7 +43,8 @@ ShortlistPlan plan_shortlist(Config const& cfg, long tokens, double alpha);
 // A plan that makes every earlier row a candidate (exact causal attention).
 ShortlistPlan dense_plan(long tokens);
 
-// Per (batch row, query block) lists of DNA candidates: [batch * blocks x dna_cap], -1 padded.
+// Per (batch row, query block) lists of DNA candidates: [batch * blocks x dna_cap], -1 padded;
+// an empty View when dna_cap == 0.
 using CandidateLists = Kokkos::View<Position**, Kokkos::LayoutRight, MemSpace>;
 CandidateLists dna_candidate_lists(ExecSpace const& space, ShortlistPlan const& plan,
                                    TokenVector const& salience, int batch, long tokens);
