@@ -2,7 +2,6 @@
 // version, and reports what the DNA learned: prototype norms and similarities, the gate->head
 // graph, gate usage, tokens caught and the top buffer positions. --json for scripts.
 #include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -30,7 +29,22 @@ struct Report {
   double usage_min = 0, usage_max = 0;
   long long tokens_caught = -1, tokens = -1, snapshots = -1;
   std::vector<std::pair<long long, float>> top_buffer;  // (position, score)
+  long long chunks_total = -1, chunks_processed = -1, busiest_chunk = -1, busiest_row = 0;
+  double candidates_stats[3] = {0, 0, 0}, caught_stats[3] = {0, 0, 0};  // min, mean, max per chunk
 };
+
+// min, mean, max of column `col` of [n x 4] rows.
+void column_stats(std::vector<std::int64_t> const& rows, int col, double out[3]) {
+  size_t const n = rows.size() / 4;
+  if (n == 0) return;
+  out[0] = out[2] = static_cast<double>(rows[col]);
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) {
+    double const v = static_cast<double>(rows[4 * i + col]);
+    out[0] = std::min(out[0], v), out[2] = std::max(out[2], v), sum += v;
+  }
+  out[1] = sum / n;
+}
 
 Report inspect(std::string const& path, int top) {
   H5File f(path, "r");
@@ -98,7 +112,8 @@ Report inspect(std::string const& path, int top) {
     r.heads = static_cast<int>(f.attr_int("/config", "num_heads"));
     r.gates_per_head.assign(r.heads, 0);
     for (int h : map) {
-      if (h < 0 || h >= r.heads) proteus::fail(f.where("/gate_to_head"), "entry " + std::to_string(h) + " is not a head");
+      if (h < 0 || h >= r.heads)
+        proteus::fail(f.where("/gate_to_head"), "entry " + std::to_string(h) + " is not a head");
       ++r.gates_per_head[h];
     }
     double const mean = double(g) / r.heads;
@@ -108,6 +123,17 @@ Report inspect(std::string const& path, int top) {
     }
     if (f.exists("/statistics")) r.tokens_caught = f.attr_int("/statistics", "tokens_caught");
     r.tokens = f.attr_int("/", "tokens");
+    r.chunks_total = f.attr_int("/", "chunks_total");
+    if (f.exists("/statistics/chunks")) {
+      std::vector<std::int64_t> rows;
+      f.read("/statistics/chunks", {0, 4}, rows);
+      r.chunks_processed = static_cast<long long>(rows.size() / 4);
+      column_stats(rows, 1, r.candidates_stats);
+      column_stats(rows, 3, r.caught_stats);
+      for (size_t i = 0; i < rows.size() / 4; ++i)
+        if (r.busiest_chunk < 0 || rows[4 * i + 3] > rows[4 * static_cast<size_t>(r.busiest_row) + 3])
+          r.busiest_chunk = rows[4 * i], r.busiest_row = static_cast<long long>(i);
+    }
     if (f.exists("/buffer")) {
       std::vector<std::int64_t> pos;
       std::vector<float> score;
@@ -137,16 +163,22 @@ void print_json(Report const& r) {
   os.precision(8);
   os << "{\n  \"file\": \"" << r.file << "\",\n  \"kind\": \"" << r.kind << "\",\n  \"format_version\": " << r.version
      << ",\n  \"dna_group\": \"" << r.dna_group << "\",\n  \"gates\": " << r.gates << ",\n  \"embed_dim\": " << r.embed
-     << ",\n  \"prototype_norms\": " << json_list(r.norms) << ",\n  \"most_similar\": {\"gates\": [" << r.most_similar[0]
-     << ", " << r.most_similar[1] << "], \"cosine\": " << r.most_similar_cos << "},\n  \"most_distinct\": {\"gates\": ["
-     << r.most_distinct[0] << ", " << r.most_distinct[1] << "], \"cosine\": " << r.most_distinct_cos
-     << "},\n  \"mean_abs_cosine\": " << r.mean_abs_cos << ",\n  \"usage\": " << json_list(r.usage)
-     << ",\n  \"usage_histogram\": " << json_list(r.usage_histogram) << ",\n  \"gates_per_head\": "
-     << json_list(r.gates_per_head) << ",\n  \"generalist_heads\": " << json_list(r.generalists)
+     << ",\n  \"prototype_norms\": " << json_list(r.norms) << ",\n  \"most_similar\": {\"gates\": ["
+     << r.most_similar[0] << ", " << r.most_similar[1] << "], \"cosine\": " << r.most_similar_cos
+     << "},\n  \"most_distinct\": {\"gates\": [" << r.most_distinct[0] << ", " << r.most_distinct[1]
+     << "], \"cosine\": " << r.most_distinct_cos << "},\n  \"mean_abs_cosine\": " << r.mean_abs_cos
+     << ",\n  \"usage\": " << json_list(r.usage) << ",\n  \"usage_histogram\": " << json_list(r.usage_histogram)
+     << ",\n  \"gates_per_head\": " << json_list(r.gates_per_head)
+     << ",\n  \"generalist_heads\": " << json_list(r.generalists)
      << ",\n  \"specialist_heads\": " << json_list(r.specialists) << ",\n  \"tokens\": " << r.tokens
-     << ",\n  \"tokens_caught\": " << r.tokens_caught << ",\n  \"snapshots\": " << r.snapshots << ",\n  \"top_buffer\": [";
+     << ",\n  \"tokens_caught\": " << r.tokens_caught << ",\n  \"snapshots\": " << r.snapshots
+     << ",\n  \"chunks\": {\"total\": " << r.chunks_total << ", \"processed\": " << r.chunks_processed
+     << ", \"candidates_min_mean_max\": " << json_list(std::vector<double>(r.candidates_stats, r.candidates_stats + 3))
+     << ", \"caught_min_mean_max\": " << json_list(std::vector<double>(r.caught_stats, r.caught_stats + 3))
+     << ", \"busiest_chunk\": " << r.busiest_chunk << "},\n  \"top_buffer\": [";
   for (size_t i = 0; i < r.top_buffer.size(); ++i)
-    os << (i ? ", " : "") << "{\"position\": " << r.top_buffer[i].first << ", \"score\": " << r.top_buffer[i].second << "}";
+    os << (i ? ", " : "") << "{\"position\": " << r.top_buffer[i].first << ", \"score\": " << r.top_buffer[i].second
+       << "}";
   os << "]\n}\n";
   std::fputs(os.str().c_str(), stdout);
 }
@@ -157,8 +189,10 @@ void print_text(Report const& r) {
   std::printf("%s: proteus %s, format_version %lld\n", r.file.c_str(), r.kind.c_str(), r.version);
   std::printf("DNA (%s): %d gates x %d\n", r.dna_group.c_str(), r.gates, r.embed);
   std::printf("  prototype norms   min %.4g  mean %.4g  max %.4g\n", *nmin, nmean, *nmax);
-  std::printf("  most similar      gates %d and %d, cosine %.4f\n", r.most_similar[0], r.most_similar[1], r.most_similar_cos);
-  std::printf("  most distinct     gates %d and %d, cosine %.4f\n", r.most_distinct[0], r.most_distinct[1], r.most_distinct_cos);
+  std::printf("  most similar      gates %d and %d, cosine %.4f\n", r.most_similar[0], r.most_similar[1],
+              r.most_similar_cos);
+  std::printf("  most distinct     gates %d and %d, cosine %.4f\n", r.most_distinct[0], r.most_distinct[1],
+              r.most_distinct_cos);
   std::printf("  mean |cosine|     %.4f over all pairs\n", r.mean_abs_cos);
   std::printf("  usage histogram   (10 bins over [%.4g, %.4g]):", r.usage_min, r.usage_max);
   for (long c : r.usage_histogram) std::printf(" %ld", c);
@@ -171,6 +205,13 @@ void print_text(Report const& r) {
                 r.specialists.size());
   }
   if (r.tokens_caught >= 0) std::printf("tokens caught by DNA: %lld of %lld\n", r.tokens_caught, r.tokens);
+  if (r.chunks_processed >= 0) {
+    std::printf("chunks: %lld of %lld processed\n", r.chunks_processed, r.chunks_total);
+    std::printf("  candidates per chunk   min %.0f  mean %.1f  max %.0f\n", r.candidates_stats[0],
+                r.candidates_stats[1], r.candidates_stats[2]);
+    std::printf("  caught per chunk       min %.0f  mean %.1f  max %.0f (most in chunk %lld)\n", r.caught_stats[0],
+                r.caught_stats[1], r.caught_stats[2], r.busiest_chunk);
+  }
   if (!r.top_buffer.empty()) {
     std::printf("top buffer positions (score):");
     for (auto const& [p, s] : r.top_buffer) std::printf(" %lld (%.3g)", p, s);

@@ -1,10 +1,12 @@
-// HDF5 checkpoints: gather every rank's run state to rank 0, which writes one file under a
-// temporary name and renames it into place. Reading checks the format version, shapes and types.
+// HDF5 checkpoints: one file under a temporary name, written by every rank (collective, parallel
+// HDF5) or by rank 0 from gathered rows (detail::H5RankFile decides), renamed into place at the end.
+// Reading checks the format version, shapes and types.
 #include "proteus/checkpoint.hpp"
 
 #include <algorithm>
 #include <filesystem>
 
+#include "proteus/detail/collective.hpp"
 #include "proteus/detail/hdf5_io.hpp"
 #include "proteus/error.hpp"
 #include "proteus/version.hpp"
@@ -30,19 +32,20 @@ void to_view(std::vector<T> const& data, View const& v) {
 
 hsize_t dim(size_t n) { return static_cast<hsize_t>(n); }
 
-void write_dna(H5File const& f, std::string const& group, DnaState const& dna) {
+void write_dna(detail::H5RankFile const& f, std::string const& group, DnaState const& dna) {
   f.create_group(group);
   hsize_t const g = dna.prototypes.extent(0), e = dna.prototypes.extent(1);
   f.write(group + "/prototypes", {g, e}, host_vector(dna.prototypes).data());
   f.write(group + "/usage", {g}, host_vector(dna.usage).data());
   f.write(group + "/confidence", {g}, host_vector(dna.confidence).data());
-  f.attr(group, "description", std::string("DNA: one prototype per gate [gates x embed], EMA usage mass and confidence per gate"));
+  f.attr(group, "description",
+         std::string("DNA: one prototype per gate [gates x embed], EMA usage mass and confidence per gate"));
 }
 
 // The serialised state of one rank: [next_chunk, rounds, kept, caught, chunks, n_candidates].
 std::vector<std::int64_t> header_of(RankState const& s) {
-  return {s.next_chunk, s.rounds_done, s.tokens_kept, s.tokens_caught, s.dna.chunks,
-          static_cast<std::int64_t>(s.candidates.size())};
+  return {s.next_chunk,    s.rounds_done, s.tokens_kept,
+          s.tokens_caught, s.dna.chunks,  static_cast<std::int64_t>(s.candidates.size())};
 }
 
 }  // namespace
@@ -53,37 +56,27 @@ void write_checkpoint(std::string const& path, MPI_Comm comm, CheckpointContent 
   MPI_Comm_size(comm, &ranks);
   RankState const& s = *c.state;
   int const g = s.dna.gates, e = s.dna.embed;
-  // Gather the per-rank state to rank 0 (works with serial and parallel HDF5 builds alike).
-  std::vector<std::int64_t> header = header_of(s);
-  std::vector<std::int64_t> headers(6 * ranks);
-  MPI_Gather(header.data(), 6, MPI_INT64_T, headers.data(), 6, MPI_INT64_T, 0, comm);
-  int const n = static_cast<int>(s.candidates.size());
-  std::vector<int> counts(ranks), displ(ranks, 0);
-  MPI_Gather(&n, 1, MPI_INT, counts.data(), 1, MPI_INT, 0, comm);
-  for (int r = 1; r < ranks; ++r) displ[r] = displ[r - 1] + counts[r - 1];
-  long const total = rank == 0 ? displ[ranks - 1] + counts[ranks - 1] : 0;
-  std::vector<std::int64_t> positions(total);
-  std::vector<float> scores(total);
-  MPI_Gatherv(s.candidates.positions.data(), n, MPI_INT64_T, positions.data(), counts.data(), displ.data(),
-              MPI_INT64_T, 0, comm);
-  MPI_Gatherv(s.candidates.scores.data(), n, MPI_FLOAT, scores.data(), counts.data(), displ.data(), MPI_FLOAT, 0, comm);
+  // This rank's rows of the per-rank datasets.
+  std::vector<std::int64_t> const header = header_of(s);
   std::vector<double> chain(static_cast<size_t>(g) * e + 2 * g);
   std::copy(s.dna.prototypes.begin(), s.dna.prototypes.end(), chain.begin());
   std::copy(s.dna.usage.begin(), s.dna.usage.end(), chain.begin() + static_cast<long>(g) * e);
   std::copy(s.dna.confidence.begin(), s.dna.confidence.end(), chain.begin() + static_cast<long>(g) * e + g);
-  std::vector<double> chains(rank == 0 ? chain.size() * ranks : 0);
-  MPI_Gather(chain.data(), static_cast<int>(chain.size()), MPI_DOUBLE, chains.data(), static_cast<int>(chain.size()),
-             MPI_DOUBLE, 0, comm);
-  std::vector<std::int64_t> hits(s.dna.hits.begin(), s.dna.hits.end());
-  std::vector<std::int64_t> all_hits(rank == 0 ? g * ranks : 0);
-  MPI_Gather(hits.data(), g, MPI_INT64_T, all_hits.data(), g, MPI_INT64_T, 0, comm);
+  std::vector<std::int64_t> const hits(s.dna.hits.begin(), s.dna.hits.end());
+  static_assert(sizeof(ChunkRecord) == 4 * sizeof(std::int64_t), "ChunkRecord is written as 4 int64 columns");
+  // Totals over ranks (identical on every rank, so they can be attributes).
+  long long totals[3] = {
+      s.tokens_kept, s.tokens_caught,
+      std::min(c.tokens, s.next_chunk * c.deck->pipeline.chunk_tokens) -
+          std::min(c.tokens, rank_chunks(c.chunks_total, rank, ranks).first * c.deck->pipeline.chunk_tokens)};
+  MPI_Allreduce(MPI_IN_PLACE, totals, 3, MPI_LONG_LONG, MPI_SUM, comm);
+  std::vector<std::int64_t> gate_hits(hits);
+  MPI_Allreduce(MPI_IN_PLACE, gate_hits.data(), g, MPI_INT64_T, MPI_SUM, comm);
 
-  int ok = 1;
-  std::string message;
-  if (rank == 0) {
-    std::string const tmp = path + ".tmp";
-    try {
-      H5File f(tmp, "w");
+  std::string const tmp = path + ".tmp";
+  try {
+    detail::run_agreed(comm, [&] {
+      detail::H5RankFile f(tmp, comm, c.deck->checkpoint.collective_io);
       CausalGeneticMultiheadAttention const& m = *c.model;
       Config const& cfg = m.config();
       f.attr("/", "format_version", static_cast<long long>(checkpoint_format_version));
@@ -95,6 +88,7 @@ void write_checkpoint(std::string const& path, MPI_Comm comm, CheckpointContent 
       f.attr("/", "chunk_tokens", static_cast<long long>(c.deck->pipeline.chunk_tokens));
       f.attr("/", "ranks", static_cast<long long>(ranks));
       f.attr("/", "complete", static_cast<long long>(c.buffer != nullptr ? 1 : 0));
+      f.attr("/", "written_by", std::string(f.collective() ? "every rank (parallel HDF5, collective)" : "rank 0"));
       f.create_group("/config");
       f.attr("/config", "embed_dim", static_cast<long long>(cfg.embed_dim));
       f.attr("/config", "num_heads", static_cast<long long>(cfg.num_heads));
@@ -122,21 +116,32 @@ void write_checkpoint(std::string const& path, MPI_Comm comm, CheckpointContent 
       std::vector<std::int32_t> map(cfg.gate_to_head.begin(), cfg.gate_to_head.end());
       f.write("/gate_to_head", {G}, map.data());
       f.attr("/gate_to_head", "description", std::string("head of each gate (many gates per head)"));
+
       f.create_group("/run");
-      f.write("/run/rank_header", {dim(ranks), 6}, headers.data());
+      f.attr("/run", "tokens_processed", totals[2]);
+      f.attr("/run", "rng",
+             std::string("none needed: synthetic tokens are a pure function of (sequence seed, position)"));
+      f.write_rows("/run/rank_header", {6}, 1, header.data());
       f.attr("/run/rank_header", "columns",
              std::string("next_chunk, rounds_done, tokens_kept, tokens_caught, dna_chunks, candidates"));
-      f.write("/run/candidate_positions", {dim(total)}, positions.data());
-      f.write("/run/candidate_scores", {dim(total)}, scores.data());
+      f.write_rows("/run/candidate_positions", {}, static_cast<long>(s.candidates.size()),
+                   s.candidates.positions.data());
+      f.write_rows("/run/candidate_scores", {}, static_cast<long>(s.candidates.size()), s.candidates.scores.data());
       f.attr("/run/candidate_positions", "units", std::string("token positions in the original sequence"));
-      f.write("/run/dna_chain", {dim(ranks), dim(chain.size())}, chains.data());
-      f.attr("/run/dna_chain", "layout", std::string("per rank: prototypes [G*E], usage [G], confidence [G] (float64)"));
-      f.write("/run/dna_hits", {dim(ranks), G}, all_hits.data());
+      f.write_rows("/run/dna_chain", {dim(chain.size())}, 1, chain.data());
+      f.attr("/run/dna_chain", "layout",
+             std::string("per rank: prototypes [G*E], usage [G], confidence [G] (float64)"));
+      f.write_rows("/run/dna_hits", {G}, 1, hits.data());
+
       f.create_group("/statistics");
-      long long kept = 0, caught = 0;
-      for (int r = 0; r < ranks; ++r) kept += headers[6 * r + 2], caught += headers[6 * r + 3];
-      f.attr("/statistics", "tokens_kept", kept);
-      f.attr("/statistics", "tokens_caught", caught);
+      f.attr("/statistics", "tokens_kept", totals[0]);
+      f.attr("/statistics", "tokens_caught", totals[1]);
+      f.write_rows("/statistics/chunks", {4}, static_cast<long>(s.chunk_log.size()),
+                   reinterpret_cast<std::int64_t const*>(s.chunk_log.data()));
+      f.attr("/statistics/chunks", "columns", std::string("chunk, candidates, tokens_kept, tokens_caught"));
+      f.attr("/statistics/chunks", "units", std::string("tokens per processed chunk, rows in chunk order"));
+      f.write("/statistics/gate_hits", {G}, gate_hits.data());
+      f.attr("/statistics/gate_hits", "units", std::string("chunks whose EMA step updated each gate"));
       if (c.buffer) {
         f.create_group("/buffer");
         std::vector<std::int64_t> bp(c.buffer->positions.begin(), c.buffer->positions.end());
@@ -152,16 +157,13 @@ void write_checkpoint(std::string const& path, MPI_Comm comm, CheckpointContent 
         f.attr("/sequence/needles", "units", std::string("positions of planted needles (synthetic source)"));
       }
       f.close();
-      std::filesystem::rename(tmp, path);
-    } catch (std::exception const& ex) {
-      ok = 0;
-      message = ex.what();
-      std::error_code ec;
-      std::filesystem::remove(tmp, ec);
-    }
+      if (rank == 0) std::filesystem::rename(tmp, path);
+    });
+  } catch (CollectiveError const& ex) {
+    std::error_code ec;
+    if (rank == 0) std::filesystem::remove(tmp, ec);
+    throw CollectiveError(rank == 0 ? path + ": checkpoint not written: " + ex.what() : "");
   }
-  MPI_Bcast(&ok, 1, MPI_INT, 0, comm);
-  if (!ok) throw CollectiveError(rank == 0 ? path + ": checkpoint not written: " + message : "");
 }
 
 RankState read_rank_state(std::string const& path, MPI_Comm comm, RunDeck const& deck) {
@@ -171,7 +173,8 @@ RankState read_rank_state(std::string const& path, MPI_Comm comm, RunDeck const&
   H5File f(path, "r");
   long long const version = f.attr_int("/", "format_version");
   require(version == checkpoint_format_version, f.where("/"),
-          "format_version " + std::to_string(version) + " is not the supported " + std::to_string(checkpoint_format_version));
+          "format_version " + std::to_string(version) + " is not the supported " +
+              std::to_string(checkpoint_format_version));
   Config const cfg = deck.model.resolved();
   auto same = [&](char const* object, char const* name, long long expect, std::string const& key) {
     long long const got = f.attr_int(object, name);
@@ -201,7 +204,8 @@ RankState read_rank_state(std::string const& path, MPI_Comm comm, RunDeck const&
   s.tokens_caught = h[3];
   long offset = 0;
   for (int r = 0; r < rank; ++r) offset += headers[6 * r + 5];
-  require(offset + h[5] <= static_cast<long>(positions.size()), f.where("/run/candidate_positions"), "too short for the rank headers");
+  require(offset + h[5] <= static_cast<long>(positions.size()), f.where("/run/candidate_positions"),
+          "too short for the rank headers");
   s.candidates.positions.assign(positions.begin() + offset, positions.begin() + offset + h[5]);
   s.candidates.scores.assign(scores.begin() + offset, scores.begin() + offset + h[5]);
   s.dna.reset(cfg.num_gates, cfg.embed_dim);
@@ -211,6 +215,15 @@ RankState read_rank_state(std::string const& path, MPI_Comm comm, RunDeck const&
   std::copy(chain + G * E, chain + G * E + G, s.dna.usage.begin());
   std::copy(chain + G * E + G, chain + G * E + 2 * G, s.dna.confidence.begin());
   std::copy(hits.begin() + rank * G, hits.begin() + (rank + 1) * G, s.dna.hits.begin());
+  // This rank's per-chunk records: the rows whose chunk lies in its range.
+  std::vector<std::int64_t> log;
+  f.read("/statistics/chunks", {0, 4}, log);
+  ChunkRange const range = rank_chunks(f.attr_int("/", "chunks_total"), rank, ranks);
+  for (size_t i = 0; i + 3 < log.size(); i += 4)
+    if (log[i] >= range.first && log[i] < s.next_chunk)
+      s.chunk_log.push_back({log[i], log[i + 1], log[i + 2], log[i + 3]});
+  require(static_cast<long>(s.chunk_log.size()) == s.next_chunk - range.first, f.where("/statistics/chunks"),
+          "does not hold one row per processed chunk of rank " + std::to_string(rank));
   return s;
 }
 

@@ -221,6 +221,7 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
         "proteus::chunk::caught", Kokkos::RangePolicy<ExecSpace>(space, 0, len),
         KOKKOS_LAMBDA(long i, long& n) { n += beta(i) > 0.0f ? 1 : 0; }, caught);
     state.tokens_caught += caught;
+    state.chunk_log.push_back({c, static_cast<std::int64_t>(cand.size()), routed.tokens_kept, caught});
     if (cfg.dna_enable) {
       dna_statistics(space, x, routed.routing.gate_probs, stats);
       state.dna.add(space, stats, cfg.dna_decay);

@@ -3,6 +3,7 @@
 
 #include <filesystem>
 
+#include "proteus/detail/collective.hpp"
 #include "proteus/error.hpp"
 
 namespace proteus::detail {
@@ -83,19 +84,41 @@ void H5File::create_group(std::string const& name) const {
 
 template <class T>
 void H5File::write(std::string const& name, std::vector<hsize_t> const& dims, T const* data) const {
+  require(!dims.empty(), where(name), "scalar datasets are not written (use an attribute)");
+  write_rows(name, dims, 0, dims[0], data, H5P_DEFAULT);
+}
+
+template <class T>
+void H5File::write_rows(std::string const& name, std::vector<hsize_t> const& dims, hsize_t first_row, hsize_t rows,
+                        T const* data, hid_t transfer) const {
   hid_t const space = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
   hid_t const set = H5Dcreate2(id_, name.c_str(), native_type<T>(), space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  if (set < 0) H5Sclose(space);
   require(set >= 0, where(name), "cannot create dataset");
   hsize_t n = 1;
   for (hsize_t d : dims) n *= d;
-  herr_t const rc = n > 0 ? H5Dwrite(set, native_type<T>(), H5S_ALL, H5S_ALL, H5P_DEFAULT, data) : 0;
+  herr_t rc = 0;
+  if (n > 0) {  // an empty dataset has nothing to transfer, on any rank
+    std::vector<hsize_t> block = dims, start(dims.size(), 0);
+    block[0] = rows, start[0] = first_row;
+    hid_t const memory = H5Screate_simple(static_cast<int>(block.size()), block.data(), nullptr);
+    if (rows == 0) {
+      H5Sselect_none(memory);
+      H5Sselect_none(space);
+    } else {
+      H5Sselect_hyperslab(space, H5S_SELECT_SET, start.data(), nullptr, block.data(), nullptr);
+    }
+    rc = H5Dwrite(set, native_type<T>(), memory, space, transfer, data);
+    H5Sclose(memory);
+  }
   H5Dclose(set);
   H5Sclose(space);
   require(rc >= 0, where(name), "write failed");
 }
 
 template <class T>
-std::vector<hsize_t> H5File::read(std::string const& name, std::vector<hsize_t> const& expected, std::vector<T>& out) const {
+std::vector<hsize_t> H5File::read(std::string const& name, std::vector<hsize_t> const& expected,
+                                  std::vector<T>& out) const {
   H5Quiet quiet;
   require(exists(name), where(name), "dataset is missing");
   hid_t const set = H5Dopen2(id_, name.c_str(), H5P_DEFAULT);
@@ -113,10 +136,12 @@ std::vector<hsize_t> H5File::read(std::string const& name, std::vector<hsize_t> 
     fail(where(name), why);
   };
   if (cls != type_class<T>())
-    close_fail(std::string("wrong type: expected ") + (type_class<T>() == H5T_FLOAT ? "floating point" : "integer") + " data");
+    close_fail(std::string("wrong type: expected ") + (type_class<T>() == H5T_FLOAT ? "floating point" : "integer") +
+               " data");
   bool shape_ok = dims.size() == expected.size();
   for (size_t i = 0; shape_ok && i < dims.size(); ++i) shape_ok = expected[i] == 0 || expected[i] == dims[i];
-  if (!shape_ok) close_fail("shape " + dims_text(dims) + " does not match the expected " + dims_text(expected) + " (0 = any)");
+  if (!shape_ok)
+    close_fail("shape " + dims_text(dims) + " does not match the expected " + dims_text(expected) + " (0 = any)");
   hsize_t n = 1;
   for (hsize_t d : dims) n *= d;
   out.resize(n);
@@ -126,20 +151,33 @@ std::vector<hsize_t> H5File::read(std::string const& name, std::vector<hsize_t> 
   return dims;
 }
 
+#define PROTEUS_ROWS(T)                                                                                            \
+  template void H5File::write_rows<T>(std::string const&, std::vector<hsize_t> const&, hsize_t, hsize_t, T const*, \
+                                      hid_t) const;
+PROTEUS_ROWS(float)
+PROTEUS_ROWS(double)
+PROTEUS_ROWS(std::int64_t)
+PROTEUS_ROWS(std::int32_t)
+#undef PROTEUS_ROWS
 template void H5File::write<float>(std::string const&, std::vector<hsize_t> const&, float const*) const;
 template void H5File::write<double>(std::string const&, std::vector<hsize_t> const&, double const*) const;
 template void H5File::write<std::int64_t>(std::string const&, std::vector<hsize_t> const&, std::int64_t const*) const;
 template void H5File::write<std::int32_t>(std::string const&, std::vector<hsize_t> const&, std::int32_t const*) const;
-template std::vector<hsize_t> H5File::read<float>(std::string const&, std::vector<hsize_t> const&, std::vector<float>&) const;
-template std::vector<hsize_t> H5File::read<double>(std::string const&, std::vector<hsize_t> const&, std::vector<double>&) const;
-template std::vector<hsize_t> H5File::read<std::int64_t>(std::string const&, std::vector<hsize_t> const&, std::vector<std::int64_t>&) const;
-template std::vector<hsize_t> H5File::read<std::int32_t>(std::string const&, std::vector<hsize_t> const&, std::vector<std::int32_t>&) const;
+template std::vector<hsize_t> H5File::read<float>(std::string const&, std::vector<hsize_t> const&,
+                                                  std::vector<float>&) const;
+template std::vector<hsize_t> H5File::read<double>(std::string const&, std::vector<hsize_t> const&,
+                                                   std::vector<double>&) const;
+template std::vector<hsize_t> H5File::read<std::int64_t>(std::string const&, std::vector<hsize_t> const&,
+                                                         std::vector<std::int64_t>&) const;
+template std::vector<hsize_t> H5File::read<std::int32_t>(std::string const&, std::vector<hsize_t> const&,
+                                                         std::vector<std::int32_t>&) const;
 
 namespace {
 void put_attr(hid_t file, std::string const& where, std::string const& object, std::string const& name, hid_t type,
               void const* data) {
   hid_t const space = H5Screate(H5S_SCALAR);
-  hid_t const a = H5Acreate_by_name(file, object.c_str(), name.c_str(), type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  hid_t const a =
+      H5Acreate_by_name(file, object.c_str(), name.c_str(), type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
   require(a >= 0, where + " @" + name, "cannot create attribute");
   herr_t const rc = H5Awrite(a, type, data);
   H5Aclose(a);
@@ -197,5 +235,114 @@ std::string H5File::attr_string(std::string const& object, std::string const& na
   v.resize(v.find('\0') == std::string::npos ? v.size() : v.find('\0'));
   return v;
 }
+
+bool hdf5_is_parallel() {
+#ifdef H5_HAVE_PARALLEL
+  return true;
+#else
+  return false;
+#endif
+}
+
+H5File H5File::create_collective(std::string path, MPI_Comm comm) {
+#ifdef H5_HAVE_PARALLEL
+  H5Quiet quiet;
+  hid_t const access = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_fapl_mpio(access, comm, MPI_INFO_NULL);
+  hid_t const id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, access);
+  H5Pclose(access);
+  require(id >= 0, path, "cannot create the HDF5 file (collective, MPI-IO)");
+  return H5File(std::move(path), id);
+#else
+  (void)comm;
+  fail(path, "collective HDF5 writes need an HDF5 library built with MPI (parallel HDF5)");
+#endif
+}
+
+// ---- H5RankFile ---------------------------------------------------------------------------------
+
+namespace {
+template <class T>
+MPI_Datatype mpi_type() {
+  if constexpr (std::is_same_v<T, float>) return MPI_FLOAT;
+  if constexpr (std::is_same_v<T, double>) return MPI_DOUBLE;
+  if constexpr (std::is_same_v<T, std::int64_t>) return MPI_INT64_T;
+  if constexpr (std::is_same_v<T, std::int32_t>) return MPI_INT32_T;
+}
+}  // namespace
+
+H5RankFile::H5RankFile(std::string const& path, MPI_Comm comm, bool collective) : comm_(comm) {
+  MPI_Comm_rank(comm, &rank_);
+  MPI_Comm_size(comm, &ranks_);
+  collective_ = collective && hdf5_is_parallel();
+  run_agreed(comm, [&] {
+    if (collective_)
+      file_.emplace(H5File::create_collective(path, comm));
+    else if (rank_ == 0)
+      file_.emplace(path, "w");
+  });
+#ifdef H5_HAVE_PARALLEL
+  if (collective_) {
+    transfer_ = H5Pcreate(H5P_DATASET_XFER);
+    H5Pset_dxpl_mpio(transfer_, H5FD_MPIO_COLLECTIVE);
+  }
+#endif
+}
+
+H5RankFile::~H5RankFile() {
+  if (transfer_ != H5P_DEFAULT) H5Pclose(transfer_);
+}
+
+void H5RankFile::create_group(std::string const& name) const {
+  if (file_) file_->create_group(name);
+}
+
+template <class T>
+void H5RankFile::write(std::string const& name, std::vector<hsize_t> const& dims, T const* data) const {
+  if (!file_) return;
+  hsize_t const rows = rank_ == 0 && !dims.empty() ? dims[0] : 0;
+  file_->write_rows(name, dims, 0, rows, data, transfer_);
+}
+
+template <class T>
+void H5RankFile::write_rows(std::string const& name, std::vector<hsize_t> const& row_dims, long rows,
+                            T const* data) const {
+  long row_size = 1;
+  for (hsize_t d : row_dims) row_size *= static_cast<long>(d);
+  std::vector<long> counts(ranks_);
+  MPI_Allgather(&rows, 1, MPI_LONG, counts.data(), 1, MPI_LONG, comm_);
+  long first = 0, total = 0;
+  for (int r = 0; r < ranks_; ++r) first += r < rank_ ? counts[r] : 0, total += counts[r];
+  std::vector<hsize_t> dims = row_dims;
+  dims.insert(dims.begin(), static_cast<hsize_t>(total));
+  if (collective_) {
+    file_->write_rows(name, dims, static_cast<hsize_t>(first), static_cast<hsize_t>(rows), data, transfer_);
+    return;
+  }
+  // Gather to rank 0 (element counts must fit MPI's int).
+  std::vector<int> sizes(ranks_), offsets(ranks_, 0);
+  for (int r = 0; r < ranks_; ++r) {
+    require(counts[r] * row_size < (1L << 31), name, "too many rows to gather to rank 0 (use parallel HDF5)");
+    sizes[r] = static_cast<int>(counts[r] * row_size);
+    if (r > 0) offsets[r] = offsets[r - 1] + sizes[r - 1];
+  }
+  std::vector<T> all(rank_ == 0 ? static_cast<size_t>(total * row_size) : 0);
+  MPI_Gatherv(data, sizes[rank_], mpi_type<T>(), all.data(), sizes.data(), offsets.data(), mpi_type<T>(), 0, comm_);
+  if (file_) file_->write(name, dims, all.data());
+}
+
+void H5RankFile::close() {
+  if (file_) file_->close();
+  file_.reset();
+}
+
+#define PROTEUS_RANK_FILE(T)                                                                           \
+  template void H5RankFile::write<T>(std::string const&, std::vector<hsize_t> const&, T const*) const; \
+  template void H5RankFile::write_rows<T>(std::string const&, std::vector<hsize_t> const&, long, T const*) const;
+PROTEUS_RANK_FILE(float)
+PROTEUS_RANK_FILE(double)
+PROTEUS_RANK_FILE(std::int64_t)
+PROTEUS_RANK_FILE(std::int32_t)
+#undef PROTEUS_RANK_FILE
 
 }  // namespace proteus::detail

@@ -46,6 +46,7 @@ std::string make_checkpoint(std::string const& name, RunDeck const& d) {
   s.next_chunk = 2;
   s.candidates.positions = {5, 900, 1500};
   s.candidates.scores = {0.5f, 0.25f, 0.75f};
+  s.chunk_log = {{0, 1, 700, 30}, {1, 2, 650, 41}};
   CheckpointContent c;
   c.deck = &d;
   c.model = &model;
@@ -65,6 +66,11 @@ TEST_CASE("a checkpoint round-trips the run state and the model", "[checkpoint]"
   CHECK(s.next_chunk == 2);
   CHECK(s.candidates.positions == std::vector<Position>{5, 900, 1500});
   CHECK(s.candidates.scores == std::vector<float>{0.5f, 0.25f, 0.75f});
+  REQUIRE(s.chunk_log.size() == 2);
+  CHECK(s.chunk_log[1].chunk == 1);
+  CHECK(s.chunk_log[1].candidates == 2);
+  CHECK(s.chunk_log[1].tokens_kept == 650);
+  CHECK(s.chunk_log[1].tokens_caught == 41);
   Config other = d.model;
   other.seed = 99;  // different initial weights, then loaded from the file
   CausalGeneticMultiheadAttention loaded(other);

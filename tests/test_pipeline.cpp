@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <vector>
 
 #include "proteus/checkpoint.hpp"
@@ -66,6 +67,49 @@ std::vector<float> final_dna(std::string const& checkpoint) {
   return p;
 }
 
+std::vector<std::int64_t> chunk_rows(std::string const& checkpoint) {
+  detail::H5File f(checkpoint, "r");
+  std::vector<std::int64_t> rows;
+  f.read("/statistics/chunks", {0, 4}, rows);
+  return rows;
+}
+
+// Every dataset and attribute of an HDF5 file as raw bytes, by name ("/a/b" or "/a/b @attr").
+using FileContents = std::map<std::string, std::vector<char>>;
+herr_t collect_attribute(hid_t object, char const* name, H5A_info_t const*, void* out) {
+  hid_t const a = H5Aopen(object, name, H5P_DEFAULT);
+  hid_t const type = H5Aget_type(a), space = H5Aget_space(a);
+  std::vector<char> bytes(H5Tget_size(type) * H5Sget_simple_extent_npoints(space));
+  H5Aread(a, type, bytes.data());
+  auto* c = static_cast<std::pair<std::string, FileContents*>*>(out);
+  (*c->second)[c->first + " @" + name] = bytes;
+  H5Sclose(space), H5Tclose(type), H5Aclose(a);
+  return 0;
+}
+herr_t collect_object(hid_t file, char const* name, H5L_info_t const*, void* out) {
+  auto* contents = static_cast<FileContents*>(out);
+  hid_t const object = H5Oopen(file, name, H5P_DEFAULT);
+  std::pair<std::string, FileContents*> where{std::string("/") + name, contents};
+  H5Aiterate2(object, H5_INDEX_NAME, H5_ITER_INC, nullptr, collect_attribute, &where);
+  if (H5Iget_type(object) == H5I_DATASET) {
+    hid_t const type = H5Dget_type(object), space = H5Dget_space(object);
+    std::vector<char> bytes(H5Tget_size(type) * H5Sget_simple_extent_npoints(space));
+    if (!bytes.empty()) H5Dread(object, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, bytes.data());
+    (*contents)[where.first] = bytes;
+    H5Sclose(space), H5Tclose(type);
+  }
+  H5Oclose(object);
+  return 0;
+}
+FileContents contents_of(std::string const& path) {
+  detail::H5File f(path, "r");
+  FileContents c;
+  std::pair<std::string, FileContents*> root{"/", &c};
+  H5Aiterate2(f.id(), H5_INDEX_NAME, H5_ITER_INC, nullptr, collect_attribute, &root);
+  H5Lvisit(f.id(), H5_INDEX_NAME, H5_ITER_INC, collect_object, &c);
+  return c;
+}
+
 double max_relative_gap(std::vector<float> const& a, std::vector<float> const& b) {
   REQUIRE(a.size() == b.size());
   double worst = 0.0;
@@ -91,6 +135,51 @@ TEST_CASE("rank count changes neither the buffer nor the outputs", "[pipeline][m
     CHECK(max_relative_gap(s.buffer_outputs, r.buffer_outputs) <= 1e-6);
     CHECK(max_relative_gap(final_dna(s.checkpoint), final_dna(r.checkpoint)) <= 1e-6);
     CHECK(s.needles_found == s.needles);
+    CHECK(chunk_rows(s.checkpoint) == chunk_rows(r.checkpoint));  // per-chunk counts too
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+TEST_CASE("collective and rank-0 checkpoint writes give the same file", "[pipeline][hdf5]") {
+  std::string const dir = scratch("collective");
+  RunDeck together = small_deck(dir + "/together");
+  together.checkpoint.interval_chunks = 3;
+  together.checkpoint.keep_last = 100;
+  RunDeck gathered = together;
+  together.checkpoint.collective_io = true;
+  gathered.checkpoint = together.checkpoint;
+  gathered.checkpoint.directory = dir + "/gathered/checkpoints";
+  gathered.checkpoint.collective_io = false;
+  gathered.output.directory = dir + "/gathered/out";
+  RunSummary const a = run_pipeline(together, MPI_COMM_WORLD);
+  RunSummary const b = run_pipeline(gathered, MPI_COMM_WORLD);
+  if (world_rank() == 0) {
+    std::vector<std::string> names;
+    for (auto const& e : std::filesystem::directory_iterator(together.checkpoint.directory))
+      names.push_back(e.path().filename().string());
+    REQUIRE(names.size() >= 2);  // interval checkpoints and the final one
+    for (std::string const& name : names) {
+      INFO(name);
+      FileContents x = contents_of(together.checkpoint.directory + "/" + name);
+      FileContents y = contents_of(gathered.checkpoint.directory + "/" + name);
+      std::string const how = x["/ @written_by"].data();
+      CHECK(how == (detail::hdf5_is_parallel() ? "every rank (parallel HDF5, collective)" : "rank 0"));
+      for (char const* differs : {"/ @written_by", "/ @deck"}) x.erase(differs), y.erase(differs);
+      CHECK(x.size() > 30);
+      CHECK(x == y);
+    }
+    // Per-chunk counts: one row per chunk in chunk order, adding up to the run's totals.
+    std::vector<std::int64_t> const rows = chunk_rows(a.checkpoint);
+    REQUIRE(static_cast<long>(rows.size()) == 4 * a.chunks);
+    long candidates = 0, caught = 0, kept = 0;
+    for (long c = 0; c < a.chunks; ++c) {
+      CHECK(rows[4 * c] == c);
+      candidates += rows[4 * c + 1], kept += rows[4 * c + 2], caught += rows[4 * c + 3];
+    }
+    CHECK(candidates == a.candidates);
+    CHECK(kept == a.tokens_kept);
+    CHECK(caught == a.tokens_caught);
+    CHECK(b.buffer_positions == a.buffer_positions);
   }
   MPI_Barrier(MPI_COMM_WORLD);
 }

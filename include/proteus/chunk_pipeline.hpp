@@ -10,6 +10,7 @@
 // chain over all chunks up to rounding.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <vector>
 
@@ -56,6 +57,14 @@ struct ChunkRange {
 long chunk_count(long tokens, long chunk_tokens);
 ChunkRange rank_chunks(long chunks, int rank, int ranks);
 
+// Counts of one processed chunk (the /statistics/chunks rows of a checkpoint).
+struct ChunkRecord {
+  std::int64_t chunk = 0;       // global chunk id
+  std::int64_t candidates = 0;  // nucleus candidates it offered to the global buffer
+  std::int64_t tokens_kept = 0; // tokens kept by token sparsity
+  std::int64_t tokens_caught = 0;  // tokens whose DNA salience beta > 0
+};
+
 // Everything a rank needs to resume its chunk stage.
 struct RankState {
   long next_chunk = 0;  // global id of the next chunk to process
@@ -63,6 +72,7 @@ struct RankState {
   Candidates candidates;
   DnaAccumulator dna;
   long tokens_kept = 0, tokens_caught = 0;
+  std::vector<ChunkRecord> chunk_log;  // one record per chunk processed, in chunk order
 };
 
 // The routing-only model used to score chunks: the deck's model with token sparsity at

@@ -39,6 +39,7 @@ struct CheckpointSpec {
   long interval_chunks = 0;          // 0: only at the end
   int keep_last = 2;
   bool at_end = true;
+  bool collective_io = true;         // parallel HDF5 builds: every rank writes its rows (MPI-IO)
   bool dna_dump = false;             // time series of DNA snapshots (one per checkpoint interval)
   std::string weights;               // load weights/DNA from this HDF5 file
 };

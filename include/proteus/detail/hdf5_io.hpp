@@ -3,8 +3,10 @@
 #pragma once
 
 #include <hdf5.h>
+#include <mpi.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,6 +29,11 @@ class H5File {
   // Datasets of float32, float64, int64 or int32 with the given dims (row-major).
   template <class T>
   void write(std::string const& name, std::vector<hsize_t> const& dims, T const* data) const;
+  // Creates the dataset and writes rows [first_row, first_row + rows) of it from `data`
+  // (rows = 0: this caller writes nothing), with the given transfer property list.
+  template <class T>
+  void write_rows(std::string const& name, std::vector<hsize_t> const& dims, hsize_t first_row, hsize_t rows,
+                  T const* data, hid_t transfer) const;
   // Reads a dataset, checking its rank, dims (0 = any) and type class; returns the dims read.
   template <class T>
   std::vector<hsize_t> read(std::string const& name, std::vector<hsize_t> const& expected_dims,
@@ -41,9 +48,52 @@ class H5File {
 
   std::string where(std::string const& name) const { return path_ + ":" + name; }
 
+  // Creates (truncates) `path` on every rank of comm through MPI-IO (parallel HDF5 builds only).
+  static H5File create_collective(std::string path, MPI_Comm comm);
+  H5File(H5File&& other) noexcept : path_(std::move(other.path_)), id_(other.id_) { other.id_ = -1; }
+
  private:
+  H5File(std::string path, hid_t id) : path_(std::move(path)), id_(id) {}
   std::string path_;
   hid_t id_ = -1;
+};
+
+// True when the HDF5 library was built with MPI-IO (collective writes possible).
+bool hdf5_is_parallel();
+
+// One new HDF5 file written together by every rank of comm. Shared objects (attributes, groups,
+// datasets that every rank holds identically) come from rank 0's values; per-rank datasets are
+// the ranks' rows concatenated in rank order. Collective mode (parallel HDF5 builds): every rank
+// opens the file through MPI-IO, creates every object (collective metadata) and writes its own
+// rows with a collective transfer. Otherwise rank 0 alone opens the file and the rows are
+// gathered to it. Both modes write the same file. Every call is collective over comm.
+class H5RankFile {
+ public:
+  H5RankFile(std::string const& path, MPI_Comm comm, bool collective);
+  ~H5RankFile();
+  H5RankFile(H5RankFile const&) = delete;
+  H5RankFile& operator=(H5RankFile const&) = delete;
+  bool collective() const { return collective_; }
+
+  void create_group(std::string const& name) const;
+  template <class V>
+  void attr(std::string const& object, std::string const& name, V const& value) const {
+    if (file_) file_->attr(object, name, value);
+  }
+  // A dataset every rank holds identically (rank 0's copy is written).
+  template <class T>
+  void write(std::string const& name, std::vector<hsize_t> const& dims, T const* data) const;
+  // `rows` rows of shape row_dims from this rank; the dataset is [sum of rows, row_dims...].
+  template <class T>
+  void write_rows(std::string const& name, std::vector<hsize_t> const& row_dims, long rows, T const* data) const;
+  void close();
+
+ private:
+  MPI_Comm comm_;
+  int rank_ = 0, ranks_ = 1;
+  bool collective_ = false;
+  std::optional<H5File> file_;  // open on every rank (collective) or on rank 0 only
+  hid_t transfer_ = H5P_DEFAULT;
 };
 
 // Turns HDF5's own error printing off for the lifetime of the object (errors become Errors).
