@@ -21,7 +21,7 @@ double token_keep_ratio(Config const& cfg, long tokens, double alpha) {
 
 long tokens_to_keep(Config const& cfg, long tokens, double alpha) {
   double const r = token_keep_ratio(cfg, tokens, alpha);
-  long n = std::lround(r * static_cast<double>(tokens));
+  long n = round_half_even(r * static_cast<double>(tokens));
   n = std::max<long>({n, cfg.token_keep_min, cfg.token_keep_guard});
   return std::min(n, tokens);
 }

@@ -225,10 +225,21 @@ std::string H5File::attr_string(std::string const& object, std::string const& na
   hid_t const a = open_attr(id_, where(object), object, name);
   hid_t const type = H5Aget_type(a);
   bool const is_string = H5Tget_class(type) == H5T_STRING;
-  size_t const n = H5Tget_size(type);
-  std::string v(is_string ? n : 0, '\0');
+  std::string v;
   herr_t rc = -1;
-  if (is_string) rc = H5Aread(a, type, v.data());
+  if (is_string && H5Tis_variable_str(type) > 0) {  // e.g. written by h5py
+    char* text = nullptr;
+    hid_t const memory = H5Tcopy(H5T_C_S1);
+    H5Tset_size(memory, H5T_VARIABLE);
+    H5Tset_cset(memory, H5Tget_cset(type));
+    rc = H5Aread(a, memory, &text);
+    if (rc >= 0 && text != nullptr) v = text;
+    if (text != nullptr) H5free_memory(text);
+    H5Tclose(memory);
+  } else if (is_string) {
+    v.assign(H5Tget_size(type), '\0');
+    rc = H5Aread(a, type, v.data());
+  }
   H5Tclose(type);
   H5Aclose(a);
   require(rc >= 0, where(object) + " @" + name, "expected a string attribute");

@@ -64,7 +64,7 @@ ShortlistPlan plan_shortlist(Config const& cfg, long tokens, double alpha) {
   }
   long caps[3], total = 0;
   for (int i = 0; i < 3; ++i) {
-    caps[i] = on[i] && wsum > 0 ? std::lround(p.budget * w[i] / wsum) : 0;
+    caps[i] = on[i] && wsum > 0 ? round_half_even(p.budget * w[i] / wsum) : 0;
     total += caps[i];
   }
   if (total > p.budget) {

@@ -15,7 +15,7 @@ inline constexpr int max_heads = 128;
 // r(T, alpha) = (1 - alpha) r0 + alpha r_lin(T), r_lin = r0 sqrt(ref / T) clamped to [min_ratio, r0].
 double token_keep_ratio(Config const& cfg, long tokens, double alpha);
 
-// Number of tokens kept per batch row: max(round(r T), keep_min, guard), at most T.
+// Number of tokens kept per batch row: max(round(r T), keep_min, guard), at most T (ties to even).
 long tokens_to_keep(Config const& cfg, long tokens, double alpha);
 
 // keep [B*T]: 1 for the kept tokens of each batch row: the top-n by importance (ties: lower
@@ -63,7 +63,7 @@ KOKKOS_INLINE_FUNCTION int mixed_head_count(int by_length, int kmin, int nucleus
   }
   int const lin = linear_head_k < adaptive ? linear_head_k : adaptive;
   int const linear_k = lin > 1 ? lin : 1;
-  int mixed = static_cast<int>((1.0 - alpha) * adaptive + alpha * linear_k + 0.5);
+  int mixed = static_cast<int>(round_half_even((1.0 - alpha) * adaptive + alpha * linear_k));
   mixed = mixed > 1 ? mixed : 1;
   return adaptive < mixed ? adaptive : mixed;
 }

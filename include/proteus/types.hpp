@@ -33,4 +33,13 @@ using MaskMatrix = Kokkos::View<std::uint8_t**, Kokkos::LayoutRight, MemSpace>;
 
 using Position = std::int64_t;
 
+// Rounds v >= 0 to the nearest integer, ties to even: the rounding of Python's round() and
+// torch.round, so that counts computed from the same formulas agree with upstream exactly.
+KOKKOS_INLINE_FUNCTION long round_half_even(double v) {
+  long r = static_cast<long>(v);
+  double const frac = v - static_cast<double>(r);
+  if (frac > 0.5 || (frac == 0.5 && (r % 2) != 0)) ++r;
+  return r;
+}
+
 }  // namespace proteus
