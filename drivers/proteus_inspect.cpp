@@ -29,7 +29,7 @@ struct Report {
   double usage_min = 0, usage_max = 0;
   long long tokens_caught = -1, tokens = -1, snapshots = -1;
   std::vector<std::pair<long long, float>> top_buffer;  // (position, score)
-  long long chunks_total = -1, chunks_processed = -1, busiest_chunk = -1, busiest_row = 0;
+  long long chunks_total = -1, chunks_processed = -1, busiest_chunk = -1;
   double candidates_stats[3] = {0, 0, 0}, caught_stats[3] = {0, 0, 0};  // min, mean, max per chunk
 };
 
@@ -130,9 +130,10 @@ Report inspect(std::string const& path, int top) {
       r.chunks_processed = static_cast<long long>(rows.size() / 4);
       column_stats(rows, 1, r.candidates_stats);
       column_stats(rows, 3, r.caught_stats);
+      size_t busiest = 0;  // first row with the most caught tokens
       for (size_t i = 0; i < rows.size() / 4; ++i)
-        if (r.busiest_chunk < 0 || rows[4 * i + 3] > rows[4 * static_cast<size_t>(r.busiest_row) + 3])
-          r.busiest_chunk = rows[4 * i], r.busiest_row = static_cast<long long>(i);
+        if (rows[4 * i + 3] > rows[4 * busiest + 3]) busiest = i;
+      if (!rows.empty()) r.busiest_chunk = rows[4 * busiest];
     }
     if (f.exists("/buffer")) {
       std::vector<std::int64_t> pos;

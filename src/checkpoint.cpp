@@ -44,8 +44,8 @@ void write_dna(detail::H5RankFile const& f, std::string const& group, DnaState c
 
 // The serialised state of one rank: [next_chunk, rounds, kept, caught, chunks, n_candidates].
 std::vector<std::int64_t> header_of(RankState const& s) {
-  return {s.next_chunk,    s.rounds_done, s.tokens_kept,
-          s.tokens_caught, s.dna.chunks,  static_cast<std::int64_t>(s.candidates.size())};
+  return {s.next_chunk,      s.rounds_done, s.tokens_kept(),
+          s.tokens_caught(), s.dna.chunks,  static_cast<std::int64_t>(s.candidates.size())};
 }
 
 }  // namespace
@@ -65,10 +65,9 @@ void write_checkpoint(std::string const& path, MPI_Comm comm, CheckpointContent 
   std::vector<std::int64_t> const hits(s.dna.hits.begin(), s.dna.hits.end());
   static_assert(sizeof(ChunkRecord) == 4 * sizeof(std::int64_t), "ChunkRecord is written as 4 int64 columns");
   // Totals over ranks (identical on every rank, so they can be attributes).
-  long long totals[3] = {
-      s.tokens_kept, s.tokens_caught,
-      std::min(c.tokens, s.next_chunk * c.deck->pipeline.chunk_tokens) -
-          std::min(c.tokens, rank_chunks(c.chunks_total, rank, ranks).first * c.deck->pipeline.chunk_tokens)};
+  long long totals[3] = {header[2], header[3],
+                         tokens_in_chunks(rank_chunks(c.chunks_total, rank, ranks).first, s.next_chunk, c.tokens,
+                                          c.deck->pipeline.chunk_tokens)};
   MPI_Allreduce(MPI_IN_PLACE, totals, 3, MPI_LONG_LONG, MPI_SUM, comm);
   std::vector<std::int64_t> gate_hits(hits);
   MPI_Allreduce(MPI_IN_PLACE, gate_hits.data(), g, MPI_INT64_T, MPI_SUM, comm);
@@ -200,8 +199,6 @@ RankState read_rank_state(std::string const& path, MPI_Comm comm, RunDeck const&
   std::int64_t const* h = &headers[6 * rank];
   s.next_chunk = h[0];
   s.rounds_done = h[1];
-  s.tokens_kept = h[2];
-  s.tokens_caught = h[3];
   long offset = 0;
   for (int r = 0; r < rank; ++r) offset += headers[6 * r + 5];
   require(offset + h[5] <= static_cast<long>(positions.size()), f.where("/run/candidate_positions"),
@@ -224,6 +221,8 @@ RankState read_rank_state(std::string const& path, MPI_Comm comm, RunDeck const&
       s.chunk_log.push_back({log[i], log[i + 1], log[i + 2], log[i + 3]});
   require(static_cast<long>(s.chunk_log.size()) == s.next_chunk - range.first, f.where("/statistics/chunks"),
           "does not hold one row per processed chunk of rank " + std::to_string(rank));
+  require(s.tokens_kept() == h[2] && s.tokens_caught() == h[3], f.where("/statistics/chunks"),
+          "disagrees with the token counts in /run/rank_header for rank " + std::to_string(rank));
   return s;
 }
 

@@ -140,6 +140,22 @@ DnaState combine_dna(ExecSpace const& space, MPI_Comm comm, DnaAccumulator const
 
 long chunk_count(long tokens, long chunk_tokens) { return (tokens + chunk_tokens - 1) / chunk_tokens; }
 
+long tokens_in_chunks(long first, long last, long tokens, long chunk_tokens) {
+  return std::min(tokens, last * chunk_tokens) - std::min(tokens, first * chunk_tokens);
+}
+
+long RankState::tokens_kept() const {
+  long n = 0;
+  for (ChunkRecord const& r : chunk_log) n += r.tokens_kept;
+  return n;
+}
+
+long RankState::tokens_caught() const {
+  long n = 0;
+  for (ChunkRecord const& r : chunk_log) n += r.tokens_caught;
+  return n;
+}
+
 ChunkRange rank_chunks(long chunks, int rank, int ranks) {
   return {chunks * rank / ranks, chunks * (rank + 1) / ranks};
 }
@@ -214,13 +230,11 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
     Candidates const cand =
         nucleus_candidates(space, routed.routing.importance, routed.keep, begin, spec.top_p, spec.chunk_budget);
     state.candidates.append(cand);
-    state.tokens_kept += routed.tokens_kept;
     long caught = 0;
     auto beta = routed.routing.beta;
     Kokkos::parallel_reduce(
         "proteus::chunk::caught", Kokkos::RangePolicy<ExecSpace>(space, 0, len),
         KOKKOS_LAMBDA(long i, long& n) { n += beta(i) > 0.0f ? 1 : 0; }, caught);
-    state.tokens_caught += caught;
     state.chunk_log.push_back({c, static_cast<std::int64_t>(cand.size()), routed.tokens_kept, caught});
     if (cfg.dna_enable) {
       dna_statistics(space, x, routed.routing.gate_probs, stats);

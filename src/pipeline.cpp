@@ -180,8 +180,7 @@ RunSummary run_pipeline(RunDeck const& deck, MPI_Comm comm, std::optional<std::s
       // The DNA as it stands after this round (collective), appended to the dump on rank 0.
       DnaState const so_far = combine_dna(space, comm, state.dna, model.dna(), model.config().dna_decay);
       long seen = 0;
-      long mine_done = std::min(tokens, state.next_chunk * deck.pipeline.chunk_tokens) -
-                       std::min(tokens, range.first * deck.pipeline.chunk_tokens);
+      long mine_done = tokens_in_chunks(range.first, state.next_chunk, tokens, deck.pipeline.chunk_tokens);
       MPI_Allreduce(&mine_done, &seen, 1, MPI_LONG, MPI_SUM, comm);
       if (rank == 0) append_dna_snapshot((outdir / "dna_dump.h5").string(), so_far, seen);
     }
@@ -203,7 +202,7 @@ RunSummary run_pipeline(RunDeck const& deck, MPI_Comm comm, std::optional<std::s
   sum.seconds_chunks = now() - t0 - t_checkpoint;
   sum.seconds_checkpoint += t_checkpoint;
 
-  long counters[2] = {state.tokens_kept, state.tokens_caught};
+  long counters[2] = {state.tokens_kept(), state.tokens_caught()};
   MPI_Allreduce(MPI_IN_PLACE, counters, 2, MPI_LONG, MPI_SUM, comm);
   sum.tokens_kept = counters[0];
   sum.tokens_caught = counters[1];

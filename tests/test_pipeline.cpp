@@ -145,9 +145,8 @@ TEST_CASE("collective and rank-0 checkpoint writes give the same file", "[pipeli
   RunDeck together = small_deck(dir + "/together");
   together.checkpoint.interval_chunks = 3;
   together.checkpoint.keep_last = 100;
-  RunDeck gathered = together;
   together.checkpoint.collective_io = true;
-  gathered.checkpoint = together.checkpoint;
+  RunDeck gathered = together;
   gathered.checkpoint.directory = dir + "/gathered/checkpoints";
   gathered.checkpoint.collective_io = false;
   gathered.output.directory = dir + "/gathered/out";

@@ -55,6 +55,8 @@ struct ChunkRange {
   long first = 0, last = 0;  // global chunk ids [first, last)
 };
 long chunk_count(long tokens, long chunk_tokens);
+// Tokens in chunks [first, last) of a sequence of `tokens` (the last chunk may be short).
+long tokens_in_chunks(long first, long last, long tokens, long chunk_tokens);
 ChunkRange rank_chunks(long chunks, int rank, int ranks);
 
 // Counts of one processed chunk (the /statistics/chunks rows of a checkpoint).
@@ -71,8 +73,10 @@ struct RankState {
   long rounds_done = 0; // checkpoint rounds completed (the same on every rank)
   Candidates candidates;
   DnaAccumulator dna;
-  long tokens_kept = 0, tokens_caught = 0;
   std::vector<ChunkRecord> chunk_log;  // one record per chunk processed, in chunk order
+  // Totals over the chunks in chunk_log.
+  long tokens_kept() const;
+  long tokens_caught() const;
 };
 
 // The routing-only model used to score chunks: the deck's model with token sparsity at
