@@ -17,10 +17,15 @@
 #include "proteus/gating.hpp"
 #include "proteus/multihead_attention.hpp"
 #include "proteus/shortlist.hpp"
+#include "parity_helpers.hpp"
 #include "proteus_catch.hpp"
 
 using namespace proteus;
 using detail::H5File;
+using test::mismatches;
+using test::scaled_error;
+using test::to_device;
+using test::to_host;
 
 namespace {
 
@@ -51,43 +56,6 @@ Config upstream_config(H5File const& f) {
   c.mode = AlphaMode::fixed;
   c.alpha = static_cast<float>(f.attr_double("/parity", "alpha"));
   return c;
-}
-
-// Copies a host vector into a device View of the same element count.
-template <class View, class T>
-View to_device(std::string const& label, std::vector<T> const& data, long rows, long cols = 0) {
-  View v;
-  if constexpr (View::rank == 1) v = View(label, rows);
-  else v = View(label, rows, cols);
-  auto h = Kokkos::create_mirror_view(v);
-  for (size_t i = 0; i < data.size(); ++i) h.data()[i] = static_cast<typename View::value_type>(data[i]);
-  Kokkos::deep_copy(v, h);
-  return v;
-}
-
-template <class View>
-std::vector<double> to_host(View const& v) {
-  auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), v);
-  return std::vector<double>(h.data(), h.data() + h.size());
-}
-
-// Largest |ours - theirs| / (|theirs| + scale), scale = RMS of theirs: a relative error that
-// does not blow up on entries that are zero up to cancellation.
-double scaled_error(std::vector<double> const& ours, std::vector<float> const& theirs) {
-  REQUIRE(ours.size() == theirs.size());
-  double rms = 0;
-  for (float t : theirs) rms += double(t) * t;
-  rms = std::sqrt(rms / std::max<size_t>(1, theirs.size()));
-  double worst = 0;
-  for (size_t i = 0; i < ours.size(); ++i)
-    worst = std::max(worst, std::fabs(ours[i] - theirs[i]) / (std::fabs(double(theirs[i])) + rms));
-  return worst;
-}
-
-long mismatches(std::vector<double> const& ours, std::vector<std::int32_t> const& theirs) {
-  long n = 0;
-  for (size_t i = 0; i < ours.size(); ++i) n += (ours[i] != 0) != (theirs[i] != 0) ? 1 : 0;
-  return n;
 }
 
 }  // namespace

@@ -15,32 +15,15 @@
 #include "proteus/sequence_source.hpp"
 #include "proteus_catch.hpp"
 #include "reference.hpp"
+#include "scratch.hpp"
 
 using namespace proteus;
 
 namespace {
 
-int world_rank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int world_size() {
-  int n = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
-}
-
-// A scratch directory shared by all ranks.
-std::string scratch(std::string const& name) {
-  long id = world_rank() == 0 ? static_cast<long>(getpid()) : 0;
-  MPI_Bcast(&id, 1, MPI_LONG, 0, MPI_COMM_WORLD);
-  auto const dir = std::filesystem::temp_directory_path() /
-                   ("proteus_" + name + "_np" + std::to_string(world_size()) + "_" + std::to_string(id));
-  if (world_rank() == 0) std::filesystem::create_directories(dir);
-  MPI_Barrier(MPI_COMM_WORLD);
-  return dir.string();
-}
+using test::scratch;
+using test::world_rank;
+using test::world_size;
 
 RunDeck small_deck(std::string const& dir) {
   RunDeck d;

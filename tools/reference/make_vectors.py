@@ -35,6 +35,12 @@ CASES = [
     ("tinytoy_t257_a03_dna", 512, 32, 64, 257, 1, 0.3, True, 0.0),
 ]
 SAMPLED_ROWS = 96  # candidate sets recorded per case (evenly spread over the active rows)
+# Upstream state_dict entries -> proteus checkpoint datasets (docs/hdf5_schema.md).
+STATE_NAMES = {"state/qkv.weight": "weights/qkv_weight", "state/qkv.bias": "weights/qkv_bias",
+               "state/proj.weight": "weights/out_weight", "state/proj.bias": "weights/out_bias",
+               "state/head_router.linear.weight": "weights/router_weight",
+               "state/routing_prototypes": "dna/prototypes", "state/routing_usage_ema": "dna/usage",
+               "state/routing_confidence": "dna/confidence"}
 
 
 def record(upstream_src, out_dir):
@@ -166,11 +172,6 @@ def pack(npz_dir, h5_dir):
     import h5py
 
     os.makedirs(h5_dir, exist_ok=True)
-    names = {"state/qkv.weight": "weights/qkv_weight", "state/qkv.bias": "weights/qkv_bias",
-             "state/proj.weight": "weights/out_weight", "state/proj.bias": "weights/out_bias",
-             "state/head_router.linear.weight": "weights/router_weight",
-             "state/routing_prototypes": "dna/prototypes", "state/routing_usage_ema": "dna/usage",
-             "state/routing_confidence": "dna/confidence"}
     for file in sorted(os.listdir(npz_dir)):
         if not file.endswith(".npz"):
             continue
@@ -180,7 +181,7 @@ def pack(npz_dir, h5_dir):
         with h5py.File(out + ".tmp", "w") as f:
             f.attrs["format_version"] = np.int64(1)
             E, G = meta["embed_dim"], meta["num_gates"]
-            for key, path in names.items():
+            for key, path in STATE_NAMES.items():
                 if key in rec:  # weights are float16 values (record() rounds them): stored exactly
                     half = key.startswith("state/qkv") or key.startswith("state/proj") or "router" in key
                     data = rec[key].astype(np.float16 if half else np.float32)
