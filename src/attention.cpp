@@ -69,118 +69,102 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
 
 namespace {
 
-using Scratch = Kokkos::View<float**, Kokkos::LayoutRight, ExecSpace::scratch_memory_space,
-                             Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
-using ScratchVec = Kokkos::View<float*, ExecSpace::scratch_memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
-constexpr int key_tile = 32;
-
-// One online-softmax step of row r with score s and value row `val`.
-template <class ValueRow>
-KOKKOS_INLINE_FUNCTION void online_update(Scratch const& acc, ScratchVec const& m, ScratchVec const& l, int r, float s,
-                                          ValueRow const& val, int d) {
-  if (s > m(r)) {
-    float const c = km::exp(m(r) - s);
-    l(r) = l(r) * c + 1.0f;
-    for (int j = 0; j < d; ++j) acc(r, j) = acc(r, j) * c + val(j);
-    m(r) = s;
-  } else {
-    float const e = km::exp(s - m(r));
-    l(r) += e;
-    for (int j = 0; j < d; ++j) acc(r, j) += e * val(j);
-  }
-}
-
-}  // namespace
-
-void attend(ExecSpace const& space, ShortlistPlan const& plan, HeadTensor const& q, HeadTensor const& k,
-            HeadTensor const& v, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
-            TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count) {
-  if (rows.blocks == 0) return;
-  int const d = static_cast<int>(q.extent(2));
-  long const tokens = static_cast<long>(q.extent(1));
+// The attention of one block of up to attention_block_rows rows of one head; D >= d is the
+// compile-time width of the per-row state (query and accumulator live in registers on GPUs).
+template <int D>
+void attend_blocks(ExecSpace const& space, ShortlistPlan const& p, TokenMatrix const& qkv, ActiveRows const& rows,
+                   CandidateLists const& dna_lists, int heads, TokenMatrix const& ctx,
+                   Kokkos::View<int*, MemSpace> const& candidate_count) {
+  int const embed = static_cast<int>(qkv.extent(1)) / 3;
+  int const d = embed / heads;
+  long const batch = static_cast<long>(rows.head_start.extent(0) - 1) / heads;
+  long const tokens = static_cast<long>(qkv.extent(0)) / batch;
+  long const stride = static_cast<long>(qkv.stride(0));  // floats from one token's row to the next
   float const scale = 1.0f / std::sqrt(static_cast<float>(d));
-  constexpr int qb = attention_block_rows;
-  long const dna_blocks = (tokens + plan.dna_block - 1) / plan.dna_block;
+  long const dna_blocks = (tokens + p.dna_block - 1) / p.dna_block;
   bool const count = candidate_count.extent(0) > 0;
   auto row_head = rows.head;
   auto row_token = rows.token;
   auto block_start = rows.block_start;
-  ShortlistPlan const p = plan;
-  // Rows of q and acc are padded by one float: thread r touches row r, and an odd row stride
-  // spreads the 32 threads of a warp over 32 banks instead of two.
-  int const dp = d % 2 == 0 ? d + 1 : d;
-  size_t const bytes =
-      Scratch::shmem_size(qb, dp) * 2 + Scratch::shmem_size(key_tile, d) * 2 + ScratchVec::shmem_size(qb) * 2;
   using Policy = Kokkos::TeamPolicy<ExecSpace>;
   using Member = Policy::member_type;
   // One thread per row of the block on GPUs (a warp for 32 rows); host backends run a team as
-  // one thread.
-  int const team_size = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible ? 1 : qb;
-  Policy policy(space, rows.blocks, team_size);
-  policy.set_scratch_size(0, Kokkos::PerTeam(bytes));
+  // one thread that takes the rows in turn.
+  int const team_size =
+      Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible ? 1 : attention_block_rows;
   Kokkos::parallel_for(
-      "proteus::attention::shortlist", policy, KOKKOS_LAMBDA(Member const& team) {
+      "proteus::attention::shortlist", Policy(space, rows.blocks, team_size), KOKKOS_LAMBDA(Member const& team) {
         long const r0 = block_start(team.league_rank());
         int const n = static_cast<int>(block_start(team.league_rank() + 1) - r0);
         int const bh = row_head(r0);
         long const b = bh / heads, h = bh % heads;
-        Scratch qs(team.team_scratch(0), qb, dp), acc(team.team_scratch(0), qb, dp);
-        Scratch ks(team.team_scratch(0), key_tile, d), vs(team.team_scratch(0), key_tile, d);
-        ScratchVec m(team.team_scratch(0), qb), l(team.team_scratch(0), qb);
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n * d), [&](int e) {
-          int const r = e / d, j = e % d;
-          qs(r, j) = q(bh, row_token(r0 + r), j) * scale;
-          acc(r, j) = 0.0f;
-          if (j == 0) {
-            m(r) = -INFINITY;
-            l(r) = 0.0f;
-          }
-        });
-        team.team_barrier();
-        // Local windows: the union of the block's windows is [first - width + 1, last].
-        long const first = row_token(r0), last = row_token(r0 + n - 1);
-        long const span_lo = local_begin(p, first);
-        for (long tile = span_lo; tile <= last; tile += key_tile) {
-          int const nk = static_cast<int>(last - tile + 1 < key_tile ? last - tile + 1 : key_tile);
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, nk * d), [&](int e) {
-            int const c = e / d, j = e % d;
-            ks(c, j) = k(bh, tile + c, j);
-            vs(c, j) = v(bh, tile + c, j);
-          });
-          team.team_barrier();
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
-            long const t = row_token(r0 + r);
-            long const from = local_begin(p, t);
-            long lo = from > tile ? from : tile;
-            long const hi = t < tile + nk - 1 ? t : tile + nk - 1;
-            for (long c = lo; c <= hi; ++c) {
-              int const ci = static_cast<int>(c - tile);
-              float s = 0.0f;
-              for (int j = 0; j < d; ++j) s += qs(r, j) * ks(ci, j);
-              online_update(acc, m, l, r, s, Kokkos::subview(vs, ci, Kokkos::ALL), d);
-            }
-          });
-          team.team_barrier();
-        }
-        // Anchors and DNA candidates outside the window, gathered from global memory.
+        // This head's Q, K and V of token t start at q + t * stride, k + t * stride, v + t * stride.
+        float const* q = qkv.data() + b * tokens * stride + h * d;
+        float const* k = q + embed;
+        float const* v = q + 2 * embed;
+        // The union of the block's local windows; every row walks all of it in the same order, so
+        // that the threads of a warp read the same key row at the same time (one broadcast).
+        long const span_lo = local_begin(p, row_token(r0)), span_hi = row_token(r0 + n - 1);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
           long const t = row_token(r0 + r);
+          long const from = local_begin(p, t);
+          float qr[D], acc[D];
+          for (int j = 0; j < D; ++j) {
+            qr[j] = j < d ? q[t * stride + j] * scale : 0.0f;
+            acc[j] = 0.0f;
+          }
+          float m = -INFINITY, l = 0.0f;
+          // Online softmax: running maximum m, running sum l, accumulator rescaled when m grows.
+          auto add = [&](long c) {
+            float const* kc = k + c * stride;
+            float const* vc = v + c * stride;
+            float s = 0.0f;
+            for (int j = 0; j < D; ++j)
+              if (j < d) s += qr[j] * kc[j];
+            float w = 1.0f;
+            if (s > m) {
+              float const shrink = km::exp(m - s);
+              l *= shrink;
+              for (int j = 0; j < D; ++j) acc[j] *= shrink;
+              m = s;
+            } else {
+              w = km::exp(s - m);
+            }
+            l += w;
+            for (int j = 0; j < D; ++j)
+              if (j < d) acc[j] += w * vc[j];
+          };
+          for (long c = span_lo; c <= span_hi; ++c)
+            if (c >= from && c <= t) add(c);
+          // Anchors and DNA candidates outside the window, gathered from global memory.
           Position const* dna = p.dna_cap > 0 ? &dna_lists(b * dna_blocks + t / p.dna_block, 0) : nullptr;
-          int seen = static_cast<int>(t - local_begin(p, t) + 1);
+          int seen = static_cast<int>(t - from + 1);
           for_each_extra_candidate(p, t, dna, [&](long c) {
             ++seen;
-            float s = 0.0f;
-            for (int j = 0; j < d; ++j) s += qs(r, j) * k(bh, c, j);
-            online_update(acc, m, l, r, s, Kokkos::subview(v, bh, c, Kokkos::ALL), d);
+            add(c);
           });
           if (count) candidate_count(r0 + r) = seen;
-        });
-        team.team_barrier();
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n * d), [&](int e) {
-          int const r = e / d, j = e % d;
-          ctx(b * tokens + row_token(r0 + r), h * d + j) = acc(r, j) / l(r);
+          float const inv = 1.0f / l;
+          for (int j = 0; j < D; ++j)
+            if (j < d) ctx(b * tokens + t, h * d + j) = acc[j] * inv;
         });
       });
+}
+
+}  // namespace
+
+void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& qkv, ActiveRows const& rows,
+            CandidateLists const& dna_lists, int heads, TokenMatrix const& ctx,
+            Kokkos::View<int*, MemSpace> const& candidate_count) {
+  if (rows.blocks == 0) return;
+  int const d = static_cast<int>(qkv.extent(1)) / 3 / heads;
+  // The smallest supported width that holds d (Config::resolved() refuses d > 256).
+  if (d <= 8) attend_blocks<8>(space, plan, qkv, rows, dna_lists, heads, ctx, candidate_count);
+  else if (d <= 16) attend_blocks<16>(space, plan, qkv, rows, dna_lists, heads, ctx, candidate_count);
+  else if (d <= 32) attend_blocks<32>(space, plan, qkv, rows, dna_lists, heads, ctx, candidate_count);
+  else if (d <= 64) attend_blocks<64>(space, plan, qkv, rows, dna_lists, heads, ctx, candidate_count);
+  else if (d <= 128) attend_blocks<128>(space, plan, qkv, rows, dna_lists, heads, ctx, candidate_count);
+  else attend_blocks<256>(space, plan, qkv, rows, dna_lists, heads, ctx, candidate_count);
 }
 
 }  // namespace proteus

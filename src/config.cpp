@@ -22,6 +22,8 @@ Config Config::resolved() const {
         "embed_dim " + std::to_string(c.embed_dim) + " is not divisible by num_heads " +
             std::to_string(c.num_heads));
   int const d = c.embed_dim / c.num_heads;
+  check(d <= 256, "num_heads",
+        "head width embed_dim / num_heads = " + std::to_string(d) + " exceeds 256 (use more heads)");
   check(!c.rope || d % 2 == 0, "rope",
         "RoPE rotates pairs and needs an even head width, got " + std::to_string(d) +
             " (set rope = false or change num_heads)");

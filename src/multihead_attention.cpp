@@ -134,7 +134,7 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
   long const tokens = n / batch;
   long const row_end = options.row_end < 0 ? tokens : std::min(options.row_end, tokens);
   require(options.row_begin >= 0 && options.row_begin <= row_end, "row_begin", "outside [0, row_end]");
-  int const heads = c.num_heads, d = c.head_dim();
+  int const heads = c.num_heads;
 
   ForwardStats st;
   st.batch = batch;
@@ -177,15 +177,12 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
 
   TokenMatrix const& qkv = reuse(work_.qkv, "proteus::qkv", n, 3 * c.embed_dim);
   project_qkv(space, x, weights_, qkv);
-  HeadTensor const& q = reuse(work_.q, "proteus::q", batch * heads, tokens, d);
-  HeadTensor const& k = reuse(work_.k, "proteus::k", batch * heads, tokens, d);
-  HeadTensor const& v = reuse(work_.v, "proteus::v", batch * heads, tokens, d);
-  split_heads_rope(space, qkv, positions, batch, heads, c.rope, c.rope_base, q, k, v);
+  bias_and_rope(space, qkv, weights_.qkv_bias, positions, heads, c.rope, c.rope_base);
   CandidateLists lists = dna_candidate_lists(space, plan, rt.salience, batch, tokens);
   TokenMatrix const& ctx = reuse(work_.ctx, "proteus::context", n, c.embed_dim);
   Kokkos::deep_copy(space, ctx, 0.0f);  // rows of inactive heads and dropped tokens stay zero
   Kokkos::View<int*, MemSpace> counts("proteus::candidate_count", rows.rows);
-  attend(space, plan, q, k, v, rows, lists, heads, ctx, counts);
+  attend(space, plan, qkv, rows, lists, heads, ctx, counts);
   project_output(space, ctx, weights_, y);
 
   bool const update = options.update_dna.value_or(c.dna_update) && c.dna_enable;

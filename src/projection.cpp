@@ -1,4 +1,5 @@
-// Stages 5 and 7: GEMMs of the Q/K/V and output projections, plus the bias add.
+// Stages 5 and 7: GEMMs of the Q/K/V and output projections (the output bias here, the Q/K/V
+// bias with RoPE).
 #include "proteus/projection.hpp"
 
 #include <cmath>
@@ -58,7 +59,6 @@ void add_bias(ExecSpace const& space, TokenMatrix const& y, TokenVector const& b
 
 void project_qkv(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& qkv) {
   detail::gemm(space, "N", "T", 1.0f, x, w.qkv_weight, 0.0f, qkv);
-  add_bias(space, qkv, w.qkv_bias, "proteus::projection::qkv_bias");
 }
 
 void project_output(ExecSpace const& space, TokenMatrix const& ctx, Weights const& w, TokenMatrix const& y) {

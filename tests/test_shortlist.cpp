@@ -134,18 +134,21 @@ TEST_CASE("shortlist attention equals softmax over the candidate set in double",
   c.use_dna_candidates = true;
   c = c.resolved();
   ShortlistPlan const plan = plan_shortlist(c, T, 0.8);
-  auto fill = [&](std::uint64_t seed) {
-    HeadTensor t("t", batch * heads, T, d);
+  // q, k, v [(b*H + h)*T + t][j] in double, and the fused rows qkv [B*T x 3E] the kernel reads
+  // (columns Q | K | V, head h at h*D).
+  int const e = heads * d;
+  TokenMatrix qkv("qkv", batch * T, 3 * e);
+  auto hqkv = Kokkos::create_mirror_view(qkv);
+  auto fill = [&](std::uint64_t seed, int third) {
     test::Matrix m = test::random_matrix(batch * heads * T, d, seed);
-    auto h = Kokkos::create_mirror_view(t);
-    for (long i = 0; i < batch * heads * T; ++i)
-      for (int j = 0; j < d; ++j) h(i / T, i % T, j) = static_cast<float>(m[i][j]);
-    Kokkos::deep_copy(t, h);
-    return std::make_pair(t, m);
+    for (long i = 0; i < batch * heads * T; ++i) {
+      long const bh = i / T, t = i % T, row = (bh / heads) * T + t, h = bh % heads;
+      for (int j = 0; j < d; ++j) hqkv(row, third * e + h * d + j) = static_cast<float>(m[i][j]);
+    }
+    return m;
   };
-  auto [q, qm] = fill(1);
-  auto [k, km] = fill(2);
-  auto [v, vm] = fill(3);
+  test::Matrix const qm = fill(1, 0), km = fill(2, 1), vm = fill(3, 2);
+  Kokkos::deep_copy(qkv, hqkv);
   test::Matrix sal_m = test::random_matrix(1, batch * T, 4);
   TokenVector sal("sal", batch * T);
   auto hs = Kokkos::create_mirror_view(sal);
@@ -167,7 +170,7 @@ TEST_CASE("shortlist attention equals softmax over the candidate set in double",
   CandidateLists lists = dna_candidate_lists(ExecSpace(), plan, sal, batch, T);
   TokenMatrix ctx("ctx", batch * T, heads * d);
   Kokkos::View<int*, MemSpace> counts("counts", rows.rows);
-  attend(ExecSpace(), plan, q, k, v, rows, lists, heads, ctx, counts);
+  attend(ExecSpace(), plan, qkv, rows, lists, heads, ctx, counts);
   auto hc = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), ctx);
   auto hl = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), lists);
   long const blocks = (T + plan.dna_block - 1) / plan.dna_block;
@@ -216,10 +219,10 @@ TEST_CASE("at alpha = 1 every query sees the same candidate count at T = 4k and 
   for (long T : {4096L, 65536L}) {
     ShortlistPlan const plan = plan_shortlist(c, T, 1.0);
     plans[n++] = plan;
-    HeadTensor q("q", 1, T, 8), k("k", 1, T, 8), v("v", 1, T, 8);
-    Kokkos::deep_copy(q, 0.1f);
-    Kokkos::deep_copy(k, 0.2f);
-    Kokkos::deep_copy(v, 1.0f);
+    TokenMatrix qkv("qkv", T, 3 * 8);  // one head of width 8: q = 0.1, k = 0.2, v = 1
+    Kokkos::deep_copy(Kokkos::subview(qkv, Kokkos::ALL, std::make_pair(0, 8)), 0.1f);
+    Kokkos::deep_copy(Kokkos::subview(qkv, Kokkos::ALL, std::make_pair(8, 16)), 0.2f);
+    Kokkos::deep_copy(Kokkos::subview(qkv, Kokkos::ALL, std::make_pair(16, 24)), 1.0f);
     MaskMatrix mask("mask", T, 1);
     MaskVector keep("keep", T);
     Kokkos::deep_copy(mask, std::uint8_t(1));
@@ -227,7 +230,7 @@ TEST_CASE("at alpha = 1 every query sees the same candidate count at T = 4k and 
     ActiveRows rows = compact_active_rows(ExecSpace(), mask, keep, false, 1, T, 0, T);
     TokenMatrix ctx("ctx", T, 8);
     Kokkos::View<int*, MemSpace> counts("counts", rows.rows);
-    attend(ExecSpace(), plan, q, k, v, rows, CandidateLists("none", 1, 1), 1, ctx, counts);
+    attend(ExecSpace(), plan, qkv, rows, CandidateLists("none", 1, 1), 1, ctx, counts);
     auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), counts);
     per_t.emplace_back(h.data(), h.data() + h.extent(0));
   }

@@ -29,11 +29,12 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
                                long row_begin, long row_end);
 
 // ctx [B*T x E]: rows of active (head, token) get softmax(q k^T / sqrt(D)) v over the
-// shortlist of `plan`; all other entries are left untouched (callers zero ctx first).
-// candidate_count [rows] (optional, may be empty) receives each row's candidate count.
-void attend(ExecSpace const& space, ShortlistPlan const& plan, HeadTensor const& q,
-            HeadTensor const& k, HeadTensor const& v, ActiveRows const& rows,
-            CandidateLists const& dna_lists, int heads, TokenMatrix const& ctx,
+// shortlist of `plan`, with q, k, v of head h read from qkv [B*T x 3E] (columns Q | K | V, head h
+// at h*D within each third, after bias and RoPE); all other entries of ctx are left untouched
+// (callers zero ctx first). candidate_count [rows] (optional, may be empty) receives each row's
+// candidate count.
+void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& qkv,
+            ActiveRows const& rows, CandidateLists const& dna_lists, int heads, TokenMatrix const& ctx,
             Kokkos::View<int*, MemSpace> const& candidate_count);
 
 }  // namespace proteus

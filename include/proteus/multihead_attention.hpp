@@ -96,7 +96,6 @@ class CausalGeneticMultiheadAttention {
   struct Workspace {
     GateMatrix router_probs, sim;
     TokenMatrix qkv, ctx;
-    HeadTensor q, k, v;
   };
   mutable Workspace work_;
 };

@@ -18,7 +18,7 @@ struct Weights {
   void initialise(ExecSpace const& space, std::uint64_t seed, bool bias) const;
 };
 
-// qkv [N x 3E] = x W_qkv^T + b.
+// qkv [N x 3E] = x W_qkv^T. The bias is added in the same pass as RoPE (rope.hpp).
 void project_qkv(ExecSpace const& space, TokenMatrix const& x, Weights const& w,
                  TokenMatrix const& qkv);
 // y [N x E] = ctx W_out^T + b.

@@ -17,8 +17,6 @@ using TokenMatrix = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;
 using GateMatrix = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;
 // [gates x embed]: DNA prototypes, router weights.
 using GateByEmbed = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;
-// [batch*heads x tokens x head_dim]: per-head Q, K or V after RoPE.
-using HeadTensor = Kokkos::View<float***, Kokkos::LayoutRight, MemSpace>;
 // [batch x tokens x embed] or [tokens x batch x embed]: the module's public input/output.
 using BatchTensor = Kokkos::View<float***, Kokkos::LayoutRight, MemSpace>;
 // [gates] (or [heads], [tokens]) of floats.
