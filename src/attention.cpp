@@ -2,6 +2,7 @@
 #include "proteus/attention.hpp"
 
 #include <cmath>
+#include <type_traits>
 
 #include "proteus/detail/kokkos_compat.hpp"
 
@@ -12,21 +13,29 @@ namespace km = detail::kmath;
 ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_mask, MaskVector const& keep,
                                bool all_heads, int batch, long tokens, long row_begin, long row_end) {
   int const heads = static_cast<int>(head_mask.extent(1));
-  long const slots = static_cast<long>(batch) * heads * tokens;
+  // Slot i stands for (batch*head bh, token row_begin + i % span): only the rows asked for.
+  long const span = row_end - row_begin;
+  long const slots = static_cast<long>(batch) * heads * span;
   ActiveRows r;
   r.head_start = Kokkos::View<long*, MemSpace>("proteus::attention::head_start", batch * heads + 1);
+  if (span <= 0) {
+    r.head = IndexVector("proteus::attention::row_head", 0);
+    r.token = Kokkos::View<long*, MemSpace>("proteus::attention::row_token", 0);
+    r.block_start = Kokkos::View<long*, MemSpace>("proteus::attention::block_start", 1);
+    return r;
+  }
   auto head_start = r.head_start;
   auto active = KOKKOS_LAMBDA(long i)->bool {
-    long const bh = i / tokens, t = i % tokens;
+    long const bh = i / span, t = row_begin + i % span;
     long const row = (bh / heads) * tokens + t;
-    if (t < row_begin || t >= row_end || !keep(row)) return false;
+    if (!keep(row)) return false;
     return all_heads || head_mask(row, bh % heads) != 0;
   };
   long total = 0;
   Kokkos::parallel_scan(
       "proteus::attention::count_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, slots),
       KOKKOS_LAMBDA(long i, long& offset, bool final) {
-        if (final && i % tokens == 0) head_start(i / tokens) = offset;
+        if (final && i % span == 0) head_start(i / span) = offset;
         offset += active(i) ? 1 : 0;
       },
       total);
@@ -41,8 +50,8 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
       KOKKOS_LAMBDA(long i, long& offset, bool final) {
         bool const a = active(i);
         if (final && a) {
-          row_head(offset) = static_cast<int>(i / tokens);
-          row_token(offset) = i % tokens;
+          row_head(offset) = static_cast<int>(i / span);
+          row_token(offset) = row_begin + i % span;
         }
         offset += a ? 1 : 0;
       });
@@ -72,14 +81,15 @@ namespace {
 // The attention of one block of up to attention_block_rows rows of one head; D >= d is the
 // compile-time width of the per-row state (query and accumulator live in registers on GPUs).
 template <int D>
-void attend_blocks(ExecSpace const& space, ShortlistPlan const& p, TokenMatrix const& qkv, ActiveRows const& rows,
-                   CandidateLists const& dna_lists, int heads, TokenMatrix const& ctx,
-                   Kokkos::View<int*, MemSpace> const& candidate_count) {
-  int const embed = static_cast<int>(qkv.extent(1)) / 3;
+void attend_blocks(ExecSpace const& space, ShortlistPlan const& p, TokenMatrix const& q, long q_first,
+                   TokenMatrix const& kv, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
+                   TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count) {
+  int const embed = static_cast<int>(q.extent(1));
   int const d = embed / heads;
   long const batch = static_cast<long>(rows.head_start.extent(0) - 1) / heads;
-  long const tokens = static_cast<long>(qkv.extent(0)) / batch;
-  long const stride = static_cast<long>(qkv.stride(0));  // floats from one token's row to the next
+  long const tokens = static_cast<long>(kv.extent(0)) / batch;
+  long const q_tokens = static_cast<long>(q.extent(0)) / batch;  // query rows per batch element
+  long const q_stride = static_cast<long>(q.stride(0)), stride = static_cast<long>(kv.stride(0));
   float const scale = 1.0f / std::sqrt(static_cast<float>(d));
   long const dna_blocks = (tokens + p.dna_block - 1) / p.dna_block;
   bool const count = candidate_count.extent(0) > 0;
@@ -98,10 +108,11 @@ void attend_blocks(ExecSpace const& space, ShortlistPlan const& p, TokenMatrix c
         int const n = static_cast<int>(block_start(team.league_rank() + 1) - r0);
         int const bh = row_head(r0);
         long const b = bh / heads, h = bh % heads;
-        // This head's Q, K and V of token t start at q + t * stride, k + t * stride, v + t * stride.
-        float const* q = qkv.data() + b * tokens * stride + h * d;
-        float const* k = q + embed;
-        float const* v = q + 2 * embed;
+        // This head's query of token t starts at qh + (t - q_first) * q_stride, its key and value
+        // at k + t * stride and v + t * stride; context row t - q_first.
+        float const* qh = q.data() + b * q_tokens * q_stride + h * d;
+        float const* k = kv.data() + b * tokens * stride + h * d;
+        float const* v = k + embed;
         // The union of the block's local windows; every row walks all of it in the same order, so
         // that the threads of a warp read the same key row at the same time (one broadcast).
         long const span_lo = local_begin(p, row_token(r0)), span_hi = row_token(r0 + n - 1);
@@ -110,7 +121,7 @@ void attend_blocks(ExecSpace const& space, ShortlistPlan const& p, TokenMatrix c
           long const from = local_begin(p, t);
           float qr[D], acc[D];
           for (int j = 0; j < D; ++j) {
-            qr[j] = j < d ? q[t * stride + j] * scale : 0.0f;
+            qr[j] = j < d ? qh[(t - q_first) * q_stride + j] * scale : 0.0f;
             acc[j] = 0.0f;
           }
           float m = -INFINITY, l = 0.0f;
@@ -146,25 +157,28 @@ void attend_blocks(ExecSpace const& space, ShortlistPlan const& p, TokenMatrix c
           if (count) candidate_count(r0 + r) = seen;
           float const inv = 1.0f / l;
           for (int j = 0; j < D; ++j)
-            if (j < d) ctx(b * tokens + t, h * d + j) = acc[j] * inv;
+            if (j < d) ctx(b * q_tokens + t - q_first, h * d + j) = acc[j] * inv;
         });
       });
 }
 
 }  // namespace
 
-void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& qkv, ActiveRows const& rows,
-            CandidateLists const& dna_lists, int heads, TokenMatrix const& ctx,
-            Kokkos::View<int*, MemSpace> const& candidate_count) {
+void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, long q_first,
+            TokenMatrix const& kv, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
+            TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count) {
   if (rows.blocks == 0) return;
-  int const d = static_cast<int>(qkv.extent(1)) / 3 / heads;
+  int const d = static_cast<int>(q.extent(1)) / heads;
+  auto run = [&](auto width) {
+    attend_blocks<decltype(width)::value>(space, plan, q, q_first, kv, rows, dna_lists, heads, ctx, candidate_count);
+  };
   // The smallest supported width that holds d (Config::resolved() refuses d > 256).
-  if (d <= 8) attend_blocks<8>(space, plan, qkv, rows, dna_lists, heads, ctx, candidate_count);
-  else if (d <= 16) attend_blocks<16>(space, plan, qkv, rows, dna_lists, heads, ctx, candidate_count);
-  else if (d <= 32) attend_blocks<32>(space, plan, qkv, rows, dna_lists, heads, ctx, candidate_count);
-  else if (d <= 64) attend_blocks<64>(space, plan, qkv, rows, dna_lists, heads, ctx, candidate_count);
-  else if (d <= 128) attend_blocks<128>(space, plan, qkv, rows, dna_lists, heads, ctx, candidate_count);
-  else attend_blocks<256>(space, plan, qkv, rows, dna_lists, heads, ctx, candidate_count);
+  if (d <= 8) run(std::integral_constant<int, 8>());
+  else if (d <= 16) run(std::integral_constant<int, 16>());
+  else if (d <= 32) run(std::integral_constant<int, 32>());
+  else if (d <= 64) run(std::integral_constant<int, 64>());
+  else if (d <= 128) run(std::integral_constant<int, 128>());
+  else run(std::integral_constant<int, 256>());
 }
 
 }  // namespace proteus

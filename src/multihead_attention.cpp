@@ -164,26 +164,59 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
     plan = dense_plan(tokens);
     plan.alpha = st.alpha;
   }
-  ActiveRows rows =
-      compact_active_rows(space, head_mask, routed.keep, plan.dense, batch, tokens, options.row_begin, row_end);
-  auto head_rows = Kokkos::create_mirror_view_and_copy(HostSpace(), rows.head_start);
   st.plan = plan;
   st.mode = plan.dense ? "dense" : "shortlist";
-  st.active_rows = rows.rows;
-  std::vector<bool> used(heads, false);
-  for (int bh = 0; bh < batch * heads; ++bh)
-    if (head_rows(bh + 1) > head_rows(bh)) used[bh % heads] = true;
-  st.distinct_heads = static_cast<int>(std::count(used.begin(), used.end(), true));
-
-  TokenMatrix const& qkv = reuse(work_.qkv, "proteus::qkv", n, 3 * c.embed_dim);
-  project_qkv(space, x, weights_, qkv);
-  bias_and_rope(space, qkv, weights_.qkv_bias, positions, heads, c.rope, c.rope_base);
   CandidateLists lists = dna_candidate_lists(space, plan, rt.salience, batch, tokens);
-  TokenMatrix const& ctx = reuse(work_.ctx, "proteus::context", n, c.embed_dim);
-  Kokkos::deep_copy(space, ctx, 0.0f);  // rows of inactive heads and dropped tokens stay zero
-  Kokkos::View<int*, MemSpace> counts("proteus::candidate_count", rows.rows);
-  attend(space, plan, qkv, rows, lists, heads, ctx, counts);
-  project_output(space, ctx, weights_, y);
+
+  // Keys and values of every token; queries, context and output projection a block of tokens at a
+  // time (the only [N x E] buffers that live through the call are x, K|V and y).
+  int const e = c.embed_dim;
+  TokenMatrix const& kv = reuse(work_.kv, "proteus::kv", n, 2 * e);
+  project_kv(space, x, weights_, kv);
+  TokenVector const bias_q = Kokkos::subview(weights_.qkv_bias, std::make_pair(0, e));
+  TokenVector const bias_kv = Kokkos::subview(weights_.qkv_bias, std::make_pair(e, 3 * e));
+  bias_and_rope(space, kv, bias_kv, positions, e, heads, 1, c.rope, c.rope_base);
+  long const block = std::max(1L, std::min(row_end - options.row_begin, static_cast<long>(c.query_block_rows) / batch));
+  TokenMatrix const& q = reuse(work_.q, "proteus::q", batch * block, e);
+  TokenMatrix const& ctx = reuse(work_.ctx, "proteus::context", batch * block, e);
+  auto rows_of = [](auto const& v, long first, long count) {
+    return Kokkos::subview(v, std::make_pair(first, first + count), Kokkos::ALL);
+  };
+  std::vector<bool> used(heads, false);
+  double candidates = 0.0;
+  for (long t0 = options.row_begin; t0 < row_end; t0 += block) {
+    long const len = std::min(block, row_end - t0);
+    TokenMatrix const qb = rows_of(q, 0, batch * len), cb = rows_of(ctx, 0, batch * len);
+    for (int b = 0; b < batch; ++b) {
+      TokenMatrix const qr = rows_of(qb, b * len, len);
+      project_q(space, rows_of(x, b * tokens + t0, len), weights_, qr);
+      PositionVector const pos = Kokkos::subview(positions, std::make_pair(b * tokens + t0, b * tokens + t0 + len));
+      bias_and_rope(space, qr, bias_q, pos, e, heads, 1, c.rope, c.rope_base);
+    }
+    ActiveRows const rows =
+        compact_active_rows(space, head_mask, routed.keep, plan.dense, batch, tokens, t0, t0 + len);
+    auto head_rows = Kokkos::create_mirror_view_and_copy(HostSpace(), rows.head_start);
+    for (int bh = 0; bh < batch * heads; ++bh)
+      if (head_rows(bh + 1) > head_rows(bh)) used[bh % heads] = true;
+    st.active_rows += rows.rows;
+    Kokkos::deep_copy(space, cb, 0.0f);  // rows of inactive heads and dropped tokens stay zero
+    Kokkos::View<int*, MemSpace> counts("proteus::candidate_count", rows.rows);
+    attend(space, plan, qb, t0, kv, rows, lists, heads, cb, counts);
+    candidates += rows.rows * mean_over(
+                                  space, rows.rows, "proteus::stats::candidates",
+                                  KOKKOS_LAMBDA(long i, double& s) { s += counts(i); });
+    for (int b = 0; b < batch; ++b)
+      project_output(space, rows_of(cb, b * len, len), weights_, rows_of(y, b * tokens + t0, len));
+  }
+  // Rows outside [row_begin, row_end) have no context: their output is the bias alone.
+  auto const out_bias = weights_.out_bias;
+  long const row_begin = options.row_begin;
+  detail::for_each_element(
+      space, "proteus::rows_outside", n, e, KOKKOS_LAMBDA(long row, long j) {
+        long const t = row % tokens;
+        if (t < row_begin || t >= row_end) y(row, j) = out_bias(j);
+      });
+  st.distinct_heads = static_cast<int>(std::count(used.begin(), used.end(), true));
 
   bool const update = options.update_dna.value_or(c.dna_update) && c.dna_enable;
   if (update) {
@@ -193,10 +226,8 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
   }
 
   // Statistics.
-  long const rows_active = rows.rows;
-  st.mean_candidates = mean_over(
-      space, rows_active, "proteus::stats::candidates", KOKKOS_LAMBDA(long i, double& s) { s += counts(i); });
-  st.mean_active_heads = static_cast<double>(rows_active) / std::max(1L, st.tokens_kept);
+  st.mean_candidates = st.active_rows > 0 ? candidates / static_cast<double>(st.active_rows) : 0.0;
+  st.mean_active_heads = static_cast<double>(st.active_rows) / std::max(1L, st.tokens_kept);
   auto const gp = rt.gate_probs;
   int const gates = c.num_gates;
   st.router_entropy = mean_over(

@@ -57,8 +57,16 @@ void add_bias(ExecSpace const& space, TokenMatrix const& y, TokenVector const& b
 }
 }  // namespace
 
-void project_qkv(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& qkv) {
-  detail::gemm(space, "N", "T", 1.0f, x, w.qkv_weight, 0.0f, qkv);
+void project_q(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& q) {
+  long const e = static_cast<long>(w.out_weight.extent(0));
+  TokenMatrix const wq = Kokkos::subview(w.qkv_weight, std::make_pair(0L, e), Kokkos::ALL);
+  detail::gemm(space, "N", "T", 1.0f, x, wq, 0.0f, q);
+}
+
+void project_kv(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& kv) {
+  long const e = static_cast<long>(w.out_weight.extent(0));
+  TokenMatrix const wkv = Kokkos::subview(w.qkv_weight, std::make_pair(e, 3 * e), Kokkos::ALL);
+  detail::gemm(space, "N", "T", 1.0f, x, wkv, 0.0f, kv);
 }
 
 void project_output(ExecSpace const& space, TokenMatrix const& ctx, Weights const& w, TokenMatrix const& y) {

@@ -8,44 +8,36 @@ namespace proteus {
 
 namespace km = detail::kmath;
 
-void bias_and_rope(ExecSpace const& space, TokenMatrix const& qkv, TokenVector const& bias,
-                   PositionVector const& positions, int heads, bool rope, double base) {
-  int const embed = static_cast<int>(qkv.extent(1)) / 3;
+void bias_and_rope(ExecSpace const& space, TokenMatrix const& m, TokenVector const& bias,
+                   PositionVector const& positions, int embed, int heads, int rotated, bool rope, double base) {
   int const d = embed / heads;
+  int const half = (embed + 1) / 2;  // column pairs per part (an odd E, possible without RoPE, ends in a single)
+  int const parts = static_cast<int>(m.extent(1)) / embed;
   double const two_pi = 6.283185307179586;
-  // One work item per pair of neighbouring columns of the row's Q, K and V thirds, so that
-  // neighbouring GPU threads touch neighbouring addresses.
-  // One work item per pair of neighbouring columns of the row's Q, K and V thirds, so that
-  // neighbouring GPU threads touch neighbouring addresses. (RoPE needs an even D; without it an
-  // odd E leaves a last single column.)
+  // One work item per pair of neighbouring columns, so that neighbouring GPU threads touch
+  // neighbouring addresses.
   detail::for_each_element(
-      space, "proteus::rope::bias_rope", static_cast<long>(qkv.extent(0)), (embed + 1) / 2,
+      space, "proteus::rope::bias_rope", static_cast<long>(m.extent(0)), static_cast<long>(parts) * half,
       KOKKOS_LAMBDA(long row, long p) {
-        int const c = 2 * static_cast<int>(p);  // first column of the pair in each third
+        int const part = static_cast<int>(p / half), c = 2 * static_cast<int>(p % half);
+        int const col = part * embed + c;
         if (c + 1 == embed) {
-          for (int third = 0; third < 3; ++third) qkv(row, third * embed + c) += bias(third * embed + c);
+          m(row, col) += bias(col);
           return;
         }
-        float q0 = qkv(row, c) + bias(c), q1 = qkv(row, c + 1) + bias(c + 1);
-        float k0 = qkv(row, embed + c) + bias(embed + c), k1 = qkv(row, embed + c + 1) + bias(embed + c + 1);
-        qkv(row, 2 * embed + c) += bias(2 * embed + c);
-        qkv(row, 2 * embed + c + 1) += bias(2 * embed + c + 1);
-        if (rope) {
+        float a0 = m(row, col) + bias(col), a1 = m(row, col + 1) + bias(col + 1);
+        if (rope && part < rotated) {
           int const j = c % d;  // 2 i within the head
           double angle = static_cast<double>(positions(row)) * km::pow(base, -static_cast<double>(j) / d);
           angle -= two_pi * km::floor(angle / two_pi);
           float const cs = static_cast<float>(km::cos(angle));
           float const sn = static_cast<float>(km::sin(angle));
-          float const rq0 = q0 * cs - q1 * sn, rk0 = k0 * cs - k1 * sn;
-          q1 = q1 * cs + q0 * sn;
-          k1 = k1 * cs + k0 * sn;
-          q0 = rq0;
-          k0 = rk0;
+          float const r0 = a0 * cs - a1 * sn;
+          a1 = a1 * cs + a0 * sn;
+          a0 = r0;
         }
-        qkv(row, c) = q0;
-        qkv(row, c + 1) = q1;
-        qkv(row, embed + c) = k0;
-        qkv(row, embed + c + 1) = k1;
+        m(row, col) = a0;
+        m(row, col + 1) = a1;
       });
 }
 

@@ -134,21 +134,27 @@ TEST_CASE("shortlist attention equals softmax over the candidate set in double",
   c.use_dna_candidates = true;
   c = c.resolved();
   ShortlistPlan const plan = plan_shortlist(c, T, 0.8);
-  // q, k, v [(b*H + h)*T + t][j] in double, and the fused rows qkv [B*T x 3E] the kernel reads
-  // (columns Q | K | V, head h at h*D).
+  // q, k, v [(b*H + h)*T + t][j] in double, and the rows the kernel reads: q [B*T x E] and
+  // kv [B*T x 2E] (keys | values), head h at columns h*D of each part.
   int const e = heads * d;
-  TokenMatrix qkv("qkv", batch * T, 3 * e);
-  auto hqkv = Kokkos::create_mirror_view(qkv);
-  auto fill = [&](std::uint64_t seed, int third) {
+  TokenMatrix q("q", batch * T, e), kv("kv", batch * T, 2 * e);
+  auto hq = Kokkos::create_mirror_view(q);
+  auto hkv = Kokkos::create_mirror_view(kv);
+  auto fill = [&](std::uint64_t seed, int part) {
     test::Matrix m = test::random_matrix(batch * heads * T, d, seed);
     for (long i = 0; i < batch * heads * T; ++i) {
       long const bh = i / T, t = i % T, row = (bh / heads) * T + t, h = bh % heads;
-      for (int j = 0; j < d; ++j) hqkv(row, third * e + h * d + j) = static_cast<float>(m[i][j]);
+      for (int j = 0; j < d; ++j) {
+        float const val = static_cast<float>(m[i][j]);
+        if (part == 0) hq(row, h * d + j) = val;
+        else hkv(row, (part - 1) * e + h * d + j) = val;
+      }
     }
     return m;
   };
   test::Matrix const qm = fill(1, 0), km = fill(2, 1), vm = fill(3, 2);
-  Kokkos::deep_copy(qkv, hqkv);
+  Kokkos::deep_copy(q, hq);
+  Kokkos::deep_copy(kv, hkv);
   test::Matrix sal_m = test::random_matrix(1, batch * T, 4);
   TokenVector sal("sal", batch * T);
   auto hs = Kokkos::create_mirror_view(sal);
@@ -170,8 +176,29 @@ TEST_CASE("shortlist attention equals softmax over the candidate set in double",
   CandidateLists lists = dna_candidate_lists(ExecSpace(), plan, sal, batch, T);
   TokenMatrix ctx("ctx", batch * T, heads * d);
   Kokkos::View<int*, MemSpace> counts("counts", rows.rows);
-  attend(ExecSpace(), plan, qkv, rows, lists, heads, ctx, counts);
+  attend(ExecSpace(), plan, q, 0, kv, rows, lists, heads, ctx, counts);
   auto hc = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), ctx);
+
+  // The same rows a block of query tokens at a time (how the module bounds its memory): queries
+  // and context of tokens [t0, t1) only, keys and values of all; every row comes out the same.
+  long const block = 70;
+  long mismatched = 0, rows_in_blocks = 0;
+  for (long t0 = 0; t0 < T; t0 += block) {
+    long const len = std::min(block, T - t0);
+    TokenMatrix qb("qb", batch * len, e), cb("cb", batch * len, e);
+    for (int b = 0; b < batch; ++b)
+      Kokkos::deep_copy(Kokkos::subview(qb, std::make_pair(b * len, (b + 1) * len), Kokkos::ALL),
+                        Kokkos::subview(q, std::make_pair(b * T + t0, b * T + t0 + len), Kokkos::ALL));
+    ActiveRows const part = compact_active_rows(ExecSpace(), mask, keep, false, batch, T, t0, t0 + len);
+    rows_in_blocks += part.rows;
+    attend(ExecSpace(), plan, qb, t0, kv, part, lists, heads, cb, Kokkos::View<int*, MemSpace>());
+    auto hb = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), cb);
+    for (int b = 0; b < batch; ++b)
+      for (long i = 0; i < len; ++i)
+        for (int j = 0; j < e; ++j) mismatched += hb(b * len + i, j) != hc(b * T + t0 + i, j) ? 1 : 0;
+  }
+  CHECK(rows_in_blocks == rows.rows);
+  CHECK(mismatched == 0);
   auto hl = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), lists);
   long const blocks = (T + plan.dna_block - 1) / plan.dna_block;
   double worst = 0.0;
@@ -219,10 +246,10 @@ TEST_CASE("at alpha = 1 every query sees the same candidate count at T = 4k and 
   for (long T : {4096L, 65536L}) {
     ShortlistPlan const plan = plan_shortlist(c, T, 1.0);
     plans[n++] = plan;
-    TokenMatrix qkv("qkv", T, 3 * 8);  // one head of width 8: q = 0.1, k = 0.2, v = 1
-    Kokkos::deep_copy(Kokkos::subview(qkv, Kokkos::ALL, std::make_pair(0, 8)), 0.1f);
-    Kokkos::deep_copy(Kokkos::subview(qkv, Kokkos::ALL, std::make_pair(8, 16)), 0.2f);
-    Kokkos::deep_copy(Kokkos::subview(qkv, Kokkos::ALL, std::make_pair(16, 24)), 1.0f);
+    TokenMatrix q("q", T, 8), kv("kv", T, 2 * 8);  // one head of width 8: q = 0.1, k = 0.2, v = 1
+    Kokkos::deep_copy(q, 0.1f);
+    Kokkos::deep_copy(Kokkos::subview(kv, Kokkos::ALL, std::make_pair(0, 8)), 0.2f);
+    Kokkos::deep_copy(Kokkos::subview(kv, Kokkos::ALL, std::make_pair(8, 16)), 1.0f);
     MaskMatrix mask("mask", T, 1);
     MaskVector keep("keep", T);
     Kokkos::deep_copy(mask, std::uint8_t(1));
@@ -230,7 +257,7 @@ TEST_CASE("at alpha = 1 every query sees the same candidate count at T = 4k and 
     ActiveRows rows = compact_active_rows(ExecSpace(), mask, keep, false, 1, T, 0, T);
     TokenMatrix ctx("ctx", T, 8);
     Kokkos::View<int*, MemSpace> counts("counts", rows.rows);
-    attend(ExecSpace(), plan, qkv, rows, CandidateLists("none", 1, 1), 1, ctx, counts);
+    attend(ExecSpace(), plan, q, 0, kv, rows, CandidateLists("none", 1, 1), 1, ctx, counts);
     auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), counts);
     per_t.emplace_back(h.data(), h.data() + h.extent(0));
   }

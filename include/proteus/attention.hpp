@@ -1,8 +1,9 @@
 // Stage 6b: attention of every active (head, row) over its shortlist, as a team kernel: one team
-// per block of active rows of one head; K/V tiles of the rows' local windows pass through team
-// scratch, anchors and DNA candidates are gathered; softmax is online (running max and sum), so
-// memory stays O(tile), never O(T^2). Dense causal attention is the same kernel with a window
-// that covers the whole prefix.
+// per block of up to 32 active rows of one head, one thread per row holding its query and
+// accumulator in registers; the rows walk the union of their local windows in step (the threads
+// of a warp read the same key at once), then gather their anchors and DNA candidates; softmax is
+// online (running max and sum), so memory stays O(1) per row, never O(T^2). Dense causal
+// attention is the same kernel with a window that covers the whole prefix.
 #pragma once
 
 #include "proteus/shortlist.hpp"
@@ -28,13 +29,14 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
                                MaskVector const& keep, bool all_heads, int batch, long tokens,
                                long row_begin, long row_end);
 
-// ctx [B*T x E]: rows of active (head, token) get softmax(q k^T / sqrt(D)) v over the
-// shortlist of `plan`, with q, k, v of head h read from qkv [B*T x 3E] (columns Q | K | V, head h
-// at h*D within each third, after bias and RoPE); all other entries of ctx are left untouched
-// (callers zero ctx first). candidate_count [rows] (optional, may be empty) receives each row's
-// candidate count.
-void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& qkv,
-            ActiveRows const& rows, CandidateLists const& dna_lists, int heads, TokenMatrix const& ctx,
-            Kokkos::View<int*, MemSpace> const& candidate_count);
+// Attention of the active rows in `rows` (tokens [q_first, q_first + Tq) of every batch element):
+// ctx row b*Tq + t - q_first, columns h*D.., gets softmax(q k^T / sqrt(D)) v over the shortlist of
+// `plan`. q [B*Tq x E] holds those tokens' queries (after bias and RoPE), kv [B*T x 2E] every
+// token's keys | values; head h at columns h*D within each part. Entries of ctx of inactive
+// (token, head) pairs are left untouched (callers zero ctx first). candidate_count [rows]
+// (optional, may be empty) receives each row's candidate count.
+void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, long q_first,
+            TokenMatrix const& kv, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
+            TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count);
 
 }  // namespace proteus

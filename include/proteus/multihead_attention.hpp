@@ -95,7 +95,7 @@ class CausalGeneticMultiheadAttention {
   // chunks) do not pay for allocation and first touch again.
   struct Workspace {
     GateMatrix router_probs, sim;
-    TokenMatrix qkv, ctx;
+    TokenMatrix kv, q, ctx;  // [B*T x 2E], [query block x E] twice
   };
   mutable Workspace work_;
 };

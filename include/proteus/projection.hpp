@@ -18,9 +18,10 @@ struct Weights {
   void initialise(ExecSpace const& space, std::uint64_t seed, bool bias) const;
 };
 
-// qkv [N x 3E] = x W_qkv^T. The bias is added in the same pass as RoPE (rope.hpp).
-void project_qkv(ExecSpace const& space, TokenMatrix const& x, Weights const& w,
-                 TokenMatrix const& qkv);
+// q [N x E] = x W_q^T and kv [N x 2E] = x [W_k; W_v]^T (rows 0..E-1 and E..3E-1 of W_qkv). The
+// bias is added in the same pass as RoPE (rope.hpp).
+void project_q(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& q);
+void project_kv(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& kv);
 // y [N x E] = ctx W_out^T + b.
 void project_output(ExecSpace const& space, TokenMatrix const& ctx, Weights const& w,
                     TokenMatrix const& y);
