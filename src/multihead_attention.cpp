@@ -211,11 +211,12 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
   // Rows outside [row_begin, row_end) have no context: their output is the bias alone.
   auto const out_bias = weights_.out_bias;
   long const row_begin = options.row_begin;
-  detail::for_each_element(
-      space, "proteus::rows_outside", n, e, KOKKOS_LAMBDA(long row, long j) {
-        long const t = row % tokens;
-        if (t < row_begin || t >= row_end) y(row, j) = out_bias(j);
-      });
+  if (row_begin > 0 || row_end < tokens)
+    detail::for_each_element(
+        space, "proteus::rows_outside", n, e, KOKKOS_LAMBDA(long row, long j) {
+          long const t = row % tokens;
+          if (t < row_begin || t >= row_end) y(row, j) = out_bias(j);
+        });
   st.distinct_heads = static_cast<int>(std::count(used.begin(), used.end(), true));
 
   bool const update = options.update_dna.value_or(c.dna_update) && c.dna_enable;

@@ -14,30 +14,30 @@ void bias_and_rope(ExecSpace const& space, TokenMatrix const& m, TokenVector con
   int const half = (embed + 1) / 2;  // column pairs per part (an odd E, possible without RoPE, ends in a single)
   int const parts = static_cast<int>(m.extent(1)) / embed;
   double const two_pi = 6.283185307179586;
-  // One work item per pair of neighbouring columns, so that neighbouring GPU threads touch
-  // neighbouring addresses.
+  // One work item per pair of neighbouring columns, the same pair in every part (one angle for
+  // all of them), so that neighbouring GPU threads touch neighbouring addresses.
   detail::for_each_element(
-      space, "proteus::rope::bias_rope", static_cast<long>(m.extent(0)), static_cast<long>(parts) * half,
-      KOKKOS_LAMBDA(long row, long p) {
-        int const part = static_cast<int>(p / half), c = 2 * static_cast<int>(p % half);
-        int const col = part * embed + c;
+      space, "proteus::rope::bias_rope", static_cast<long>(m.extent(0)), half, KOKKOS_LAMBDA(long row, long p) {
+        int const c = 2 * static_cast<int>(p);
         if (c + 1 == embed) {
-          m(row, col) += bias(col);
+          for (int part = 0; part < parts; ++part) m(row, part * embed + c) += bias(part * embed + c);
           return;
         }
-        float a0 = m(row, col) + bias(col), a1 = m(row, col + 1) + bias(col + 1);
-        if (rope && part < rotated) {
+        float cs = 1.0f, sn = 0.0f;
+        if (rope && rotated > 0) {
           int const j = c % d;  // 2 i within the head
           double angle = static_cast<double>(positions(row)) * km::pow(base, -static_cast<double>(j) / d);
           angle -= two_pi * km::floor(angle / two_pi);
-          float const cs = static_cast<float>(km::cos(angle));
-          float const sn = static_cast<float>(km::sin(angle));
-          float const r0 = a0 * cs - a1 * sn;
-          a1 = a1 * cs + a0 * sn;
-          a0 = r0;
+          cs = static_cast<float>(km::cos(angle));
+          sn = static_cast<float>(km::sin(angle));
         }
-        m(row, col) = a0;
-        m(row, col + 1) = a1;
+        for (int part = 0; part < parts; ++part) {
+          int const col = part * embed + c;
+          float const a0 = m(row, col) + bias(col), a1 = m(row, col + 1) + bias(col + 1);
+          bool const turn = rope && part < rotated;
+          m(row, col) = turn ? a0 * cs - a1 * sn : a0;
+          m(row, col + 1) = turn ? a1 * cs + a0 * sn : a1;
+        }
       });
 }
 
