@@ -226,8 +226,9 @@ TEST_CASE("upstream's chunked pipeline with evolving DNA differs from ours only 
   CHECK(std::set<Position>(first.begin(), first.end()) ==
         std::set<Position>(theirs.positions[0].begin(), theirs.positions[0].end()));  // chunk 0: the same DNA
   CHECK(same < total);                  // later chunks: upstream's DNA has moved on
-  std::printf("chunked parity (evolving DNA): %ld of %ld upstream candidates also ours (%.1f%%)\n", same, total,
-              100.0 * same / total);
+  if (test::world_rank() == 0)
+    std::printf("chunked parity (evolving DNA): %ld of %ld upstream candidates also ours (%.1f%%)\n", same, total,
+                100.0 * same / total);
 
   // One EMA step on chunk 0's statistics is upstream's update (its DNA before chunk 1).
   RankState one;
