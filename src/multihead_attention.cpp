@@ -183,7 +183,7 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
     return Kokkos::subview(v, std::make_pair(first, first + count), Kokkos::ALL);
   };
   std::vector<bool> used(heads, false);
-  double candidates = 0.0;
+  long candidates = 0;  // summed over the active rows of every block
   for (long t0 = options.row_begin; t0 < row_end; t0 += block) {
     long const len = std::min(block, row_end - t0);
     TokenMatrix const qb = rows_of(q, 0, batch * len), cb = rows_of(ctx, 0, batch * len);
@@ -202,9 +202,11 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
     Kokkos::deep_copy(space, cb, 0.0f);  // rows of inactive heads and dropped tokens stay zero
     Kokkos::View<int*, MemSpace> counts("proteus::candidate_count", rows.rows);
     attend(space, plan, qb, t0, kv, rows, lists, heads, cb, counts);
-    candidates += rows.rows * mean_over(
-                                  space, rows.rows, "proteus::stats::candidates",
-                                  KOKKOS_LAMBDA(long i, double& s) { s += counts(i); });
+    long block_candidates = 0;
+    Kokkos::parallel_reduce(
+        "proteus::stats::candidates", Kokkos::RangePolicy<ExecSpace>(space, 0, rows.rows),
+        KOKKOS_LAMBDA(long i, long& s) { s += counts(i); }, block_candidates);
+    candidates += block_candidates;
     for (int b = 0; b < batch; ++b)
       project_output(space, rows_of(cb, b * len, len), weights_, rows_of(y, b * tokens + t0, len));
   }
