@@ -60,12 +60,15 @@ namespace {
 // Row L2 norms clamped below at 1e-6 (the eps of torch's normalize).
 void row_norms(ExecSpace const& space, GateByEmbed const& m, TokenVector const& norms, char const* label) {
   int const cols = static_cast<int>(m.extent(1));
-  Kokkos::parallel_for(
-      label, Kokkos::RangePolicy<ExecSpace>(space, 0, m.extent(0)), KOKKOS_LAMBDA(int i) {
+  detail::for_each_token(
+      space, label, static_cast<long>(m.extent(0)), KOKKOS_LAMBDA(detail::TokenMember const& member, long i) {
         float s = 0.0f;
-        for (int j = 0; j < cols; ++j) s += m(i, j) * m(i, j);
-        float const n = km::sqrt(s);
-        norms(i) = n > 1e-6f ? n : 1e-6f;
+        Kokkos::parallel_reduce(
+            Kokkos::ThreadVectorRange(member, cols), [&](int j, float& sum) { sum += m(i, j) * m(i, j); }, s);
+        Kokkos::single(Kokkos::PerThread(member), [&]() {
+          float const n = km::sqrt(s);
+          norms(i) = n > 1e-6f ? n : 1e-6f;
+        });
       });
 }
 }  // namespace
@@ -96,55 +99,70 @@ void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& r
   auto usage = dna.usage;
   // The usage bias softmax_g(-(usage + 1e-6)) is the same for every token: computed per token
   // anyway, since G is small and it keeps the kernel one pass.
-  Kokkos::parallel_for(
-      "proteus::dna::hybrid_route", Kokkos::RangePolicy<ExecSpace>(space, 0, router_probs.extent(0)),
-      KOKKOS_LAMBDA(int t) {
+  detail::for_each_token(
+      space, "proteus::dna::hybrid_route", static_cast<long>(router_probs.extent(0)),
+      KOKKOS_LAMBDA(detail::TokenMember const& member, long t) {
+        auto const lanes = Kokkos::ThreadVectorRange(member, gates);
+        auto once = [&](float s, float b, float gmax) {
+          Kokkos::single(Kokkos::PerThread(member), [&]() {
+            salience(t) = s;
+            beta_out(t) = b;
+            importance(t) = (1.0f - b) * gmax + b * s;
+          });
+        };
+        float gmax = 0.0f;
         if (!use_dna) {
-          float gmax = 0.0f;
-          for (int g = 0; g < gates; ++g) {
-            probs(t, g) = router_probs(t, g);
-            gmax = probs(t, g) > gmax ? probs(t, g) : gmax;
-          }
-          salience(t) = 0.0f;
-          beta_out(t) = 0.0f;
-          importance(t) = gmax;
+          Kokkos::parallel_reduce(
+              lanes,
+              [&](int g, float& v) {
+                probs(t, g) = router_probs(t, g);
+                v = probs(t, g) > v ? probs(t, g) : v;
+              },
+              Kokkos::Max<float>(gmax));
+          once(0.0f, 0.0f, gmax);
           return;
         }
-        float smax = sim(t, 0);
-        for (int g = 1; g < gates; ++g) smax = sim(t, g) > smax ? sim(t, g) : smax;
+        float smax = 0.0f, pz = 0.0f, wz = 0.0f;
+        Kokkos::parallel_reduce(
+            lanes, [&](int g, float& v) { v = sim(t, g) > v ? sim(t, g) : v; }, Kokkos::Max<float>(smax));
         // proto_probs = softmax(sim / tau) * (confidence + 1e-6), renormalised.
-        float pz = 0.0f;
-        for (int g = 0; g < gates; ++g) pz += km::exp((sim(t, g) - smax) / tau);
-        float wz = 0.0f;
-        for (int g = 0; g < gates; ++g) wz += km::exp((sim(t, g) - smax) / tau) / pz * (confidence(g) + 1e-6f);
+        Kokkos::parallel_reduce(
+            lanes, [&](int g, float& s) { s += km::exp((sim(t, g) - smax) / tau); }, pz);
+        Kokkos::parallel_reduce(
+            lanes, [&](int g, float& s) { s += km::exp((sim(t, g) - smax) / tau) / pz * (confidence(g) + 1e-6f); },
+            wz);
         wz = wz > 1e-6f ? wz : 1e-6f;
         float b = (smax - theta) / (1.0f - theta > 1e-6f ? 1.0f - theta : 1e-6f);
         b = b < 0.0f ? 0.0f : (b > 1.0f ? 1.0f : b);
         float const blend = lambda * b;
         float umin = 0.0f, uz = 0.0f;
         if (boost > 0.0f) {
-          umin = usage(0);
-          for (int g = 1; g < gates; ++g) umin = usage(g) < umin ? usage(g) : umin;
-          for (int g = 0; g < gates; ++g) uz += km::exp(-(usage(g) - umin));
+          Kokkos::parallel_reduce(
+              lanes, [&](int g, float& v) { v = usage(g) < v ? usage(g) : v; }, Kokkos::Min<float>(umin));
+          Kokkos::parallel_reduce(
+              lanes, [&](int g, float& s) { s += km::exp(-(usage(g) - umin)); }, uz);
         }
         float total = 0.0f;
-        for (int g = 0; g < gates; ++g) {
-          float const proto = km::exp((sim(t, g) - smax) / tau) / pz * (confidence(g) + 1e-6f) / wz;
-          float p = (1.0f - blend) * router_probs(t, g) + blend * proto;
-          if (boost > 0.0f) p += km::exp(-(usage(g) - umin)) / uz * (1.0f - b) * boost;
-          p = p > 0.0f ? p : 0.0f;
-          probs(t, g) = p;
-          total += p;
-        }
+        Kokkos::parallel_reduce(
+            lanes,
+            [&](int g, float& s) {
+              float const proto = km::exp((sim(t, g) - smax) / tau) / pz * (confidence(g) + 1e-6f) / wz;
+              float p = (1.0f - blend) * router_probs(t, g) + blend * proto;
+              if (boost > 0.0f) p += km::exp(-(usage(g) - umin)) / uz * (1.0f - b) * boost;
+              p = p > 0.0f ? p : 0.0f;
+              probs(t, g) = p;
+              s += p;
+            },
+            total);
         total = total > 1e-12f ? total : 1e-12f;
-        float gmax = 0.0f;
-        for (int g = 0; g < gates; ++g) {
-          probs(t, g) /= total;
-          gmax = probs(t, g) > gmax ? probs(t, g) : gmax;
-        }
-        salience(t) = smax;
-        beta_out(t) = b;
-        importance(t) = (1.0f - b) * gmax + b * smax;
+        Kokkos::parallel_reduce(
+            lanes,
+            [&](int g, float& v) {
+              probs(t, g) /= total;
+              v = probs(t, g) > v ? probs(t, g) : v;
+            },
+            Kokkos::Max<float>(gmax));
+        once(smax, b, gmax);
       });
 }
 

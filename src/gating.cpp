@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/detail/sort_keys.hpp"
 #include "proteus/error.hpp"
@@ -65,11 +66,15 @@ void head_probabilities(ExecSpace const& space, GateMatrix const& gate_probs,
                         IndexVector const& gate_to_head, GateMatrix const& head_probs) {
   int const gates = static_cast<int>(gate_probs.extent(1));
   int const heads = static_cast<int>(head_probs.extent(1));
-  Kokkos::parallel_for(
-      "proteus::gating::head_probs", Kokkos::RangePolicy<ExecSpace>(space, 0, gate_probs.extent(0)),
-      KOKKOS_LAMBDA(long t) {
-        for (int h = 0; h < heads; ++h) head_probs(t, h) = 0.0f;
-        for (int g = 0; g < gates; ++g) head_probs(t, gate_to_head(g)) += gate_probs(t, g);
+  detail::for_each_token(
+      space, "proteus::gating::head_probs", static_cast<long>(gate_probs.extent(0)),
+      KOKKOS_LAMBDA(detail::TokenMember const& member, long t) {
+        // Lane h sums the gates that map to h (in gate order, as a serial loop would).
+        Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, heads), [&](int h) {
+          float s = 0.0f;
+          for (int g = 0; g < gates; ++g) s += gate_to_head(g) == h ? gate_probs(t, g) : 0.0f;
+          head_probs(t, h) = s;
+        });
       });
 }
 
@@ -126,42 +131,48 @@ long select_heads(ExecSpace const& space, Config const& cfg, GateMatrix const& h
   float const top_p = cfg.router_top_p;
   int const fixed_k = hc.k, by_length = hc.by_length, kmin = cfg.heads_active_min;
   int const linear_k = cfg.linear_head_k;
-  long active = 0;
-  Kokkos::parallel_reduce(
-      "proteus::gating::select_heads", Kokkos::RangePolicy<ExecSpace>(space, 0, head_probs.extent(0)),
-      KOKKOS_LAMBDA(long t, long& count) {
-        // order[r] = head of rank r (higher probability first, ties: lower index first).
-        // H is small, so the O(H^2) ranking needs no sort and no scratch.
-        int order[max_heads];
-        for (int h = 0; h < heads; ++h) {
-          int rank = 0;
+  detail::for_each_token(
+      space, "proteus::gating::select_heads", static_cast<long>(head_probs.extent(0)),
+      KOKKOS_LAMBDA(detail::TokenMember const& member, long t) {
+        auto const lanes = Kokkos::ThreadVectorRange(member, heads);
+        // order(r) = head of rank r: higher probability first, ties to the lower index. Lane h
+        // counts the heads ranked before it (O(H) per lane; H is small, no sort).
+        auto const order = detail::token_scratch(member, heads);
+        Kokkos::parallel_for(lanes, [&](int h) {
           float const ph = head_probs(t, h);
+          int rank = 0;
           for (int o = 0; o < heads; ++o) {
             float const po = head_probs(t, o);
             rank += (po > ph || (po == ph && o < h)) ? 1 : 0;
           }
-          order[rank] = h;
-        }
+          order(rank) = h;
+        });
         int k = fixed_k;
         if (per_token) {
-          // Nucleus: heads whose cumulative mass in rank order (inclusive) stays below p * total.
+          // Nucleus: the ranks whose cumulative mass (inclusive, summed in rank order) stays below
+          // p * total; every lane forms the total in head order, as one serial loop would.
           float total = 0.0f;
           for (int h = 0; h < heads; ++h) total += head_probs(t, h);
-          float cum = 0.0f;
           int below = 0;
-          for (int r = 0; r < heads; ++r) {
-            cum += head_probs(t, order[r]);
-            below += cum < top_p * total ? 1 : 0;
-          }
+          Kokkos::parallel_reduce(
+              lanes,
+              [&](int r, int& n) {
+                float cum = 0.0f;
+                for (int i = 0; i <= r; ++i) cum += head_probs(t, order(i));
+                n += cum < top_p * total ? 1 : 0;
+              },
+              below);
           int const nucleus = below + 1 < heads ? below + 1 : heads;
           k = mixed_head_count(by_length, kmin, nucleus, linear_k, alpha);
         }
-        for (int h = 0; h < heads; ++h) head_mask(t, h) = 0;
         bool const kept = keep(t) != 0;
-        for (int r = 0; r < k && kept; ++r) head_mask(t, order[r]) = 1;
-        count += kept ? (k < heads ? k : heads) : 0;
+        Kokkos::parallel_for(lanes, [&](int r) { head_mask(t, order(r)) = kept && r < k ? 1 : 0; });
       },
-      active);
+      heads);
+  long active = 0;
+  Kokkos::parallel_reduce(
+      "proteus::gating::count_heads", Kokkos::RangePolicy<ExecSpace>(space, 0, head_mask.size()),
+      KOKKOS_LAMBDA(long i, long& n) { n += head_mask.data()[i]; }, active);
   return active;
 }
 

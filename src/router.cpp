@@ -1,6 +1,7 @@
 // Stage 1: router logits by GEMM, then a row softmax. Reads x and W_router, writes gate_probs.
 #include "proteus/router.hpp"
 
+#include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
 
 namespace proteus {
@@ -9,18 +10,22 @@ void router_probabilities(ExecSpace const& space, TokenMatrix const& x,
                           GateByEmbed const& router_weight, GateMatrix const& probs) {
   detail::gemm(space, "N", "T", 1.0f, x, router_weight, 0.0f, probs);
   int const gates = static_cast<int>(probs.extent(1));
-  Kokkos::parallel_for(
-      "proteus::router::softmax", Kokkos::RangePolicy<ExecSpace>(space, 0, probs.extent(0)),
-      KOKKOS_LAMBDA(int t) {
-        float m = probs(t, 0);
-        for (int g = 1; g < gates; ++g) m = probs(t, g) > m ? probs(t, g) : m;
-        float sum = 0.0f;
-        for (int g = 0; g < gates; ++g) {
-          float const e = detail::kmath::exp(probs(t, g) - m);
-          probs(t, g) = e;
-          sum += e;
-        }
-        for (int g = 0; g < gates; ++g) probs(t, g) /= sum;
+  detail::for_each_token(
+      space, "proteus::router::softmax", static_cast<long>(probs.extent(0)),
+      KOKKOS_LAMBDA(detail::TokenMember const& member, long t) {
+        auto const lanes = Kokkos::ThreadVectorRange(member, gates);
+        float m = 0.0f, sum = 0.0f;
+        Kokkos::parallel_reduce(
+            lanes, [&](int g, float& v) { v = probs(t, g) > v ? probs(t, g) : v; }, Kokkos::Max<float>(m));
+        Kokkos::parallel_reduce(
+            lanes,
+            [&](int g, float& s) {
+              float const e = detail::kmath::exp(probs(t, g) - m);
+              probs(t, g) = e;
+              s += e;
+            },
+            sum);
+        Kokkos::parallel_for(lanes, [&](int g) { probs(t, g) /= sum; });
       });
 }
 

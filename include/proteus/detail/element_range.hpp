@@ -16,3 +16,39 @@ void for_each_element(ExecSpace const& space, char const* label, long rows, long
 }
 
 }  // namespace proteus::detail
+
+namespace proteus::detail {
+
+// Per-token kernels over a token's gates, heads or columns: one token per group of vector lanes,
+// so that neighbouring lanes read neighbouring entries of the token's row (coalesced on GPUs,
+// where a thread per token reads with a stride of a whole row). Inside f(member, t), loops over
+// the row use Kokkos::ThreadVectorRange(member, n); a value computed once per token goes through
+// Kokkos::single(Kokkos::PerThread(member), ...). Host backends run one lane per token.
+using TokenPolicy = Kokkos::TeamPolicy<ExecSpace>;
+using TokenMember = TokenPolicy::member_type;
+inline constexpr bool tokens_on_host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
+inline constexpr int token_lanes = tokens_on_host ? 1 : 32;
+inline constexpr int tokens_per_team = tokens_on_host ? 1 : 8;
+
+// scratch_ints: a per-token scratch array of that many ints, shared by the token's lanes
+// (token_scratch(member, count)); a ThreadVectorRange loop ends with its lanes in step, so what one
+// loop writes there the next one reads.
+using TokenScratch = Kokkos::View<int*, ExecSpace::scratch_memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+
+KOKKOS_INLINE_FUNCTION TokenScratch token_scratch(TokenMember const& m, int count) {
+  return TokenScratch(m.thread_scratch(0), count);
+}
+
+template <class F>
+void for_each_token(ExecSpace const& space, char const* label, long n, F const& f, int scratch_ints = 0) {
+  long const teams = (n + tokens_per_team - 1) / tokens_per_team;
+  TokenPolicy policy(space, static_cast<int>(teams), tokens_per_team, token_lanes);
+  if (scratch_ints > 0) policy.set_scratch_size(0, Kokkos::PerThread(TokenScratch::shmem_size(scratch_ints)));
+  Kokkos::parallel_for(label, policy,
+                       KOKKOS_LAMBDA(TokenMember const& m) {
+                         long const t = static_cast<long>(m.league_rank()) * tokens_per_team + m.team_rank();
+                         if (t < n) f(m, t);
+                       });
+}
+
+}  // namespace proteus::detail
