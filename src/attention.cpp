@@ -21,9 +21,32 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
   if (span <= 0) {
     r.head = IndexVector("proteus::attention::row_head", 0);
     r.token = Kokkos::View<long*, MemSpace>("proteus::attention::row_token", 0);
+    r.query = Kokkos::View<long*, MemSpace>("proteus::attention::row_query", 0);
+    r.query_source = Kokkos::View<long*, MemSpace>("proteus::attention::query_source", 0);
+    r.query_of = Kokkos::View<long*, MemSpace>("proteus::attention::query_of", 0);
     r.block_start = Kokkos::View<long*, MemSpace>("proteus::attention::block_start", 1);
     return r;
   }
+  // Query rows: the kept tokens of the range, in (batch, token) order.
+  long const range = static_cast<long>(batch) * span;
+  auto token_row = KOKKOS_LAMBDA(long i)->long { return (i / span) * tokens + row_begin + i % span; };
+  Kokkos::parallel_reduce(
+      "proteus::attention::count_queries", Kokkos::RangePolicy<ExecSpace>(space, 0, range),
+      KOKKOS_LAMBDA(long i, long& n) { n += keep(token_row(i)) ? 1 : 0; }, r.queries);
+  r.query_source = Kokkos::View<long*, MemSpace>("proteus::attention::query_source", r.queries);
+  r.query_of = Kokkos::View<long*, MemSpace>("proteus::attention::query_of", range);
+  auto query_source = r.query_source;
+  auto query_of = r.query_of;
+  Kokkos::parallel_scan(
+      "proteus::attention::pack_queries", Kokkos::RangePolicy<ExecSpace>(space, 0, range),
+      KOKKOS_LAMBDA(long i, long& offset, bool final) {
+        bool const kept = keep(token_row(i)) != 0;
+        if (final) {
+          query_of(i) = kept ? offset : -1;
+          if (kept) query_source(offset) = token_row(i);
+        }
+        offset += kept ? 1 : 0;
+      });
   auto head_start = r.head_start;
   auto active = KOKKOS_LAMBDA(long i)->bool {
     long const bh = i / span, t = row_begin + i % span;
@@ -43,8 +66,10 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
   Kokkos::deep_copy(space, Kokkos::subview(head_start, batch * heads), total);
   r.head = IndexVector("proteus::attention::row_head", total);
   r.token = Kokkos::View<long*, MemSpace>("proteus::attention::row_token", total);
+  r.query = Kokkos::View<long*, MemSpace>("proteus::attention::row_query", total);
   auto row_head = r.head;
   auto row_token = r.token;
+  auto row_query = r.query;
   Kokkos::parallel_scan(
       "proteus::attention::pack_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, slots),
       KOKKOS_LAMBDA(long i, long& offset, bool final) {
@@ -52,6 +77,7 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
         if (final && a) {
           row_head(offset) = static_cast<int>(i / span);
           row_token(offset) = row_begin + i % span;
+          row_query(offset) = query_of((i / span / heads) * span + i % span);
         }
         offset += a ? 1 : 0;
       });
@@ -81,20 +107,20 @@ namespace {
 // The attention of one block of up to attention_block_rows rows of one head; D >= d is the
 // compile-time width of the per-row state (query and accumulator live in registers on GPUs).
 template <int D>
-void attend_blocks(ExecSpace const& space, ShortlistPlan const& p, TokenMatrix const& q, long q_first,
-                   TokenMatrix const& kv, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
+void attend_blocks(ExecSpace const& space, ShortlistPlan const& p, TokenMatrix const& q, TokenMatrix const& kv,
+                   ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
                    TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count) {
   int const embed = static_cast<int>(q.extent(1));
   int const d = embed / heads;
   long const batch = static_cast<long>(rows.head_start.extent(0) - 1) / heads;
   long const tokens = static_cast<long>(kv.extent(0)) / batch;
-  long const q_tokens = static_cast<long>(q.extent(0)) / batch;  // query rows per batch element
   long const q_stride = static_cast<long>(q.stride(0)), stride = static_cast<long>(kv.stride(0));
   float const scale = 1.0f / std::sqrt(static_cast<float>(d));
   long const dna_blocks = (tokens + p.dna_block - 1) / p.dna_block;
   bool const count = candidate_count.extent(0) > 0;
   auto row_head = rows.head;
   auto row_token = rows.token;
+  auto row_query = rows.query;
   auto block_start = rows.block_start;
   using Policy = Kokkos::TeamPolicy<ExecSpace>;
   using Member = Policy::member_type;
@@ -108,20 +134,25 @@ void attend_blocks(ExecSpace const& space, ShortlistPlan const& p, TokenMatrix c
         int const n = static_cast<int>(block_start(team.league_rank() + 1) - r0);
         int const bh = row_head(r0);
         long const b = bh / heads, h = bh % heads;
-        // This head's query of token t starts at qh + (t - q_first) * q_stride, its key and value
-        // at k + t * stride and v + t * stride; context row t - q_first.
-        float const* qh = q.data() + b * q_tokens * q_stride + h * d;
+        // This head's query of active row r starts at qh + row_query(r) * q_stride (the row's
+        // context row is the same), its key and value of token t at k + t * stride and v + t * stride.
+        float const* qh = q.data() + h * d;
         float const* k = kv.data() + b * tokens * stride + h * d;
         float const* v = k + embed;
-        // The union of the block's local windows; every row walks all of it in the same order, so
-        // that the threads of a warp read the same key row at the same time (one broadcast).
+        // The union of the block's local windows: when it is short enough, every row walks all of
+        // it in the same order, so that the threads of a warp read the same key row at once (one
+        // broadcast). Rows far apart (sparse heads, dropped tokens) would idle through most of a
+        // long union: then each row walks only its own window, reading its own keys. A step of
+        // the second kind measured ~4x the cost of one of the first on an H100, hence the bound.
+        // Either way a row adds its window in ascending order (the same result).
         long const span_lo = local_begin(p, row_token(r0)), span_hi = row_token(r0 + n - 1);
+        bool const in_step = span_hi - span_lo + 1 <= 4 * p.local_width;
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
-          long const t = row_token(r0 + r);
+          long const t = row_token(r0 + r), qrow = row_query(r0 + r);
           long const from = local_begin(p, t);
           float qr[D], acc[D];
           for (int j = 0; j < D; ++j) {
-            qr[j] = j < d ? qh[(t - q_first) * q_stride + j] * scale : 0.0f;
+            qr[j] = j < d ? qh[qrow * q_stride + j] * scale : 0.0f;
             acc[j] = 0.0f;
           }
           float m = -INFINITY, l = 0.0f;
@@ -145,8 +176,12 @@ void attend_blocks(ExecSpace const& space, ShortlistPlan const& p, TokenMatrix c
             for (int j = 0; j < D; ++j)
               if (j < d) acc[j] += w * vc[j];
           };
-          for (long c = span_lo; c <= span_hi; ++c)
-            if (c >= from && c <= t) add(c);
+          if (in_step) {
+            for (long c = span_lo; c <= span_hi; ++c)
+              if (c >= from && c <= t) add(c);
+          } else {
+            for (long c = from; c <= t; ++c) add(c);
+          }
           // Anchors and DNA candidates outside the window, gathered from global memory.
           Position const* dna = p.dna_cap > 0 ? &dna_lists(b * dna_blocks + t / p.dna_block, 0) : nullptr;
           int seen = static_cast<int>(t - from + 1);
@@ -157,20 +192,20 @@ void attend_blocks(ExecSpace const& space, ShortlistPlan const& p, TokenMatrix c
           if (count) candidate_count(r0 + r) = seen;
           float const inv = 1.0f / l;
           for (int j = 0; j < D; ++j)
-            if (j < d) ctx(b * q_tokens + t - q_first, h * d + j) = acc[j] * inv;
+            if (j < d) ctx(qrow, h * d + j) = acc[j] * inv;
         });
       });
 }
 
 }  // namespace
 
-void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, long q_first,
-            TokenMatrix const& kv, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
+void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
+            ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
             TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count) {
   if (rows.blocks == 0) return;
   int const d = static_cast<int>(q.extent(1)) / heads;
   auto run = [&](auto width) {
-    attend_blocks<decltype(width)::value>(space, plan, q, q_first, kv, rows, dna_lists, heads, ctx, candidate_count);
+    attend_blocks<decltype(width)::value>(space, plan, q, kv, rows, dna_lists, heads, ctx, candidate_count);
   };
   // The smallest supported width that holds d (Config::resolved() refuses d > 256).
   if (d <= 8) run(std::integral_constant<int, 8>());

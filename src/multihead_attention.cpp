@@ -40,6 +40,16 @@ View const& reuse(View& v, std::string const& label, Dims... dims) {
   return v;
 }
 
+// The first `rows` rows of v are wanted: v is reallocated (uninitialised) only when it has fewer
+// rows or another width, so that blocks of varying size reuse one buffer.
+TokenMatrix const& at_least(TokenMatrix& v, std::string const& label, long rows, long cols) {
+  if (v.data() == nullptr || static_cast<long>(v.extent(0)) < rows || static_cast<long>(v.extent(1)) != cols) {
+    v = TokenMatrix();
+    v = TokenMatrix(Kokkos::view_alloc(label, Kokkos::WithoutInitializing), std::max(rows, 1L), cols);
+  }
+  return v;
+}
+
 template <class Functor>
 double mean_over(ExecSpace const& space, long n, char const* label, Functor f) {
   double sum = 0.0;
@@ -177,41 +187,71 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
   TokenVector const bias_kv = Kokkos::subview(weights_.qkv_bias, std::make_pair(e, 3 * e));
   bias_and_rope(space, kv, bias_kv, positions, e, heads, 1, c.rope, c.rope_base);
   long const block = std::max(1L, std::min(row_end - options.row_begin, static_cast<long>(c.query_block_rows) / batch));
-  TokenMatrix const& q = reuse(work_.q, "proteus::q", batch * block, e);
-  TokenMatrix const& ctx = reuse(work_.ctx, "proteus::context", batch * block, e);
   auto rows_of = [](auto const& v, long first, long count) {
     return Kokkos::subview(v, std::make_pair(first, first + count), Kokkos::ALL);
   };
+  auto const out_bias = weights_.out_bias;
   std::vector<bool> used(heads, false);
   long candidates = 0;  // summed over the active rows of every block
   for (long t0 = options.row_begin; t0 < row_end; t0 += block) {
     long const len = std::min(block, row_end - t0);
-    TokenMatrix const qb = rows_of(q, 0, batch * len), cb = rows_of(ctx, 0, batch * len);
-    for (int b = 0; b < batch; ++b) {
-      TokenMatrix const qr = rows_of(qb, b * len, len);
-      project_q(space, rows_of(x, b * tokens + t0, len), weights_, qr);
-      PositionVector const pos = Kokkos::subview(positions, std::make_pair(b * tokens + t0, b * tokens + t0 + len));
-      bias_and_rope(space, qr, bias_q, pos, e, heads, 1, c.rope, c.rope_base);
-    }
     ActiveRows const rows =
         compact_active_rows(space, head_mask, routed.keep, plan.dense, batch, tokens, t0, t0 + len);
+    // Only kept tokens have queries. With every token of the block kept, the queries are read
+    // from x and the outputs written to y in place; otherwise the kept rows are gathered first
+    // and scattered back after the output projection (dropped tokens output the bias alone).
+    long const nq = rows.queries;
+    bool const every = nq == batch * len;
+    TokenMatrix const qb = rows_of(at_least(work_.q, "proteus::q", nq, e), 0, nq);
+    TokenMatrix const cb = rows_of(at_least(work_.ctx, "proteus::context", nq, e), 0, nq);
+    TokenMatrix gathered;  // [nq x E] kept rows of x, then their outputs
+    if (every) {
+      for (int b = 0; b < batch; ++b) {
+        TokenMatrix const qr = rows_of(qb, b * len, len);
+        project_q(space, rows_of(x, b * tokens + t0, len), weights_, qr);
+        PositionVector const pos = Kokkos::subview(positions, std::make_pair(b * tokens + t0, b * tokens + t0 + len));
+        bias_and_rope(space, qr, bias_q, pos, e, heads, 1, c.rope, c.rope_base);
+      }
+    } else if (nq > 0) {
+      gathered = rows_of(at_least(work_.gathered, "proteus::kept_rows", nq, e), 0, nq);
+      PositionVector const pos(Kokkos::view_alloc("proteus::kept_positions", Kokkos::WithoutInitializing), nq);
+      auto const source = rows.query_source;
+      TokenMatrix const xq = gathered;
+      detail::for_each_element(
+          space, "proteus::gather_kept", nq, e, KOKKOS_LAMBDA(long i, long j) {
+            xq(i, j) = x(source(i), j);
+            if (j == 0) pos(i) = positions(source(i));
+          });
+      project_q(space, xq, weights_, qb);
+      bias_and_rope(space, qb, bias_q, pos, e, heads, 1, c.rope, c.rope_base);
+    }
     auto head_rows = Kokkos::create_mirror_view_and_copy(HostSpace(), rows.head_start);
     for (int bh = 0; bh < batch * heads; ++bh)
       if (head_rows(bh + 1) > head_rows(bh)) used[bh % heads] = true;
     st.active_rows += rows.rows;
-    Kokkos::deep_copy(space, cb, 0.0f);  // rows of inactive heads and dropped tokens stay zero
+    Kokkos::deep_copy(space, cb, 0.0f);  // rows of inactive heads stay zero
     Kokkos::View<int*, MemSpace> counts("proteus::candidate_count", rows.rows);
-    attend(space, plan, qb, t0, kv, rows, lists, heads, cb, counts);
+    attend(space, plan, qb, kv, rows, lists, heads, cb, counts);
     long block_candidates = 0;
     Kokkos::parallel_reduce(
         "proteus::stats::candidates", Kokkos::RangePolicy<ExecSpace>(space, 0, rows.rows),
         KOKKOS_LAMBDA(long i, long& s) { s += counts(i); }, block_candidates);
     candidates += block_candidates;
-    for (int b = 0; b < batch; ++b)
-      project_output(space, rows_of(cb, b * len, len), weights_, rows_of(y, b * tokens + t0, len));
+    if (every) {
+      for (int b = 0; b < batch; ++b)
+        project_output(space, rows_of(cb, b * len, len), weights_, rows_of(y, b * tokens + t0, len));
+      continue;
+    }
+    if (nq > 0) project_output(space, cb, weights_, gathered);
+    auto const query_of = rows.query_of;
+    TokenMatrix const yq = gathered;
+    detail::for_each_element(
+        space, "proteus::scatter_kept", batch * len, e, KOKKOS_LAMBDA(long i, long j) {
+          long const qi = query_of(i);
+          y((i / len) * tokens + t0 + i % len, j) = qi >= 0 ? yq(qi, j) : out_bias(j);
+        });
   }
   // Rows outside [row_begin, row_end) have no context: their output is the bias alone.
-  auto const out_bias = weights_.out_bias;
   long const row_begin = options.row_begin;
   if (row_begin > 0 || row_end < tokens)
     detail::for_each_element(
@@ -292,31 +332,45 @@ std::pair<BatchTensor, std::optional<ForwardStats>> CausalGeneticMultiheadAttent
 
   int const e = c.embed_dim;
   bool const bf = c.batch_first;
-  TokenMatrix x(Kokkos::view_alloc("proteus::input", Kokkos::WithoutInitializing), batch * tokens, e);
-  PositionVector positions("proteus::positions", batch * tokens);
-  auto pad = key_padding_mask;
-  detail::for_each_element(
-      space, "proteus::gather_input", batch * tokens, static_cast<long>(e), KOKKOS_LAMBDA(long row, long j) {
-        long const b = row / tokens, t = row % tokens;
-        bool const masked = padded && pad(b, t) != 0;
-        float const val = bf ? query(b, t, j) : query(t, b, j);
-        x(row, j) = masked ? 0.0f : val;
-        if (j == 0) positions(row) = t;
-      });
-  check_finite(space, x, "query");
-  TokenMatrix y(Kokkos::view_alloc("proteus::output_rows", Kokkos::WithoutInitializing), batch * tokens, e);
-  ForwardStats st = run(space, x, batch, positions, y);
+  long const n = batch * tokens;
+  // A contiguous batch-first query without padding already is x [B*T x E], and the output
+  // tensor is y: both are used in place (no copies of the two largest tensors).
+  bool const in_place = bf && !padded && query.span_is_contiguous();
   BatchTensor out(Kokkos::view_alloc("proteus::output", Kokkos::WithoutInitializing), query.extent(0), query.extent(1),
                   query.extent(2));
-  detail::for_each_element(
-      space, "proteus::scatter_output", batch * tokens, static_cast<long>(e), KOKKOS_LAMBDA(long row, long j) {
-        long const b = row / tokens, t = row % tokens;
-        float const val = (padded && pad(b, t) != 0) ? 0.0f : y(row, j);
-        if (bf)
-          out(b, t, j) = val;
-        else
-          out(t, b, j) = val;
-      });
+  PositionVector positions(Kokkos::view_alloc("proteus::positions", Kokkos::WithoutInitializing), n);
+  Kokkos::parallel_for(
+      "proteus::positions", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
+      KOKKOS_LAMBDA(long row) { positions(row) = row % tokens; });
+  ForwardStats st;
+  if (in_place) {
+    TokenMatrix const x(query.data(), n, e);
+    check_finite(space, x, "query");
+    st = run(space, x, batch, positions, TokenMatrix(out.data(), n, e));
+  } else {
+    TokenMatrix x(Kokkos::view_alloc("proteus::input", Kokkos::WithoutInitializing), n, e);
+    auto pad = key_padding_mask;
+    detail::for_each_element(
+        space, "proteus::gather_input", n, static_cast<long>(e), KOKKOS_LAMBDA(long row, long j) {
+          long const b = row / tokens, t = row % tokens;
+          bool const masked = padded && pad(b, t) != 0;
+          float const val = bf ? query(b, t, j) : query(t, b, j);
+          x(row, j) = masked ? 0.0f : val;
+        });
+    check_finite(space, x, "query");
+    TokenMatrix y(Kokkos::view_alloc("proteus::output_rows", Kokkos::WithoutInitializing), n, e);
+    st = run(space, x, batch, positions, y);
+    x = TokenMatrix();  // released before the output copy
+    detail::for_each_element(
+        space, "proteus::scatter_output", n, static_cast<long>(e), KOKKOS_LAMBDA(long row, long j) {
+          long const b = row / tokens, t = row % tokens;
+          float const val = (padded && pad(b, t) != 0) ? 0.0f : y(row, j);
+          if (bf)
+            out(b, t, j) = val;
+          else
+            out(t, b, j) = val;
+        });
+  }
   std::optional<ForwardStats> stats;
   if (need_weights) stats = st;
   return {out, stats};

@@ -167,6 +167,56 @@ TEST_CASE("query blocks bound memory without changing any output", "[module][blo
   }
 }
 
+TEST_CASE("token sparsity: kept tokens output what the all-kept module gives, dropped ones the bias",
+          "[module][sparse]") {
+  // Keys are every token either way and a kept token's heads do not depend on the others being
+  // kept, so a kept token's output is the same; only the query rows are compacted (gathered
+  // before the Q projection, scattered after the output projection), in one block and in seven.
+  Shape const s{2, 300, 32, 4};
+  for (float alpha : {0.0f, 0.6f})
+    for (int block : {1 << 20, 2 * 43}) {
+      Config cfg;
+      cfg.seed = 9;
+      cfg.bias = true;
+      cfg.dna_update = false;
+      cfg.mode = AlphaMode::fixed;
+      cfg.alpha = alpha;
+      cfg.window = 24;
+      cfg.anchor_stride = 16;
+      cfg.L_min = 8;
+      cfg.linear_L = 40;
+      cfg.query_block_rows = block;
+      CausalGeneticMultiheadAttention every(s.embed, s.heads, true, cfg);
+      cfg.token_sparse = true;
+      cfg.token_keep_ratio = 0.4f;
+      CausalGeneticMultiheadAttention sparse(s.embed, s.heads, true, cfg);
+      BatchTensor const x = make_input(s, 21);
+      auto [ye, se] = every.forward(ExecSpace(), x, {}, {}, {}, true);
+      auto [ys, ss] = sparse.forward(ExecSpace(), x, {}, {}, {}, true);
+      TokenMatrix const rows(x.data(), s.batch * s.tokens, s.embed);
+      auto keep = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), sparse.route(ExecSpace(), rows, s.batch).keep);
+      auto bias = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), sparse.weights().out_bias);
+      long kept = 0;
+      double worst_kept = 0.0, worst_dropped = 0.0;
+      for (int b = 0; b < s.batch; ++b) {
+        Matrix const a = batch_row(ye, b), k = batch_row(ys, b);
+        for (int t = 0; t < s.tokens; ++t) {
+          bool const on = keep(b * s.tokens + t) != 0;
+          kept += on ? 1 : 0;
+          for (int e = 0; e < s.embed; ++e) {
+            if (on) worst_kept = std::max(worst_kept, std::fabs(a[t][e] - k[t][e]));
+            else worst_dropped = std::max(worst_dropped, std::fabs(k[t][e] - bias(e)));
+          }
+        }
+      }
+      CHECK(kept == ss->tokens_kept);
+      CHECK(kept > 0);
+      CHECK(kept < s.batch * s.tokens / 2);
+      CHECK(worst_kept < 1e-6);  // the same kernels on the same rows, up to GEMM blocking
+      CHECK(worst_dropped == 0.0);
+    }
+}
+
 TEST_CASE("two runs with one seed are bit-identical, DNA included", "[module][determinism]") {
   Shape const s{2, 700, 32, 4};
   auto run_once = [&] {

@@ -172,11 +172,26 @@ TEST_CASE("shortlist attention equals softmax over the candidate set in double",
   }
   Kokkos::deep_copy(mask, hm);
   Kokkos::deep_copy(keep, hk);
+  // Only kept tokens have query rows: the queries of rows.query_source, in that order.
+  auto kept_queries = [&](ActiveRows const& r) {
+    auto source = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), r.query_source);
+    TokenMatrix out("q_kept", r.queries, e);
+    auto ho = Kokkos::create_mirror_view(out);
+    for (long i = 0; i < r.queries; ++i)
+      for (int j = 0; j < e; ++j) ho(i, j) = hq(source(i), j);
+    Kokkos::deep_copy(out, ho);
+    return out;
+  };
   ActiveRows rows = compact_active_rows(ExecSpace(), mask, keep, false, batch, T, 0, T);
+  long kept = 0;
+  for (long r = 0; r < batch * T; ++r) kept += hk(r) ? 1 : 0;
+  CHECK(rows.queries == kept);
+  CHECK(kept < batch * T);  // some tokens are dropped, so query rows are compacted
+  auto query_of = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rows.query_of);
   CandidateLists lists = dna_candidate_lists(ExecSpace(), plan, sal, batch, T);
-  TokenMatrix ctx("ctx", batch * T, heads * d);
+  TokenMatrix ctx("ctx", rows.queries, heads * d);
   Kokkos::View<int*, MemSpace> counts("counts", rows.rows);
-  attend(ExecSpace(), plan, q, 0, kv, rows, lists, heads, ctx, counts);
+  attend(ExecSpace(), plan, kept_queries(rows), kv, rows, lists, heads, ctx, counts);
   auto hc = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), ctx);
 
   // The same rows a block of query tokens at a time (how the module bounds its memory): queries
@@ -185,17 +200,18 @@ TEST_CASE("shortlist attention equals softmax over the candidate set in double",
   long mismatched = 0, rows_in_blocks = 0;
   for (long t0 = 0; t0 < T; t0 += block) {
     long const len = std::min(block, T - t0);
-    TokenMatrix qb("qb", batch * len, e), cb("cb", batch * len, e);
-    for (int b = 0; b < batch; ++b)
-      Kokkos::deep_copy(Kokkos::subview(qb, std::make_pair(b * len, (b + 1) * len), Kokkos::ALL),
-                        Kokkos::subview(q, std::make_pair(b * T + t0, b * T + t0 + len), Kokkos::ALL));
     ActiveRows const part = compact_active_rows(ExecSpace(), mask, keep, false, batch, T, t0, t0 + len);
+    TokenMatrix cb("cb", part.queries, e);
     rows_in_blocks += part.rows;
-    attend(ExecSpace(), plan, qb, t0, kv, part, lists, heads, cb, Kokkos::View<int*, MemSpace>());
+    attend(ExecSpace(), plan, kept_queries(part), kv, part, lists, heads, cb, Kokkos::View<int*, MemSpace>());
     auto hb = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), cb);
+    auto block_query = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), part.query_of);
     for (int b = 0; b < batch; ++b)
-      for (long i = 0; i < len; ++i)
-        for (int j = 0; j < e; ++j) mismatched += hb(b * len + i, j) != hc(b * T + t0 + i, j) ? 1 : 0;
+      for (long i = 0; i < len; ++i) {
+        long const mine = block_query(b * len + i), whole = query_of(b * T + t0 + i);
+        REQUIRE((mine < 0) == (whole < 0));
+        for (int j = 0; j < e && mine >= 0; ++j) mismatched += hb(mine, j) != hc(whole, j) ? 1 : 0;
+      }
   }
   CHECK(rows_in_blocks == rows.rows);
   CHECK(mismatched == 0);
@@ -225,7 +241,8 @@ TEST_CASE("shortlist attention equals softmax over the candidate set in double",
             for (int e = 0; e < d; ++e) ref[e] += s[n] / z * vm[bh * T + cand[n]][e];
           ++checked;
         }
-        for (int e = 0; e < d; ++e) worst = std::max(worst, std::fabs(hc(row, h * d + e) - ref[e]));
+        if (!hk(row)) continue;  // a dropped token has no query row
+        for (int e = 0; e < d; ++e) worst = std::max(worst, std::fabs(hc(query_of(row), h * d + e) - ref[e]));
       }
     (void)blocks;
     (void)hl;
@@ -257,7 +274,7 @@ TEST_CASE("at alpha = 1 every query sees the same candidate count at T = 4k and 
     ActiveRows rows = compact_active_rows(ExecSpace(), mask, keep, false, 1, T, 0, T);
     TokenMatrix ctx("ctx", T, 8);
     Kokkos::View<int*, MemSpace> counts("counts", rows.rows);
-    attend(ExecSpace(), plan, q, 0, kv, rows, CandidateLists("none", 1, 1), 1, ctx, counts);
+    attend(ExecSpace(), plan, q, kv, rows, CandidateLists("none", 1, 1), 1, ctx, counts);
     auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), counts);
     per_t.emplace_back(h.data(), h.data() + h.extent(0));
   }

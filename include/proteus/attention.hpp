@@ -1,8 +1,9 @@
 // Stage 6b: attention of every active (head, row) over its shortlist, as a team kernel: one team
 // per block of up to 32 active rows of one head, one thread per row holding its query and
-// accumulator in registers; the rows walk the union of their local windows in step (the threads
-// of a warp read the same key at once), then gather their anchors and DNA candidates; softmax is
-// online (running max and sum), so memory stays O(1) per row, never O(T^2). Dense causal
+// accumulator in registers. Rows close together walk the union of their local windows in step
+// (the threads of a warp read the same key at once); rows far apart (sparse heads, dropped
+// tokens) walk their own windows. Then each row gathers its anchors and DNA candidates; softmax
+// is online (running max and sum), so memory stays O(1) per row, never O(T^2). Dense causal
 // attention is the same kernel with a window that covers the whole prefix.
 #pragma once
 
@@ -11,14 +12,20 @@
 
 namespace proteus {
 
-// Active rows grouped by head: rows are sorted by (batch*head, token).
+// Active rows grouped by head: rows are sorted by (batch*head, token). Only kept tokens have a
+// query: query row q of the call belongs to token row query_source(q) of x (b*T + t), in
+// (batch, token) order, so that with every token kept query row = b*span + t - row_begin.
 struct ActiveRows {
   IndexVector head;          // [rows] batch*heads index
   Kokkos::View<long*, MemSpace> token;   // [rows] row index within the call (0..T-1)
+  Kokkos::View<long*, MemSpace> query;   // [rows] query (and context) row
   Kokkos::View<long*, MemSpace> head_start;  // [B*H + 1] first row of each head
   Kokkos::View<long*, MemSpace> block_start; // [blocks + 1] first row of each block
+  Kokkos::View<long*, MemSpace> query_source;  // [queries] token row of x of each query row
+  Kokkos::View<long*, MemSpace> query_of;      // [B*span] query row of (b, row_begin + i), -1 if dropped
   long rows = 0;
   long blocks = 0;
+  long queries = 0;
 };
 
 inline constexpr int attention_block_rows = 32;
@@ -29,14 +36,13 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
                                MaskVector const& keep, bool all_heads, int batch, long tokens,
                                long row_begin, long row_end);
 
-// Attention of the active rows in `rows` (tokens [q_first, q_first + Tq) of every batch element):
-// ctx row b*Tq + t - q_first, columns h*D.., gets softmax(q k^T / sqrt(D)) v over the shortlist of
-// `plan`. q [B*Tq x E] holds those tokens' queries (after bias and RoPE), kv [B*T x 2E] every
-// token's keys | values; head h at columns h*D within each part. Entries of ctx of inactive
-// (token, head) pairs are left untouched (callers zero ctx first). candidate_count [rows]
-// (optional, may be empty) receives each row's candidate count.
-void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, long q_first,
-            TokenMatrix const& kv, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
+// Attention of the active rows in `rows`: context row rows.query(r), columns h*D.., gets
+// softmax(q k^T / sqrt(D)) v over the shortlist of `plan`, where q [queries x E] holds the query
+// rows (after bias and RoPE) and kv [B*T x 2E] every token's keys | values; head h at columns h*D
+// within each part. Entries of ctx of inactive (token, head) pairs are left untouched (callers
+// zero ctx first). candidate_count [rows] (optional, may be empty) receives each row's count.
+void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
+            ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
             TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count);
 
 }  // namespace proteus

@@ -95,7 +95,8 @@ class CausalGeneticMultiheadAttention {
   // chunks) do not pay for allocation and first touch again.
   struct Workspace {
     GateMatrix router_probs, sim;
-    TokenMatrix kv, q, ctx;  // [B*T x 2E], [query block x E] twice
+    TokenMatrix kv;                // [B*T x 2E]
+    TokenMatrix q, ctx, gathered;  // [query rows of a block x E]
   };
   mutable Workspace work_;
 };
