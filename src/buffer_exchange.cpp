@@ -34,14 +34,23 @@ GlobalBuffer select_global_buffer(MPI_Comm comm, Candidates const& local, long b
                  MPI_INT64_T, comm);
   MPI_Allgatherv(local.scores.data(), mine, MPI_FLOAT, score.data(), counts.data(), displ.data(), MPI_FLOAT, comm);
 
-  // Top-S by (score desc, position asc): Kokkos sort of 64-bit keys on the host.
-  Kokkos::View<std::uint64_t*, HostSpace> keys("proteus::buffer::keys", total);
+  // Top-S by (score desc, position asc): Kokkos sort of 64-bit keys on the device (thrust on
+  // GPUs: ~1 ms for the 450k candidates of ctx10m, against ~30 ms for a host sort).
+  bool in_range = true;
+  auto keys_host = Kokkos::View<std::uint64_t*, HostSpace>("proteus::buffer::keys_host", total);
   for (long i = 0; i < total; ++i) {
-    require(pos[i] >= 0 && pos[i] < (Position(1) << 32), "buffer", "positions must be below 2^32");
-    keys(i) = detail::descending_score_key(score[i], static_cast<std::uint64_t>(pos[i]));
+    in_range = in_range && pos[i] >= 0 && pos[i] < (Position(1) << 32);
+    keys_host(i) = detail::descending_score_key(score[i], static_cast<std::uint64_t>(pos[i]));
   }
-  detail::sort(Kokkos::DefaultHostExecutionSpace(), keys);
+  require(in_range, "buffer", "positions must be below 2^32");
+  ExecSpace space;
+  auto keys_device = Kokkos::create_mirror_view_and_copy(space, keys_host);
+  detail::sort(space, keys_device);
   long const take = std::min(buffer_tokens, total);
+  Kokkos::deep_copy(space, Kokkos::subview(keys_host, std::make_pair(0L, take)),
+                    Kokkos::subview(keys_device, std::make_pair(0L, take)));
+  space.fence();
+  auto const& keys = keys_host;
   // The chosen (position, score) pairs, then in position order (chunks are disjoint, so each
   // position occurs once).
   std::vector<std::pair<Position, float>> chosen(take);
@@ -66,6 +75,7 @@ TokenMatrix gather_buffer_embeddings(ExecSpace const& space, MPI_Comm comm, Sequ
   std::vector<Position> const mine(lo, hi);
   TokenMatrix rows("proteus::buffer::own_rows", mine.size(), e);
   source.read_rows(space, mine, rows);
+  if (ranks == 1) return rows;  // one rank already holds every buffer row
   auto host_rows = Kokkos::create_mirror_view_and_copy(HostSpace(), rows);
   int const count = static_cast<int>(mine.size()) * e;
   std::vector<int> counts(ranks);
@@ -89,6 +99,7 @@ TokenMatrix gather_rows_to_root(ExecSpace const& space, MPI_Comm comm, TokenMatr
   MPI_Comm_size(comm, &ranks);
   long const rows = static_cast<long>(y.extent(0));
   int const e = static_cast<int>(y.extent(1));
+  if (ranks == 1) return y;  // rank 0 already holds every row
   auto [lo, hi] = buffer_rows_of_rank(rows, rank, ranks);
   auto host = Kokkos::create_mirror_view_and_copy(HostSpace(), y);
   std::vector<int> counts(ranks), displ(ranks);

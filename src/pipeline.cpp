@@ -250,11 +250,14 @@ RunSummary run_pipeline(RunDeck const& deck, MPI_Comm comm, std::optional<std::s
     sum.buffer_mode = st.mode;
     TokenMatrix const all = gather_rows_to_root(space, comm, y);
     if (rank == 0) {
-      auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), all);
       double norm = 0.0;
-      for (size_t i = 0; i < h.size(); ++i) norm += double(h.data()[i]) * h.data()[i];
+      float const* out = all.data();
+      Kokkos::parallel_reduce(
+          "proteus::buffer::output_norm", Kokkos::RangePolicy<ExecSpace>(space, 0, all.size()),
+          KOKKOS_LAMBDA(long i, double& s) { s += double(out[i]) * out[i]; }, norm);
       sum.buffer_output_norm = std::sqrt(norm);
       if (deck.output.write_outputs) {
+        auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), all);
         sum.buffer_outputs.assign(h.data(), h.data() + h.size());
         sum.outputs_file = (outdir / "outputs.h5").string();
         write_buffer_outputs(sum.outputs_file, buffer, sum.buffer_outputs, deck.model.embed_dim);
