@@ -64,12 +64,12 @@ int main(int argc, char** argv) {
     std::printf("# proteus %s (%s), %s, E=%d H=%d B=%d, dna_update=%d token_sparse=%d\n", PROTEUS_VERSION_STRING,
                 PROTEUS_GIT_COMMIT, proteus::ExecSpace::name(), o.embed, o.heads, o.batch, o.dna_update,
                 o.token_sparse);
-    std::printf("%9s %6s %10s %4s %8s %12s %12s %10s %10s\n", "T", "alpha", "mode", "K", "L", "median_ms",
-                "tokens_per_s", "peak_MB", "cand/row");
+    std::printf("%9s %6s %10s %4s %8s %12s %12s %10s %10s %6s\n", "T", "alpha", "mode", "K", "L", "median_ms",
+                "tokens_per_s", "peak_MB", "cand/row", "kept");
     std::ofstream csv;
     if (!o.csv.empty()) {
       csv.open(o.csv);
-      csv << "device,tokens,alpha,mode,heads_k,budget,median_ms,tokens_per_s,peak_mb,mean_candidates\n";
+      csv << "device,tokens,alpha,mode,heads_k,budget,median_ms,tokens_per_s,peak_mb,mean_candidates,kept_fraction\n";
     }
     std::map<double, std::pair<long, double>> last;  // alpha -> (T, seconds) for the skip rule
     for (long T : o.tokens)
@@ -110,8 +110,9 @@ int main(int argc, char** argv) {
         double const median = times[times.size() / 2];
         last[alpha] = {T, median};
         double const peak = proteus::peak_memory_mb() - base_mb;
-        std::printf("%9ld %6.2f %10s %4d %8ld %12.3f %12.4g %10.1f %10.1f\n", T, alpha, st.mode.c_str(), st.heads_k,
-                    st.plan.budget, median * 1e3, o.batch * T / median, peak, st.mean_candidates);
+        double const kept = static_cast<double>(st.tokens_kept) / (static_cast<double>(o.batch) * T);
+        std::printf("%9ld %6.2f %10s %4d %8ld %12.3f %12.4g %10.1f %10.1f %6.3f\n", T, alpha, st.mode.c_str(),
+                    st.heads_k, st.plan.budget, median * 1e3, o.batch * T / median, peak, st.mean_candidates, kept);
         std::fflush(stdout);
         if (o.profile) {
           double total = 0;
@@ -127,7 +128,7 @@ int main(int argc, char** argv) {
         if (csv.is_open())
           csv << proteus::ExecSpace::name() << "," << T << "," << alpha << "," << st.mode << "," << st.heads_k << ","
               << st.plan.budget << "," << median * 1e3 << "," << o.batch * T / median << "," << peak << ","
-              << st.mean_candidates << "\n";
+              << st.mean_candidates << "," << kept << "\n";
       }
   }
   MPI_Finalize();

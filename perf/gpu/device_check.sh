@@ -25,6 +25,34 @@ for step in "$@"; do
     profile)
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 1048576 --alphas 1.0 --warmup 1 --repeat 3 \
         --profile | tee "$out/profile.txt" ;;
+    module_sparse)
+      "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 65536 131072 524288 1048576 \
+        --alphas 1.0 --warmup 2 --repeat 5 --token-sparse --csv "$out/module_alpha1_sparse.csv" | tee "$out/module_sparse.txt" ;;
+    profile_sparse)
+      "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 1048576 --alphas 1.0 --warmup 1 --repeat 3 \
+        --token-sparse --profile | tee "$out/profile_sparse.txt" ;;
+    ncu)
+      # Every kernel of one forward at 131k tokens (upstream's config: token sparsity on): time,
+      # DRAM bytes, FP32 instructions and SM/memory throughput against the device's peaks.
+      ncu --csv --metrics gpu__time_duration.sum,dram__bytes.sum,smsp__sass_thread_inst_executed_op_ffma_pred_on.sum,smsp__sass_thread_inst_executed_op_fadd_pred_on.sum,smsp__sass_thread_inst_executed_op_fmul_pred_on.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,l1tex__t_bytes.sum \
+        "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 131072 --alphas 1.0 --warmup 0 --repeat 1 \
+        --token-sparse >"$out/ncu_131k.csv" 2>"$out/ncu_131k.err"; tail -3 "$out/ncu_131k.err" ;;
+    pipeline_sweep)
+      python3 "$root/perf/bench_pipeline.py" "$bin/drivers/proteus_driver" "$root/inputs/ctx10m.in" \
+        --tokens 1000000 4000000 10000000 --device "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" \
+        --csv "$out/pipeline.csv" | tee "$out/pipeline.txt" ;;
+    nsys_pipeline)
+      mkdir -p /tmp/run && cd /tmp/run && nsys profile -o /tmp/run/pipe --force-overwrite true --stats=true \
+        "$bin/drivers/proteus_driver" -q "$root/inputs/ctx10m.in" --set checkpoint.at_end=false \
+        --set checkpoint.interval_chunks=0 >"$out/nsys_pipeline.txt" 2>&1; tail -2 "$out/nsys_pipeline.txt" ;;
+    upstream)
+      # Upstream ASPA through its own tinytoy harness (autotune on), BF16 then FP32, same device call.
+      for prec in "" "--cuda-fp32"; do
+        (cd "$root/.gpu/upstream/src" && timeout 300 python3 -m proteus_attention.kernels.tinytoy --device cuda \
+          --max-seq-len 524288 --disable-standard --disable-int8 --skip-probe --no-save --no-plot $prec) \
+          >>"$out/upstream.txt" 2>&1
+      done
+      grep -E "ASPA" "$out/upstream.txt" | tail -20 ;;
     module_sweep)
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 512 4096 32768 131072 \
         --alphas 0.0 0.3 1.0 --warmup 1 --repeat 3 --budget 30 --csv "$out/module_sweep.csv" | tee "$out/module_sweep.txt" ;;
