@@ -133,21 +133,30 @@ TEST_CASE("batch_first true and false give the same numbers", "[module][layout]"
   for (int bb = 0; bb < s.batch; ++bb) CHECK(batch_row(ya, bb, true) == batch_row(yb, bb, false));
 }
 
+// A fixed alpha, frozen DNA and short windows, so that 200-300 tokens exercise every part of
+// the shortlist (window, anchors, DNA candidates).
+namespace {
+Config short_windows(float alpha, std::uint64_t seed) {
+  Config cfg;
+  cfg.seed = seed;
+  cfg.dna_update = false;
+  cfg.mode = AlphaMode::fixed;
+  cfg.alpha = alpha;
+  cfg.window = 24;
+  cfg.anchor_stride = 16;
+  cfg.L_min = 8;
+  cfg.linear_L = 40;
+  return cfg;
+}
+}  // namespace
+
 TEST_CASE("query blocks bound memory without changing any output", "[module][blocks]") {
   // Blocks of 3 x 19 query rows over a batch of 3 (ragged last block) against one block, at a
   // shortlist alpha and dense; the same kernels run on the same rows, so up to GEMM blocking the
   // outputs are the same.
   Shape const s{3, 200, 32, 4};
   for (float alpha : {0.0f, 0.6f}) {
-    Config cfg;
-    cfg.seed = 4;
-    cfg.dna_update = false;
-    cfg.mode = AlphaMode::fixed;
-    cfg.alpha = alpha;
-    cfg.window = 24;
-    cfg.anchor_stride = 16;
-    cfg.L_min = 8;
-    cfg.linear_L = 40;
+    Config cfg = short_windows(alpha, 4);
     CausalGeneticMultiheadAttention whole(s.embed, s.heads, true, cfg);
     cfg.query_block_rows = 3 * 19;
     CausalGeneticMultiheadAttention blocked(s.embed, s.heads, true, cfg);
@@ -175,16 +184,8 @@ TEST_CASE("token sparsity: kept tokens output what the all-kept module gives, dr
   Shape const s{2, 300, 32, 4};
   for (float alpha : {0.0f, 0.6f})
     for (int block : {1 << 20, 2 * 43}) {
-      Config cfg;
-      cfg.seed = 9;
+      Config cfg = short_windows(alpha, 9);
       cfg.bias = true;
-      cfg.dna_update = false;
-      cfg.mode = AlphaMode::fixed;
-      cfg.alpha = alpha;
-      cfg.window = 24;
-      cfg.anchor_stride = 16;
-      cfg.L_min = 8;
-      cfg.linear_L = 40;
       cfg.query_block_rows = block;
       CausalGeneticMultiheadAttention every(s.embed, s.heads, true, cfg);
       cfg.token_sparse = true;
