@@ -1,8 +1,6 @@
 // Stage 5: Q/K/V bias and rotary position embedding at original positions, in place.
 #include "proteus/rope.hpp"
 
-#include <cmath>
-
 #include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
 
@@ -22,18 +20,13 @@ void bias_and_rope(ExecSpace const& space, TokenMatrix const& m, TokenVector con
   int const d = embed / heads;  // even (Config refuses RoPE otherwise)
   int const pairs = d / 2;
   int const parts = static_cast<int>(m.extent(1)) / embed;
-  // Inverse frequencies base^(-2i/D) in double, so that angles at positions of 10^7 and more
-  // keep their precision.
-  Kokkos::View<double*, MemSpace> inv_freq("proteus::rope::inv_freq", pairs);
-  auto host = Kokkos::create_mirror_view(inv_freq);
-  for (int i = 0; i < pairs; ++i) host(i) = std::pow(base, -2.0 * i / d);
-  Kokkos::deep_copy(space, inv_freq, host);
   double const two_pi = 6.283185307179586;
   // One work item per (row, pair i): one angle, applied to pair i of every head of every part
-  // (neighbouring items touch neighbouring columns of a head).
+  // (neighbouring items touch neighbouring columns of a head). The angle pos * base^(-2i/D) is
+  // formed in double, so that positions of 10^7 and more keep their precision.
   detail::for_each_element(
       space, "proteus::rope::bias_rope", rows, pairs, KOKKOS_LAMBDA(long row, long i) {
-        double angle = static_cast<double>(positions(row)) * inv_freq(i);
+        double angle = static_cast<double>(positions(row)) * km::pow(base, -2.0 * static_cast<double>(i) / d);
         angle -= two_pi * km::floor(angle / two_pi);
         float const cs = static_cast<float>(km::cos(angle)), sn = static_cast<float>(km::sin(angle));
         for (int part = 0; part < parts; ++part) {
