@@ -96,16 +96,22 @@ int main(int argc, char** argv) {
         proteus::CausalGeneticMultiheadAttention mha(o.embed, o.heads, true, cfg);
         std::vector<double> times;
         proteus::ForwardStats st;
+        long long allocations = 0;  // over the timed calls
         for (int i = 0; i < o.warmup + o.repeat; ++i) {
-          Kokkos::fence();
+          proteus::perf::untimed_fence();
+          long long const allocated = proteus::allocation_count();
           auto const t0 = std::chrono::steady_clock::now();
           auto [y, stats] = mha.forward(proteus::ExecSpace(), x, {}, {}, {}, true);
-          Kokkos::fence();
+          proteus::perf::untimed_fence();
           double const s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-          if (i >= o.warmup) times.push_back(s);
+          if (i >= o.warmup) {
+            times.push_back(s);
+            allocations += proteus::allocation_count() - allocated;
+          }
           proteus::perf::KernelTimes::get().on = o.profile && i + 1 >= o.warmup;
           st = *stats;
         }
+        proteus::perf::KernelTimes::get().on = false;
         std::sort(times.begin(), times.end());
         double const median = times[times.size() / 2];
         last[alpha] = {T, median};
@@ -123,7 +129,15 @@ int main(int argc, char** argv) {
           for (auto const& [sec, name] : proteus::perf::kernel_report())
             if (shown++ < 12) std::printf("      %10.3f  %s\n", sec * per_call, name.c_str());
           std::printf("      %10.3f  (all Kokkos kernels)\n", total * per_call);
-          proteus::perf::KernelTimes::get().seconds.clear();
+          auto& kt = proteus::perf::KernelTimes::get();
+          std::printf("    per call: %.0f kernels, %.0f fences, %.0f deep copies, %.0f device allocations\n",
+                      double(kt.kernels) / o.repeat, double(kt.fences) / o.repeat, double(kt.copies) / o.repeat,
+                      double(allocations) / o.repeat);
+          for (auto const& [name, k] : kt.fence_names)
+            std::printf("      fence %5.1f x  %s\n", double(k) / o.repeat, name.c_str());
+          kt.seconds.clear();
+          kt.fence_names.clear();
+          kt.kernels = kt.fences = kt.copies = 0;
         }
         if (csv.is_open())
           csv << proteus::ExecSpace::name() << "," << T << "," << alpha << "," << st.mode << "," << st.heads_k << ","

@@ -2,6 +2,7 @@
 #include "proteus/attention.hpp"
 
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 
 #include "proteus/detail/kokkos_compat.hpp"
@@ -104,9 +105,79 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
 
 namespace {
 
+// The online-softmax state of one row over part of its candidates: running maximum m, running
+// sum l of exp(s - m), accumulator acc = sum of exp(s - m) v, and the candidates seen.
+template <int D>
+struct RowState {
+  float m, l;
+  int seen;
+  float acc[D];
+};
+
+// Merges the states of a row's lanes (each over its own candidates) into one: the lane with the
+// smaller maximum is rescaled to the larger. A Kokkos reducer, so that the lanes of a GPU vector
+// merge through shuffles.
+template <int D>
+struct MergeRows {
+  using reducer = MergeRows;
+  using value_type = RowState<D>;
+  using result_view_type = Kokkos::View<value_type, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>;
+  value_type& value;
+  KOKKOS_INLINE_FUNCTION MergeRows(value_type& v) : value(v) {}
+  KOKKOS_INLINE_FUNCTION void init(value_type& s) const {
+    s.m = -INFINITY;
+    s.l = 0.0f;
+    s.seen = 0;
+    for (int j = 0; j < D; ++j) s.acc[j] = 0.0f;
+  }
+  KOKKOS_INLINE_FUNCTION void join(value_type& dst, value_type const& src) const {
+    float const m = dst.m > src.m ? dst.m : src.m;
+    // A state that has seen nothing has m = -inf and l = 0: it contributes nothing.
+    float const a = dst.l > 0.0f ? km::exp(dst.m - m) : 0.0f;
+    float const b = src.l > 0.0f ? km::exp(src.m - m) : 0.0f;
+    dst.m = m;
+    dst.l = dst.l * a + src.l * b;
+    dst.seen += src.seen;
+    for (int j = 0; j < D; ++j) dst.acc[j] = dst.acc[j] * a + src.acc[j] * b;
+  }
+  KOKKOS_INLINE_FUNCTION value_type& reference() const { return value; }
+  KOKKOS_INLINE_FUNCTION result_view_type view() const { return result_view_type(&value); }
+};
+
+// D floats of a key or value row into registers: four at a time (16-byte loads) when the row is
+// D wide and 16-byte aligned, otherwise one at a time with zeros past d.
+struct alignas(16) Float4 {
+  float x, y, z, w;
+};
+
+template <int D, bool Wide>
+KOKKOS_INLINE_FUNCTION void load_row(float const* src, int d, float (&dst)[D]) {
+  if constexpr (Wide) {
+    for (int j = 0; j < D; j += 4) {
+      Float4 const v = reinterpret_cast<Float4 const*>(src)[j / 4];
+      dst[j] = v.x;
+      dst[j + 1] = v.y;
+      dst[j + 2] = v.z;
+      dst[j + 3] = v.w;
+    }
+  } else {
+    for (int j = 0; j < D; ++j) dst[j] = j < d ? src[j] : 0.0f;
+  }
+}
+
+// Lanes per row: on GPUs a row's candidates are dealt out to a vector of lanes, so that a block
+// of 32 rows keeps 32 x lanes threads busy (rows alone are too few below ~1M tokens); the wider
+// the row state, the fewer lanes. Host backends use one lane.
+template <int D>
+constexpr int lanes_per_row() {
+  if (Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible) return 1;
+  return D <= 32 ? 8 : D <= 64 ? 4 : 1;
+}
+
 // The attention of one block of up to attention_block_rows rows of one head; D >= d is the
 // compile-time width of the per-row state (query and accumulator live in registers on GPUs).
-template <int D>
+// Wide: d == D and every key, value and query row is 16-byte aligned.
+template <int D, bool Wide>
 void attend_blocks(ExecSpace const& space, ShortlistPlan const& p, TokenMatrix const& q, TokenMatrix const& kv,
                    ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
                    TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count) {
@@ -124,12 +195,14 @@ void attend_blocks(ExecSpace const& space, ShortlistPlan const& p, TokenMatrix c
   auto block_start = rows.block_start;
   using Policy = Kokkos::TeamPolicy<ExecSpace>;
   using Member = Policy::member_type;
-  // One thread per row of the block on GPUs (a warp for 32 rows); host backends run a team as
-  // one thread that takes the rows in turn.
+  constexpr int lanes = lanes_per_row<D>();
+  // One thread (a vector of `lanes` lanes) per row of the block on GPUs; host backends run a team
+  // as one thread that takes the rows in turn.
   int const team_size =
       Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible ? 1 : attention_block_rows;
   Kokkos::parallel_for(
-      "proteus::attention::shortlist", Policy(space, rows.blocks, team_size), KOKKOS_LAMBDA(Member const& team) {
+      "proteus::attention::shortlist", Policy(space, rows.blocks, team_size, lanes),
+      KOKKOS_LAMBDA(Member const& team) {
         long const r0 = block_start(team.league_rank());
         int const n = static_cast<int>(block_start(team.league_rank() + 1) - r0);
         int const bh = row_head(r0);
@@ -144,55 +217,62 @@ void attend_blocks(ExecSpace const& space, ShortlistPlan const& p, TokenMatrix c
         // broadcast). Rows far apart (sparse heads, dropped tokens) would idle through most of a
         // long union: then each row walks only its own window, reading its own keys. A step of
         // the second kind measured ~4x the cost of one of the first on an H100, hence the bound.
-        // Either way a row adds its window in ascending order (the same result).
+        // Lane i of a row takes the window's candidates c with c % lanes == i and every lanes-th
+        // extra candidate, in ascending order either way (the same result from both walks).
         long const span_lo = local_begin(p, row_token(r0)), span_hi = row_token(r0 + n - 1);
         bool const in_step = span_hi - span_lo + 1 <= 4 * p.local_width;
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
           long const t = row_token(r0 + r), qrow = row_query(r0 + r);
           long const from = local_begin(p, t);
-          float qr[D], acc[D];
-          for (int j = 0; j < D; ++j) {
-            qr[j] = j < d ? qh[qrow * q_stride + j] * scale : 0.0f;
-            acc[j] = 0.0f;
-          }
-          float m = -INFINITY, l = 0.0f;
-          // Online softmax: running maximum m, running sum l, accumulator rescaled when m grows.
-          auto add = [&](long c) {
-            float const* kc = k + c * stride;
-            float const* vc = v + c * stride;
-            float s = 0.0f;
-            for (int j = 0; j < D; ++j)
-              if (j < d) s += qr[j] * kc[j];
-            float w = 1.0f;
-            if (s > m) {
-              float const shrink = km::exp(m - s);
-              l *= shrink;
-              for (int j = 0; j < D; ++j) acc[j] *= shrink;
-              m = s;
-            } else {
-              w = km::exp(s - m);
-            }
-            l += w;
-            for (int j = 0; j < D; ++j)
-              if (j < d) acc[j] += w * vc[j];
-          };
-          if (in_step) {
-            for (long c = span_lo; c <= span_hi; ++c)
-              if (c >= from && c <= t) add(c);
-          } else {
-            for (long c = from; c <= t; ++c) add(c);
-          }
-          // Anchors and DNA candidates outside the window, gathered from global memory.
           Position const* dna = p.dna_cap > 0 ? &dna_lists(b * dna_blocks + t / p.dna_block, 0) : nullptr;
-          int seen = static_cast<int>(t - from + 1);
-          for_each_extra_candidate(p, t, dna, [&](long c) {
-            ++seen;
-            add(c);
+          float qr[D];
+          load_row<D, Wide>(qh + qrow * q_stride, d, qr);
+          for (int j = 0; j < D; ++j) qr[j] *= scale;
+          RowState<D> row;
+          Kokkos::parallel_reduce(
+              Kokkos::ThreadVectorRange(team, lanes),
+              [&](int lane, RowState<D>& s) {
+                auto add = [&](long c) {
+                  float kc[D];
+                  load_row<D, Wide>(k + c * stride, d, kc);
+                  float dot = 0.0f;
+                  for (int j = 0; j < D; ++j) dot += qr[j] * kc[j];
+                  float w = 1.0f;
+                  if (dot > s.m) {
+                    float const shrink = km::exp(s.m - dot);
+                    s.l *= shrink;
+                    for (int j = 0; j < D; ++j) s.acc[j] *= shrink;
+                    s.m = dot;
+                  } else {
+                    w = km::exp(dot - s.m);
+                  }
+                  s.l += w;
+                  float vc[D];
+                  load_row<D, Wide>(v + c * stride, d, vc);
+                  for (int j = 0; j < D; ++j) s.acc[j] += w * vc[j];
+                  ++s.seen;
+                };
+                // The first candidate at or after c0 that belongs to this lane.
+                auto first_of_lane = [&](long c0) { return c0 + ((lane - c0 % lanes) % lanes + lanes) % lanes; };
+                if (in_step) {
+                  for (long c = first_of_lane(span_lo); c <= span_hi; c += lanes)
+                    if (c >= from && c <= t) add(c);
+                } else {
+                  for (long c = first_of_lane(from); c <= t; c += lanes) add(c);
+                }
+                // Anchors and DNA candidates outside the window, gathered from global memory.
+                int extra = 0;
+                for_each_extra_candidate(p, t, dna, [&](long c) {
+                  if (extra++ % lanes == lane) add(c);
+                });
+              },
+              MergeRows<D>(row));
+          Kokkos::single(Kokkos::PerThread(team), [&]() {
+            if (count) candidate_count(r0 + r) = row.seen;
+            float const inv = 1.0f / row.l;
+            for (int j = 0; j < D; ++j)
+              if (j < d) ctx(qrow, h * d + j) = row.acc[j] * inv;
           });
-          if (count) candidate_count(r0 + r) = seen;
-          float const inv = 1.0f / l;
-          for (int j = 0; j < D; ++j)
-            if (j < d) ctx(qrow, h * d + j) = acc[j] * inv;
         });
       });
 }
@@ -204,8 +284,17 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const
             TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count) {
   if (rows.blocks == 0) return;
   int const d = static_cast<int>(q.extent(1)) / heads;
+  // 16-byte loads need rows of exactly D floats at 16-byte aligned addresses.
+  auto aligned = [](TokenMatrix const& m) {
+    return reinterpret_cast<std::uintptr_t>(m.data()) % 16 == 0 && m.stride(0) % 4 == 0;
+  };
+  bool const aligned_rows = d % 4 == 0 && aligned(q) && aligned(kv);
   auto run = [&](auto width) {
-    attend_blocks<decltype(width)::value>(space, plan, q, kv, rows, dna_lists, heads, ctx, candidate_count);
+    constexpr int D = decltype(width)::value;
+    if (aligned_rows && d == D)
+      attend_blocks<D, true>(space, plan, q, kv, rows, dna_lists, heads, ctx, candidate_count);
+    else
+      attend_blocks<D, false>(space, plan, q, kv, rows, dna_lists, heads, ctx, candidate_count);
   };
   // The smallest supported width that holds d (Config::resolved() refuses d > 256).
   if (d <= 8) run(std::integral_constant<int, 8>());

@@ -13,5 +13,7 @@ double peak_memory_mb();
 double current_memory_mb();
 // Sets the peak to the current value (to measure one phase).
 void reset_peak_memory();
+// Allocations in that memory space so far (each is a device malloc and free on GPUs).
+long long allocation_count();
 
 }  // namespace proteus

@@ -25,9 +25,23 @@ for step in "$@"; do
     profile)
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 1048576 --alphas 1.0 --warmup 1 --repeat 3 \
         --profile | tee "$out/profile.txt" ;;
+    profile_small)
+      # Fixed costs at small T: kernel times, and per call the kernels, deep copies and allocations.
+      "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 --alphas 1.0 --warmup 2 \
+        --repeat 5 --token-sparse --profile | tee "$out/profile_small.txt" ;;
+    ncu_time)
+      # GPU time of every kernel (Kokkos and cuBLAS) of one forward at 32k with token sparsity.
+      ncu --csv --metrics gpu__time_duration.sum "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 \
+        --tokens 32768 --alphas 1.0 --warmup 1 --repeat 1 --token-sparse >"$out/ncu_time_32k.csv" 2>"$out/ncu_time.err"
+      tail -3 "$out/ncu_time.err" ;;
     module_sparse)
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 65536 131072 524288 1048576 \
         --alphas 1.0 --warmup 2 --repeat 5 --token-sparse --csv "$out/module_alpha1_sparse.csv" | tee "$out/module_sparse.txt" ;;
+    module_sparse_dna)
+      # As module_sparse, with the DNA EMA updating on every call (upstream's harness does so).
+      "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 65536 131072 524288 1048576 \
+        --alphas 1.0 --warmup 2 --repeat 5 --token-sparse --dna-update --csv "$out/module_alpha1_sparse_dna.csv" \
+        | tee "$out/module_sparse_dna.txt" ;;
     profile_sparse)
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 1048576 --alphas 1.0 --warmup 1 --repeat 3 \
         --token-sparse --profile | tee "$out/profile_sparse.txt" ;;
