@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/detail/softmax_state.hpp"
 
 namespace proteus {
 
@@ -105,45 +106,6 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
 
 namespace {
 
-// The online-softmax state of one row over part of its candidates: running maximum m, running
-// sum l of exp(s - m), accumulator acc = sum of exp(s - m) v, and the candidates seen.
-template <int D>
-struct RowState {
-  float m, l;
-  int seen;
-  float acc[D];
-};
-
-// Merges the states of a row's lanes (each over its own candidates) into one: the lane with the
-// smaller maximum is rescaled to the larger. A Kokkos reducer, so that the lanes of a GPU vector
-// merge through shuffles.
-template <int D>
-struct MergeRows {
-  using reducer = MergeRows;
-  using value_type = RowState<D>;
-  using result_view_type = Kokkos::View<value_type, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>;
-  value_type& value;
-  KOKKOS_INLINE_FUNCTION MergeRows(value_type& v) : value(v) {}
-  KOKKOS_INLINE_FUNCTION void init(value_type& s) const {
-    s.m = -INFINITY;
-    s.l = 0.0f;
-    s.seen = 0;
-    for (int j = 0; j < D; ++j) s.acc[j] = 0.0f;
-  }
-  KOKKOS_INLINE_FUNCTION void join(value_type& dst, value_type const& src) const {
-    float const m = dst.m > src.m ? dst.m : src.m;
-    // A state that has seen nothing has m = -inf and l = 0: it contributes nothing.
-    float const a = dst.l > 0.0f ? km::exp(dst.m - m) : 0.0f;
-    float const b = src.l > 0.0f ? km::exp(src.m - m) : 0.0f;
-    dst.m = m;
-    dst.l = dst.l * a + src.l * b;
-    dst.seen += src.seen;
-    for (int j = 0; j < D; ++j) dst.acc[j] = dst.acc[j] * a + src.acc[j] * b;
-  }
-  KOKKOS_INLINE_FUNCTION value_type& reference() const { return value; }
-  KOKKOS_INLINE_FUNCTION result_view_type view() const { return result_view_type(&value); }
-};
-
 // D floats of a key or value row into registers: four at a time (16-byte loads) when the row is
 // D wide and 16-byte aligned, otherwise one at a time with zeros past d.
 struct alignas(16) Float4 {
@@ -228,29 +190,17 @@ void attend_blocks(ExecSpace const& space, ShortlistPlan const& p, TokenMatrix c
           float qr[D];
           load_row<D, Wide>(qh + qrow * q_stride, d, qr);
           for (int j = 0; j < D; ++j) qr[j] *= scale;
-          RowState<D> row;
+          detail::SoftmaxState<D> row;
           Kokkos::parallel_reduce(
               Kokkos::ThreadVectorRange(team, lanes),
-              [&](int lane, RowState<D>& s) {
+              [&](int lane, detail::SoftmaxState<D>& s) {
                 auto add = [&](long c) {
-                  float kc[D];
+                  float kc[D], vc[D];
                   load_row<D, Wide>(k + c * stride, d, kc);
                   float dot = 0.0f;
                   for (int j = 0; j < D; ++j) dot += qr[j] * kc[j];
-                  float w = 1.0f;
-                  if (dot > s.m) {
-                    float const shrink = km::exp(s.m - dot);
-                    s.l *= shrink;
-                    for (int j = 0; j < D; ++j) s.acc[j] *= shrink;
-                    s.m = dot;
-                  } else {
-                    w = km::exp(dot - s.m);
-                  }
-                  s.l += w;
-                  float vc[D];
                   load_row<D, Wide>(v + c * stride, d, vc);
-                  for (int j = 0; j < D; ++j) s.acc[j] += w * vc[j];
-                  ++s.seen;
+                  s.add(dot, vc);
                 };
                 // The first candidate at or after c0 that belongs to this lane.
                 auto first_of_lane = [&](long c0) { return c0 + ((lane - c0 % lanes) % lanes + lanes) % lanes; };
@@ -266,7 +216,7 @@ void attend_blocks(ExecSpace const& space, ShortlistPlan const& p, TokenMatrix c
                   if (extra++ % lanes == lane) add(c);
                 });
               },
-              MergeRows<D>(row));
+              detail::MergeSoftmax<D>(row));
           Kokkos::single(Kokkos::PerThread(team), [&]() {
             if (count) candidate_count(r0 + r) = row.seen;
             float const inv = 1.0f / row.l;

@@ -1,12 +1,15 @@
 // The alpha budget law, candidate sets against a brute-force construction of the same rule, and
 // the shortlist attention kernel against a double-precision softmax over those sets.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <numeric>
+#include <random>
 #include <set>
 #include <vector>
 
 #include "proteus/attention.hpp"
+#include "proteus/detail/softmax_state.hpp"
 #include "proteus/shortlist.hpp"
 #include "proteus_catch.hpp"
 #include "reference.hpp"
@@ -293,4 +296,47 @@ TEST_CASE("at alpha = 1 every query sees the same candidate count at T = 4k and 
     if (i >= reach) REQUIRE(per_t[1][i] == fixed);
   }
   CHECK(*std::max_element(per_t[1].begin(), per_t[1].end()) == fixed);
+}
+
+TEST_CASE("online softmax states over parts of a row merge into the state over the whole row",
+          "[shortlist][attention][merge]") {
+  // What the GPU kernel does with a row's lanes: each lane adds every lanes-th candidate, then
+  // the lanes' states merge pairwise (as a shuffle tree would). Compared with softmax in double.
+  constexpr int D = 8;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (int lanes : {1, 2, 8, 32}) {
+    for (int count : {1, 5, 37, 400}) {
+      std::vector<float> score(count);
+      std::vector<std::array<float, D>> value(count);
+      for (int c = 0; c < count; ++c) {
+        score[c] = normal(rng);
+        for (auto& x : value[c]) x = normal(rng);
+      }
+      std::vector<detail::SoftmaxState<D>> part(lanes);
+      for (auto& s : part) s.clear();
+      for (int c = 0; c < count; ++c) {
+        float v[D];
+        std::copy(value[c].begin(), value[c].end(), v);
+        part[c % lanes].add(score[c], v);
+      }
+      // Tree merge; with count < lanes some parts are empty and must change nothing.
+      for (int step = 1; step < lanes; step *= 2)
+        for (int i = 0; i + step < lanes; i += 2 * step) part[i].merge(part[i + step]);
+      double const top = *std::max_element(score.begin(), score.end());
+      double sum = 0.0;
+      std::array<double, D> want{};
+      for (int c = 0; c < count; ++c) {
+        double const w = std::exp(score[c] - top);
+        sum += w;
+        for (int j = 0; j < D; ++j) want[j] += w * value[c][j];
+      }
+      CHECK(part[0].seen == count);
+      CHECK(part[0].m == static_cast<float>(top));
+      // The output is a weighted mean of values |v| < 15 (5 sigma): float sums of at most 400
+      // terms with weights <= 1 err by at most 400 * 2^-24 * 15 = 3.6e-4 relative to the weight
+      // sum; rounding errors cancel in practice (measured below 2e-6), so 5e-5 is a loose bound.
+      for (int j = 0; j < D; ++j) CHECK(std::abs(part[0].acc[j] / part[0].l - want[j] / sum) <= 5e-5);
+    }
+  }
 }
