@@ -1,32 +1,42 @@
 // Stage 6b: active-row compaction (Kokkos scans) and the shortlist attention team kernel.
 #include "proteus/attention.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
 
 #include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/detail/softmax_state.hpp"
+#include "proteus/detail/workspace.hpp"
 
 namespace proteus {
 
-namespace km = detail::kmath;
-
 ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_mask, MaskVector const& keep,
                                bool all_heads, int batch, long tokens, long row_begin, long row_end) {
+  ActiveRowsBuffers buffers;
+  return compact_active_rows(space, head_mask, keep, all_heads, batch, tokens, row_begin, row_end, buffers);
+}
+
+ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_mask, MaskVector const& keep,
+                               bool all_heads, int batch, long tokens, long row_begin, long row_end,
+                               ActiveRowsBuffers& buf) {
+  using detail::first_rows;
   int const heads = static_cast<int>(head_mask.extent(1));
   // Slot i stands for (batch*head bh, token row_begin + i % span): only the rows asked for.
-  long const span = row_end - row_begin;
+  long const span = std::max(0L, row_end - row_begin);
   long const slots = static_cast<long>(batch) * heads * span;
   ActiveRows r;
-  r.head_start = Kokkos::View<long*, MemSpace>("proteus::attention::head_start", batch * heads + 1);
-  if (span <= 0) {
-    r.head = IndexVector("proteus::attention::row_head", 0);
-    r.token = Kokkos::View<long*, MemSpace>("proteus::attention::row_token", 0);
-    r.query = Kokkos::View<long*, MemSpace>("proteus::attention::row_query", 0);
-    r.query_source = Kokkos::View<long*, MemSpace>("proteus::attention::query_source", 0);
-    r.query_of = Kokkos::View<long*, MemSpace>("proteus::attention::query_of", 0);
-    r.block_start = Kokkos::View<long*, MemSpace>("proteus::attention::block_start", 1);
+  r.head_start = first_rows(buf.head_start, "proteus::attention::head_start", batch * heads + 1);
+  if (span == 0) {
+    r.head = first_rows(buf.head, "proteus::attention::row_head", 0);
+    r.token = first_rows(buf.token, "proteus::attention::row_token", 0);
+    r.query = first_rows(buf.query, "proteus::attention::row_query", 0);
+    r.query_source = first_rows(buf.query_source, "proteus::attention::query_source", 0);
+    r.query_of = first_rows(buf.query_of, "proteus::attention::query_of", 0);
+    r.block_start = first_rows(buf.block_start, "proteus::attention::block_start", 1);
+    Kokkos::deep_copy(space, r.head_start, 0L);
+    Kokkos::deep_copy(space, r.block_start, 0L);
     return r;
   }
   // Query rows: the kept tokens of the range, in (batch, token) order.
@@ -35,8 +45,8 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
   Kokkos::parallel_reduce(
       "proteus::attention::count_queries", Kokkos::RangePolicy<ExecSpace>(space, 0, range),
       KOKKOS_LAMBDA(long i, long& n) { n += keep(token_row(i)) ? 1 : 0; }, r.queries);
-  r.query_source = Kokkos::View<long*, MemSpace>("proteus::attention::query_source", r.queries);
-  r.query_of = Kokkos::View<long*, MemSpace>("proteus::attention::query_of", range);
+  r.query_source = first_rows(buf.query_source, "proteus::attention::query_source", r.queries);
+  r.query_of = first_rows(buf.query_of, "proteus::attention::query_of", range);
   auto query_source = r.query_source;
   auto query_of = r.query_of;
   Kokkos::parallel_scan(
@@ -66,9 +76,9 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
       total);
   r.rows = total;
   Kokkos::deep_copy(space, Kokkos::subview(head_start, batch * heads), total);
-  r.head = IndexVector("proteus::attention::row_head", total);
-  r.token = Kokkos::View<long*, MemSpace>("proteus::attention::row_token", total);
-  r.query = Kokkos::View<long*, MemSpace>("proteus::attention::row_query", total);
+  r.head = first_rows(buf.head, "proteus::attention::row_head", total);
+  r.token = first_rows(buf.token, "proteus::attention::row_token", total);
+  r.query = first_rows(buf.query, "proteus::attention::row_query", total);
   auto row_head = r.head;
   auto row_token = r.token;
   auto row_query = r.query;
@@ -91,7 +101,7 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
       "proteus::attention::count_blocks", Kokkos::RangePolicy<ExecSpace>(space, 0, total),
       KOKKOS_LAMBDA(long row, long& n, bool) { n += starts_block(row) ? 1 : 0; }, blocks);
   r.blocks = blocks;
-  r.block_start = Kokkos::View<long*, MemSpace>("proteus::attention::block_start", blocks + 1);
+  r.block_start = first_rows(buf.block_start, "proteus::attention::block_start", blocks + 1);
   auto block_start = r.block_start;
   Kokkos::parallel_scan(
       "proteus::attention::pack_blocks", Kokkos::RangePolicy<ExecSpace>(space, 0, total),

@@ -7,12 +7,16 @@
 #include "proteus/attention.hpp"
 #include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/detail/workspace.hpp"
 #include "proteus/error.hpp"
 #include "proteus/gating.hpp"
 #include "proteus/rope.hpp"
 #include "proteus/router.hpp"
 
 namespace proteus {
+
+using detail::first_rows;
+using detail::reuse;
 
 namespace {
 Config with_shape(Config c, int embed_dim, int num_heads, bool batch_first) {
@@ -27,35 +31,27 @@ std::string shape_of(BatchTensor const& t) {
          "]";
 }
 
-// v, reallocated (uninitialised) only when its shape differs from the one asked for.
-template <class View, class... Dims>
-View const& reuse(View& v, std::string const& label, Dims... dims) {
-  size_t const want[] = {static_cast<size_t>(dims)...};
-  bool same = v.data() != nullptr;
-  for (size_t i = 0; i < sizeof...(Dims); ++i) same = same && v.extent(i) == want[i];
-  if (!same) {
-    v = View();  // release first, so that peak memory does not hold both
-    v = View(Kokkos::view_alloc(label, Kokkos::WithoutInitializing), dims...);
-  }
-  return v;
-}
+// Sums over tokens of the routing statistics, reduced in one pass (one host round trip).
+struct RoutingSums {
+  double entropy, salience, beta, caught;
+};
 
-// The first `rows` rows of v are wanted: v is reallocated (uninitialised) only when it has fewer
-// rows or another width, so that blocks of varying size reuse one buffer.
-TokenMatrix const& at_least(TokenMatrix& v, std::string const& label, long rows, long cols) {
-  if (v.data() == nullptr || static_cast<long>(v.extent(0)) < rows || static_cast<long>(v.extent(1)) != cols) {
-    v = TokenMatrix();
-    v = TokenMatrix(Kokkos::view_alloc(label, Kokkos::WithoutInitializing), std::max(rows, 1L), cols);
+struct SumRouting {
+  using reducer = SumRouting;
+  using value_type = RoutingSums;
+  using result_view_type = Kokkos::View<value_type, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>;
+  value_type& value;
+  KOKKOS_INLINE_FUNCTION SumRouting(value_type& v) : value(v) {}
+  KOKKOS_INLINE_FUNCTION void init(value_type& s) const { s = {0.0, 0.0, 0.0, 0.0}; }
+  KOKKOS_INLINE_FUNCTION void join(value_type& dst, value_type const& src) const {
+    dst.entropy += src.entropy;
+    dst.salience += src.salience;
+    dst.beta += src.beta;
+    dst.caught += src.caught;
   }
-  return v;
-}
-
-template <class Functor>
-double mean_over(ExecSpace const& space, long n, char const* label, Functor f) {
-  double sum = 0.0;
-  Kokkos::parallel_reduce(label, Kokkos::RangePolicy<ExecSpace>(space, 0, n), f, sum);
-  return n > 0 ? sum / static_cast<double>(n) : 0.0;
-}
+  KOKKOS_INLINE_FUNCTION value_type& reference() const { return value; }
+  KOKKOS_INLINE_FUNCTION result_view_type view() const { return result_view_type(&value); }
+};
 }  // namespace
 
 void check_finite(ExecSpace const& space, TokenMatrix const& v, std::string const& name) {
@@ -114,10 +110,18 @@ void CausalGeneticMultiheadAttention::set_dna(ExecSpace const& space, DnaState c
 
 RoutingResult CausalGeneticMultiheadAttention::route(ExecSpace const& space, TokenMatrix const& x, int batch) const {
   long const n = static_cast<long>(x.extent(0));
-  long const tokens = n / batch;
   RoutingResult r;
-  r.alpha = resolve_alpha(config_, tokens);
   r.routing = Routing::allocate(static_cast<int>(n), config_.num_gates);
+  r.keep = MaskVector(Kokkos::view_alloc("proteus::token_keep", Kokkos::WithoutInitializing), n);
+  route_into(space, x, batch, r);
+  return r;
+}
+
+void CausalGeneticMultiheadAttention::route_into(ExecSpace const& space, TokenMatrix const& x, int batch,
+                                                 RoutingResult& r) const {
+  long const n = static_cast<long>(x.extent(0));
+  long const tokens = n / batch;
+  r.alpha = resolve_alpha(config_, tokens);
   GateMatrix const& router_probs = reuse(work_.router_probs, "proteus::router_probs", n, config_.num_gates);
   router_probabilities(space, x, weights_.router_weight, router_probs);
   GateMatrix sim;
@@ -126,9 +130,7 @@ RoutingResult CausalGeneticMultiheadAttention::route(ExecSpace const& space, Tok
     dna_similarity(space, x, dna_.prototypes, sim);
   }
   hybrid_route(space, config_, router_probs, sim, dna_, r.routing);
-  r.keep = MaskVector("proteus::token_keep", n);
   r.tokens_kept = select_tokens(space, config_, r.routing.importance, batch, tokens, r.alpha, r.keep);
-  return r;
 }
 
 ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenMatrix const& x, int batch,
@@ -149,19 +151,25 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
   ForwardStats st;
   st.batch = batch;
   st.tokens = tokens;
-  RoutingResult routed = route(space, x, batch);
+  RoutingResult routed;
+  if (work_.routing.gate_probs.extent(0) != static_cast<size_t>(n) ||
+      work_.routing.gate_probs.extent(1) != static_cast<size_t>(c.num_gates))
+    work_.routing = Routing::allocate(static_cast<int>(n), c.num_gates);
+  routed.routing = work_.routing;
+  routed.keep = reuse(work_.keep, "proteus::token_keep", n);
+  route_into(space, x, batch, routed);
   Routing const& rt = routed.routing;
   st.alpha = routed.alpha;
   st.tokens_kept = routed.tokens_kept;
 
-  GateMatrix head_probs(Kokkos::view_alloc("proteus::head_probs", Kokkos::WithoutInitializing), n, heads);
+  GateMatrix const& head_probs = reuse(work_.head_probs, "proteus::head_probs", n, heads);
   head_probabilities(space, rt.gate_probs, gate_to_head_, head_probs);
   HeadCount const hc = choose_head_count(space, c, tokens, st.alpha, head_probs);
   st.heads_k = hc.k;
   st.heads_adaptive = hc.adaptive;
   st.heads_by_length = hc.by_length;
   st.heads_nucleus = hc.nucleus;
-  MaskMatrix head_mask("proteus::head_mask", n, heads);
+  MaskMatrix const& head_mask = reuse(work_.head_mask, "proteus::head_mask", n, heads);
   long const pairs = select_heads(space, c, head_probs, hc, st.alpha, routed.keep, head_mask);
   st.density = static_cast<double>(pairs) / (static_cast<double>(heads) * std::max(1L, st.tokens_kept));
 
@@ -196,14 +204,14 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
   for (long t0 = options.row_begin; t0 < row_end; t0 += block) {
     long const len = std::min(block, row_end - t0);
     ActiveRows const rows =
-        compact_active_rows(space, head_mask, routed.keep, plan.dense, batch, tokens, t0, t0 + len);
+        compact_active_rows(space, head_mask, routed.keep, plan.dense, batch, tokens, t0, t0 + len, work_.rows);
     // Only kept tokens have queries. With every token of the block kept, the queries are read
     // from x and the outputs written to y in place; otherwise the kept rows are gathered first
     // and scattered back after the output projection (dropped tokens output the bias alone).
     long const nq = rows.queries;
     bool const every = nq == batch * len;
-    TokenMatrix const qb = rows_of(at_least(work_.q, "proteus::q", nq, e), 0, nq);
-    TokenMatrix const cb = rows_of(at_least(work_.ctx, "proteus::context", nq, e), 0, nq);
+    TokenMatrix const qb = first_rows(work_.q, "proteus::q", nq, e);
+    TokenMatrix const cb = first_rows(work_.ctx, "proteus::context", nq, e);
     TokenMatrix gathered;  // [nq x E] kept rows of x, then their outputs
     if (every) {
       for (int b = 0; b < batch; ++b) {
@@ -213,8 +221,8 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
         bias_and_rope(space, qr, bias_q, pos, e, heads, 1, c.rope, c.rope_base);
       }
     } else if (nq > 0) {
-      gathered = rows_of(at_least(work_.gathered, "proteus::kept_rows", nq, e), 0, nq);
-      PositionVector const pos(Kokkos::view_alloc("proteus::kept_positions", Kokkos::WithoutInitializing), nq);
+      gathered = first_rows(work_.gathered, "proteus::kept_rows", nq, e);
+      PositionVector const pos = first_rows(work_.kept_positions, "proteus::kept_positions", nq);
       auto const source = rows.query_source;
       TokenMatrix const xq = gathered;
       detail::for_each_element(
@@ -230,7 +238,7 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
       if (head_rows(bh + 1) > head_rows(bh)) used[bh % heads] = true;
     st.active_rows += rows.rows;
     Kokkos::deep_copy(space, cb, 0.0f);  // rows of inactive heads stay zero
-    Kokkos::View<int*, MemSpace> counts("proteus::candidate_count", rows.rows);
+    Kokkos::View<int*, MemSpace> const counts = first_rows(work_.candidate_count, "proteus::candidate_count", rows.rows);
     attend(space, plan, qb, kv, rows, lists, heads, cb, counts);
     long block_candidates = 0;
     Kokkos::parallel_reduce(
@@ -272,24 +280,27 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
   st.mean_candidates = st.active_rows > 0 ? candidates / static_cast<double>(st.active_rows) : 0.0;
   st.mean_active_heads = static_cast<double>(st.active_rows) / std::max(1L, st.tokens_kept);
   auto const gp = rt.gate_probs;
-  int const gates = c.num_gates;
-  st.router_entropy = mean_over(
-      space, n, "proteus::stats::entropy", KOKKOS_LAMBDA(long t, double& s) {
-        for (int g = 0; g < gates; ++g) {
-          float const p = gp(t, g);
-          if (p > 0.0f) s -= p * detail::kmath::log(p);
-        }
-      });
   auto const sal = rt.salience;
   auto const beta = rt.beta;
-  st.mean_salience = mean_over(
-      space, n, "proteus::stats::salience", KOKKOS_LAMBDA(long t, double& s) { s += sal(t); });
-  st.mean_beta = mean_over(
-      space, n, "proteus::stats::beta", KOKKOS_LAMBDA(long t, double& s) { s += beta(t); });
-  st.tokens_caught =
-      static_cast<long>(std::lround(n * mean_over(
-                                            space, n, "proteus::stats::caught",
-                                            KOKKOS_LAMBDA(long t, double& s) { s += beta(t) > 0.0f ? 1.0 : 0.0; })));
+  int const gates = c.num_gates;
+  RoutingSums sums{};
+  Kokkos::parallel_reduce(
+      "proteus::stats::routing", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
+      KOKKOS_LAMBDA(long t, RoutingSums& s) {
+        for (int g = 0; g < gates; ++g) {
+          float const p = gp(t, g);
+          if (p > 0.0f) s.entropy -= p * detail::kmath::log(p);
+        }
+        s.salience += sal(t);
+        s.beta += beta(t);
+        s.caught += beta(t) > 0.0f ? 1.0 : 0.0;
+      },
+      SumRouting(sums));
+  double const per_token = n > 0 ? 1.0 / static_cast<double>(n) : 0.0;
+  st.router_entropy = sums.entropy * per_token;
+  st.mean_salience = sums.salience * per_token;
+  st.mean_beta = sums.beta * per_token;
+  st.tokens_caught = static_cast<long>(std::lround(sums.caught));
   return st;
 }
 
@@ -338,7 +349,7 @@ std::pair<BatchTensor, std::optional<ForwardStats>> CausalGeneticMultiheadAttent
   bool const in_place = bf && !padded && query.span_is_contiguous();
   BatchTensor out(Kokkos::view_alloc("proteus::output", Kokkos::WithoutInitializing), query.extent(0), query.extent(1),
                   query.extent(2));
-  PositionVector positions(Kokkos::view_alloc("proteus::positions", Kokkos::WithoutInitializing), n);
+  PositionVector const& positions = reuse(work_.positions, "proteus::positions", n);
   Kokkos::parallel_for(
       "proteus::positions", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
       KOKKOS_LAMBDA(long row) { positions(row) = row % tokens; });

@@ -218,6 +218,30 @@ TEST_CASE("token sparsity: kept tokens output what the all-kept module gives, dr
     }
 }
 
+TEST_CASE("buffers kept between calls: one module over inputs of changing size gives a fresh module's outputs",
+          "[module][workspace]") {
+  // The module keeps its scratch (routing, masks, compacted rows, query rows) between calls and
+  // reuses it whenever it is large enough: long, short, long again, with token sparsity and
+  // several query blocks, must each equal what a newly built module outputs.
+  Config cfg = short_windows(0.6f, 5);
+  cfg.token_sparse = true;
+  cfg.token_keep_ratio = 0.5f;
+  cfg.query_block_rows = 2 * 70;
+  CausalGeneticMultiheadAttention reused(32, 4, true, cfg);
+  int step = 0;
+  for (Shape const s : {Shape{2, 260, 32, 4}, Shape{1, 90, 32, 4}, Shape{2, 301, 32, 4}}) {
+    CAPTURE(step++);
+    CausalGeneticMultiheadAttention fresh(s.embed, s.heads, true, cfg);
+    BatchTensor const x = make_input(s, 30 + step);
+    auto [yr, sr] = reused.forward(ExecSpace(), x, {}, {}, {}, true);
+    auto [yf, sf] = fresh.forward(ExecSpace(), x, {}, {}, {}, true);
+    CHECK(sr->tokens_kept == sf->tokens_kept);
+    CHECK(sr->active_rows == sf->active_rows);
+    CHECK(sr->mean_candidates == sf->mean_candidates);
+    for (int b = 0; b < s.batch; ++b) CHECK(batch_row(yr, b) == batch_row(yf, b));  // same kernels, same rows
+  }
+}
+
 TEST_CASE("two runs with one seed are bit-identical, DNA included", "[module][determinism]") {
   Shape const s{2, 700, 32, 4};
   auto run_once = [&] {

@@ -30,8 +30,20 @@ struct ActiveRows {
 
 inline constexpr int attention_block_rows = 32;
 
+// Allocations behind an ActiveRows, kept by callers that compact again and again (the module
+// keeps one set): each view of the result is the first part of one of these.
+struct ActiveRowsBuffers {
+  IndexVector head;
+  Kokkos::View<long*, MemSpace> token, query, head_start, block_start, query_source, query_of;
+};
+
 // Rows of tokens t in [row_begin, row_end) with head_mask(b*T + t, h) set, or with keep set
 // for every head when all_heads is true (the dense path ignores the head mask).
+// The views of the result live in `buffers` (grown when too short) until the next call with them.
+ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_mask,
+                               MaskVector const& keep, bool all_heads, int batch, long tokens,
+                               long row_begin, long row_end, ActiveRowsBuffers& buffers);
+// The same with buffers of its own.
 ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_mask,
                                MaskVector const& keep, bool all_heads, int batch, long tokens,
                                long row_begin, long row_end);

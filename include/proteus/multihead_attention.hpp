@@ -9,6 +9,7 @@
 #include <string>
 #include <utility>
 
+#include "proteus/attention.hpp"
 #include "proteus/config.hpp"
 #include "proteus/dna.hpp"
 #include "proteus/projection.hpp"
@@ -95,10 +96,20 @@ class CausalGeneticMultiheadAttention {
   // chunks) do not pay for allocation and first touch again.
   struct Workspace {
     GateMatrix router_probs, sim;
+    Routing routing;               // of the current call
+    MaskVector keep;
+    GateMatrix head_probs;         // [B*T x H]
+    MaskMatrix head_mask;
+    PositionVector positions;      // forward's, [B*T]
     TokenMatrix kv;                // [B*T x 2E]
     TokenMatrix q, ctx, gathered;  // [query rows of a block x E]
+    PositionVector kept_positions;
+    Kokkos::View<int*, MemSpace> candidate_count;
+    ActiveRowsBuffers rows;
   };
   mutable Workspace work_;
+  // Stages 1-3 into r.routing and r.keep, which must have one entry per row of x.
+  void route_into(ExecSpace const& space, TokenMatrix const& x, int batch, RoutingResult& r) const;
 };
 
 // Throws proteus::Error naming `name` if v holds NaN or Inf.
