@@ -67,6 +67,10 @@ for step in "$@"; do
           >>"$out/upstream.txt" 2>&1
       done
       grep -E "ASPA" "$out/upstream.txt" | tail -20 ;;
+    sdpa)
+      # PyTorch causal SDPA on the same 32 x 16 shapes, BF16 to 1M and FP32 to 131k.
+      python3 "$root/perf/gpu/sdpa.py" --tokens 4096 32768 131072 524288 1048576 --csv "$out/sdpa.csv" \
+        | tee "$out/sdpa.txt" ;;
     module_sweep)
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 512 4096 32768 131072 \
         --alphas 0.0 0.3 1.0 --warmup 1 --repeat 3 --budget 30 --csv "$out/module_sweep.csv" | tee "$out/module_sweep.txt" ;;
