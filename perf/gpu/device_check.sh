@@ -66,7 +66,7 @@ for step in "$@"; do
           --max-seq-len 524288 --disable-standard --disable-int8 --skip-probe --no-save --no-plot $prec) \
           >>"$out/upstream.txt" 2>&1
       done
-      grep -E "ASPA" "$out/upstream.txt" | tail -20 ;;
+      grep -E "^[0-9]+ +\| ASPA" "$out/upstream.txt" ;;
     sdpa)
       # PyTorch causal SDPA on the same 32 x 16 shapes, BF16 to 1M and FP32 to 131k.
       python3 "$root/perf/gpu/sdpa.py" --tokens 4096 32768 131072 524288 1048576 --csv "$out/sdpa.csv" \
