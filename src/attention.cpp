@@ -140,99 +140,219 @@ KOKKOS_INLINE_FUNCTION void load_row(float const* src, int d, float (&dst)[D]) {
 // Lanes per row: on GPUs a row's candidates are dealt out to a vector of lanes, so that a block
 // of 32 rows keeps 32 x lanes threads busy (rows alone are too few below ~1M tokens); the wider
 // the row state, the fewer lanes. Host backends use one lane.
+constexpr bool on_host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
+
+// The first of c0, c0 + 1, ... that lane `lane` of `lanes` takes (key c goes to lane c % lanes).
+KOKKOS_INLINE_FUNCTION long first_of_lane(long c0, int lane, int lanes) {
+  return c0 + ((lane - c0 % lanes) % lanes + lanes) % lanes;
+}
+
 template <int D>
 constexpr int lanes_per_row() {
-  if (Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible) return 1;
+  if (on_host) return 1;
   return D <= 32 ? 8 : D <= 64 ? 4 : 1;
 }
 
-// The attention of one block of up to attention_block_rows rows of one head; D >= d is the
+// What both attention kernels read: the blocks of active rows, where a head's queries, keys and
+// values lie, and where a row's context goes.
+struct Blocks {
+  ShortlistPlan p;
+  TokenMatrix q, kv, ctx;
+  CandidateLists dna_lists;
+  Kokkos::View<long*, MemSpace> block_start, row_token, row_query;
+  IndexVector row_head;
+  Kokkos::View<int*, MemSpace> candidate_count;
+  int heads, embed, d;
+  long tokens, q_stride, stride, dna_blocks;
+  float scale;
+  bool count;
+
+  Blocks(ShortlistPlan const& plan, TokenMatrix const& q_, TokenMatrix const& kv_, ActiveRows const& rows,
+         CandidateLists const& lists, int heads_, TokenMatrix const& ctx_, Kokkos::View<int*, MemSpace> const& counts)
+      : p(plan), q(q_), kv(kv_), ctx(ctx_), dna_lists(lists), block_start(rows.block_start), row_token(rows.token),
+        row_query(rows.query), row_head(rows.head), candidate_count(counts), heads(heads_),
+        embed(static_cast<int>(q_.extent(1))), d(embed / heads_) {
+    long const batch = static_cast<long>(rows.head_start.extent(0) - 1) / heads;
+    tokens = static_cast<long>(kv.extent(0)) / batch;
+    q_stride = static_cast<long>(q.stride(0));
+    stride = static_cast<long>(kv.stride(0));
+    dna_blocks = (tokens + p.dna_block - 1) / p.dna_block;
+    scale = 1.0f / std::sqrt(static_cast<float>(d));
+    count = counts.extent(0) > 0;
+  }
+
+  // Block `block`: rows r0 .. r0 + n - 1, all of batch b and head h.
+  KOKKOS_INLINE_FUNCTION void rows_of(int block, long& r0, int& n, long& b, long& h) const {
+    r0 = block_start(block);
+    n = static_cast<int>(block_start(block + 1) - r0);
+    int const bh = row_head(r0);
+    b = bh / heads;
+    h = bh % heads;
+  }
+  // The union of the block's local windows, and whether its rows walk it in step: when it is
+  // short enough, every row steps through all of it together (the threads of a warp read the
+  // same key at once), and the keys can be staged in team scratch. Rows far apart (sparse heads,
+  // dropped tokens) would idle through most of a long union: those walk their own windows. A
+  // step of the second kind measured ~4x the cost of one of the first on an H100, hence 4.
+  KOKKOS_INLINE_FUNCTION bool walks_union(long r0, int n, long& lo, long& hi) const {
+    lo = local_begin(p, row_token(r0));
+    hi = row_token(r0 + n - 1);
+    return hi - lo + 1 <= 4 * p.local_width;
+  }
+  // Keys of batch b, head h: key of token t at keys(b, h) + t * stride, its value embed further.
+  KOKKOS_INLINE_FUNCTION float const* keys(long b, long h) const { return kv.data() + b * tokens * stride + h * d; }
+  KOKKOS_INLINE_FUNCTION float const* query(long h, long qrow) const { return q.data() + h * d + qrow * q_stride; }
+  KOKKOS_INLINE_FUNCTION Position const* dna_of(long b, long t) const {
+    return p.dna_cap > 0 ? &dna_lists(b * dna_blocks + t / p.dna_block, 0) : nullptr;
+  }
+  // The scaled query of row qrow of head h.
+  template <int D, bool Wide>
+  KOKKOS_INLINE_FUNCTION void load_query(long h, long qrow, float (&qr)[D]) const {
+    load_row<D, Wide>(query(h, qrow), d, qr);
+    for (int j = 0; j < D; ++j) qr[j] *= scale;
+  }
+  // Adds candidate c, read from the head's keys k (values at k + embed), to s.
+  template <int D, bool Wide>
+  KOKKOS_INLINE_FUNCTION void add(detail::SoftmaxState<D>& s, float const (&qr)[D], float const* k, long c) const {
+    float kc[D], vc[D];
+    load_row<D, Wide>(k + c * stride, d, kc);
+    float dot = 0.0f;
+    for (int j = 0; j < D; ++j) dot += qr[j] * kc[j];
+    load_row<D, Wide>(k + embed + c * stride, d, vc);
+    s.add(dot, vc);
+  }
+  template <int D>
+  KOKKOS_INLINE_FUNCTION void finish(long r, long qrow, long h, detail::SoftmaxState<D> const& s) const {
+    if (count) candidate_count(r) = s.seen;
+    float const inv = 1.0f / s.l;
+    for (int j = 0; j < D; ++j)
+      if (j < d) ctx(qrow, h * d + j) = s.acc[j] * inv;
+  }
+};
+
+using Policy = Kokkos::TeamPolicy<ExecSpace>;
+using Member = Policy::member_type;
+
+// Blocks whose rows walk their own windows: one thread (a vector of `lanes` lanes) per row on
+// GPUs; host backends run a team as one thread that takes the rows in turn. Lane i of a row takes
+// the window's candidates c with c % lanes == i and every lanes-th extra candidate. D >= d is the
 // compile-time width of the per-row state (query and accumulator live in registers on GPUs).
 // Wide: d == D and every key, value and query row is 16-byte aligned.
 template <int D, bool Wide>
-void attend_blocks(ExecSpace const& space, ShortlistPlan const& p, TokenMatrix const& q, TokenMatrix const& kv,
-                   ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
-                   TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count) {
-  int const embed = static_cast<int>(q.extent(1));
-  int const d = embed / heads;
-  long const batch = static_cast<long>(rows.head_start.extent(0) - 1) / heads;
-  long const tokens = static_cast<long>(kv.extent(0)) / batch;
-  long const q_stride = static_cast<long>(q.stride(0)), stride = static_cast<long>(kv.stride(0));
-  float const scale = 1.0f / std::sqrt(static_cast<float>(d));
-  long const dna_blocks = (tokens + p.dna_block - 1) / p.dna_block;
-  bool const count = candidate_count.extent(0) > 0;
-  auto row_head = rows.head;
-  auto row_token = rows.token;
-  auto row_query = rows.query;
-  auto block_start = rows.block_start;
-  using Policy = Kokkos::TeamPolicy<ExecSpace>;
-  using Member = Policy::member_type;
+void attend_own_windows(ExecSpace const& space, Blocks const& a, long blocks) {
   constexpr int lanes = lanes_per_row<D>();
-  // One thread (a vector of `lanes` lanes) per row of the block on GPUs; host backends run a team
-  // as one thread that takes the rows in turn.
-  int const team_size =
-      Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible ? 1 : attention_block_rows;
+  int const team_size = on_host ? 1 : attention_block_rows;
   Kokkos::parallel_for(
-      "proteus::attention::shortlist", Policy(space, rows.blocks, team_size, lanes),
-      KOKKOS_LAMBDA(Member const& team) {
-        long const r0 = block_start(team.league_rank());
-        int const n = static_cast<int>(block_start(team.league_rank() + 1) - r0);
-        int const bh = row_head(r0);
-        long const b = bh / heads, h = bh % heads;
-        // This head's query of active row r starts at qh + row_query(r) * q_stride (the row's
-        // context row is the same), its key and value of token t at k + t * stride and v + t * stride.
-        float const* qh = q.data() + h * d;
-        float const* k = kv.data() + b * tokens * stride + h * d;
-        float const* v = k + embed;
-        // The union of the block's local windows: when it is short enough, every row walks all of
-        // it in the same order, so that the threads of a warp read the same key row at once (one
-        // broadcast). Rows far apart (sparse heads, dropped tokens) would idle through most of a
-        // long union: then each row walks only its own window, reading its own keys. A step of
-        // the second kind measured ~4x the cost of one of the first on an H100, hence the bound.
-        // Lane i of a row takes the window's candidates c with c % lanes == i and every lanes-th
-        // extra candidate, in ascending order either way (the same result from both walks).
-        long const span_lo = local_begin(p, row_token(r0)), span_hi = row_token(r0 + n - 1);
-        bool const in_step = span_hi - span_lo + 1 <= 4 * p.local_width;
+      "proteus::attention::own_windows", Policy(space, blocks, team_size, lanes), KOKKOS_LAMBDA(Member const& team) {
+        long r0, b, h, lo, hi;
+        int n;
+        a.rows_of(team.league_rank(), r0, n, b, h);
+        if (a.walks_union(r0, n, lo, hi)) return;
+        float const* k = a.keys(b, h);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
-          long const t = row_token(r0 + r), qrow = row_query(r0 + r);
-          long const from = local_begin(p, t);
-          Position const* dna = p.dna_cap > 0 ? &dna_lists(b * dna_blocks + t / p.dna_block, 0) : nullptr;
+          long const t = a.row_token(r0 + r), qrow = a.row_query(r0 + r);
+          long const from = local_begin(a.p, t);
+          Position const* dna = a.dna_of(b, t);
           float qr[D];
-          load_row<D, Wide>(qh + qrow * q_stride, d, qr);
-          for (int j = 0; j < D; ++j) qr[j] *= scale;
+          a.load_query<D, Wide>(h, qrow, qr);
           detail::SoftmaxState<D> row;
           Kokkos::parallel_reduce(
               Kokkos::ThreadVectorRange(team, lanes),
               [&](int lane, detail::SoftmaxState<D>& s) {
-                auto add = [&](long c) {
-                  float kc[D], vc[D];
-                  load_row<D, Wide>(k + c * stride, d, kc);
-                  float dot = 0.0f;
-                  for (int j = 0; j < D; ++j) dot += qr[j] * kc[j];
-                  load_row<D, Wide>(v + c * stride, d, vc);
-                  s.add(dot, vc);
-                };
-                // The first candidate at or after c0 that belongs to this lane.
-                auto first_of_lane = [&](long c0) { return c0 + ((lane - c0 % lanes) % lanes + lanes) % lanes; };
-                if (in_step) {
-                  for (long c = first_of_lane(span_lo); c <= span_hi; c += lanes)
-                    if (c >= from && c <= t) add(c);
-                } else {
-                  for (long c = first_of_lane(from); c <= t; c += lanes) add(c);
-                }
+                for (long c = first_of_lane(from, lane, lanes); c <= t; c += lanes) a.add<D, Wide>(s, qr, k, c);
                 // Anchors and DNA candidates outside the window, gathered from global memory.
                 int extra = 0;
-                for_each_extra_candidate(p, t, dna, [&](long c) {
-                  if (extra++ % lanes == lane) add(c);
+                for_each_extra_candidate(a.p, t, dna, [&](long c) {
+                  if (extra++ % lanes == lane) a.add<D, Wide>(s, qr, k, c);
                 });
               },
               detail::MergeSoftmax<D>(row));
-          Kokkos::single(Kokkos::PerThread(team), [&]() {
-            if (count) candidate_count(r0 + r) = row.seen;
-            float const inv = 1.0f / row.l;
-            for (int j = 0; j < D; ++j)
-              if (j < d) ctx(qrow, h * d + j) = row.acc[j] * inv;
+          Kokkos::single(Kokkos::PerThread(team), [&]() { a.finish(r0 + r, qrow, h, row); });
+        });
+      });
+}
+
+// Blocks whose rows walk the union of their windows in step: the team stages a tile of keys and
+// values in scratch, and the same lane of every row reads the same key of it at once (a
+// broadcast), adding it when it lies in the row's window. Lanes split the tile as in
+// attend_own_windows (key c to lane c % lanes), so both kernels add a row's candidates in the
+// same order; a lane's softmax state waits in scratch between tiles. Then each row merges its
+// lanes and gathers its extra candidates.
+template <int D, bool Wide>
+void attend_union(ExecSpace const& space, Blocks const& a, long blocks) {
+  constexpr int lanes = lanes_per_row<D>();
+  constexpr int tile = 1024 / D;  // keys per tile: 8 KB of keys and values
+  constexpr int pitch = D + 1;    // floats per staged key: odd, so that neighbouring keys sit in other banks
+  int const team_size = on_host ? 1 : attention_block_rows;
+  using Floats = Kokkos::View<float*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
+  using States = Kokkos::View<detail::SoftmaxState<D>*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
+  Policy policy(space, blocks, team_size, lanes);
+  policy.set_scratch_size(
+      0, Kokkos::PerTeam(2 * Floats::shmem_size(tile * pitch) + States::shmem_size(attention_block_rows * lanes)));
+  Kokkos::parallel_for(
+      "proteus::attention::union", policy, KOKKOS_LAMBDA(Member const& team) {
+        long r0, b, h, lo, hi;
+        int n;
+        a.rows_of(team.league_rank(), r0, n, b, h);
+        if (!a.walks_union(r0, n, lo, hi)) return;
+        float const* k = a.keys(b, h);
+        float const* v = k + a.embed;
+        Floats tile_k(team.team_scratch(0), tile * pitch), tile_v(team.team_scratch(0), tile * pitch);
+        States states(team.team_scratch(0), attention_block_rows * lanes);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
+          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, lanes), [&](int lane) { states(r * lanes + lane).clear(); });
+        });
+        for (long c0 = lo; c0 <= hi; c0 += tile) {
+          int const len = static_cast<int>(hi - c0 + 1 < tile ? hi - c0 + 1 : tile);
+          team.team_barrier();  // every lane is done with the previous tile
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, len), [&](int i) {
+            Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, D), [&](int j) {
+              bool const in = j < a.d;
+              tile_k(i * pitch + j) = in ? k[(c0 + i) * a.stride + j] : 0.0f;
+              tile_v(i * pitch + j) = in ? v[(c0 + i) * a.stride + j] : 0.0f;
+            });
           });
+          team.team_barrier();
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
+            long const t = a.row_token(r0 + r), from = local_begin(a.p, t);
+            float qr[D];
+            a.load_query<D, Wide>(h, a.row_query(r0 + r), qr);
+            Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, lanes), [&](int lane) {
+              detail::SoftmaxState<D> s = states(r * lanes + lane);
+              for (int i = static_cast<int>(first_of_lane(c0, lane, lanes) - c0); i < len; i += lanes) {
+                if (c0 + i < from || c0 + i > t) continue;
+                float kc[D], vc[D];
+                for (int j = 0; j < D; ++j) {
+                  kc[j] = tile_k(i * pitch + j);
+                  vc[j] = tile_v(i * pitch + j);
+                }
+                float dot = 0.0f;
+                for (int j = 0; j < D; ++j) dot += qr[j] * kc[j];
+                s.add(dot, vc);
+              }
+              states(r * lanes + lane) = s;
+            });
+          });
+        }
+        team.team_barrier();
+        // Anchors and DNA candidates outside the window, gathered from global memory.
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
+          long const t = a.row_token(r0 + r);
+          Position const* dna = a.dna_of(b, t);
+          float qr[D];
+          a.load_query<D, Wide>(h, a.row_query(r0 + r), qr);
+          detail::SoftmaxState<D> row;
+          Kokkos::parallel_reduce(
+              Kokkos::ThreadVectorRange(team, lanes),
+              [&](int lane, detail::SoftmaxState<D>& s) {
+                s.merge(states(r * lanes + lane));
+                int extra = 0;
+                for_each_extra_candidate(a.p, t, dna, [&](long c) {
+                  if (extra++ % lanes == lane) a.add<D, Wide>(s, qr, k, c);
+                });
+              },
+              detail::MergeSoftmax<D>(row));
+          Kokkos::single(Kokkos::PerThread(team), [&]() { a.finish(r0 + r, a.row_query(r0 + r), h, row); });
         });
       });
 }
@@ -251,10 +371,14 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const
   bool const aligned_rows = d % 4 == 0 && aligned(q) && aligned(kv);
   auto run = [&](auto width) {
     constexpr int D = decltype(width)::value;
-    if (aligned_rows && d == D)
-      attend_blocks<D, true>(space, plan, q, kv, rows, dna_lists, heads, ctx, candidate_count);
-    else
-      attend_blocks<D, false>(space, plan, q, kv, rows, dna_lists, heads, ctx, candidate_count);
+    Blocks const blocks(plan, q, kv, rows, dna_lists, heads, ctx, candidate_count);
+    if (aligned_rows && d == D) {
+      attend_own_windows<D, true>(space, blocks, rows.blocks);
+      attend_union<D, true>(space, blocks, rows.blocks);
+    } else {
+      attend_own_windows<D, false>(space, blocks, rows.blocks);
+      attend_union<D, false>(space, blocks, rows.blocks);
+    }
   };
   // The smallest supported width that holds d (Config::resolved() refuses d > 256).
   if (d <= 8) run(std::integral_constant<int, 8>());

@@ -1,12 +1,12 @@
-// Stage 6b: attention of every active (head, row) over its shortlist, as a team kernel: one team
+// Stage 6b: attention of every active (head, row) over its shortlist, as team kernels: one team
 // per block of up to 32 active rows of one head; on GPUs a row's candidates are dealt out to a
-// vector of lanes (8 for head widths up to 32), each holding the query and its own accumulator
-// in registers, and the lanes' online-softmax states merge at the end of the row. Rows close
-// together walk the union of their local windows in step (the same lane of every row reads the
-// same key at once); rows far apart (sparse heads, dropped tokens) walk their own windows. Then
-// the row's anchors and DNA candidates are gathered; softmax is online (running max and sum), so
-// memory stays O(1) per row, never O(T^2). Dense causal attention is the same kernel with a
-// window that covers the whole prefix.
+// vector of lanes (8 for head widths up to 32), each with its own online-softmax state in
+// registers, merged at the end of the row. Rows close together walk the union of their local
+// windows in step, through tiles of keys and values staged in team scratch (the same lane of
+// every row reads the same key at once); rows far apart (sparse heads, dropped tokens) walk their
+// own windows from global memory. Then the row's anchors and DNA candidates are gathered.
+// Softmax is online (running max and sum), so memory stays O(1) per row, never O(T^2). Dense
+// causal attention is the same kernels with a window that covers the whole prefix.
 #pragma once
 
 #include "proteus/shortlist.hpp"
