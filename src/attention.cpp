@@ -137,9 +137,6 @@ KOKKOS_INLINE_FUNCTION void load_row(float const* src, int d, float (&dst)[D]) {
   }
 }
 
-// Lanes per row: on GPUs a row's candidates are dealt out to a vector of lanes, so that a block
-// of 32 rows keeps 32 x lanes threads busy (rows alone are too few below ~1M tokens); the wider
-// the row state, the fewer lanes. Host backends use one lane.
 constexpr bool on_host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
 
 // The first of c0, c0 + 1, ... that lane `lane` of `lanes` takes (key c goes to lane c % lanes).
@@ -147,6 +144,9 @@ KOKKOS_INLINE_FUNCTION long first_of_lane(long c0, int lane, int lanes) {
   return c0 + ((lane - c0 % lanes) % lanes + lanes) % lanes;
 }
 
+// Lanes per row: on GPUs a row's candidates are dealt out to a vector of lanes, so that a block
+// of 32 rows keeps 32 x lanes threads busy (rows alone are too few below ~1M tokens); the wider
+// the row state, the fewer lanes. Host backends use one lane.
 template <int D>
 constexpr int lanes_per_row() {
   if (on_host) return 1;
