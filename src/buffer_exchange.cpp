@@ -2,6 +2,7 @@
 #include "proteus/buffer_exchange.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <tuple>
 
@@ -69,12 +70,17 @@ TokenMatrix gather_buffer_embeddings(ExecSpace const& space, MPI_Comm comm, Sequ
   int ranks = 1;
   MPI_Comm_size(comm, &ranks);
   int const e = source.embed_dim();
+  if (ranks == 1 || source.generated()) {
+    // Every buffer row is at hand: one rank owns them all, or the source makes any row.
+    TokenMatrix all(Kokkos::view_alloc("proteus::buffer::tokens", Kokkos::WithoutInitializing), buffer.size(), e);
+    source.read_rows(space, buffer.positions, all);
+    return all;
+  }
   auto lo = std::lower_bound(buffer.positions.begin(), buffer.positions.end(), own_begin);
   auto hi = std::lower_bound(buffer.positions.begin(), buffer.positions.end(), own_end);
   std::vector<Position> const mine(lo, hi);
   TokenMatrix rows("proteus::buffer::own_rows", mine.size(), e);
   source.read_rows(space, mine, rows);
-  if (ranks == 1) return rows;  // one rank already holds every buffer row
   auto host_rows = Kokkos::create_mirror_view_and_copy(HostSpace(), rows);
   int const count = static_cast<int>(mine.size()) * e;
   std::vector<int> counts(ranks);
@@ -113,6 +119,36 @@ TokenMatrix gather_rows_to_root(ExecSpace const& space, MPI_Comm comm, TokenMatr
               displ.data(), MPI_FLOAT, 0, comm);
   Kokkos::deep_copy(space, out, host_out);
   return out;
+}
+
+double buffer_output_norm(ExecSpace const& space, MPI_Comm comm, TokenMatrix const& y) {
+  int rank = 0, ranks = 1;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &ranks);
+  long const rows = static_cast<long>(y.extent(0));
+  long const e = static_cast<long>(y.extent(1));
+  auto [lo, hi] = buffer_rows_of_rank(rows, rank, ranks);
+  Kokkos::View<double*, MemSpace> row_sums(Kokkos::view_alloc("proteus::buffer::row_sums", Kokkos::WithoutInitializing),
+                                           hi - lo);
+  Kokkos::parallel_for(
+      "proteus::buffer::row_sums", Kokkos::RangePolicy<ExecSpace>(space, 0, hi - lo), KOKKOS_LAMBDA(long i) {
+        double s = 0.0;
+        for (long j = 0; j < e; ++j) s += double(y(lo + i, j)) * y(lo + i, j);
+        row_sums(i) = s;
+      });
+  auto host = Kokkos::create_mirror_view_and_copy(HostSpace(), row_sums);
+  std::vector<int> counts(ranks), displ(ranks);
+  for (int r = 0; r < ranks; ++r) {
+    auto [a, b] = buffer_rows_of_rank(rows, r, ranks);
+    counts[r] = static_cast<int>(b - a);
+    displ[r] = static_cast<int>(a);
+  }
+  std::vector<double> all(rank == 0 ? rows : 0);
+  MPI_Gatherv(host.data(), static_cast<int>(hi - lo), MPI_DOUBLE, all.data(), counts.data(), displ.data(), MPI_DOUBLE,
+              0, comm);
+  double total = 0.0;
+  for (double s : all) total += s;  // row order on rank 0: the same sum for every rank count
+  return std::sqrt(total);
 }
 
 }  // namespace proteus

@@ -248,15 +248,12 @@ RunSummary run_pipeline(RunDeck const& deck, MPI_Comm comm, std::optional<std::s
     opt.row_end = hi;
     ForwardStats const st = pass.run(space, xbuf, 1, pos, y, opt);
     sum.buffer_mode = st.mode;
-    TokenMatrix const all = gather_rows_to_root(space, comm, y);
-    if (rank == 0) {
-      double norm = 0.0;
-      float const* out = all.data();
-      Kokkos::parallel_reduce(
-          "proteus::buffer::output_norm", Kokkos::RangePolicy<ExecSpace>(space, 0, all.size()),
-          KOKKOS_LAMBDA(long i, double& s) { s += double(out[i]) * out[i]; }, norm);
-      sum.buffer_output_norm = std::sqrt(norm);
-      if (deck.output.write_outputs) {
+    double const norm = buffer_output_norm(space, comm, y);
+    if (rank == 0) sum.buffer_output_norm = norm;
+    // The outputs themselves travel to rank 0 only when they are written.
+    if (deck.output.write_outputs) {
+      TokenMatrix const all = gather_rows_to_root(space, comm, y);
+      if (rank == 0) {
         auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), all);
         sum.buffer_outputs.assign(h.data(), h.data() + h.size());
         sum.outputs_file = (outdir / "outputs.h5").string();

@@ -116,6 +116,14 @@ TEST_CASE("rank count changes neither the buffer nor the outputs", "[pipeline][m
     CHECK(s.tokens_caught == r.tokens_caught);
     CHECK(s.buffer_positions.size() == 1024);
     CHECK(max_relative_gap(s.buffer_outputs, r.buffer_outputs) <= 1e-6);
+    // The norm reduced from each rank's rows equals the norm of the gathered outputs (double sums;
+    // only the device's fused multiply-adds may differ in the last bits).
+    for (RunSummary const* run : {&s, &r}) {
+      double squares = 0.0;
+      for (float v : run->buffer_outputs) squares += double(v) * v;
+      CHECK(run->buffer_output_norm == Approx(std::sqrt(squares)).epsilon(1e-12));
+      CHECK(run->buffer_output_norm > 0.0);
+    }
     CHECK(max_relative_gap(final_dna(s.checkpoint), final_dna(r.checkpoint)) <= 1e-6);
     CHECK(s.needles_found == s.needles);
     CHECK(chunk_rows(s.checkpoint) == chunk_rows(r.checkpoint));  // per-chunk counts too

@@ -23,8 +23,9 @@ struct GlobalBuffer {
 // The same answer on every rank and for every rank count.
 GlobalBuffer select_global_buffer(MPI_Comm comm, Candidates const& local, long buffer_tokens);
 
-// Rows of the buffer: each rank reads those in [own_begin, own_end) from the source; the result,
-// [S x E] in position order, is the same on every rank.
+// Rows of the buffer: each rank reads those in [own_begin, own_end) from the source and the ranks
+// gather them (host staging, MPI_Allgatherv); a generated source makes every row on every rank
+// instead. The result, [S x E] in position order, is the same on every rank.
 TokenMatrix gather_buffer_embeddings(ExecSpace const& space, MPI_Comm comm, SequenceSource const& source,
                                      GlobalBuffer const& buffer, Position own_begin, Position own_end);
 
@@ -33,5 +34,10 @@ std::pair<long, long> buffer_rows_of_rank(long rows, int rank, int ranks);
 
 // Gathers each rank's rows [S r / P, S (r+1) / P) of y [S x E] onto rank 0 (others get nothing).
 TokenMatrix gather_rows_to_root(ExecSpace const& space, MPI_Comm comm, TokenMatrix const& y);
+
+// The Frobenius norm of the rows y of all ranks (each rank's rows [S r / P, S (r+1) / P)), on rank
+// 0 (others get 0): every row is summed in order in double, and rank 0 adds the rows' sums in row
+// order, so the figure does not depend on the number of ranks. Only S doubles travel.
+double buffer_output_norm(ExecSpace const& space, MPI_Comm comm, TokenMatrix const& y);
 
 }  // namespace proteus

@@ -25,6 +25,9 @@ class SequenceSource {
                          TokenMatrix const& out) const = 0;
   // Positions of planted needles (synthetic source), ascending.
   virtual std::vector<Position> needles() const { return {}; }
+  // Sources whose token t is a pure function of t can make any row on any rank's device, so
+  // that rows another rank owns need not travel through MPI.
+  virtual bool generated() const { return false; }
   // Sources whose tokens live in host memory or files can fill a host buffer from any thread,
   // so that reading the next chunk overlaps the device work on the current one.
   virtual bool host_resident() const { return false; }
@@ -43,6 +46,7 @@ class SyntheticSource final : public SequenceSource {
   void read_rows(ExecSpace const& space, std::vector<Position> const& positions,
                  TokenMatrix const& out) const override;
   std::vector<Position> needles() const override { return needle_positions_; }
+  bool generated() const override { return true; }
   // Fills row i of out with the token at position pos(i). (Public: CUDA forbids device lambdas
   // in private member functions.)
   void generate(ExecSpace const& space, Kokkos::View<Position*, MemSpace> const& pos, TokenMatrix const& out) const;

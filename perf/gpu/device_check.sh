@@ -55,6 +55,15 @@ for step in "$@"; do
       python3 "$root/perf/bench_pipeline.py" "$bin/drivers/proteus_driver" "$root/inputs/ctx10m.in" \
         --tokens 1000000 4000000 10000000 --device "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" \
         --csv "$out/pipeline.csv" | tee "$out/pipeline.txt" ;;
+    weak_scaling)
+      # 10M tokens per rank on 1 and 2 ranks; on a 2-GPU machine each rank takes its own GPU
+      # (Kokkos maps devices by local rank), on a 1-GPU machine the ranks share it.
+      nvidia-smi --query-gpu=index,name --format=csv,noheader | tee "$out/weak_scaling.txt"
+      for np in 1 2; do
+        python3 "$root/perf/bench_pipeline.py" "$bin/drivers/proteus_driver" "$root/inputs/ctx10m.in" \
+          --tokens $((np * 10000000)) --np $np --device "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" \
+          --csv "$out/weak_np$np.csv" | tee -a "$out/weak_scaling.txt"
+      done ;;
     nsys_pipeline)
       mkdir -p /tmp/run && cd /tmp/run && nsys profile -o /tmp/run/pipe --force-overwrite true --stats=true \
         "$bin/drivers/proteus_driver" -q "$root/inputs/ctx10m.in" --set checkpoint.at_end=false \
