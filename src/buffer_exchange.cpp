@@ -18,6 +18,16 @@ std::vector<int> displacements(std::vector<int> const& counts) {
   for (size_t i = 1; i < counts.size(); ++i) d[i] = d[i - 1] + counts[i - 1];
   return d;
 }
+
+// MPI counts of the ranks' shares of `rows` buffer rows (buffer_rows_of_rank), `width` values each.
+std::vector<int> share_counts(long rows, int ranks, long width) {
+  std::vector<int> counts(ranks);
+  for (int r = 0; r < ranks; ++r) {
+    auto [a, b] = buffer_rows_of_rank(rows, r, ranks);
+    counts[r] = static_cast<int>((b - a) * width);
+  }
+  return counts;
+}
 }  // namespace
 
 GlobalBuffer select_global_buffer(MPI_Comm comm, Candidates const& local, long buffer_tokens) {
@@ -107,12 +117,7 @@ TokenMatrix gather_rows_to_root(ExecSpace const& space, MPI_Comm comm, TokenMatr
   if (ranks == 1) return y;  // rank 0 already holds every row
   auto [lo, hi] = buffer_rows_of_rank(rows, rank, ranks);
   auto host = Kokkos::create_mirror_view_and_copy(HostSpace(), y);
-  std::vector<int> counts(ranks), displ(ranks);
-  for (int r = 0; r < ranks; ++r) {
-    auto [a, b] = buffer_rows_of_rank(rows, r, ranks);
-    counts[r] = static_cast<int>((b - a) * e);
-    displ[r] = static_cast<int>(a * e);
-  }
+  std::vector<int> const counts = share_counts(rows, ranks, e), displ = displacements(counts);
   TokenMatrix out("proteus::buffer::outputs", rank == 0 ? rows : 0, e);
   auto host_out = Kokkos::create_mirror_view(out);
   MPI_Gatherv(host.data() + lo * e, static_cast<int>((hi - lo) * e), MPI_FLOAT, host_out.data(), counts.data(),
@@ -137,12 +142,7 @@ double buffer_output_norm(ExecSpace const& space, MPI_Comm comm, TokenMatrix con
         row_sums(i) = s;
       });
   auto host = Kokkos::create_mirror_view_and_copy(HostSpace(), row_sums);
-  std::vector<int> counts(ranks), displ(ranks);
-  for (int r = 0; r < ranks; ++r) {
-    auto [a, b] = buffer_rows_of_rank(rows, r, ranks);
-    counts[r] = static_cast<int>(b - a);
-    displ[r] = static_cast<int>(a);
-  }
+  std::vector<int> const counts = share_counts(rows, ranks, 1), displ = displacements(counts);
   std::vector<double> all(rank == 0 ? rows : 0);
   MPI_Gatherv(host.data(), static_cast<int>(hi - lo), MPI_DOUBLE, all.data(), counts.data(), displ.data(), MPI_DOUBLE,
               0, comm);
