@@ -24,7 +24,7 @@ struct Options {
   std::vector<long> tokens{1024, 4096, 16384, 65536};
   std::vector<double> alphas{0.0, 0.3, 1.0};
   int embed = 128, heads = 8, gates = 0, batch = 1, warmup = 1, repeat = 5;
-  bool dna_update = false, token_sparse = false, profile = false;
+  bool dna_update = false, token_sparse = false, profile = false, tf32 = false;
   double budget_seconds = 60.0;  // skip a row predicted to take longer than this
   std::string csv;
 };
@@ -55,15 +55,16 @@ int main(int argc, char** argv) {
     app.add_option("--repeat", o.repeat, "timed runs (median reported)");
     app.add_flag("--dna-update", o.dna_update, "let the DNA EMA run on every call (default: frozen)");
     app.add_flag("--token-sparse", o.token_sparse, "token sparsity on (upstream's tinytoy does this)");
+    app.add_flag("--tf32", o.tf32, "projection GEMMs on TF32 tensor cores (CUDA + cuBLAS builds)");
     app.add_option("--budget", o.budget_seconds, "skip rows predicted to take longer (s)");
     app.add_option("--csv", o.csv, "write the table as CSV here");
     app.add_flag("--profile", o.profile, "time every Kokkos kernel of the timed runs (adds fences)");
     CLI11_PARSE(app, argc, argv);
     proteus::track_memory();
     if (o.profile) proteus::perf::install_kernel_timer();
-    std::printf("# proteus %s (%s), %s, E=%d H=%d B=%d, dna_update=%d token_sparse=%d\n", PROTEUS_VERSION_STRING,
-                PROTEUS_GIT_COMMIT, proteus::ExecSpace::name(), o.embed, o.heads, o.batch, o.dna_update,
-                o.token_sparse);
+    std::printf("# proteus %s (%s), %s, E=%d H=%d B=%d, dna_update=%d token_sparse=%d tf32=%d\n",
+                PROTEUS_VERSION_STRING, PROTEUS_GIT_COMMIT, proteus::ExecSpace::name(), o.embed, o.heads, o.batch,
+                o.dna_update, o.token_sparse, o.tf32);
     std::printf("%9s %6s %10s %4s %8s %12s %12s %10s %10s %6s\n", "T", "alpha", "mode", "K", "L", "median_ms",
                 "tokens_per_s", "peak_MB", "cand/row", "kept");
     std::ofstream csv;
@@ -88,6 +89,7 @@ int main(int argc, char** argv) {
         cfg.num_gates = o.gates;
         cfg.dna_update = o.dna_update;
         cfg.token_sparse = o.token_sparse;
+        cfg.tf32_projections = o.tf32;
         cfg.seed = 1;
         proteus::BatchTensor x("bench::x", o.batch, T, o.embed);
         fill(x, 5);

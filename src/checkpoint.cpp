@@ -99,6 +99,7 @@ void write_checkpoint(std::string const& path, MPI_Comm comm, CheckpointContent 
       f.attr("/config", "dna_blend", static_cast<double>(cfg.dna_blend));
       f.attr("/config", "dna_temperature", static_cast<double>(cfg.dna_temperature));
       f.attr("/config", "rope_base", cfg.rope_base);
+      f.attr("/config", "tf32_projections", static_cast<long long>(cfg.tf32_projections ? 1 : 0));
       f.attr("/config", "mode", to_string(cfg.mode));
       f.attr("/config", "alpha", static_cast<double>(cfg.alpha));
       Weights const& w = m.weights();

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "proteus/error.hpp"
+#include "proteus/projection.hpp"
 
 namespace proteus {
 
@@ -69,6 +70,9 @@ Config Config::resolved() const {
         "at least one shortlist piece (local, anchors, dna) must be enabled");
   check(!c.use_dna_candidates || c.dna_enable, "use_dna_candidates", "needs dna_enable");
   check(c.rope_base > 1.0, "rope_base", "must be > 1");
+  check(!c.tf32_projections || tf32_available(), "tf32_projections",
+        "TF32 needs a CUDA build whose Kokkos Kernels calls cuBLAS; this build runs on " +
+            std::string(ExecSpace::name()));
   check(c.switch_ctx > c.seq_low, "switch_ctx", "must exceed seq_low");
   return c;
 }

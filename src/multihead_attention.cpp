@@ -190,7 +190,8 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
   // time (the only [N x E] buffers that live through the call are x, K|V and y).
   int const e = c.embed_dim;
   TokenMatrix const& kv = reuse(work_.kv, "proteus::kv", n, 2 * e);
-  project_kv(space, x, weights_, kv);
+  GemmPrecision const precision = c.tf32_projections ? GemmPrecision::tf32 : GemmPrecision::fp32;
+  project_kv(space, x, weights_, kv, precision);
   TokenVector const bias_q = Kokkos::subview(weights_.qkv_bias, std::make_pair(0, e));
   TokenVector const bias_kv = Kokkos::subview(weights_.qkv_bias, std::make_pair(e, 3 * e));
   bias_and_rope(space, kv, bias_kv, positions, e, heads, 1, c.rope, c.rope_base);
@@ -216,7 +217,7 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
     if (every) {
       for (int b = 0; b < batch; ++b) {
         TokenMatrix const qr = rows_of(qb, b * len, len);
-        project_q(space, rows_of(x, b * tokens + t0, len), weights_, qr);
+        project_q(space, rows_of(x, b * tokens + t0, len), weights_, qr, precision);
         PositionVector const pos = Kokkos::subview(positions, std::make_pair(b * tokens + t0, b * tokens + t0 + len));
         bias_and_rope(space, qr, bias_q, pos, e, heads, 1, c.rope, c.rope_base);
       }
@@ -230,7 +231,7 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
             xq(i, j) = x(source(i), j);
             if (j == 0) pos(i) = positions(source(i));
           });
-      project_q(space, xq, weights_, qb);
+      project_q(space, xq, weights_, qb, precision);
       bias_and_rope(space, qb, bias_q, pos, e, heads, 1, c.rope, c.rope_base);
     }
     auto head_rows = Kokkos::create_mirror_view_and_copy(HostSpace(), rows.head_start);
@@ -247,10 +248,10 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
     candidates += block_candidates;
     if (every) {
       for (int b = 0; b < batch; ++b)
-        project_output(space, rows_of(cb, b * len, len), weights_, rows_of(y, b * tokens + t0, len));
+        project_output(space, rows_of(cb, b * len, len), weights_, rows_of(y, b * tokens + t0, len), precision);
       continue;
     }
-    if (nq > 0) project_output(space, cb, weights_, gathered);
+    if (nq > 0) project_output(space, cb, weights_, gathered, precision);
     auto const query_of = rows.query_of;
     TokenMatrix const yq = gathered;
     detail::for_each_element(

@@ -2,11 +2,20 @@
 // bias with RoPE).
 #include "proteus/projection.hpp"
 
+#include <KokkosKernels_config.h>
+
 #include <cmath>
 
 #include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/error.hpp"
 #include "proteus/random.hpp"
+
+// TF32 is cuBLAS's math mode on the handle Kokkos Kernels issues its GEMMs through.
+#if defined(KOKKOS_ENABLE_CUDA) && defined(KOKKOSKERNELS_ENABLE_TPL_CUBLAS)
+#include <KokkosBlas_tpl_spec.hpp>
+#define PROTEUS_HAVE_TF32 1
+#endif
 
 namespace proteus {
 
@@ -57,20 +66,60 @@ void add_bias(ExecSpace const& space, TokenMatrix const& y, TokenVector const& b
 }
 }  // namespace
 
-void project_q(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& q) {
+bool tf32_available() {
+#ifdef PROTEUS_HAVE_TF32
+  return true;
+#else
+  return false;
+#endif
+}
+
+namespace {
+// c = a b^T in the given precision. cuBLAS reads the math mode when a GEMM is issued, so it is set
+// around this one call and restored: the router's and the DNA's GEMMs, and the caller's own, keep
+// theirs.
+void gemm_nt(ExecSpace const& space, TokenMatrix const& a, TokenMatrix const& b, TokenMatrix const& c,
+             GemmPrecision precision) {
+  if (precision == GemmPrecision::fp32) {
+    detail::gemm(space, "N", "T", 1.0f, a, b, 0.0f, c);
+    return;
+  }
+#ifdef PROTEUS_HAVE_TF32
+  cublasHandle_t const handle = KokkosBlas::Impl::CudaBlasSingleton::singleton().handle;
+  cublasMath_t saved = CUBLAS_DEFAULT_MATH;
+  require(cublasGetMathMode(handle, &saved) == CUBLAS_STATUS_SUCCESS &&
+              cublasSetMathMode(handle, CUBLAS_TF32_TENSOR_OP_MATH) == CUBLAS_STATUS_SUCCESS,
+          "cuBLAS", "cannot switch the math mode to TF32");
+  try {
+    detail::gemm(space, "N", "T", 1.0f, a, b, 0.0f, c);
+  } catch (...) {
+    cublasSetMathMode(handle, saved);
+    throw;
+  }
+  cublasSetMathMode(handle, saved);
+#else
+  fail("Config.tf32_projections", "TF32 needs a CUDA build whose Kokkos Kernels calls cuBLAS");
+#endif
+}
+}  // namespace
+
+void project_q(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& q,
+               GemmPrecision precision) {
   long const e = static_cast<long>(w.out_weight.extent(0));
   TokenMatrix const wq = Kokkos::subview(w.qkv_weight, std::make_pair(0L, e), Kokkos::ALL);
-  detail::gemm(space, "N", "T", 1.0f, x, wq, 0.0f, q);
+  gemm_nt(space, x, wq, q, precision);
 }
 
-void project_kv(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& kv) {
+void project_kv(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& kv,
+                GemmPrecision precision) {
   long const e = static_cast<long>(w.out_weight.extent(0));
   TokenMatrix const wkv = Kokkos::subview(w.qkv_weight, std::make_pair(e, 3 * e), Kokkos::ALL);
-  detail::gemm(space, "N", "T", 1.0f, x, wkv, 0.0f, kv);
+  gemm_nt(space, x, wkv, kv, precision);
 }
 
-void project_output(ExecSpace const& space, TokenMatrix const& ctx, Weights const& w, TokenMatrix const& y) {
-  detail::gemm(space, "N", "T", 1.0f, ctx, w.out_weight, 0.0f, y);
+void project_output(ExecSpace const& space, TokenMatrix const& ctx, Weights const& w, TokenMatrix const& y,
+                    GemmPrecision precision) {
+  gemm_nt(space, ctx, w.out_weight, y, precision);
   add_bias(space, y, w.out_bias, "proteus::projection::out_bias");
 }
 

@@ -6,6 +6,7 @@
 
 #include "proteus/error.hpp"
 #include "proteus/multihead_attention.hpp"
+#include "proteus/projection.hpp"
 #include "proteus_catch.hpp"
 #include "reference.hpp"
 
@@ -261,6 +262,60 @@ TEST_CASE("two runs with one seed are bit-identical, DNA included", "[module][de
   auto second = run_once();
   CHECK(first.first == second.first);
   CHECK(first.second == second.second);
+}
+
+TEST_CASE("TF32 projections choose what FP32 chooses and stay within TF32 rounding of it", "[module][tf32]") {
+  // Shapes large enough that cuBLAS takes its tensor-core kernels (T = 1024, E = 256).
+  Shape const s{1, 1024, 256, 8};
+  Config cfg;
+  cfg.seed = 17;
+  cfg.dna_update = false;
+  cfg.tf32_projections = true;
+  if (!tf32_available()) {
+    // Builds without cuBLAS refuse the option by name instead of silently computing in FP32.
+    std::string what = "no error";
+    try {
+      CausalGeneticMultiheadAttention(s.embed, s.heads, true, cfg);
+    } catch (proteus::Error const& e) {
+      what = e.what();
+    }
+    CHECK(what.find("tf32_projections") != std::string::npos);
+    return;
+  }
+  BatchTensor x = make_input(s, 71);
+  Matrix const xb = batch_row(x, 0);
+  for (bool sparse : {false, true}) {
+    Config c = cfg;
+    c.mode = sparse ? AlphaMode::fixed : AlphaMode::subquad;
+    c.alpha = 1.0f;
+    c.token_sparse = sparse;
+    c.token_keep_ratio = 0.5f;
+    c.linear_L = 96;
+    c.window = 48;
+    Config f = c;
+    f.tf32_projections = false;
+    CausalGeneticMultiheadAttention tf32(s.embed, s.heads, true, c), fp32(s.embed, s.heads, true, f);
+    auto [yt, st] = tf32.forward(ExecSpace(), x, {}, {}, {}, true);
+    auto [yf, sf] = fp32.forward(ExecSpace(), x, {}, {}, {}, true);
+    INFO((sparse ? "sparse shortlist" : "dense"));
+    // Routing, token and head sparsity use FP32 GEMMs in both: the same work is selected.
+    CHECK(st->mode == sf->mode);
+    CHECK(st->tokens_kept == sf->tokens_kept);
+    CHECK(st->active_rows == sf->active_rows);
+    CHECK(st->mean_candidates == sf->mean_candidates);
+    // TF32 keeps 10 of FP32's 23 mantissa bits (unit roundoff u = 2^-11 = 4.9e-4). Three GEMMs in
+    // a row with FP32 sums give a norm-relative drift of a few u; 5e-3 (10 u) bounds it. An FP32
+    // GEMM on these shapes drifts by ~1e-7, so a drift above 1e-5 shows that TF32 was in effect.
+    double const drift = test::relative_error(batch_row(yt, 0), batch_row(yf, 0));
+    INFO("relative drift TF32 vs FP32 " << drift);
+    CHECK(drift > 1e-5);
+    CHECK(drift < 5e-3);
+    if (!sparse) {
+      Matrix const ref = dense_reference(fp32, xb);
+      CHECK(test::relative_error(batch_row(yf, 0), ref) < 1e-5);
+      CHECK(test::relative_error(batch_row(yt, 0), ref) < 5e-3);
+    }
+  }
 }
 
 TEST_CASE("bad input gives a clear error naming the argument", "[module][errors]") {

@@ -54,6 +54,9 @@ struct Config {
   // ---- projections and RoPE (stage 5) ---------------------------------------------------------
   bool rope = true;
   double rope_base = 10000.0;
+  // Q/K/V and output projection GEMMs on TF32 tensor cores (FP32 sums). CUDA with cuBLAS only;
+  // routing and DNA GEMMs stay FP32, so the same tokens, heads and candidates are chosen.
+  bool tf32_projections = false;
 
   // ---- alpha slider and shortlist (stage 6) ---------------------------------------------------
   AlphaMode mode = AlphaMode::automatic;

@@ -42,6 +42,14 @@ for step in "$@"; do
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 65536 131072 524288 1048576 \
         --alphas 1.0 --warmup 2 --repeat 5 --token-sparse --dna-update --csv "$out/module_alpha1_sparse_dna.csv" \
         | tee "$out/module_sparse_dna.txt" ;;
+    module_sparse_tf32)
+      # As module_sparse, with the projection GEMMs on TF32 tensor cores (--tf32).
+      "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 65536 131072 524288 1048576 \
+        --alphas 1.0 --warmup 2 --repeat 5 --token-sparse --tf32 --csv "$out/module_alpha1_sparse_tf32.csv" \
+        | tee "$out/module_sparse_tf32.txt" ;;
+    profile_small_tf32)
+      "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 --alphas 1.0 --warmup 2 \
+        --repeat 5 --token-sparse --tf32 --profile | tee "$out/profile_small_tf32.txt" ;;
     profile_sparse)
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 1048576 --alphas 1.0 --warmup 1 --repeat 3 \
         --token-sparse --profile | tee "$out/profile_sparse.txt" ;;
