@@ -158,6 +158,7 @@ constexpr int lanes_per_row() {
 struct Blocks {
   ShortlistPlan p;
   TokenMatrix q, kv, ctx;
+  TokenVector value_bias;
   CandidateLists dna_lists;
   Kokkos::View<long*, MemSpace> block_start, row_token, row_query;
   IndexVector row_head;
@@ -165,11 +166,12 @@ struct Blocks {
   int heads, embed, d;
   long tokens, q_stride, stride, dna_blocks;
   float scale;
-  bool count;
+  bool count, biased;
 
-  Blocks(ShortlistPlan const& plan, TokenMatrix const& q_, TokenMatrix const& kv_, ActiveRows const& rows,
-         CandidateLists const& lists, int heads_, TokenMatrix const& ctx_, Kokkos::View<int*, MemSpace> const& counts)
-      : p(plan), q(q_), kv(kv_), ctx(ctx_), dna_lists(lists), block_start(rows.block_start), row_token(rows.token),
+  Blocks(ShortlistPlan const& plan, TokenMatrix const& q_, TokenMatrix const& kv_, TokenVector const& value_bias_,
+         ActiveRows const& rows, CandidateLists const& lists, int heads_, TokenMatrix const& ctx_,
+         Kokkos::View<int*, MemSpace> const& counts)
+      : p(plan), q(q_), kv(kv_), ctx(ctx_), value_bias(value_bias_), dna_lists(lists), block_start(rows.block_start), row_token(rows.token),
         row_query(rows.query), row_head(rows.head), candidate_count(counts), heads(heads_),
         embed(static_cast<int>(q_.extent(1))), d(embed / heads_) {
     long const batch = static_cast<long>(rows.head_start.extent(0) - 1) / heads;
@@ -179,6 +181,7 @@ struct Blocks {
     dna_blocks = (tokens + p.dna_block - 1) / p.dna_block;
     scale = 1.0f / std::sqrt(static_cast<float>(d));
     count = counts.extent(0) > 0;
+    biased = value_bias.extent(0) > 0;
   }
 
   // Block `block`: rows r0 .. r0 + n - 1, all of batch b and head h.
@@ -226,7 +229,7 @@ struct Blocks {
     if (count) candidate_count(r) = s.seen;
     float const inv = 1.0f / s.l;
     for (int j = 0; j < D; ++j)
-      if (j < d) ctx(qrow, h * d + j) = s.acc[j] * inv;
+      if (j < d) ctx(qrow, h * d + j) = s.acc[j] * inv + (biased ? value_bias(h * d + j) : 0.0f);
   }
 };
 
@@ -360,7 +363,7 @@ void attend_union(ExecSpace const& space, Blocks const& a, long blocks) {
 }  // namespace
 
 void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
-            ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
+            TokenVector const& value_bias, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
             TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count) {
   if (rows.blocks == 0) return;
   int const d = static_cast<int>(q.extent(1)) / heads;
@@ -371,7 +374,7 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const
   bool const aligned_rows = d % 4 == 0 && aligned(q) && aligned(kv);
   auto run = [&](auto width) {
     constexpr int D = decltype(width)::value;
-    Blocks const blocks(plan, q, kv, rows, dna_lists, heads, ctx, candidate_count);
+    Blocks const blocks(plan, q, kv, value_bias, rows, dna_lists, heads, ctx, candidate_count);
     if (aligned_rows && d == D) {
       attend_own_windows<D, true>(space, blocks, rows.blocks);
       attend_union<D, true>(space, blocks, rows.blocks);

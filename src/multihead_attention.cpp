@@ -193,8 +193,9 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
   GemmPrecision const precision = c.tf32_projections ? GemmPrecision::tf32 : GemmPrecision::fp32;
   project_kv(space, x, weights_, kv, precision);
   TokenVector const bias_q = Kokkos::subview(weights_.qkv_bias, std::make_pair(0, e));
-  TokenVector const bias_kv = Kokkos::subview(weights_.qkv_bias, std::make_pair(e, 3 * e));
-  bias_and_rope(space, kv, bias_kv, positions, e, heads, 1, c.rope, c.rope_base);
+  TokenVector const bias_k = Kokkos::subview(weights_.qkv_bias, std::make_pair(e, 2 * e));
+  TokenVector const bias_v = Kokkos::subview(weights_.qkv_bias, std::make_pair(2 * e, 3 * e));
+  bias_and_rope(space, kv, bias_k, positions, e, heads, 1, c.rope, c.rope_base);  // V's bias: in attend
   long const block = std::max(1L, std::min(row_end - options.row_begin, static_cast<long>(c.query_block_rows) / batch));
   auto rows_of = [](auto const& v, long first, long count) {
     return Kokkos::subview(v, std::make_pair(first, first + count), Kokkos::ALL);
@@ -240,7 +241,7 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
     st.active_rows += rows.rows;
     Kokkos::deep_copy(space, cb, 0.0f);  // rows of inactive heads stay zero
     Kokkos::View<int*, MemSpace> const counts = first_rows(work_.candidate_count, "proteus::candidate_count", rows.rows);
-    attend(space, plan, qb, kv, rows, lists, heads, cb, counts);
+    attend(space, plan, qb, kv, bias_v, rows, lists, heads, cb, counts);
     long block_candidates = 0;
     Kokkos::parallel_reduce(
         "proteus::stats::candidates", Kokkos::RangePolicy<ExecSpace>(space, 0, rows.rows),

@@ -13,13 +13,13 @@ void bias_and_rope(ExecSpace const& space, TokenMatrix const& m, TokenVector con
   long const rows = static_cast<long>(m.extent(0));
   if (!rope || rotated <= 0) {
     detail::for_each_element(
-        space, "proteus::rope::bias", rows, static_cast<long>(m.extent(1)),
+        space, "proteus::rope::bias", rows, static_cast<long>(bias.extent(0)),
         KOKKOS_LAMBDA(long row, long col) { m(row, col) += bias(col); });
     return;
   }
   int const d = embed / heads;  // even (Config refuses RoPE otherwise)
   int const pairs = d / 2;
-  int const parts = static_cast<int>(m.extent(1)) / embed;
+  int const parts = static_cast<int>(bias.extent(0)) / embed;
   double const two_pi = 6.283185307179586;
   // One work item per (row, pair i): one angle, applied to pair i of every head of every part
   // (neighbouring items touch neighbouring columns of a head). The angle pos * base^(-2i/D) is

@@ -194,7 +194,7 @@ TEST_CASE("shortlist attention equals softmax over the candidate set in double",
   CandidateLists lists = dna_candidate_lists(ExecSpace(), plan, sal, batch, T);
   TokenMatrix ctx("ctx", rows.queries, heads * d);
   Kokkos::View<int*, MemSpace> counts("counts", rows.rows);
-  attend(ExecSpace(), plan, kept_queries(rows), kv, rows, lists, heads, ctx, counts);
+  attend(ExecSpace(), plan, kept_queries(rows), kv, TokenVector(), rows, lists, heads, ctx, counts);
   auto hc = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), ctx);
 
   // The same rows a block of query tokens at a time (how the module bounds its memory): queries
@@ -206,7 +206,7 @@ TEST_CASE("shortlist attention equals softmax over the candidate set in double",
     ActiveRows const part = compact_active_rows(ExecSpace(), mask, keep, false, batch, T, t0, t0 + len);
     TokenMatrix cb("cb", part.queries, e);
     rows_in_blocks += part.rows;
-    attend(ExecSpace(), plan, kept_queries(part), kv, part, lists, heads, cb, Kokkos::View<int*, MemSpace>());
+    attend(ExecSpace(), plan, kept_queries(part), kv, TokenVector(), part, lists, heads, cb, Kokkos::View<int*, MemSpace>());
     auto hb = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), cb);
     auto block_query = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), part.query_of);
     for (int b = 0; b < batch; ++b)
@@ -252,6 +252,42 @@ TEST_CASE("shortlist attention equals softmax over the candidate set in double",
   }
   CHECK(checked == rows.rows);
   CHECK(worst < 2e-6);  // |v| ~ 1, float accumulation over <= 40 candidates
+
+  // A value bias handed to attend gives what that bias added to every value row gives (a row's
+  // weights sum to one); entries of inactive (token, head) pairs stay zero.
+  test::Matrix const bias_m = test::random_matrix(1, e, 8);
+  TokenVector vb("vb", e);
+  auto hvb = Kokkos::create_mirror_view(vb);
+  for (int j = 0; j < e; ++j) hvb(j) = static_cast<float>(bias_m[0][j]);
+  Kokkos::deep_copy(vb, hvb);
+  TokenMatrix kv_biased("kv_biased", batch * T, 2 * e);
+  auto hkb = Kokkos::create_mirror_view(kv_biased);
+  for (long r = 0; r < batch * T; ++r)
+    for (int j = 0; j < 2 * e; ++j) hkb(r, j) = hkv(r, j) + (j >= e ? hvb(j - e) : 0.0f);
+  Kokkos::deep_copy(kv_biased, hkb);
+  TokenMatrix by_attend("by_attend", rows.queries, e), by_values("by_values", rows.queries, e);
+  Kokkos::View<int*, MemSpace> const no_counts;
+  attend(ExecSpace(), plan, kept_queries(rows), kv, vb, rows, lists, heads, by_attend, no_counts);
+  attend(ExecSpace(), plan, kept_queries(rows), kv_biased, TokenVector(), rows, lists, heads, by_values, no_counts);
+  auto ha = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), by_attend);
+  auto hv = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), by_values);
+  double gap = 0.0;
+  long inactive_nonzero = 0, inactive = 0;
+  for (long row = 0; row < batch * T; ++row) {
+    if (!hk(row)) continue;
+    long const qi = query_of(row);
+    for (int h = 0; h < heads; ++h)
+      for (int j = 0; j < d; ++j) {
+        gap = std::max(gap, static_cast<double>(std::fabs(ha(qi, h * d + j) - hv(qi, h * d + j))));
+        if (!hm(row, h)) {
+          ++inactive;
+          inactive_nonzero += ha(qi, h * d + j) != 0.0f ? 1 : 0;
+        }
+      }
+  }
+  CHECK(gap < 5e-6);  // |v + b| ~ 2: float rounding of the two orders of addition
+  CHECK(inactive > 0);
+  CHECK(inactive_nonzero == 0);
 }
 
 TEST_CASE("at alpha = 1 every query sees the same candidate count at T = 4k and 64k", "[shortlist][linear]") {
@@ -277,7 +313,7 @@ TEST_CASE("at alpha = 1 every query sees the same candidate count at T = 4k and 
     ActiveRows rows = compact_active_rows(ExecSpace(), mask, keep, false, 1, T, 0, T);
     TokenMatrix ctx("ctx", T, 8);
     Kokkos::View<int*, MemSpace> counts("counts", rows.rows);
-    attend(ExecSpace(), plan, q, kv, rows, CandidateLists("none", 1, 1), 1, ctx, counts);
+    attend(ExecSpace(), plan, q, kv, TokenVector(), rows, CandidateLists("none", 1, 1), 1, ctx, counts);
     auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), counts);
     per_t.emplace_back(h.data(), h.data() + h.extent(0));
   }

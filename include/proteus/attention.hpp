@@ -51,12 +51,14 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
                                long row_begin, long row_end);
 
 // Attention of the active rows in `rows`: context row rows.query(r), columns h*D.., gets
-// softmax(q k^T / sqrt(D)) v over the shortlist of `plan`, where q [queries x E] holds the query
-// rows (after bias and RoPE) and kv [B*T x 2E] every token's keys | values; head h at columns h*D
-// within each part. Entries of ctx of inactive (token, head) pairs are left untouched (callers
-// zero ctx first). candidate_count [rows] (optional, may be empty) receives each row's count.
+// softmax(q k^T / sqrt(D)) (v + value_bias) over the shortlist of `plan`, where q [queries x E]
+// holds the query rows (after bias and RoPE) and kv [B*T x 2E] every token's keys | values; head
+// h at columns h*D within each part. A row's softmax weights sum to one, so value_bias [E] (may
+// be empty: none) is added once to the context instead of to every value. Entries of ctx of
+// inactive (token, head) pairs are left untouched (callers zero ctx first).
+// candidate_count [rows] (optional, may be empty) receives each row's count.
 void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
-            ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
+            TokenVector const& value_bias, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
             TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count);
 
 }  // namespace proteus

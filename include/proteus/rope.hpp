@@ -7,10 +7,12 @@
 
 namespace proteus {
 
-// m [N x parts*E] (parts of width E side by side: Q, or K | V) += bias [parts*E]; then pair i of
-// each head of the first `rotated` parts (x[2i], x[2i+1]) is rotated by angle
-// pos * base^(-2i/D); the angle is formed in double so that positions of 10^7 and more keep their
-// precision. positions [N]. rope = false: bias only.
+// m [N x W] holds parts of width E side by side (Q, or K | V). The first parts*E columns, with
+// parts*E = bias.extent(0), get += bias; then pair i of each head of the first `rotated` of those
+// parts (x[2i], x[2i+1]) is rotated by angle pos * base^(-2i/D); the angle is formed in double so
+// that positions of 10^7 and more keep their precision. Columns past the bias are not touched
+// (the module passes K's bias alone: V's is added to the attention context). positions [N].
+// rope = false: bias only.
 void bias_and_rope(ExecSpace const& space, TokenMatrix const& m, TokenVector const& bias,
                    PositionVector const& positions, int embed, int heads, int rotated, bool rope, double base);
 
