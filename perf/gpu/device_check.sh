@@ -59,6 +59,15 @@ for step in "$@"; do
       ncu --csv --metrics gpu__time_duration.sum,dram__bytes.sum,smsp__sass_thread_inst_executed_op_ffma_pred_on.sum,smsp__sass_thread_inst_executed_op_fadd_pred_on.sum,smsp__sass_thread_inst_executed_op_fmul_pred_on.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,l1tex__t_bytes.sum \
         "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 131072 --alphas 1.0 --warmup 0 --repeat 1 \
         --token-sparse >"$out/ncu_131k.csv" 2>"$out/ncu_131k.err"; tail -3 "$out/ncu_131k.err" ;;
+    ncu_attention)
+      # Launch configuration, occupancy and its limiters, throughput of the two attention kernels
+      # of one forward at 131k tokens with token sparsity.
+      ncu --csv --page details --section LaunchStats --section Occupancy --section SpeedOfLight \
+        -k regex:attend_ "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 131072 --alphas 1.0 \
+        --warmup 0 --repeat 1 --token-sparse >"$out/ncu_attention_131k.csv" 2>"$out/ncu_attention.err"
+      tail -3 "$out/ncu_attention.err"
+      grep -E "Registers Per Thread|Achieved Occupancy|Theoretical Occupancy|Block Limit|Block Size|Grid Size|Duration|Shared Memory Configuration Size|Dynamic Shared" \
+        "$out/ncu_attention_131k.csv" | cut -c1-400 ;;
     pipeline_sweep)
       python3 "$root/perf/bench_pipeline.py" "$bin/drivers/proteus_driver" "$root/inputs/ctx10m.in" \
         --tokens 1000000 4000000 10000000 --device "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" \
