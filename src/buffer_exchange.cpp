@@ -132,7 +132,9 @@ double buffer_output_norm(ExecSpace const& space, MPI_Comm comm, TokenMatrix con
   MPI_Comm_size(comm, &ranks);
   long const rows = static_cast<long>(y.extent(0));
   long const e = static_cast<long>(y.extent(1));
-  auto [lo, hi] = buffer_rows_of_rank(rows, rank, ranks);
+  // Plain locals: a kernel lambda may not capture structured bindings in C++17 (clang, hipcc).
+  auto const range = buffer_rows_of_rank(rows, rank, ranks);
+  long const lo = range.first, hi = range.second;
   Kokkos::View<double*, MemSpace> row_sums(Kokkos::view_alloc("proteus::buffer::row_sums", Kokkos::WithoutInitializing),
                                            hi - lo);
   Kokkos::parallel_for(
