@@ -233,8 +233,16 @@ struct Blocks {
   }
 };
 
-using Policy = Kokkos::TeamPolicy<ExecSpace>;
-using Member = Policy::member_type;
+// Team kernels of rows of width D. At D = 16 both kernels took 96 registers a thread, so that
+// only 2 teams of 256 threads fitted on an SM (25% occupancy, Nsight Compute at 131k tokens), and
+// the kernels wait on memory. Up to D = 32 the compiler is asked to fit attention_min_teams teams
+// per SM (0: no bound). Host backends ignore launch bounds.
+constexpr int attention_min_teams = 3;
+template <int D>
+using TeamPolicyFor = Kokkos::TeamPolicy<
+    ExecSpace, std::conditional_t<(D <= 32 && attention_min_teams > 0),
+                                  Kokkos::LaunchBounds<attention_block_rows * lanes_per_row<D>(), attention_min_teams>,
+                                  Kokkos::LaunchBounds<>>>;
 
 // Blocks whose rows walk their own windows: one thread (a vector of `lanes` lanes) per row on
 // GPUs; host backends run a team as one thread that takes the rows in turn. Lane i of a row takes
@@ -245,6 +253,8 @@ template <int D, bool Wide>
 void attend_own_windows(ExecSpace const& space, Blocks const& a, long blocks) {
   constexpr int lanes = lanes_per_row<D>();
   int const team_size = on_host ? 1 : attention_block_rows;
+  using Policy = TeamPolicyFor<D>;
+  using Member = typename Policy::member_type;
   Kokkos::parallel_for(
       "proteus::attention::own_windows", Policy(space, blocks, team_size, lanes), KOKKOS_LAMBDA(Member const& team) {
         long r0, b, h, lo, hi;
@@ -289,6 +299,8 @@ void attend_union(ExecSpace const& space, Blocks const& a, long blocks) {
   int const team_size = on_host ? 1 : attention_block_rows;
   using Floats = Kokkos::View<float*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
   using States = Kokkos::View<detail::SoftmaxState<D>*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
+  using Policy = TeamPolicyFor<D>;
+  using Member = typename Policy::member_type;
   Policy policy(space, blocks, team_size, lanes);
   policy.set_scratch_size(
       0, Kokkos::PerTeam(2 * Floats::shmem_size(tile * pitch) + States::shmem_size(attention_block_rows * lanes)));
