@@ -5,13 +5,16 @@
 #   perf/gpu/build.sh --kokkos-src DIR --kernels-src DIR [--prefix DIR] [--build DIR]
 #                     [--backend cuda|hip] [--arch HOPPER90|AMD_GFX90A|...] [--jobs N]
 #   perf/gpu/build.sh --kokkos-root PREFIX [--build DIR]      # use an existing install
+#   --compile-only: without the vendor libraries (no cuBLAS/rocBLAS, no rocThrust) and without
+#   Kokkos Kernels' explicit instantiations: a build that proves the code compiles for the backend
+#   on a machine with the compiler but not the GPU stack (e.g. Debian 12's hipcc 5.2).
 #
 # CUDA: nvcc_wrapper from the Kokkos install compiles everything (Kokkos_ARCH_HOPPER90 for
 # H100/H200). HIP: hipcc, e.g. --backend hip --arch AMD_GFX90A (MI210/MI250) or AMD_GFX942 (MI300).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 kokkos_src="" kernels_src="" prefix="$root/.gpu/install" build="$root/build-gpu" backend=cuda arch=HOPPER90
-kokkos_root="" jobs=$(nproc) extra=()
+kokkos_root="" jobs=$(nproc) extra=() compile_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --kokkos-src) kokkos_src=$2; shift 2 ;;
@@ -22,6 +25,7 @@ while [ $# -gt 0 ]; do
     --arch) arch=$2; shift 2 ;;
     --kokkos-root) kokkos_root=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
+    --compile-only) compile_only=1; shift ;;
     --) shift; extra=("$@"); break ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
@@ -34,6 +38,14 @@ case "$backend" in
   hip) kokkos_backend=(-DKokkos_ENABLE_HIP=ON) ; tpl=(-DKokkosKernels_ENABLE_TPL_ROCBLAS=ON) ;;
   *) echo "backend must be cuda or hip" >&2; exit 2 ;;
 esac
+inst=(-DKokkosKernels_INST_FLOAT=ON -DKokkosKernels_INST_DOUBLE=OFF -DKokkosKernels_INST_LAYOUTRIGHT=ON)
+if [ "$compile_only" = 1 ]; then
+  tpl=()
+  [ "$backend" = hip ] && kokkos_backend+=(-DKokkos_ENABLE_ROCTHRUST=OFF)
+  inst=(-DKokkosKernels_INST_FLOAT=OFF -DKokkosKernels_INST_DOUBLE=OFF -DKokkosKernels_INST_LAYOUTRIGHT=OFF
+        -DKokkosKernels_INST_LAYOUTLEFT=OFF -DKokkosKernels_INST_COMPLEX_FLOAT=OFF -DKokkosKernels_INST_COMPLEX_DOUBLE=OFF
+        -DKokkosKernels_INST_OFFSET_SIZE_T=OFF -DKokkosKernels_INST_OFFSET_INT=OFF -DKokkosKernels_INST_ORDINAL_INT=OFF)
+fi
 
 if [ -z "$kokkos_root" ]; then
   kokkos_root=$prefix
@@ -83,8 +95,7 @@ PY
     cmake -S "$kernels_src" -B "$build/kernels" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
       -DCMAKE_CXX_COMPILER="$compiler" -DCMAKE_INSTALL_PREFIX="$prefix" -DKokkos_ROOT="$prefix" \
       -DKokkosKernels_ENABLE_ALL_COMPONENTS=OFF -DKokkosKernels_ENABLE_COMPONENT_BLAS=ON \
-      -DKokkosKernels_ENABLE_COMPONENT_BATCHED=ON -DKokkosKernels_INST_FLOAT=ON -DKokkosKernels_INST_DOUBLE=OFF \
-      -DKokkosKernels_INST_LAYOUTRIGHT=ON -DKokkosKernels_ENABLE_TESTS=OFF "${tpl[@]}" >/dev/null
+      -DKokkosKernels_ENABLE_COMPONENT_BATCHED=ON "${inst[@]}" -DKokkosKernels_ENABLE_TESTS=OFF "${tpl[@]}" >/dev/null
     cmake --build "$build/kernels" -j "$jobs" && cmake --install "$build/kernels" >/dev/null
   fi
 fi
