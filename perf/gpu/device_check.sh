@@ -63,8 +63,8 @@ for step in "$@"; do
       # Launch configuration, occupancy and its limiters, throughput of the two attention kernels
       # of one forward at 131k tokens with token sparsity.
       ncu --csv --page details --section LaunchStats --section Occupancy --section SpeedOfLight \
-        -k regex:attend_ "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 131072 --alphas 1.0 \
-        --warmup 0 --repeat 1 --token-sparse >"$out/ncu_attention_131k.csv" 2>"$out/ncu_attention.err"
+        --kernel-name-base demangled -k regex:attend_ "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 \
+        --tokens 131072 --alphas 1.0 --warmup 0 --repeat 1 --token-sparse >"$out/ncu_attention_131k.csv" 2>"$out/ncu_attention.err"
       tail -3 "$out/ncu_attention.err"
       grep -E "Registers Per Thread|Achieved Occupancy|Theoretical Occupancy|Block Limit|Block Size|Grid Size|Duration|Shared Memory Configuration Size|Dynamic Shared" \
         "$out/ncu_attention_131k.csv" | cut -c1-400 ;;
