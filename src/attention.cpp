@@ -171,8 +171,8 @@ struct Blocks {
   Blocks(ShortlistPlan const& plan, TokenMatrix const& q_, TokenMatrix const& kv_, TokenVector const& value_bias_,
          ActiveRows const& rows, CandidateLists const& lists, int heads_, TokenMatrix const& ctx_,
          Kokkos::View<int*, MemSpace> const& counts)
-      : p(plan), q(q_), kv(kv_), ctx(ctx_), value_bias(value_bias_), dna_lists(lists), block_start(rows.block_start), row_token(rows.token),
-        row_query(rows.query), row_head(rows.head), candidate_count(counts), heads(heads_),
+      : p(plan), q(q_), kv(kv_), ctx(ctx_), value_bias(value_bias_), dna_lists(lists), block_start(rows.block_start),
+        row_token(rows.token), row_query(rows.query), row_head(rows.head), candidate_count(counts), heads(heads_),
         embed(static_cast<int>(q_.extent(1))), d(embed / heads_) {
     long const batch = static_cast<long>(rows.head_start.extent(0) - 1) / heads;
     tokens = static_cast<long>(kv.extent(0)) / batch;

@@ -91,7 +91,9 @@ PY
       -DCMAKE_CXX_COMPILER="$compiler" -DCMAKE_INSTALL_PREFIX="$prefix" -DKokkos_ENABLE_SERIAL=ON \
       "${kokkos_backend[@]}" -DKokkos_ARCH_${arch}=ON -DKokkos_ENABLE_TESTS=OFF >/dev/null
     cmake --build "$build/kokkos" -j "$jobs" && cmake --install "$build/kokkos" >/dev/null
-    echo "== Kokkos Kernels (BLAS, batched; float, LayoutRight) -> $prefix"
+    what="float, LayoutRight instantiated"
+    [ "$compile_only" = 1 ] && what="no instantiations, no vendor BLAS"
+    echo "== Kokkos Kernels (BLAS, batched; $what) -> $prefix"
     cmake -S "$kernels_src" -B "$build/kernels" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
       -DCMAKE_CXX_COMPILER="$compiler" -DCMAKE_INSTALL_PREFIX="$prefix" -DKokkos_ROOT="$prefix" \
       -DKokkosKernels_ENABLE_ALL_COMPONENTS=OFF -DKokkosKernels_ENABLE_COMPONENT_BLAS=ON \
