@@ -19,14 +19,21 @@ std::vector<int> displacements(std::vector<int> const& counts) {
   return d;
 }
 
-// MPI counts of the ranks' shares of `rows` buffer rows (buffer_rows_of_rank), `width` values each.
-std::vector<int> share_counts(long rows, int ranks, long width) {
+// Rank 0 receives every rank's share of `rows` rows of `width` values (share r: the rows
+// buffer_rows_of_rank(rows, r, P)) into `all`, in row order; `mine` holds this rank's share.
+// `all` needs room for rows * width values on rank 0 only.
+template <class T>
+void gather_shares_to_root(MPI_Comm comm, long rows, long width, T const* mine, T* all, MPI_Datatype type) {
+  int rank = 0, ranks = 1;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &ranks);
   std::vector<int> counts(ranks);
   for (int r = 0; r < ranks; ++r) {
     auto [a, b] = buffer_rows_of_rank(rows, r, ranks);
     counts[r] = static_cast<int>((b - a) * width);
   }
-  return counts;
+  std::vector<int> const displ = displacements(counts);
+  MPI_Gatherv(mine, counts[rank], type, all, counts.data(), displ.data(), type, 0, comm);
 }
 }  // namespace
 
@@ -113,15 +120,14 @@ TokenMatrix gather_rows_to_root(ExecSpace const& space, MPI_Comm comm, TokenMatr
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &ranks);
   long const rows = static_cast<long>(y.extent(0));
-  int const e = static_cast<int>(y.extent(1));
+  long const e = static_cast<long>(y.extent(1));
   if (ranks == 1) return y;  // rank 0 already holds every row
   auto [lo, hi] = buffer_rows_of_rank(rows, rank, ranks);
-  auto host = Kokkos::create_mirror_view_and_copy(HostSpace(), y);
-  std::vector<int> const counts = share_counts(rows, ranks, e), displ = displacements(counts);
+  // Only this rank's rows leave the device.
+  auto host = Kokkos::create_mirror_view_and_copy(HostSpace(), Kokkos::subview(y, std::make_pair(lo, hi), Kokkos::ALL));
   TokenMatrix out("proteus::buffer::outputs", rank == 0 ? rows : 0, e);
   auto host_out = Kokkos::create_mirror_view(out);
-  MPI_Gatherv(host.data() + lo * e, static_cast<int>((hi - lo) * e), MPI_FLOAT, host_out.data(), counts.data(),
-              displ.data(), MPI_FLOAT, 0, comm);
+  gather_shares_to_root(comm, rows, e, host.data(), host_out.data(), MPI_FLOAT);
   Kokkos::deep_copy(space, out, host_out);
   return out;
 }
@@ -144,10 +150,8 @@ double buffer_output_norm(ExecSpace const& space, MPI_Comm comm, TokenMatrix con
         row_sums(i) = s;
       });
   auto host = Kokkos::create_mirror_view_and_copy(HostSpace(), row_sums);
-  std::vector<int> const counts = share_counts(rows, ranks, 1), displ = displacements(counts);
   std::vector<double> all(rank == 0 ? rows : 0);
-  MPI_Gatherv(host.data(), static_cast<int>(hi - lo), MPI_DOUBLE, all.data(), counts.data(), displ.data(), MPI_DOUBLE,
-              0, comm);
+  gather_shares_to_root(comm, rows, 1, host.data(), all.data(), MPI_DOUBLE);
   double total = 0.0;
   for (double s : all) total += s;  // row order on rank 0: the same sum for every rank count
   return std::sqrt(total);
