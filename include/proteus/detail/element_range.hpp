@@ -15,10 +15,6 @@ void for_each_element(ExecSpace const& space, char const* label, long rows, long
                        KOKKOS_LAMBDA(long i) { f(i / cols, i % cols); });
 }
 
-}  // namespace proteus::detail
-
-namespace proteus::detail {
-
 // Per-token kernels over a token's gates, heads or columns: one token per group of vector lanes,
 // so that neighbouring lanes read neighbouring entries of the token's row (coalesced on GPUs,
 // where a thread per token reads with a stride of a whole row). Inside f(member, t), loops over
