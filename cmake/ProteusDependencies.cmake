@@ -4,6 +4,7 @@
 #   proteus_deps_kokkos   Kokkos core + Kokkos Kernels
 #   proteus_deps_hdf5     HDF5 C library (PROTEUS_HDF5_PARALLEL=0/1)
 #   proteus_deps_cli11    CLI11 headers
+#   proteus_deps_json     nlohmann/json headers
 #   proteus_deps_catch2   Catch2 with a main (PROTEUS_CATCH2_V3=0/1)
 # and MPI::MPI_CXX. It is also installed with the package config, so that consumers get the
 # same fixes: there PROTEUS_CONSUMER is set and only Kokkos and MPI are looked up (the exported
@@ -80,6 +81,17 @@ if(NOT TARGET proteus_deps_cli11)
   endif()
   find_path(PROTEUS_CLI11_INCLUDE CLI/CLI.hpp HINTS ${_pc_inc} ${CLI11_ROOT}/include REQUIRED)
   target_include_directories(proteus_deps_cli11 INTERFACE ${PROTEUS_CLI11_INCLUDE})
+endif()
+
+# ---- nlohmann/json (header only), for every JSON file and report -----------------------------
+if(NOT TARGET proteus_deps_json)
+  add_library(proteus_deps_json INTERFACE)
+  find_package(nlohmann_json 3 CONFIG QUIET)
+  if(TARGET nlohmann_json::nlohmann_json)
+    get_target_property(_pj_inc nlohmann_json::nlohmann_json INTERFACE_INCLUDE_DIRECTORIES)
+  endif()
+  find_path(PROTEUS_JSON_INCLUDE nlohmann/json.hpp HINTS ${_pj_inc} ${nlohmann_json_ROOT}/include REQUIRED)
+  target_include_directories(proteus_deps_json INTERFACE ${PROTEUS_JSON_INCLUDE})
 endif()
 
 # ---- Catch2 v2 (Debian) or v3: our own main (it initialises MPI and Kokkos) in both -------

@@ -73,7 +73,8 @@ int main_body(int argc, char** argv, int rank) {
   std::fflush(stdout);
   proteus::RunSummary summary;
   try {
-    summary = proteus::run_pipeline(deck, MPI_COMM_WORLD,
+    Kokkos::DefaultExecutionSpace const space;
+    summary = proteus::run_pipeline(space, deck, MPI_COMM_WORLD,
                                     o.restart.empty() ? std::nullopt : std::optional<std::string>(o.restart));
   } catch (proteus::CollectiveError const& e) {
     if (rank == 0) std::fprintf(stderr, "proteus_driver: error: %s\n", e.what());

@@ -32,7 +32,7 @@ struct Options {
 void fill(proteus::BatchTensor const& x, std::uint64_t seed) {
   auto flat = Kokkos::View<float*, proteus::MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>>(x.data(), x.size());
   Kokkos::parallel_for("bench::fill", Kokkos::RangePolicy<proteus::ExecSpace>(0, x.size()), KOKKOS_LAMBDA(long i) {
-    flat(i) = static_cast<float>(proteus::standard_normal(seed, 9, static_cast<std::uint64_t>(i)));
+    flat(i) = static_cast<float>(proteus::detail::standard_normal(seed, 9, static_cast<std::uint64_t>(i)));
   });
 }
 
@@ -60,7 +60,7 @@ int main(int argc, char** argv) {
     app.add_option("--csv", o.csv, "write the table as CSV here");
     app.add_flag("--profile", o.profile, "time every Kokkos kernel of the timed runs (adds fences)");
     CLI11_PARSE(app, argc, argv);
-    proteus::track_memory();
+    proteus::detail::track_memory();
     if (o.profile) proteus::perf::install_kernel_timer();
     std::printf("# proteus %s (%s), %s, E=%d H=%d B=%d, dna_update=%d token_sparse=%d tf32=%d\n",
                 PROTEUS_VERSION_STRING, PROTEUS_GIT_COMMIT, proteus::ExecSpace::name(), o.embed, o.heads, o.batch,
@@ -93,22 +93,22 @@ int main(int argc, char** argv) {
         cfg.seed = 1;
         proteus::BatchTensor x("bench::x", o.batch, T, o.embed);
         fill(x, 5);
-        proteus::reset_peak_memory();
-        double const base_mb = proteus::current_memory_mb();
-        proteus::CausalGeneticMultiheadAttention mha(o.embed, o.heads, true, cfg);
+        proteus::detail::reset_peak_memory();
+        double const base_mb = proteus::detail::current_memory_mb();
+        proteus::CausalGeneticMultiheadAttention mha(proteus::ExecSpace(), o.embed, o.heads, true, cfg);
         std::vector<double> times;
         proteus::ForwardStats st;
         long long allocations = 0;  // over the timed calls
         for (int i = 0; i < o.warmup + o.repeat; ++i) {
           proteus::perf::untimed_fence();
-          long long const allocated = proteus::allocation_count();
+          long long const allocated = proteus::detail::allocation_count();
           auto const t0 = std::chrono::steady_clock::now();
           auto [y, stats] = mha.forward(proteus::ExecSpace(), x, {}, {}, {}, true);
           proteus::perf::untimed_fence();
           double const s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
           if (i >= o.warmup) {
             times.push_back(s);
-            allocations += proteus::allocation_count() - allocated;
+            allocations += proteus::detail::allocation_count() - allocated;
           }
           proteus::perf::KernelTimes::get().on = o.profile && i + 1 >= o.warmup;
           st = *stats;
@@ -117,7 +117,7 @@ int main(int argc, char** argv) {
         std::sort(times.begin(), times.end());
         double const median = times[times.size() / 2];
         last[alpha] = {T, median};
-        double const peak = proteus::peak_memory_mb() - base_mb;
+        double const peak = proteus::detail::peak_memory_mb() - base_mb;
         double const kept = static_cast<double>(st.tokens_kept) / (static_cast<double>(o.batch) * T);
         std::printf("%9ld %6.2f %10s %4d %8ld %12.3f %12.4g %10.1f %10.1f %6.3f\n", T, alpha, st.mode.c_str(),
                     st.heads_k, st.plan.budget, median * 1e3, o.batch * T / median, peak, st.mean_candidates, kept);

@@ -10,7 +10,7 @@
 #include "proteus/detail/softmax_state.hpp"
 #include "proteus/detail/workspace.hpp"
 
-namespace proteus {
+namespace proteus::detail {
 
 ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_mask, MaskVector const& keep,
                                bool all_heads, int batch, long tokens, long row_begin, long row_end) {
@@ -18,29 +18,20 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
   return compact_active_rows(space, head_mask, keep, all_heads, batch, tokens, row_begin, row_end, buffers);
 }
 
-ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_mask, MaskVector const& keep,
-                               bool all_heads, int batch, long tokens, long row_begin, long row_end,
-                               ActiveRowsBuffers& buf) {
-  using detail::first_rows;
-  int const heads = static_cast<int>(head_mask.extent(1));
-  // Slot i stands for (batch*head bh, token row_begin + i % span): only the rows asked for.
-  long const span = std::max(0L, row_end - row_begin);
-  long const slots = static_cast<long>(batch) * heads * span;
-  ActiveRows r;
-  r.head_start = first_rows(buf.head_start, "proteus::attention::head_start", batch * heads + 1);
-  if (span == 0) {
-    r.head = first_rows(buf.head, "proteus::attention::row_head", 0);
-    r.token = first_rows(buf.token, "proteus::attention::row_token", 0);
-    r.query = first_rows(buf.query, "proteus::attention::row_query", 0);
-    r.query_source = first_rows(buf.query_source, "proteus::attention::query_source", 0);
-    r.query_of = first_rows(buf.query_of, "proteus::attention::query_of", 0);
-    r.block_start = first_rows(buf.block_start, "proteus::attention::block_start", 1);
-    Kokkos::deep_copy(space, r.head_start, 0L);
-    Kokkos::deep_copy(space, r.block_start, 0L);
-    return r;
-  }
-  // Query rows: the kept tokens of the range, in (batch, token) order.
-  long const range = static_cast<long>(batch) * span;
+namespace {
+
+// The compaction of compact_active_rows, in its three passes. Slot i of a pass over
+// batch * heads * span slots stands for (batch*head i / span, token row_begin + i % span).
+struct Span {
+  int batch, heads;
+  long tokens, row_begin, span;
+};
+
+// Query rows: the kept tokens of the range, in (batch, token) order.
+void pack_queries(ExecSpace const& space, MaskVector const& keep, Span const& s, ActiveRowsBuffers& buf,
+                  ActiveRows& r) {
+  long const span = s.span, tokens = s.tokens, row_begin = s.row_begin;
+  long const range = static_cast<long>(s.batch) * span;
   auto token_row = KOKKOS_LAMBDA(long i)->long { return (i / span) * tokens + row_begin + i % span; };
   Kokkos::parallel_reduce(
       "proteus::attention::count_queries", Kokkos::RangePolicy<ExecSpace>(space, 0, range),
@@ -59,6 +50,15 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
         }
         offset += kept ? 1 : 0;
       });
+}
+
+// Active (head, token) rows in (batch*head, token) order, each head's first row, and each row's
+// query row.
+void pack_rows(ExecSpace const& space, MaskMatrix const& head_mask, MaskVector const& keep, bool all_heads,
+               Span const& s, ActiveRowsBuffers& buf, ActiveRows& r) {
+  long const span = s.span, tokens = s.tokens, row_begin = s.row_begin;
+  int const heads = s.heads;
+  long const slots = static_cast<long>(s.batch) * heads * span;
   auto head_start = r.head_start;
   auto active = KOKKOS_LAMBDA(long i)->bool {
     long const bh = i / span, t = row_begin + i % span;
@@ -75,13 +75,14 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
       },
       total);
   r.rows = total;
-  Kokkos::deep_copy(space, Kokkos::subview(head_start, batch * heads), total);
+  Kokkos::deep_copy(space, Kokkos::subview(head_start, s.batch * heads), total);
   r.head = first_rows(buf.head, "proteus::attention::row_head", total);
   r.token = first_rows(buf.token, "proteus::attention::row_token", total);
   r.query = first_rows(buf.query, "proteus::attention::row_query", total);
   auto row_head = r.head;
   auto row_token = r.token;
   auto row_query = r.query;
+  auto query_of = r.query_of;
   Kokkos::parallel_scan(
       "proteus::attention::pack_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, slots),
       KOKKOS_LAMBDA(long i, long& offset, bool final) {
@@ -93,24 +94,54 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
         }
         offset += a ? 1 : 0;
       });
-  // Blocks: runs of up to attention_block_rows rows of one head.
+}
+
+// Blocks: runs of up to attention_block_rows rows of one head.
+void pack_blocks(ExecSpace const& space, ActiveRowsBuffers& buf, ActiveRows& r) {
   constexpr long block_rows = attention_block_rows;
+  auto head_start = r.head_start;
+  auto row_head = r.head;
   auto starts_block = KOKKOS_LAMBDA(long row)->bool { return (row - head_start(row_head(row))) % block_rows == 0; };
   long blocks = 0;
   Kokkos::parallel_scan(
-      "proteus::attention::count_blocks", Kokkos::RangePolicy<ExecSpace>(space, 0, total),
+      "proteus::attention::count_blocks", Kokkos::RangePolicy<ExecSpace>(space, 0, r.rows),
       KOKKOS_LAMBDA(long row, long& n, bool) { n += starts_block(row) ? 1 : 0; }, blocks);
   r.blocks = blocks;
   r.block_start = first_rows(buf.block_start, "proteus::attention::block_start", blocks + 1);
   auto block_start = r.block_start;
   Kokkos::parallel_scan(
-      "proteus::attention::pack_blocks", Kokkos::RangePolicy<ExecSpace>(space, 0, total),
+      "proteus::attention::pack_blocks", Kokkos::RangePolicy<ExecSpace>(space, 0, r.rows),
       KOKKOS_LAMBDA(long row, long& n, bool final) {
         bool const s = starts_block(row);
         if (final && s) block_start(n) = row;
         n += s ? 1 : 0;
       });
-  Kokkos::deep_copy(space, Kokkos::subview(block_start, blocks), total);
+  Kokkos::deep_copy(space, Kokkos::subview(block_start, blocks), r.rows);
+}
+
+}  // namespace
+
+ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_mask, MaskVector const& keep,
+                               bool all_heads, int batch, long tokens, long row_begin, long row_end,
+                               ActiveRowsBuffers& buf) {
+  int const heads = static_cast<int>(head_mask.extent(1));
+  Span const s{batch, heads, tokens, row_begin, std::max(0L, row_end - row_begin)};
+  ActiveRows r;
+  r.head_start = first_rows(buf.head_start, "proteus::attention::head_start", batch * heads + 1);
+  if (s.span == 0) {
+    r.head = first_rows(buf.head, "proteus::attention::row_head", 0);
+    r.token = first_rows(buf.token, "proteus::attention::row_token", 0);
+    r.query = first_rows(buf.query, "proteus::attention::row_query", 0);
+    r.query_source = first_rows(buf.query_source, "proteus::attention::query_source", 0);
+    r.query_of = first_rows(buf.query_of, "proteus::attention::query_of", 0);
+    r.block_start = first_rows(buf.block_start, "proteus::attention::block_start", 1);
+    Kokkos::deep_copy(space, r.head_start, 0L);
+    Kokkos::deep_copy(space, r.block_start, 0L);
+    return r;
+  }
+  pack_queries(space, keep, s, buf, r);
+  pack_rows(space, head_mask, keep, all_heads, s, buf, r);
+  pack_blocks(space, buf, r);
   return r;
 }
 
@@ -404,4 +435,4 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const
   else run(std::integral_constant<int, 256>());
 }
 
-}  // namespace proteus
+}  // namespace proteus::detail

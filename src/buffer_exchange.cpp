@@ -37,7 +37,9 @@ void gather_shares_to_root(MPI_Comm comm, long rows, long width, T const* mine, 
 }
 }  // namespace
 
-GlobalBuffer select_global_buffer(MPI_Comm comm, Candidates const& local, long buffer_tokens) {
+GlobalBuffer select_global_buffer(ExecSpace const& space, MPI_Comm comm, Candidates const& local,
+                                  long buffer_tokens) {
+  detail::ScopedRegion region("proteus::buffer_exchange::select");
   int ranks = 1;
   MPI_Comm_size(comm, &ranks);
   int const mine = static_cast<int>(local.size());
@@ -61,13 +63,12 @@ GlobalBuffer select_global_buffer(MPI_Comm comm, Candidates const& local, long b
     keys(i) = detail::descending_score_key(score[i], static_cast<std::uint64_t>(pos[i]));
   }
   require(in_range, "buffer", "positions must be below 2^32");
-  ExecSpace space;
   auto keys_device = Kokkos::create_mirror_view_and_copy(space, keys);
   detail::sort(space, keys_device);
   long const take = std::min(buffer_tokens, total);
   Kokkos::deep_copy(space, Kokkos::subview(keys, std::make_pair(0L, take)),
                     Kokkos::subview(keys_device, std::make_pair(0L, take)));
-  space.fence();
+  space.fence();  // keys (host) is read next
   // The chosen (position, score) pairs, then in position order (chunks are disjoint, so each
   // position occurs once).
   std::vector<std::pair<Position, float>> chosen(take);

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "proteus/detail/atomic_file.hpp"
 #include "proteus/detail/collective.hpp"
 #include "proteus/detail/hdf5_io.hpp"
 #include "proteus/error.hpp"
@@ -24,10 +25,11 @@ std::vector<typename View::non_const_value_type> host_vector(View const& v) {
 }
 
 template <class View, class T>
-void to_view(std::vector<T> const& data, View const& v) {
+void to_view(ExecSpace const& space, std::vector<T> const& data, View const& v) {
   auto h = Kokkos::create_mirror_view(v);
   for (size_t i = 0; i < data.size(); ++i) h.data()[i] = static_cast<typename View::non_const_value_type>(data[i]);
-  Kokkos::deep_copy(v, h);
+  Kokkos::deep_copy(space, v, h);
+  space.fence();  // h is freed on return
 }
 
 hsize_t dim(size_t n) { return static_cast<hsize_t>(n); }
@@ -50,114 +52,154 @@ std::vector<std::int64_t> header_of(RankState const& s) {
 
 }  // namespace
 
-void write_checkpoint(std::string const& path, MPI_Comm comm, CheckpointContent const& c) {
+namespace {
+
+// What every rank contributes to a checkpoint beyond the model: its rows of the per-rank
+// datasets, and totals over ranks (identical on every rank, so they can be attributes).
+struct RankRows {
+  std::vector<std::int64_t> header, hits;
+  std::vector<double> chain;  // prototypes [G*E], usage [G], confidence [G]
+  long long totals[3] = {0, 0, 0};  // tokens kept, tokens caught, tokens processed
+  std::vector<std::int64_t> gate_hits;
+};
+
+RankRows rank_rows(MPI_Comm comm, CheckpointContent const& c) {
   int rank = 0, ranks = 1;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &ranks);
   RankState const& s = *c.state;
-  int const g = s.dna.gates, e = s.dna.embed;
-  // This rank's rows of the per-rank datasets.
-  std::vector<std::int64_t> const header = header_of(s);
-  std::vector<double> chain(static_cast<size_t>(g) * e + 2 * g);
-  std::copy(s.dna.prototypes.begin(), s.dna.prototypes.end(), chain.begin());
-  std::copy(s.dna.usage.begin(), s.dna.usage.end(), chain.begin() + static_cast<long>(g) * e);
-  std::copy(s.dna.confidence.begin(), s.dna.confidence.end(), chain.begin() + static_cast<long>(g) * e + g);
-  std::vector<std::int64_t> const hits(s.dna.hits.begin(), s.dna.hits.end());
-  static_assert(sizeof(ChunkRecord) == 4 * sizeof(std::int64_t), "ChunkRecord is written as 4 int64 columns");
-  // Totals over ranks (identical on every rank, so they can be attributes).
-  long long totals[3] = {header[2], header[3],
-                         tokens_in_chunks(rank_chunks(c.chunks_total, rank, ranks).first, s.next_chunk, c.tokens,
-                                          c.deck->pipeline.chunk_tokens)};
-  MPI_Allreduce(MPI_IN_PLACE, totals, 3, MPI_LONG_LONG, MPI_SUM, comm);
-  std::vector<std::int64_t> gate_hits(hits);
-  MPI_Allreduce(MPI_IN_PLACE, gate_hits.data(), g, MPI_INT64_T, MPI_SUM, comm);
+  RankRows r;
+  r.header = header_of(s);
+  r.chain = s.dna.prototypes;
+  r.chain.insert(r.chain.end(), s.dna.usage.begin(), s.dna.usage.end());
+  r.chain.insert(r.chain.end(), s.dna.confidence.begin(), s.dna.confidence.end());
+  r.hits.assign(s.dna.hits.begin(), s.dna.hits.end());
+  r.totals[0] = r.header[2];
+  r.totals[1] = r.header[3];
+  r.totals[2] = c.grid.tokens_in(c.grid.chunks_of_rank(rank, ranks).first, s.next_chunk);
+  MPI_Allreduce(MPI_IN_PLACE, r.totals, 3, MPI_LONG_LONG, MPI_SUM, comm);
+  r.gate_hits = r.hits;
+  MPI_Allreduce(MPI_IN_PLACE, r.gate_hits.data(), s.dna.gates, MPI_INT64_T, MPI_SUM, comm);
+  return r;
+}
 
-  std::string const tmp = path + ".tmp";
+void write_identity(detail::H5RankFile const& f, CheckpointContent const& c, int ranks) {
+  f.attr("/", "format_version", static_cast<long long>(checkpoint_format_version));
+  f.attr("/", "proteus_version", std::string(PROTEUS_VERSION_STRING));
+  f.attr("/", "commit", std::string(PROTEUS_GIT_COMMIT));
+  f.attr("/", "deck", c.deck_text);
+  f.attr("/", "tokens", static_cast<long long>(c.grid.tokens));
+  f.attr("/", "chunks_total", static_cast<long long>(c.grid.count()));
+  f.attr("/", "chunk_tokens", static_cast<long long>(c.grid.chunk_tokens));
+  f.attr("/", "ranks", static_cast<long long>(ranks));
+  f.attr("/", "complete", static_cast<long long>(c.buffer != nullptr ? 1 : 0));
+  f.attr("/", "written_by", std::string(f.collective() ? "every rank (parallel HDF5, collective)" : "rank 0"));
+}
+
+void write_config(detail::H5RankFile const& f, Config const& cfg) {
+  f.create_group("/config");
+  f.attr("/config", "embed_dim", static_cast<long long>(cfg.embed_dim));
+  f.attr("/config", "num_heads", static_cast<long long>(cfg.num_heads));
+  f.attr("/config", "num_gates", static_cast<long long>(cfg.num_gates));
+  f.attr("/config", "head_dim", static_cast<long long>(cfg.head_dim()));
+  f.attr("/config", "seed", static_cast<long long>(cfg.seed));
+  f.attr("/config", "dna_decay", static_cast<double>(cfg.dna_decay));
+  f.attr("/config", "dna_threshold", static_cast<double>(cfg.dna_threshold));
+  f.attr("/config", "dna_blend", static_cast<double>(cfg.dna_blend));
+  f.attr("/config", "dna_temperature", static_cast<double>(cfg.dna_temperature));
+  f.attr("/config", "rope_base", cfg.rope_base);
+  f.attr("/config", "tf32_projections", static_cast<long long>(cfg.tf32_projections ? 1 : 0));
+  f.attr("/config", "mode", to_string(cfg.mode));
+  f.attr("/config", "alpha", static_cast<double>(cfg.alpha));
+}
+
+// Weights, the run-start DNA and the gate map.
+void write_model(detail::H5RankFile const& f, CausalGeneticMultiheadAttention const& m) {
+  Config const& cfg = m.config();
+  Weights const& w = m.weights();
+  f.create_group("/weights");
+  f.attr("/weights", "layout", std::string("torch.nn.Linear: weight [out x in], y = x W^T + b"));
+  hsize_t const E = cfg.embed_dim, G = cfg.num_gates;
+  f.write("/weights/qkv_weight", {3 * E, E}, host_vector(w.qkv_weight).data());
+  f.write("/weights/qkv_bias", {3 * E}, host_vector(w.qkv_bias).data());
+  f.write("/weights/out_weight", {E, E}, host_vector(w.out_weight).data());
+  f.write("/weights/out_bias", {E}, host_vector(w.out_bias).data());
+  f.write("/weights/router_weight", {G, E}, host_vector(w.router_weight).data());
+  write_dna(f, "/dna", m.dna());
+  std::vector<std::int32_t> map(cfg.gate_to_head.begin(), cfg.gate_to_head.end());
+  f.write("/gate_to_head", {G}, map.data());
+  f.attr("/gate_to_head", "description", std::string("head of each gate (many gates per head)"));
+}
+
+// Every rank's state (collective rows), so that a run resumes at its next chunk.
+void write_run_state(detail::H5RankFile const& f, RankState const& s, RankRows const& r) {
+  hsize_t const G = static_cast<hsize_t>(s.dna.gates);
+  f.create_group("/run");
+  f.attr("/run", "tokens_processed", r.totals[2]);
+  f.attr("/run", "rng", std::string("none needed: synthetic tokens are a pure function of (sequence seed, position)"));
+  f.write_rows("/run/rank_header", {6}, 1, r.header.data());
+  f.attr("/run/rank_header", "columns",
+         std::string("next_chunk, rounds_done, tokens_kept, tokens_caught, dna_chunks, candidates"));
+  f.write_rows("/run/candidate_positions", {}, static_cast<long>(s.candidates.size()), s.candidates.positions.data());
+  f.write_rows("/run/candidate_scores", {}, static_cast<long>(s.candidates.size()), s.candidates.scores.data());
+  f.attr("/run/candidate_positions", "units", std::string("token positions in the original sequence"));
+  f.write_rows("/run/dna_chain", {dim(r.chain.size())}, 1, r.chain.data());
+  f.attr("/run/dna_chain", "layout", std::string("per rank: prototypes [G*E], usage [G], confidence [G] (float64)"));
+  f.write_rows("/run/dna_hits", {G}, 1, r.hits.data());
+}
+
+void write_statistics(detail::H5RankFile const& f, RankState const& s, RankRows const& r) {
+  static_assert(sizeof(ChunkRecord) == 4 * sizeof(std::int64_t), "ChunkRecord is written as 4 int64 columns");
+  f.create_group("/statistics");
+  f.attr("/statistics", "tokens_kept", r.totals[0]);
+  f.attr("/statistics", "tokens_caught", r.totals[1]);
+  f.write_rows("/statistics/chunks", {4}, static_cast<long>(s.chunk_log.size()),
+               reinterpret_cast<std::int64_t const*>(s.chunk_log.data()));
+  f.attr("/statistics/chunks", "columns", std::string("chunk, candidates, tokens_kept, tokens_caught"));
+  f.attr("/statistics/chunks", "units", std::string("tokens per processed chunk, rows in chunk order"));
+  f.write("/statistics/gate_hits", {r.gate_hits.size()}, r.gate_hits.data());
+  f.attr("/statistics/gate_hits", "units", std::string("chunks whose EMA step updated each gate"));
+}
+
+// End of run: the joined DNA, the global buffer and the needles.
+void write_results(detail::H5RankFile const& f, CheckpointContent const& c) {
+  if (c.final_dna) write_dna(f, "/dna_final", *c.final_dna);
+  if (c.buffer) {
+    f.create_group("/buffer");
+    std::vector<std::int64_t> bp(c.buffer->positions.begin(), c.buffer->positions.end());
+    f.write("/buffer/positions", {dim(bp.size())}, bp.data());
+    f.write("/buffer/scores", {dim(bp.size())}, c.buffer->scores.data());
+    f.attr("/buffer/positions", "units", std::string("token positions in the original sequence, ascending"));
+    f.attr("/buffer", "candidates", static_cast<long long>(c.buffer->candidates));
+  }
+  if (c.needles) {
+    f.create_group("/sequence");
+    std::vector<std::int64_t> np(c.needles->begin(), c.needles->end());
+    f.write("/sequence/needles", {dim(np.size())}, np.data());
+    f.attr("/sequence/needles", "units",
+           std::string("positions of the needles: planted (synthetic source) or named in the deck (hdf5 source)"));
+  }
+}
+
+}  // namespace
+
+void write_checkpoint(std::string const& path, MPI_Comm comm, CheckpointContent const& c) {
+  int rank = 0, ranks = 1;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &ranks);
+  RankRows const rows = rank_rows(comm, c);
+  std::string const tmp = detail::temporary_name(path);
   try {
     detail::run_agreed(comm, [&] {
-      detail::H5RankFile f(tmp, comm, c.deck->checkpoint.collective_io);
-      CausalGeneticMultiheadAttention const& m = *c.model;
-      Config const& cfg = m.config();
-      f.attr("/", "format_version", static_cast<long long>(checkpoint_format_version));
-      f.attr("/", "proteus_version", std::string(PROTEUS_VERSION_STRING));
-      f.attr("/", "commit", std::string(PROTEUS_GIT_COMMIT));
-      f.attr("/", "deck", deck_to_ini(*c.deck));
-      f.attr("/", "tokens", static_cast<long long>(c.tokens));
-      f.attr("/", "chunks_total", static_cast<long long>(c.chunks_total));
-      f.attr("/", "chunk_tokens", static_cast<long long>(c.deck->pipeline.chunk_tokens));
-      f.attr("/", "ranks", static_cast<long long>(ranks));
-      f.attr("/", "complete", static_cast<long long>(c.buffer != nullptr ? 1 : 0));
-      f.attr("/", "written_by", std::string(f.collective() ? "every rank (parallel HDF5, collective)" : "rank 0"));
-      f.create_group("/config");
-      f.attr("/config", "embed_dim", static_cast<long long>(cfg.embed_dim));
-      f.attr("/config", "num_heads", static_cast<long long>(cfg.num_heads));
-      f.attr("/config", "num_gates", static_cast<long long>(cfg.num_gates));
-      f.attr("/config", "head_dim", static_cast<long long>(cfg.head_dim()));
-      f.attr("/config", "seed", static_cast<long long>(cfg.seed));
-      f.attr("/config", "dna_decay", static_cast<double>(cfg.dna_decay));
-      f.attr("/config", "dna_threshold", static_cast<double>(cfg.dna_threshold));
-      f.attr("/config", "dna_blend", static_cast<double>(cfg.dna_blend));
-      f.attr("/config", "dna_temperature", static_cast<double>(cfg.dna_temperature));
-      f.attr("/config", "rope_base", cfg.rope_base);
-      f.attr("/config", "tf32_projections", static_cast<long long>(cfg.tf32_projections ? 1 : 0));
-      f.attr("/config", "mode", to_string(cfg.mode));
-      f.attr("/config", "alpha", static_cast<double>(cfg.alpha));
-      Weights const& w = m.weights();
-      f.create_group("/weights");
-      f.attr("/weights", "layout", std::string("torch.nn.Linear: weight [out x in], y = x W^T + b"));
-      hsize_t const E = cfg.embed_dim, G = cfg.num_gates;
-      f.write("/weights/qkv_weight", {3 * E, E}, host_vector(w.qkv_weight).data());
-      f.write("/weights/qkv_bias", {3 * E}, host_vector(w.qkv_bias).data());
-      f.write("/weights/out_weight", {E, E}, host_vector(w.out_weight).data());
-      f.write("/weights/out_bias", {E}, host_vector(w.out_bias).data());
-      f.write("/weights/router_weight", {G, E}, host_vector(w.router_weight).data());
-      write_dna(f, "/dna", m.dna());
-      if (c.final_dna) write_dna(f, "/dna_final", *c.final_dna);
-      std::vector<std::int32_t> map(cfg.gate_to_head.begin(), cfg.gate_to_head.end());
-      f.write("/gate_to_head", {G}, map.data());
-      f.attr("/gate_to_head", "description", std::string("head of each gate (many gates per head)"));
-
-      f.create_group("/run");
-      f.attr("/run", "tokens_processed", totals[2]);
-      f.attr("/run", "rng",
-             std::string("none needed: synthetic tokens are a pure function of (sequence seed, position)"));
-      f.write_rows("/run/rank_header", {6}, 1, header.data());
-      f.attr("/run/rank_header", "columns",
-             std::string("next_chunk, rounds_done, tokens_kept, tokens_caught, dna_chunks, candidates"));
-      f.write_rows("/run/candidate_positions", {}, static_cast<long>(s.candidates.size()),
-                   s.candidates.positions.data());
-      f.write_rows("/run/candidate_scores", {}, static_cast<long>(s.candidates.size()), s.candidates.scores.data());
-      f.attr("/run/candidate_positions", "units", std::string("token positions in the original sequence"));
-      f.write_rows("/run/dna_chain", {dim(chain.size())}, 1, chain.data());
-      f.attr("/run/dna_chain", "layout",
-             std::string("per rank: prototypes [G*E], usage [G], confidence [G] (float64)"));
-      f.write_rows("/run/dna_hits", {G}, 1, hits.data());
-
-      f.create_group("/statistics");
-      f.attr("/statistics", "tokens_kept", totals[0]);
-      f.attr("/statistics", "tokens_caught", totals[1]);
-      f.write_rows("/statistics/chunks", {4}, static_cast<long>(s.chunk_log.size()),
-                   reinterpret_cast<std::int64_t const*>(s.chunk_log.data()));
-      f.attr("/statistics/chunks", "columns", std::string("chunk, candidates, tokens_kept, tokens_caught"));
-      f.attr("/statistics/chunks", "units", std::string("tokens per processed chunk, rows in chunk order"));
-      f.write("/statistics/gate_hits", {G}, gate_hits.data());
-      f.attr("/statistics/gate_hits", "units", std::string("chunks whose EMA step updated each gate"));
-      if (c.buffer) {
-        f.create_group("/buffer");
-        std::vector<std::int64_t> bp(c.buffer->positions.begin(), c.buffer->positions.end());
-        f.write("/buffer/positions", {dim(bp.size())}, bp.data());
-        f.write("/buffer/scores", {dim(bp.size())}, c.buffer->scores.data());
-        f.attr("/buffer/positions", "units", std::string("token positions in the original sequence, ascending"));
-        f.attr("/buffer", "candidates", static_cast<long long>(c.buffer->candidates));
-      }
-      if (c.needles) {
-        f.create_group("/sequence");
-        std::vector<std::int64_t> np(c.needles->begin(), c.needles->end());
-        f.write("/sequence/needles", {dim(np.size())}, np.data());
-        f.attr("/sequence/needles", "units", std::string("positions of planted needles (synthetic source)"));
-      }
+      detail::H5RankFile f(tmp, comm, c.collective_io);
+      write_identity(f, c, ranks);
+      write_config(f, c.model->config());
+      write_model(f, *c.model);
+      write_run_state(f, *c.state, rows);
+      write_statistics(f, *c.state, rows);
+      write_results(f, c);
       f.close();
-      if (rank == 0) std::filesystem::rename(tmp, path);
+      if (rank == 0) detail::commit_file(tmp, path);
     });
   } catch (CollectiveError const& ex) {
     std::error_code ec;
@@ -166,7 +208,7 @@ void write_checkpoint(std::string const& path, MPI_Comm comm, CheckpointContent 
   }
 }
 
-RankState read_rank_state(std::string const& path, MPI_Comm comm, RunDeck const& deck) {
+RankState read_rank_state(std::string const& path, MPI_Comm comm, Config const& model, ChunkGrid const& grid) {
   int rank = 0, ranks = 1;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &ranks);
@@ -175,14 +217,14 @@ RankState read_rank_state(std::string const& path, MPI_Comm comm, RunDeck const&
   require(version == checkpoint_format_version, f.where("/"),
           "format_version " + std::to_string(version) + " is not the supported " +
               std::to_string(checkpoint_format_version));
-  Config const cfg = deck.model.resolved();
+  Config const& cfg = model;
   auto same = [&](char const* object, char const* name, long long expect, std::string const& key) {
     long long const got = f.attr_int(object, name);
     require(got == expect, f.where(object) + " @" + name,
             "checkpoint has " + std::to_string(got) + " but the deck has " + std::to_string(expect) + " (" + key + ")");
   };
   same("/", "ranks", ranks, "restart needs the same number of ranks");
-  same("/", "chunk_tokens", deck.pipeline.chunk_tokens, "[pipeline] chunk_tokens");
+  same("/", "chunk_tokens", grid.chunk_tokens, "[pipeline] chunk_tokens");
   same("/config", "embed_dim", cfg.embed_dim, "[model] embed_dim");
   same("/config", "num_gates", cfg.num_gates, "[model] num_gates");
   same("/config", "num_heads", cfg.num_heads, "[model] num_heads");
@@ -216,7 +258,7 @@ RankState read_rank_state(std::string const& path, MPI_Comm comm, RunDeck const&
   // This rank's per-chunk records: the rows whose chunk lies in its range.
   std::vector<std::int64_t> log;
   f.read("/statistics/chunks", {0, 4}, log);
-  ChunkRange const range = rank_chunks(f.attr_int("/", "chunks_total"), rank, ranks);
+  ChunkRange const range = ChunkGrid{f.attr_int("/", "tokens"), grid.chunk_tokens}.chunks_of_rank(rank, ranks);
   for (size_t i = 0; i + 3 < log.size(); i += 4)
     if (log[i] >= range.first && log[i] < s.next_chunk)
       s.chunk_log.push_back({log[i], log[i + 1], log[i + 2], log[i + 3]});
@@ -227,25 +269,25 @@ RankState read_rank_state(std::string const& path, MPI_Comm comm, RunDeck const&
   return s;
 }
 
-void load_model(std::string const& path, CausalGeneticMultiheadAttention& model, std::string const& dna_group) {
+void load_model(ExecSpace const& space, std::string const& path, CausalGeneticMultiheadAttention& model,
+                std::string const& dna_group) {
   H5File f(path, "r");
   long long const version = f.attr_int("/", "format_version");
   require(version == checkpoint_format_version, f.where("/"), "unsupported format_version " + std::to_string(version));
   Config const& cfg = model.config();
   hsize_t const E = cfg.embed_dim, G = cfg.num_gates;
-  ExecSpace space;
   Weights w = Weights::allocate(cfg.embed_dim, cfg.num_gates);
   std::vector<float> buf;
-  f.read("/weights/qkv_weight", {3 * E, E}, buf), to_view(buf, w.qkv_weight);
-  f.read("/weights/qkv_bias", {3 * E}, buf), to_view(buf, w.qkv_bias);
-  f.read("/weights/out_weight", {E, E}, buf), to_view(buf, w.out_weight);
-  f.read("/weights/out_bias", {E}, buf), to_view(buf, w.out_bias);
-  f.read("/weights/router_weight", {G, E}, buf), to_view(buf, w.router_weight);
+  f.read("/weights/qkv_weight", {3 * E, E}, buf), to_view(space, buf, w.qkv_weight);
+  f.read("/weights/qkv_bias", {3 * E}, buf), to_view(space, buf, w.qkv_bias);
+  f.read("/weights/out_weight", {E, E}, buf), to_view(space, buf, w.out_weight);
+  f.read("/weights/out_bias", {E}, buf), to_view(space, buf, w.out_bias);
+  f.read("/weights/router_weight", {G, E}, buf), to_view(space, buf, w.router_weight);
   model.set_weights(space, w);
   DnaState dna = DnaState::allocate(cfg.num_gates, cfg.embed_dim);
-  f.read(dna_group + "/prototypes", {G, E}, buf), to_view(buf, dna.prototypes);
-  f.read(dna_group + "/usage", {G}, buf), to_view(buf, dna.usage);
-  f.read(dna_group + "/confidence", {G}, buf), to_view(buf, dna.confidence);
+  f.read(dna_group + "/prototypes", {G, E}, buf), to_view(space, buf, dna.prototypes);
+  f.read(dna_group + "/usage", {G}, buf), to_view(space, buf, dna.usage);
+  f.read(dna_group + "/confidence", {G}, buf), to_view(space, buf, dna.confidence);
   model.set_dna(space, dna);
   std::vector<std::int32_t> map;
   f.read("/gate_to_head", {G}, map);
@@ -262,62 +304,24 @@ void append_dna_snapshot(std::string const& path, DnaState const& dna, long toke
     f.attr("/", "format_version", static_cast<long long>(checkpoint_format_version));
     f.attr("/", "description", std::string("DNA snapshots along the sequence: one row per snapshot"));
   }
-  auto extend = [&](std::string const& name, std::vector<hsize_t> row, hid_t type, void const* data) {
-    std::vector<hsize_t> dims = row, maxd = row, chunk = row;
-    dims.insert(dims.begin(), 1);
-    maxd.insert(maxd.begin(), H5S_UNLIMITED);
-    chunk.insert(chunk.begin(), 1);
-    hid_t set;
-    hsize_t n = 0;
-    if (!f.exists(name)) {
-      hid_t const space = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), maxd.data());
-      hid_t const plist = H5Pcreate(H5P_DATASET_CREATE);
-      H5Pset_chunk(plist, static_cast<int>(chunk.size()), chunk.data());
-      set = H5Dcreate2(f.id(), name.c_str(), type, space, H5P_DEFAULT, plist, H5P_DEFAULT);
-      H5Pclose(plist);
-      H5Sclose(space);
-    } else {
-      set = H5Dopen2(f.id(), name.c_str(), H5P_DEFAULT);
-      hid_t const space = H5Dget_space(set);
-      std::vector<hsize_t> cur(dims.size());
-      H5Sget_simple_extent_dims(space, cur.data(), nullptr);
-      H5Sclose(space);
-      n = cur[0];
-      cur[0] = n + 1;
-      H5Dset_extent(set, cur.data());
-    }
-    require(set >= 0, f.where(name), "cannot create or open the snapshot dataset");
-    hid_t const fs = H5Dget_space(set);
-    std::vector<hsize_t> start(dims.size(), 0);
-    start[0] = n;
-    H5Sselect_hyperslab(fs, H5S_SELECT_SET, start.data(), nullptr, dims.data(), nullptr);
-    hid_t const ms = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
-    herr_t const rc = H5Dwrite(set, type, ms, fs, H5P_DEFAULT, data);
-    H5Sclose(ms);
-    H5Sclose(fs);
-    H5Dclose(set);
-    require(rc >= 0, f.where(name), "cannot append a snapshot");
-  };
   std::int64_t const seen = tokens_seen;
-  extend("/tokens_seen", {}, H5T_NATIVE_INT64, &seen);
-  extend("/prototypes", {g, e}, H5T_NATIVE_FLOAT, host_vector(dna.prototypes).data());
-  extend("/usage", {g}, H5T_NATIVE_FLOAT, host_vector(dna.usage).data());
-  extend("/confidence", {g}, H5T_NATIVE_FLOAT, host_vector(dna.confidence).data());
+  f.append_row("/tokens_seen", {}, &seen);
+  f.append_row("/prototypes", {g, e}, host_vector(dna.prototypes).data());
+  f.append_row("/usage", {g}, host_vector(dna.usage).data());
+  f.append_row("/confidence", {g}, host_vector(dna.confidence).data());
 }
 
-void write_buffer_outputs(std::string const& path, GlobalBuffer const& buffer, std::vector<float> const& outputs,
-                          int embed_dim) {
-  std::string const tmp = path + ".tmp";
-  {
+void write_outputs(std::string const& path, std::vector<Position> const& positions, std::vector<float> const& outputs,
+                   int embed_dim, std::string const& description) {
+  detail::write_atomically(path, [&](std::string const& tmp) {
     H5File f(tmp, "w");
     f.attr("/", "format_version", static_cast<long long>(checkpoint_format_version));
-    std::vector<std::int64_t> pos(buffer.positions.begin(), buffer.positions.end());
+    std::vector<std::int64_t> const pos(positions.begin(), positions.end());
     f.write("/positions", {dim(pos.size())}, pos.data());
     f.write("/outputs", {dim(pos.size()), static_cast<hsize_t>(embed_dim)}, outputs.data());
-    f.attr("/outputs", "description", std::string("buffer pass output per buffer token, rows in position order"));
+    f.attr("/outputs", "description", description);
     f.close();
-  }
-  std::filesystem::rename(tmp, path);
+  });
 }
 
 void prune_checkpoints(std::string const& dir, std::string const& prefix, int keep) {

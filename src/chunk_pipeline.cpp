@@ -64,86 +64,6 @@ Candidates nucleus_candidates(ExecSpace const& space, TokenVector const& importa
   return out;
 }
 
-void DnaAccumulator::reset(int num_gates, int embed_dim) {
-  gates = num_gates;
-  embed = embed_dim;
-  prototypes.assign(static_cast<size_t>(num_gates) * embed_dim, 0.0);
-  usage.assign(num_gates, 0.0);
-  confidence.assign(num_gates, 0.0);
-  hits.assign(num_gates, 0);
-  chunks = 0;
-}
-
-void DnaAccumulator::add(ExecSpace const& space, DnaStatistics const& stats, double decay) {
-  auto count = Kokkos::create_mirror_view_and_copy(HostSpace(), stats.count);
-  auto sums = Kokkos::create_mirror_view_and_copy(HostSpace(), stats.sums);
-  (void)space;
-  for (int g = 0; g < gates; ++g) {
-    bool const hit = count(g) > 1e-6;
-    usage[g] = decay * usage[g] + (hit ? (1.0 - decay) * count(g) : 0.0);
-    confidence[g] = decay * confidence[g] + (hit ? 1.0 - decay : 0.0);
-    if (!hit) continue;
-    ++hits[g];
-    for (int e = 0; e < embed; ++e) {
-      double& p = prototypes[static_cast<size_t>(g) * embed + e];
-      p = decay * p + (1.0 - decay) * sums(g, e) / count(g);
-    }
-  }
-  ++chunks;
-}
-
-DnaState combine_dna(ExecSpace const& space, MPI_Comm comm, DnaAccumulator const& local, DnaState const& initial,
-                     double decay) {
-  int rank = 0, ranks = 1;
-  MPI_Comm_rank(comm, &rank);
-  MPI_Comm_size(comm, &ranks);
-  int const g = local.gates, e = local.embed;
-  // Every rank's hit counts and chunk count: [ranks x (G + 1)].
-  std::vector<long> mine(local.hits);
-  mine.push_back(local.chunks);
-  std::vector<long> all(static_cast<size_t>(ranks) * (g + 1));
-  MPI_Allgather(mine.data(), g + 1, MPI_LONG, all.data(), g + 1, MPI_LONG, comm);
-  std::vector<long> after(g + 1, 0), total(g + 1, 0);
-  for (int r = 0; r < ranks; ++r)
-    for (int j = 0; j <= g; ++j) {
-      long const v = all[static_cast<size_t>(r) * (g + 1) + j];
-      total[j] += v;
-      if (r > rank) after[j] += v;
-    }
-  // This rank's chain, aged by the updates that come after it.
-  std::vector<double> sum(static_cast<size_t>(g) * e + 2 * g, 0.0);
-  for (int k = 0; k < g; ++k) {
-    double const age_p = std::pow(decay, static_cast<double>(after[k]));
-    double const age_c = std::pow(decay, static_cast<double>(after[g]));
-    for (int j = 0; j < e; ++j)
-      sum[static_cast<size_t>(k) * e + j] = age_p * local.prototypes[static_cast<size_t>(k) * e + j];
-    sum[static_cast<size_t>(g) * e + k] = age_c * local.usage[k];
-    sum[static_cast<size_t>(g) * e + g + k] = age_c * local.confidence[k];
-  }
-  MPI_Allreduce(MPI_IN_PLACE, sum.data(), static_cast<int>(sum.size()), MPI_DOUBLE, MPI_SUM, comm);
-  DnaState out = initial.clone(space);
-  auto p = Kokkos::create_mirror_view_and_copy(HostSpace(), out.prototypes);
-  auto u = Kokkos::create_mirror_view_and_copy(HostSpace(), out.usage);
-  auto c = Kokkos::create_mirror_view_and_copy(HostSpace(), out.confidence);
-  for (int k = 0; k < g; ++k) {
-    double const keep_p = std::pow(decay, static_cast<double>(total[k]));
-    double const keep_c = std::pow(decay, static_cast<double>(total[g]));
-    for (int j = 0; j < e; ++j) p(k, j) = static_cast<float>(keep_p * p(k, j) + sum[static_cast<size_t>(k) * e + j]);
-    u(k) = static_cast<float>(keep_c * u(k) + sum[static_cast<size_t>(g) * e + k]);
-    c(k) = static_cast<float>(keep_c * c(k) + sum[static_cast<size_t>(g) * e + g + k]);
-  }
-  Kokkos::deep_copy(space, out.prototypes, p);
-  Kokkos::deep_copy(space, out.usage, u);
-  Kokkos::deep_copy(space, out.confidence, c);
-  return out;
-}
-
-long chunk_count(long tokens, long chunk_tokens) { return (tokens + chunk_tokens - 1) / chunk_tokens; }
-
-long tokens_in_chunks(long first, long last, long tokens, long chunk_tokens) {
-  return std::min(tokens, last * chunk_tokens) - std::min(tokens, first * chunk_tokens);
-}
-
 long RankState::tokens_kept() const {
   long n = 0;
   for (ChunkRecord const& r : chunk_log) n += r.tokens_kept;
@@ -156,31 +76,14 @@ long RankState::tokens_caught() const {
   return n;
 }
 
-ChunkRange rank_chunks(long chunks, int rank, int ranks) {
-  return {chunks * rank / ranks, chunks * (rank + 1) / ranks};
-}
-
-Config chunk_scorer_config(RunDeck const& deck) {
-  Config c = deck.model;
-  c.token_sparse = true;
-  c.token_keep_ratio = static_cast<float>(deck.pipeline.chunk_keep_ratio);
-  c.token_keep_min_ratio = static_cast<float>(deck.pipeline.chunk_keep_ratio);
-  c.dna_update = false;
-  return c;
-}
-
 void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& scorer, SequenceSource const& source,
-                PipelineSpec const& spec, ChunkRange range, RankState& state,
+                ChunkGrid const& grid, NucleusSpec const& nucleus, ChunkRange range, RankState& state,
                 std::function<void(RankState const&)> const& after_chunk) {
   Config const& cfg = scorer.config();
-  long const tokens = source.tokens();
-  TokenMatrix buffer("proteus::chunk::tokens", spec.chunk_tokens, cfg.embed_dim);
+  TokenMatrix buffer("proteus::chunk::tokens", grid.chunk_tokens, cfg.embed_dim);
   DnaStatistics stats = DnaStatistics::allocate(cfg.num_gates, cfg.embed_dim);
   if (state.next_chunk < range.first) state.next_chunk = range.first;
-  auto extent_of = [&](long c) {
-    Position const begin = c * spec.chunk_tokens;
-    return std::make_pair(begin, std::min(spec.chunk_tokens, tokens - begin));
-  };
+  auto extent_of = [&](long c) { return std::make_pair(grid.begin(c), grid.extent(c)); };
   // Host-resident sources (files) are double-buffered twice over: chunk c + 2 is read on a helper
   // thread into one pinned host buffer and chunk c + 1 is copied to the second device buffer on a
   // second stream, while chunk c is scored.
@@ -198,9 +101,9 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
         std::async(std::launch::async, [&source, begin = begin, len = len, dst] { source.read_host(begin, len, dst); });
   };
   if (prefetch) {
-    device[1] = TokenMatrix("proteus::chunk::tokens_next", spec.chunk_tokens, cfg.embed_dim);
+    device[1] = TokenMatrix("proteus::chunk::tokens_next", grid.chunk_tokens, cfg.embed_dim);
     for (auto& h : host)
-      h = HostChunk(Kokkos::view_alloc("proteus::chunk::host", Kokkos::WithoutInitializing), spec.chunk_tokens,
+      h = HostChunk(Kokkos::view_alloc("proteus::chunk::host", Kokkos::WithoutInitializing), grid.chunk_tokens,
                     cfg.embed_dim);
     if (state.next_chunk < range.last) {
       start_read(state.next_chunk, 0);
@@ -228,7 +131,7 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
     check_finite(space, x, "sequence tokens [" + std::to_string(begin) + ", " + std::to_string(begin + len) + ")");
     RoutingResult const routed = scorer.route(space, x, 1);
     Candidates const cand =
-        nucleus_candidates(space, routed.routing.importance, routed.keep, begin, spec.top_p, spec.chunk_budget);
+        nucleus_candidates(space, routed.routing.importance, routed.keep, begin, nucleus.top_p, nucleus.budget);
     state.candidates.append(cand);
     long caught = 0;
     auto beta = routed.routing.beta;

@@ -165,7 +165,7 @@ std::vector<Key> const& registry() {
     k.push_back(key<std::string>("sequence", "dataset", "", "dataset [T x E] of float32 in that file", REF(sequence.dataset)));
     k.push_back(key<int>("sequence", "needles", "tokens", "planted tokens close to a DNA prototype", REF(sequence.needles), 0, 1e7));
     k.push_back(key<double>("sequence", "needle_similarity", "cosine", "cosine similarity of a needle to its prototype", REF(sequence.needle_similarity), 0, 1));
-    k.push_back(key<std::vector<long>>("sequence", "needle_positions", "tokens", "needle positions; empty = spread evenly", REF(sequence.needle_positions), 0, 4.0e9));
+    k.push_back(key<std::vector<long>>("sequence", "needle_positions", "tokens", "synthetic: needle positions, empty = spread evenly; hdf5: positions whose arrival in the buffer is reported", REF(sequence.needle_positions), 0, 4.0e9));
     // [pipeline]
     k.push_back(key<long>("pipeline", "chunk_tokens", "tokens", "tokens per chunk on the device", REF(pipeline.chunk_tokens), 16, 1 << 26));
     k.push_back(key<double>("pipeline", "chunk_keep_ratio", "", "fraction of a chunk's tokens kept by token sparsity", REF(pipeline.chunk_keep_ratio), 1e-6, 1));
@@ -233,6 +233,7 @@ void assign(RunDeck& deck, std::string const& where, std::string const& section,
       } catch (std::invalid_argument const& e) {
         fail(where, label + ": " + e.what());
       }
+      deck.given.insert(section + "." + name);
       return;
     }
   bool const known_section = std::any_of(registry().begin(), registry().end(),
@@ -343,17 +344,36 @@ void RunDeck::validate(int ranks, long tokens) const {
   if (pipeline.buffer_tokens > tokens)
     bad("[pipeline] buffer_tokens", "buffer of " + std::to_string(pipeline.buffer_tokens) +
                                         " tokens exceeds the sequence (" + std::to_string(tokens) + ")");
-  if (sequence.needles > tokens) bad("[sequence] needles", "more needles than tokens");
   for (long p : sequence.needle_positions)
     if (p >= tokens) bad("[sequence] needle_positions", "position " + std::to_string(p) + " is past the end");
+  if (sequence.source == "hdf5") {
+    // A file holds no planted needles: only their positions (facts the user knows of) apply.
+    for (char const* name : {"needles", "needle_similarity"})
+      if (given.count(std::string("sequence.") + name))
+        bad((std::string("[sequence] ") + name).c_str(),
+            "applies to the synthetic source only; with an hdf5 source list the positions to look for in "
+            "[sequence] needle_positions");
+    return;
+  }
+  if (sequence.needles > tokens) bad("[sequence] needles", "more needles than tokens");
   if (!sequence.needle_positions.empty() && static_cast<long>(sequence.needle_positions.size()) != sequence.needles)
     bad("[sequence] needle_positions", "lists " + std::to_string(sequence.needle_positions.size()) +
                                            " positions but needles = " + std::to_string(sequence.needles));
 }
 
+namespace {
+// Keys of the synthetic source only: a file source refuses them, so its resolved deck leaves
+// them out (and can be read back).
+bool applies(Key const& k, RunDeck const& deck) {
+  bool const synthetic_only = k.section == "sequence" && (k.name == "needles" || k.name == "needle_similarity");
+  return !(synthetic_only && deck.sequence.source == "hdf5");
+}
+}  // namespace
+
 std::string deck_to_ini(RunDeck const& deck) {
   std::string out, section;
   for (Key const& k : registry()) {
+    if (!applies(k, deck)) continue;
     if (k.section != section) {
       out += (section.empty() ? "" : "\n") + std::string("[") + k.section + "]\n";
       section = k.section;

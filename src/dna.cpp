@@ -25,7 +25,7 @@ void DnaState::initialise(ExecSpace const& space, std::uint64_t seed, float scal
   detail::for_each_element(
       space, "proteus::dna::initialise", static_cast<long>(p.extent(0)), e, KOKKOS_LAMBDA(long g, long j) {
         p(g, j) =
-            static_cast<float>(scale * standard_normal(seed, stream_prototypes, static_cast<std::uint64_t>(g) * e + j));
+            static_cast<float>(scale * detail::standard_normal(seed, detail::stream_prototypes, static_cast<std::uint64_t>(g) * e + j));
       });
   Kokkos::deep_copy(space, usage, 0.0f);
   Kokkos::deep_copy(space, confidence, 0.0f);
@@ -196,16 +196,15 @@ int dna_ema_update(ExecSpace const& space, float decay, DnaStatistics const& sta
   double const d = decay;
   detail::for_each_element(
       space, "proteus::dna::ema_update", gates, embed, KOKKOS_LAMBDA(long g, long j) {
-        if (c(g) > 1e-6) p(g, j) = static_cast<float>(d * p(g, j) + (1.0 - d) * s(g, j) / c(g));
+        if (dna_gate_hit(c(g))) p(g, j) = static_cast<float>(dna_ema_prototype(d, p(g, j), s(g, j), c(g)));
       });
   int updated = 0;
   Kokkos::parallel_reduce(
       "proteus::dna::ema_usage", Kokkos::RangePolicy<ExecSpace>(space, 0, gates),
       KOKKOS_LAMBDA(int g, int& n) {
-        bool const hit = c(g) > 1e-6;
-        usage(g) = static_cast<float>(d * usage(g) + (hit ? (1.0 - d) * c(g) : 0.0));
-        conf(g) = static_cast<float>(d * conf(g) + (hit ? 1.0 - d : 0.0));
-        n += hit ? 1 : 0;
+        usage(g) = static_cast<float>(dna_ema_usage(d, usage(g), c(g)));
+        conf(g) = static_cast<float>(dna_ema_confidence(d, conf(g), c(g)));
+        n += dna_gate_hit(c(g)) ? 1 : 0;
       },
       updated);
   return updated;

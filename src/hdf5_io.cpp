@@ -151,9 +151,94 @@ std::vector<hsize_t> H5File::read(std::string const& name, std::vector<hsize_t> 
   return dims;
 }
 
+H5File::Shape H5File::shape(std::string const& name) const {
+  H5Quiet quiet;
+  require(exists(name), where(name), "dataset not found");
+  hid_t const set = H5Dopen2(id_, name.c_str(), H5P_DEFAULT);
+  require(set >= 0, where(name), "cannot open dataset");
+  hid_t const space = H5Dget_space(set);
+  int const rank = H5Sget_simple_extent_ndims(space);
+  Shape out;
+  out.dims.resize(rank > 0 ? rank : 0);
+  if (rank > 0) H5Sget_simple_extent_dims(space, out.dims.data(), nullptr);
+  H5Sclose(space);
+  hid_t const type = H5Dget_type(set);
+  out.floating = H5Tget_class(type) == H5T_FLOAT;
+  H5Tclose(type);
+  H5Dclose(set);
+  return out;
+}
+
+template <class T>
+void H5File::read_rows(std::string const& name, hsize_t first, hsize_t rows, T* out) const {
+  hid_t const set = H5Dopen2(id_, name.c_str(), H5P_DEFAULT);
+  require(set >= 0, where(name), "cannot open dataset");
+  hid_t const fs = H5Dget_space(set);
+  int const rank = H5Sget_simple_extent_ndims(fs);
+  std::vector<hsize_t> dims(rank > 0 ? rank : 0), start(dims.size(), 0);
+  if (rank > 0) H5Sget_simple_extent_dims(fs, dims.data(), nullptr);
+  herr_t rc = -1;
+  if (rank > 0 && first + rows <= dims[0]) {
+    dims[0] = rows, start[0] = first;
+    H5Sselect_hyperslab(fs, H5S_SELECT_SET, start.data(), nullptr, dims.data(), nullptr);
+    hid_t const memory = H5Screate_simple(rank, dims.data(), nullptr);
+    rc = H5Dread(set, native_type<T>(), memory, fs, H5P_DEFAULT, out);
+    H5Sclose(memory);
+  }
+  H5Sclose(fs);
+  H5Dclose(set);
+  require(rc >= 0, where(name), "read failed (truncated or corrupt file?)");
+}
+
+template <class T>
+hsize_t H5File::append_row(std::string const& name, std::vector<hsize_t> const& row_dims, T const* data) const {
+  std::vector<hsize_t> dims = row_dims, start(row_dims.size() + 1, 0);
+  dims.insert(dims.begin(), 1);
+  hid_t set = -1;
+  hsize_t n = 0;
+  if (!exists(name)) {
+    std::vector<hsize_t> maxd = dims;
+    maxd[0] = H5S_UNLIMITED;
+    hid_t const space = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), maxd.data());
+    hid_t const plist = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_chunk(plist, static_cast<int>(dims.size()), dims.data());
+    set = H5Dcreate2(id_, name.c_str(), native_type<T>(), space, H5P_DEFAULT, plist, H5P_DEFAULT);
+    H5Pclose(plist);
+    H5Sclose(space);
+  } else {
+    set = H5Dopen2(id_, name.c_str(), H5P_DEFAULT);
+    if (set >= 0) {
+      hid_t const space = H5Dget_space(set);
+      std::vector<hsize_t> cur(dims.size(), 0);
+      bool const same_rank = H5Sget_simple_extent_ndims(space) == static_cast<int>(dims.size());
+      if (same_rank) H5Sget_simple_extent_dims(space, cur.data(), nullptr);
+      H5Sclose(space);
+      cur[0] += 1;
+      n = cur[0] - 1;
+      if (!same_rank || H5Dset_extent(set, cur.data()) < 0) {
+        H5Dclose(set);
+        fail(where(name), "cannot extend the dataset by one row of " + dims_text(row_dims));
+      }
+    }
+  }
+  require(set >= 0, where(name), "cannot create or open the dataset");
+  hid_t const fs = H5Dget_space(set);
+  start[0] = n;
+  H5Sselect_hyperslab(fs, H5S_SELECT_SET, start.data(), nullptr, dims.data(), nullptr);
+  hid_t const memory = H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
+  herr_t const rc = H5Dwrite(set, native_type<T>(), memory, fs, H5P_DEFAULT, data);
+  H5Sclose(memory);
+  H5Sclose(fs);
+  H5Dclose(set);
+  require(rc >= 0, where(name), "cannot append a row");
+  return n + 1;
+}
+
 #define PROTEUS_ROWS(T)                                                                                            \
   template void H5File::write_rows<T>(std::string const&, std::vector<hsize_t> const&, hsize_t, hsize_t, T const*, \
-                                      hid_t) const;
+                                      hid_t) const;                                                                \
+  template void H5File::read_rows<T>(std::string const&, hsize_t, hsize_t, T*) const;                             \
+  template hsize_t H5File::append_row<T>(std::string const&, std::vector<hsize_t> const&, T const*) const;
 PROTEUS_ROWS(float)
 PROTEUS_ROWS(double)
 PROTEUS_ROWS(std::int64_t)

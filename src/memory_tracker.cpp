@@ -8,7 +8,7 @@
 
 #include "proteus/types.hpp"
 
-namespace proteus {
+namespace proteus::detail {
 
 namespace {
 std::atomic<long long> current{0}, peak{0}, allocations{0};
@@ -42,4 +42,4 @@ double current_memory_mb() { return static_cast<double>(current.load()) / (1 << 
 void reset_peak_memory() { peak = current.load(); }
 long long allocation_count() { return allocations.load(); }
 
-}  // namespace proteus
+}  // namespace proteus::detail

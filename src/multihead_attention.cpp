@@ -52,6 +52,45 @@ struct SumRouting {
   KOKKOS_INLINE_FUNCTION value_type& reference() const { return value; }
   KOKKOS_INLINE_FUNCTION result_view_type view() const { return result_view_type(&value); }
 };
+// The drop-in's argument checks: shapes, self-attention only, the causal mask, padding shape.
+void check_forward_inputs(ExecSpace const& space, Config const& c, BatchTensor const& query, BatchTensor const& key,
+                          BatchTensor const& value, CausalGeneticMultiheadAttention::PaddingMask const& key_padding_mask,
+                          CausalGeneticMultiheadAttention::AttnMask const& attn_mask) {
+  require(query.data() != nullptr, "query", "is empty");
+  require(static_cast<int>(query.extent(2)) == c.embed_dim, "query",
+          "shape " + shape_of(query) + " does not end in embed_dim " + std::to_string(c.embed_dim));
+  for (auto const* other : {&key, &value}) {
+    char const* name = other == &key ? "key" : "value";
+    require(other->data() == nullptr || other->data() == query.data(), name,
+            "cross-attention is not supported: pass the query itself (or nothing) as key and value");
+    require(other->data() == nullptr || (other->extent(0) == query.extent(0) && other->extent(1) == query.extent(1) &&
+                                         other->extent(2) == query.extent(2)),
+            name, "shape " + shape_of(*other) + " differs from query " + shape_of(query));
+  }
+  int const batch = static_cast<int>(c.batch_first ? query.extent(0) : query.extent(1));
+  long const tokens = static_cast<long>(c.batch_first ? query.extent(1) : query.extent(0));
+  require(batch > 0 && tokens > 0, "query", "shape " + shape_of(query) + " has no tokens");
+  if (attn_mask.data() != nullptr) {
+    require(static_cast<long>(attn_mask.extent(0)) == tokens && static_cast<long>(attn_mask.extent(1)) == tokens,
+            "attn_mask", "must be [T x T] with T = " + std::to_string(tokens));
+    long wrong = 0;
+    Kokkos::parallel_reduce(
+        "proteus::check_attn_mask", Kokkos::RangePolicy<ExecSpace>(space, 0, tokens * tokens),
+        KOKKOS_LAMBDA(long i, long& w) {
+          long const r = i / tokens, col = i % tokens;
+          w += (attn_mask(r, col) != 0) != (col > r) ? 1 : 0;
+        },
+        wrong);
+    require(wrong == 0, "attn_mask", "only the standard causal mask (masked exactly above the diagonal) is supported");
+  }
+  bool const padded = key_padding_mask.data() != nullptr;
+  if (padded)
+    require(static_cast<int>(key_padding_mask.extent(0)) == batch &&
+                static_cast<long>(key_padding_mask.extent(1)) == tokens,
+            "key_padding_mask", "must be [B x T]");
+
+}
+
 }  // namespace
 
 void check_finite(ExecSpace const& space, TokenMatrix const& v, std::string const& name) {
@@ -63,12 +102,13 @@ void check_finite(ExecSpace const& space, TokenMatrix const& v, std::string cons
   require(bad == 0, name, "contains " + std::to_string(bad) + " NaN or Inf value(s)");
 }
 
-CausalGeneticMultiheadAttention::CausalGeneticMultiheadAttention(int embed_dim, int num_heads, bool batch_first,
-                                                                 Config config)
-    : CausalGeneticMultiheadAttention(with_shape(std::move(config), embed_dim, num_heads, batch_first)) {}
+CausalGeneticMultiheadAttention::CausalGeneticMultiheadAttention(ExecSpace const& space, int embed_dim,
+                                                                 int num_heads, bool batch_first, Config config)
+    : CausalGeneticMultiheadAttention(space, with_shape(std::move(config), embed_dim, num_heads, batch_first)) {}
 
-CausalGeneticMultiheadAttention::CausalGeneticMultiheadAttention(Config const& config) : config_(config.resolved()) {
-  ExecSpace space;
+CausalGeneticMultiheadAttention::CausalGeneticMultiheadAttention(ExecSpace const& space, Config const& config)
+    : config_(config.resolved()) {
+  detail::ScopedRegion region("proteus::module::initialise");
   weights_ = Weights::allocate(config_.embed_dim, config_.num_gates);
   weights_.initialise(space, config_.seed, config_.bias);
   dna_ = DnaState::allocate(config_.num_gates, config_.embed_dim);
@@ -77,7 +117,15 @@ CausalGeneticMultiheadAttention::CausalGeneticMultiheadAttention(Config const& c
   auto host = Kokkos::create_mirror_view(gate_to_head_);
   for (int g = 0; g < config_.num_gates; ++g) host(g) = config_.gate_to_head[g];
   Kokkos::deep_copy(space, gate_to_head_, host);
-  space.fence();
+  space.fence();  // the host mirror is freed on return
+}
+
+CausalGeneticMultiheadAttention model_like(ExecSpace const& space, CausalGeneticMultiheadAttention const& model,
+                                           Config const& config, DnaState const& dna) {
+  CausalGeneticMultiheadAttention like(space, config);
+  like.set_weights(space, model.weights());
+  like.set_dna(space, dna);
+  return like;
 }
 
 void CausalGeneticMultiheadAttention::set_weights(ExecSpace const& space, Weights const& w) {
@@ -119,6 +167,7 @@ RoutingResult CausalGeneticMultiheadAttention::route(ExecSpace const& space, Tok
 
 void CausalGeneticMultiheadAttention::route_into(ExecSpace const& space, TokenMatrix const& x, int batch,
                                                  RoutingResult& r) const {
+  detail::ScopedRegion region("proteus::module::route");
   long const n = static_cast<long>(x.extent(0));
   long const tokens = n / batch;
   r.alpha = resolve_alpha(config_, tokens);
@@ -133,158 +182,96 @@ void CausalGeneticMultiheadAttention::route_into(ExecSpace const& space, TokenMa
   r.tokens_kept = select_tokens(space, config_, r.routing.importance, batch, tokens, r.alpha, r.keep);
 }
 
-ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenMatrix const& x, int batch,
-                                                  PositionVector const& positions, TokenMatrix const& y,
-                                                  RunOptions const& options) {
+detail::CallPlan CausalGeneticMultiheadAttention::plan_call(ExecSpace const& space, TokenMatrix const& x, int batch,
+                                                            RunOptions const& options, ForwardStats& st) {
+  detail::ScopedRegion region("proteus::module::plan");
   Config const& c = config_;
-  long const n = static_cast<long>(x.extent(0));
-  require(batch > 0 && n % batch == 0, "batch", "token rows are not a multiple of the batch size");
-  require(static_cast<int>(x.extent(1)) == c.embed_dim, "x",
-          "has width " + std::to_string(x.extent(1)) + ", expected embed_dim " + std::to_string(c.embed_dim));
-  require(static_cast<long>(positions.extent(0)) == n, "positions", "needs one entry per token row");
-  require(y.extent(0) == x.extent(0) && y.extent(1) == x.extent(1), "y", "must have the shape of x");
-  long const tokens = n / batch;
-  long const row_end = options.row_end < 0 ? tokens : std::min(options.row_end, tokens);
-  require(options.row_begin >= 0 && options.row_begin <= row_end, "row_begin", "outside [0, row_end]");
+  long const n = static_cast<long>(x.extent(0)), tokens = n / batch;
   int const heads = c.num_heads;
-
-  ForwardStats st;
-  st.batch = batch;
-  st.tokens = tokens;
-  RoutingResult routed;
+  detail::CallPlan call;
   if (work_.routing.gate_probs.extent(0) != static_cast<size_t>(n) ||
       work_.routing.gate_probs.extent(1) != static_cast<size_t>(c.num_gates))
     work_.routing = Routing::allocate(static_cast<int>(n), c.num_gates);
-  routed.routing = work_.routing;
-  routed.keep = reuse(work_.keep, "proteus::token_keep", n);
-  route_into(space, x, batch, routed);
-  Routing const& rt = routed.routing;
-  st.alpha = routed.alpha;
-  st.tokens_kept = routed.tokens_kept;
+  call.routed.routing = work_.routing;
+  call.routed.keep = reuse(work_.keep, "proteus::token_keep", n);
+  route_into(space, x, batch, call.routed);
+  st.alpha = call.routed.alpha;
+  st.tokens_kept = call.routed.tokens_kept;
 
   GateMatrix const& head_probs = reuse(work_.head_probs, "proteus::head_probs", n, heads);
-  head_probabilities(space, rt.gate_probs, gate_to_head_, head_probs);
+  head_probabilities(space, call.routed.routing.gate_probs, gate_to_head_, head_probs);
   HeadCount const hc = choose_head_count(space, c, tokens, st.alpha, head_probs);
   st.heads_k = hc.k;
   st.heads_adaptive = hc.adaptive;
   st.heads_by_length = hc.by_length;
   st.heads_nucleus = hc.nucleus;
-  MaskMatrix const& head_mask = reuse(work_.head_mask, "proteus::head_mask", n, heads);
-  long const pairs = select_heads(space, c, head_probs, hc, st.alpha, routed.keep, head_mask);
+  call.head_mask = reuse(work_.head_mask, "proteus::head_mask", n, heads);
+  long const pairs = select_heads(space, c, head_probs, hc, st.alpha, call.routed.keep, call.head_mask);
   st.density = static_cast<double>(pairs) / (static_cast<double>(heads) * std::max(1L, st.tokens_kept));
 
-  // The dense switch looks only at the head fraction the length schedule allows, never at the
-  // tokens themselves, so that it cannot make earlier outputs depend on later tokens.
-  ShortlistPlan plan = options.plan.value_or(plan_shortlist(c, tokens, st.alpha));
-  double const head_fraction = static_cast<double>(hc.k) / heads;
-  if (!options.plan && !plan.dense && c.force_dense_threshold > 0.0f && head_fraction >= c.force_dense_threshold &&
-      st.alpha < 0.95) {
-    plan = dense_plan(tokens);
-    plan.alpha = st.alpha;
-  }
-  st.plan = plan;
-  st.mode = plan.dense ? "dense" : "shortlist";
-  CandidateLists lists = dna_candidate_lists(space, plan, rt.salience, batch, tokens);
+  call.shortlist = options.plan.value_or(plan_call_shortlist(c, tokens, st.alpha, static_cast<double>(hc.k) / heads));
+  call.every_head = call.shortlist.dense || attends_every_head(c, st.alpha);
+  st.plan = call.shortlist;
+  st.mode = call.shortlist.dense ? "dense" : "shortlist";
+  call.dna_lists = dna_candidate_lists(space, call.shortlist, call.routed.routing.salience, batch, tokens);
+  return call;
+}
 
-  // Keys and values of every token; queries, context and output projection a block of tokens at a
-  // time (the only [N x E] buffers that live through the call are x, K|V and y).
-  int const e = c.embed_dim;
-  TokenMatrix const& kv = reuse(work_.kv, "proteus::kv", n, 2 * e);
-  GemmPrecision const precision = c.tf32_projections ? GemmPrecision::tf32 : GemmPrecision::fp32;
-  project_kv(space, x, weights_, kv, precision);
-  TokenVector const bias_q = Kokkos::subview(weights_.qkv_bias, std::make_pair(0, e));
-  TokenVector const bias_k = Kokkos::subview(weights_.qkv_bias, std::make_pair(e, 2 * e));
-  TokenVector const bias_v = Kokkos::subview(weights_.qkv_bias, std::make_pair(2 * e, 3 * e));
-  bias_and_rope(space, kv, bias_k, positions, e, heads, 1, c.rope, c.rope_base);  // V's bias: in attend
-  long const block = std::max(1L, std::min(row_end - options.row_begin, static_cast<long>(c.query_block_rows) / batch));
-  auto rows_of = [](auto const& v, long first, long count) {
-    return Kokkos::subview(v, std::make_pair(first, first + count), Kokkos::ALL);
-  };
-  auto const out_bias = weights_.out_bias;
-  std::vector<bool> used(heads, false);
-  long candidates = 0;  // summed over the active rows of every block
-  for (long t0 = options.row_begin; t0 < row_end; t0 += block) {
-    long const len = std::min(block, row_end - t0);
-    ActiveRows const rows =
-        compact_active_rows(space, head_mask, routed.keep, plan.dense, batch, tokens, t0, t0 + len, work_.rows);
-    // Only kept tokens have queries. With every token of the block kept, the queries are read
-    // from x and the outputs written to y in place; otherwise the kept rows are gathered first
-    // and scattered back after the output projection (dropped tokens output the bias alone).
-    long const nq = rows.queries;
-    bool const every = nq == batch * len;
-    TokenMatrix const qb = first_rows(work_.q, "proteus::q", nq, e);
-    TokenMatrix const cb = first_rows(work_.ctx, "proteus::context", nq, e);
-    TokenMatrix gathered;  // [nq x E] kept rows of x, then their outputs
-    if (every) {
-      for (int b = 0; b < batch; ++b) {
-        TokenMatrix const qr = rows_of(qb, b * len, len);
-        project_q(space, rows_of(x, b * tokens + t0, len), weights_, qr, precision);
-        PositionVector const pos = Kokkos::subview(positions, std::make_pair(b * tokens + t0, b * tokens + t0 + len));
-        bias_and_rope(space, qr, bias_q, pos, e, heads, 1, c.rope, c.rope_base);
-      }
-    } else if (nq > 0) {
-      gathered = first_rows(work_.gathered, "proteus::kept_rows", nq, e);
-      PositionVector const pos = first_rows(work_.kept_positions, "proteus::kept_positions", nq);
-      auto const source = rows.query_source;
-      TokenMatrix const xq = gathered;
-      detail::for_each_element(
-          space, "proteus::gather_kept", nq, e, KOKKOS_LAMBDA(long i, long j) {
-            xq(i, j) = x(source(i), j);
-            if (j == 0) pos(i) = positions(source(i));
-          });
-      project_q(space, xq, weights_, qb, precision);
-      bias_and_rope(space, qb, bias_q, pos, e, heads, 1, c.rope, c.rope_base);
-    }
-    auto head_rows = Kokkos::create_mirror_view_and_copy(HostSpace(), rows.head_start);
-    for (int bh = 0; bh < batch * heads; ++bh)
-      if (head_rows(bh + 1) > head_rows(bh)) used[bh % heads] = true;
-    st.active_rows += rows.rows;
-    Kokkos::deep_copy(space, cb, 0.0f);  // rows of inactive heads stay zero
-    Kokkos::View<int*, MemSpace> const counts = first_rows(work_.candidate_count, "proteus::candidate_count", rows.rows);
-    attend(space, plan, qb, kv, bias_v, rows, lists, heads, cb, counts);
-    long block_candidates = 0;
-    Kokkos::parallel_reduce(
-        "proteus::stats::candidates", Kokkos::RangePolicy<ExecSpace>(space, 0, rows.rows),
-        KOKKOS_LAMBDA(long i, long& s) { s += counts(i); }, block_candidates);
-    candidates += block_candidates;
-    if (every) {
-      for (int b = 0; b < batch; ++b)
-        project_output(space, rows_of(cb, b * len, len), weights_, rows_of(y, b * tokens + t0, len), precision);
-      continue;
-    }
-    if (nq > 0) project_output(space, cb, weights_, gathered, precision);
-    auto const query_of = rows.query_of;
-    TokenMatrix const yq = gathered;
-    detail::for_each_element(
-        space, "proteus::scatter_kept", batch * len, e, KOKKOS_LAMBDA(long i, long j) {
-          long const qi = query_of(i);
-          y((i / len) * tokens + t0 + i % len, j) = qi >= 0 ? yq(qi, j) : out_bias(j);
-        });
-  }
-  // Rows outside [row_begin, row_end) have no context: their output is the bias alone.
-  long const row_begin = options.row_begin;
-  if (row_begin > 0 || row_end < tokens)
-    detail::for_each_element(
-        space, "proteus::rows_outside", n, e, KOKKOS_LAMBDA(long row, long j) {
-          long const t = row % tokens;
-          if (t < row_begin || t >= row_end) y(row, j) = out_bias(j);
-        });
-  st.distinct_heads = static_cast<int>(std::count(used.begin(), used.end(), true));
+namespace {
 
-  bool const update = options.update_dna.value_or(c.dna_update) && c.dna_enable;
-  if (update) {
-    DnaStatistics stats = DnaStatistics::allocate(c.num_gates, c.embed_dim);
-    dna_statistics(space, x, rt.gate_probs, stats);
-    st.gates_updated = dna_ema_update(space, c.dna_decay, stats, dna_);
-  }
+template <class Rows>
+Rows rows_of(Rows const& v, long first, long count) {
+  return Kokkos::subview(v, std::make_pair(first, first + count), Kokkos::ALL);
+}
 
-  // Statistics.
-  st.mean_candidates = st.active_rows > 0 ? candidates / static_cast<double>(st.active_rows) : 0.0;
-  st.mean_active_heads = static_cast<double>(st.active_rows) / std::max(1L, st.tokens_kept);
+// Kept rows of x and their positions, gathered for a block whose tokens are not all kept.
+void gather_kept_queries(ExecSpace const& space, TokenMatrix const& x, PositionVector const& positions,
+                         Kokkos::View<long*, MemSpace> const& source, TokenMatrix const& xq, PositionVector const& pos) {
+  detail::for_each_element(
+      space, "proteus::module::gather_kept", static_cast<long>(xq.extent(0)), static_cast<long>(xq.extent(1)),
+      KOKKOS_LAMBDA(long i, long j) {
+        xq(i, j) = x(source(i), j);
+        if (j == 0) pos(i) = positions(source(i));
+      });
+}
+
+// Outputs of the kept rows back to their tokens; dropped tokens output the bias alone.
+void scatter_kept_outputs(ExecSpace const& space, TokenMatrix const& yq, Kokkos::View<long*, MemSpace> const& query_of,
+                          TokenVector const& out_bias, TokenMatrix const& y, int batch, long tokens, long t0, long len) {
+  detail::for_each_element(
+      space, "proteus::module::scatter_kept", batch * len, static_cast<long>(y.extent(1)),
+      KOKKOS_LAMBDA(long i, long j) {
+        long const qi = query_of(i);
+        y((i / len) * tokens + t0 + i % len, j) = qi >= 0 ? yq(qi, j) : out_bias(j);
+      });
+}
+
+// Rows outside [row_begin, row_end) have no context: their output is the bias alone.
+void bias_outside_rows(ExecSpace const& space, TokenVector const& out_bias, TokenMatrix const& y, long tokens,
+                       long row_begin, long row_end) {
+  detail::for_each_element(
+      space, "proteus::module::rows_outside", static_cast<long>(y.extent(0)), static_cast<long>(y.extent(1)),
+      KOKKOS_LAMBDA(long row, long j) {
+        long const t = row % tokens;
+        if (t < row_begin || t >= row_end) y(row, j) = out_bias(j);
+      });
+}
+
+long sum_of(ExecSpace const& space, Kokkos::View<int*, MemSpace> const& counts) {
+  long total = 0;
+  Kokkos::parallel_reduce(
+      "proteus::stats::candidates", Kokkos::RangePolicy<ExecSpace>(space, 0, counts.extent(0)),
+      KOKKOS_LAMBDA(long i, long& s) { s += counts(i); }, total);
+  return total;
+}
+
+// Entropy, salience and beta of the routing (SPEC stage 7's statistics) into st.
+void routing_statistics(ExecSpace const& space, Routing const& rt, ForwardStats& st) {
   auto const gp = rt.gate_probs;
   auto const sal = rt.salience;
   auto const beta = rt.beta;
-  int const gates = c.num_gates;
+  long const n = static_cast<long>(gp.extent(0));
+  int const gates = static_cast<int>(gp.extent(1));
   RoutingSums sums{};
   Kokkos::parallel_reduce(
       "proteus::stats::routing", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
@@ -303,46 +290,120 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
   st.mean_salience = sums.salience * per_token;
   st.mean_beta = sums.beta * per_token;
   st.tokens_caught = static_cast<long>(std::lround(sums.caught));
+}
+
+}  // namespace
+
+long CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detail::CallPlan const& call,
+                                                   TokenMatrix const& x, int batch, PositionVector const& positions,
+                                                   TokenMatrix const& y, long t0, long len, ForwardStats& st,
+                                                   std::vector<bool>& used_heads) {
+  Config const& c = config_;
+  long const tokens = static_cast<long>(x.extent(0)) / batch;
+  int const e = c.embed_dim, heads = c.num_heads;
+  GemmPrecision const precision = c.tf32_projections ? GemmPrecision::tf32 : GemmPrecision::fp32;
+  TokenVector const bias_q = Kokkos::subview(weights_.qkv_bias, std::make_pair(0, e));
+  TokenVector const bias_v = Kokkos::subview(weights_.qkv_bias, std::make_pair(2 * e, 3 * e));
+  detail::ActiveRows const rows = detail::compact_active_rows(space, call.head_mask, call.routed.keep, call.every_head, batch,
+                                                      tokens, t0, t0 + len, work_.rows);
+  // Only kept tokens have queries. With every token of the block kept, the queries are read from
+  // x and the outputs written to y in place; otherwise the kept rows are gathered first and
+  // scattered back after the output projection.
+  long const nq = rows.queries;
+  bool const every = nq == batch * len;
+  TokenMatrix const qb = first_rows(work_.q, "proteus::q", nq, e);
+  TokenMatrix const cb = first_rows(work_.ctx, "proteus::context", nq, e);
+  TokenMatrix gathered;  // [nq x E] kept rows of x, then their outputs
+  if (every) {
+    for (int b = 0; b < batch; ++b) {
+      TokenMatrix const qr = rows_of(qb, b * len, len);
+      project_q(space, rows_of(x, b * tokens + t0, len), weights_, qr, precision);
+      PositionVector const pos = Kokkos::subview(positions, std::make_pair(b * tokens + t0, b * tokens + t0 + len));
+      bias_and_rope(space, qr, bias_q, pos, e, heads, 1, c.rope, c.rope_base);
+    }
+  } else if (nq > 0) {
+    gathered = first_rows(work_.gathered, "proteus::kept_rows", nq, e);
+    PositionVector const pos = first_rows(work_.kept_positions, "proteus::kept_positions", nq);
+    gather_kept_queries(space, x, positions, rows.query_source, gathered, pos);
+    project_q(space, gathered, weights_, qb, precision);
+    bias_and_rope(space, qb, bias_q, pos, e, heads, 1, c.rope, c.rope_base);
+  }
+  auto head_rows = Kokkos::create_mirror_view_and_copy(HostSpace(), rows.head_start);
+  for (int bh = 0; bh < batch * heads; ++bh)
+    if (head_rows(bh + 1) > head_rows(bh)) used_heads[bh % heads] = true;
+  st.active_rows += rows.rows;
+  Kokkos::deep_copy(space, cb, 0.0f);  // rows of inactive heads stay zero
+  Kokkos::View<int*, MemSpace> const counts = first_rows(work_.candidate_count, "proteus::candidate_count", rows.rows);
+  detail::attend(space, call.shortlist, qb, work_.kv, bias_v, rows, call.dna_lists, heads, cb, counts);
+  if (every) {
+    for (int b = 0; b < batch; ++b)
+      project_output(space, rows_of(cb, b * len, len), weights_, rows_of(y, b * tokens + t0, len), precision);
+  } else {
+    if (nq > 0) project_output(space, cb, weights_, gathered, precision);
+    scatter_kept_outputs(space, gathered, rows.query_of, weights_.out_bias, y, batch, tokens, t0, len);
+  }
+  return sum_of(space, counts);
+}
+
+ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenMatrix const& x, int batch,
+                                                  PositionVector const& positions, TokenMatrix const& y,
+                                                  RunOptions const& options) {
+  Config const& c = config_;
+  long const n = static_cast<long>(x.extent(0));
+  require(batch > 0 && n % batch == 0, "batch", "token rows are not a multiple of the batch size");
+  require(static_cast<int>(x.extent(1)) == c.embed_dim, "x",
+          "has width " + std::to_string(x.extent(1)) + ", expected embed_dim " + std::to_string(c.embed_dim));
+  require(static_cast<long>(positions.extent(0)) == n, "positions", "needs one entry per token row");
+  require(y.extent(0) == x.extent(0) && y.extent(1) == x.extent(1), "y", "must have the shape of x");
+  long const tokens = n / batch;
+  long const row_end = options.row_end < 0 ? tokens : std::min(options.row_end, tokens);
+  require(options.row_begin >= 0 && options.row_begin <= row_end, "row_begin", "outside [0, row_end]");
+
+  ForwardStats st;
+  st.batch = batch;
+  st.tokens = tokens;
+  detail::CallPlan const call = plan_call(space, x, batch, options, st);
+  {
+    // Keys and values of every token; queries, context and output projection a block of tokens
+    // at a time (the only [N x E] buffers that live through the call are x, K|V and y).
+    detail::ScopedRegion region("proteus::module::attention");
+    int const e = c.embed_dim;
+    TokenMatrix const& kv = reuse(work_.kv, "proteus::kv", n, 2 * e);
+    project_kv(space, x, weights_, kv, c.tf32_projections ? GemmPrecision::tf32 : GemmPrecision::fp32);
+    TokenVector const bias_k = Kokkos::subview(weights_.qkv_bias, std::make_pair(e, 2 * e));
+    bias_and_rope(space, kv, bias_k, positions, e, c.num_heads, 1, c.rope, c.rope_base);  // V's bias: in attend
+    long const block =
+        std::max(1L, std::min(row_end - options.row_begin, static_cast<long>(c.query_block_rows) / batch));
+    std::vector<bool> used(c.num_heads, false);
+    long candidates = 0;  // summed over the active rows of every block
+    for (long t0 = options.row_begin; t0 < row_end; t0 += block)
+      candidates += attend_block(space, call, x, batch, positions, y, t0, std::min(block, row_end - t0), st, used);
+    if (options.row_begin > 0 || row_end < tokens)
+      bias_outside_rows(space, weights_.out_bias, y, tokens, options.row_begin, row_end);
+    st.distinct_heads = static_cast<int>(std::count(used.begin(), used.end(), true));
+    st.mean_candidates = st.active_rows > 0 ? candidates / static_cast<double>(st.active_rows) : 0.0;
+    st.mean_active_heads = static_cast<double>(st.active_rows) / std::max(1L, st.tokens_kept);
+  }
+  if (options.update_dna.value_or(c.dna_update) && c.dna_enable) {
+    detail::ScopedRegion region("proteus::module::dna_update");
+    DnaStatistics stats = DnaStatistics::allocate(c.num_gates, c.embed_dim);
+    dna_statistics(space, x, call.routed.routing.gate_probs, stats);
+    st.gates_updated = dna_ema_update(space, c.dna_decay, stats, dna_);
+  }
+  detail::ScopedRegion region("proteus::module::statistics");
+  routing_statistics(space, call.routed.routing, st);
   return st;
 }
 
 std::pair<BatchTensor, std::optional<ForwardStats>> CausalGeneticMultiheadAttention::forward(
     ExecSpace const& space, BatchTensor const& query, BatchTensor const& key, BatchTensor const& value,
     PaddingMask const& key_padding_mask, bool need_weights, AttnMask const& attn_mask) {
+  detail::ScopedRegion region("proteus::module::forward");
   Config const& c = config_;
-  require(query.data() != nullptr, "query", "is empty");
-  require(static_cast<int>(query.extent(2)) == c.embed_dim, "query",
-          "shape " + shape_of(query) + " does not end in embed_dim " + std::to_string(c.embed_dim));
-  for (auto const* other : {&key, &value}) {
-    char const* name = other == &key ? "key" : "value";
-    require(other->data() == nullptr || other->data() == query.data(), name,
-            "cross-attention is not supported: pass the query itself (or nothing) as key and value");
-    require(other->data() == nullptr || (other->extent(0) == query.extent(0) && other->extent(1) == query.extent(1) &&
-                                         other->extent(2) == query.extent(2)),
-            name, "shape " + shape_of(*other) + " differs from query " + shape_of(query));
-  }
+  check_forward_inputs(space, c, query, key, value, key_padding_mask, attn_mask);
   int const batch = static_cast<int>(c.batch_first ? query.extent(0) : query.extent(1));
   long const tokens = static_cast<long>(c.batch_first ? query.extent(1) : query.extent(0));
-  require(batch > 0 && tokens > 0, "query", "shape " + shape_of(query) + " has no tokens");
-  if (attn_mask.data() != nullptr) {
-    require(static_cast<long>(attn_mask.extent(0)) == tokens && static_cast<long>(attn_mask.extent(1)) == tokens,
-            "attn_mask", "must be [T x T] with T = " + std::to_string(tokens));
-    long wrong = 0;
-    Kokkos::parallel_reduce(
-        "proteus::check_attn_mask", Kokkos::RangePolicy<ExecSpace>(space, 0, tokens * tokens),
-        KOKKOS_LAMBDA(long i, long& w) {
-          long const r = i / tokens, col = i % tokens;
-          w += (attn_mask(r, col) != 0) != (col > r) ? 1 : 0;
-        },
-        wrong);
-    require(wrong == 0, "attn_mask", "only the standard causal mask (masked exactly above the diagonal) is supported");
-  }
   bool const padded = key_padding_mask.data() != nullptr;
-  if (padded)
-    require(static_cast<int>(key_padding_mask.extent(0)) == batch &&
-                static_cast<long>(key_padding_mask.extent(1)) == tokens,
-            "key_padding_mask", "must be [B x T]");
-
   int const e = c.embed_dim;
   bool const bf = c.batch_first;
   long const n = batch * tokens;

@@ -1,4 +1,6 @@
-// The main job, stage by stage, with timing, progress, checkpoints and the summary.
+// The main job as a list of phases (the conductor): each phase is one function below, timed and
+// wrapped in a profiling region "proteus::pipeline::<phase>", and passes the stages only the
+// values they need. The deck is read here and nowhere below.
 #include "proteus/pipeline.hpp"
 
 #include <algorithm>
@@ -7,12 +9,16 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
+#include <memory>
 
 #include "proteus/buffer_exchange.hpp"
 #include "proteus/checkpoint.hpp"
-#include "proteus/detail/collective.hpp"
+#include "proteus/chunk_grid.hpp"
 #include "proteus/chunk_pipeline.hpp"
+#include "proteus/detail/atomic_file.hpp"
+#include "proteus/detail/collective.hpp"
+#include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/dna_chain.hpp"
 #include "proteus/error.hpp"
 #include "proteus/memory_tracker.hpp"
 #include "proteus/progress.hpp"
@@ -20,6 +26,8 @@
 #include "proteus/sequence_source.hpp"
 
 namespace proteus {
+
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -52,266 +60,310 @@ int ranks_on_node(MPI_Comm comm) {
   return n;
 }
 
-// Writes text to path through a temporary file and a rename.
-void write_atomically(std::string const& path, std::string const& text) {
-  std::string const tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << text;
-    require(out.good(), tmp, "cannot write");
+// What the phases of one run share.
+struct Run {
+  ExecSpace space;
+  MPI_Comm comm;
+  RunDeck const& deck;
+  int rank = 0, ranks = 1;
+  std::unique_ptr<CausalGeneticMultiheadAttention> model;  // weights and DNA at run start
+  std::unique_ptr<SequenceSource> source;
+  ChunkGrid grid;
+  ChunkRange range;          // this rank's chunks
+  RankState state;           // this rank's chunk stage
+  DnaState final_dna;        // after the chunk stage, joined over ranks
+  GlobalBuffer buffer;
+  TokenMatrix buffer_tokens;  // [S x E], the same on every rank
+  std::vector<Position> needles;
+  fs::path checkpoint_dir, output_dir;
+  RunSummary sum;
+
+  Run(ExecSpace const& s, MPI_Comm c, RunDeck const& d) : space(s), comm(c), deck(d) {
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &ranks);
+    checkpoint_dir = deck.checkpoint.directory;
+    output_dir = deck.output.directory;
+    sum.ranks = ranks;
   }
-  std::filesystem::rename(tmp, path);
+  std::string checkpoint_name(long chunk) const {
+    char name[64];
+    std::snprintf(name, sizeof name, "checkpoint_%09ld.h5", chunk);
+    return (checkpoint_dir / name).string();
+  }
+  std::string dna_dump() const { return (output_dir / "dna_dump.h5").string(); }
+};
+
+// Runs phase(r) inside a profiling region and adds its wall time to `seconds` (when given).
+template <class Phase>
+void timed(char const* region, double* seconds, Phase&& phase) {
+  detail::ScopedRegion guard(region);
+  double const t0 = now();
+  phase();
+  if (seconds) *seconds += now() - t0;
 }
 
-Config buffer_pass_config(RunDeck const& deck) {
-  Config c = deck.model;
-  c.token_sparse = deck.pipeline.buffer_keep_ratio < 1.0;
-  c.token_keep_ratio = static_cast<float>(deck.pipeline.buffer_keep_ratio);
-  c.token_keep_min_ratio = static_cast<float>(deck.pipeline.buffer_keep_ratio);
-  c.dna_update = false;
-  return c;
+// Every check that can fail on bad input, agreed on by all ranks, before anything large is
+// allocated: the model (and its weights), the source, the deck against the sequence, memory.
+void preflight(Run& r) {
+  RunDeck const& deck = r.deck;
+  int const node_ranks = ranks_on_node(r.comm);
+  detail::run_agreed(r.comm, [&] {
+    r.model = std::make_unique<CausalGeneticMultiheadAttention>(r.space, deck.model);
+    if (!deck.checkpoint.weights.empty()) load_model(r.space, deck.checkpoint.weights, *r.model);
+    std::string const deck_dir = deck.path.empty() ? "" : fs::path(deck.path).parent_path().string();
+    r.source = make_source(deck.sequence, deck.model.embed_dim, r.model->dna(), deck_dir);
+    long const tokens = r.source->tokens();
+    deck.validate(r.ranks, tokens);
+    r.sum.estimated_mb_per_rank = estimate_rank_bytes(deck, tokens, r.ranks) / (1 << 20);
+    double const limit =
+        deck.pipeline.memory_limit_gb > 0 ? deck.pipeline.memory_limit_gb * (1 << 30) : available_bytes();
+    double const per_rank_limit = limit / node_ranks;
+    if (per_rank_limit > 0 && r.sum.estimated_mb_per_rank * (1 << 20) > per_rank_limit)
+      fail(deck.path, "estimated memory " + std::to_string(long(r.sum.estimated_mb_per_rank)) +
+                          " MiB per rank exceeds the " + std::to_string(long(per_rank_limit / (1 << 20))) +
+                          " MiB available per rank: lower [pipeline] chunk_tokens or buffer_tokens (or raise "
+                          "[pipeline] memory_limit_gb)");
+  });
+  r.grid = ChunkGrid{r.source->tokens(), deck.pipeline.chunk_tokens};
+  r.range = r.grid.chunks_of_rank(r.rank, r.ranks);
+  r.needles = r.source->needles();
+  r.sum.tokens = r.grid.tokens;
+  r.sum.chunks = r.grid.count();
+}
+
+// A fresh rank state, or this rank's state from the restart checkpoint; output directories.
+void prepare_state(Run& r, std::optional<std::string> const& restart) {
+  Config const& c = r.model->config();
+  r.state.dna.reset(c.num_gates, c.embed_dim);
+  r.state.next_chunk = r.range.first;
+  if (restart) {
+    detail::run_agreed(r.comm, [&] { r.state = read_rank_state(*restart, r.comm, c, r.grid); });
+    r.sum.resumed_from_chunk = r.state.next_chunk;
+  }
+  CheckpointSpec const& ck = r.deck.checkpoint;
+  if (r.rank == 0) {
+    fs::create_directories(r.output_dir);
+    if (ck.dna_dump && !restart) fs::remove(r.dna_dump());
+    if (ck.interval_chunks > 0 || ck.at_end) fs::create_directories(r.checkpoint_dir);
+  }
+  MPI_Barrier(r.comm);
+}
+
+CheckpointContent checkpoint_content(Run const& r) {
+  CheckpointContent content;
+  content.deck_text = deck_to_ini(r.deck);
+  content.model = r.model.get();
+  content.grid = r.grid;
+  content.collective_io = r.deck.checkpoint.collective_io;
+  content.state = &r.state;
+  return content;
+}
+
+// Writes a checkpoint (collective) and keeps the newest keep_last.
+void checkpoint(Run& r, CheckpointContent const& content, long chunk) {
+  r.sum.checkpoint = r.checkpoint_name(chunk);
+  write_checkpoint(r.sum.checkpoint, r.comm, content);
+  if (r.rank == 0) prune_checkpoints(r.checkpoint_dir.string(), "checkpoint_", r.deck.checkpoint.keep_last);
+}
+
+// After a round: the DNA as it stands (collective), appended to the dump on rank 0.
+void dump_dna_so_far(Run& r) {
+  DnaState const so_far = combine_dna(r.space, r.comm, r.state.dna, r.model->dna(), r.model->config().dna_decay);
+  long seen = 0;
+  long const mine = r.grid.tokens_in(r.range.first, r.state.next_chunk);
+  MPI_Allreduce(&mine, &seen, 1, MPI_LONG, MPI_SUM, r.comm);
+  if (r.rank == 0) append_dna_snapshot(r.dna_dump(), so_far, seen);
+}
+
+// The chunk stage in rounds of interval_chunks per rank; the checkpoint after each round is
+// collective, and every rank goes through the same number of rounds.
+void chunk_rounds(Run& r) {
+  RunDeck const& deck = r.deck;
+  CausalGeneticMultiheadAttention const scorer =
+      model_like(r.space, *r.model, chunk_scorer_config(deck.model, deck.pipeline), r.model->dna());
+  NucleusSpec const nucleus{deck.pipeline.top_p, deck.pipeline.chunk_budget};
+  long const mine = r.range.size();
+  long const interval = deck.checkpoint.interval_chunks;
+  long const step = interval > 0 ? interval : std::max(1L, r.grid.most_chunks_per_rank(r.ranks));
+  detail::Progress progress("chunks (rank 0)", mine, deck.output.progress_seconds, r.rank == 0);
+  long const start_chunk = r.state.next_chunk;
+  auto report = [&](RankState const& s) {
+    progress.update(s.next_chunk - r.range.first, (s.next_chunk - start_chunk) * r.grid.chunk_tokens);
+  };
+  for (long round = r.state.rounds_done;; ++round) {
+    long const target = std::min(mine, (round + 1) * step);
+    run_chunks(r.space, scorer, *r.source, r.grid, nucleus, {r.range.first, r.range.first + target}, r.state, report);
+    int finished = r.state.next_chunk >= r.range.last ? 1 : 0;
+    MPI_Allreduce(MPI_IN_PLACE, &finished, 1, MPI_INT, MPI_MIN, r.comm);
+    if (finished) break;
+    r.state.rounds_done = round + 1;
+    if (deck.checkpoint.dna_dump) dump_dna_so_far(r);
+    if (interval > 0)
+      timed("proteus::pipeline::checkpoint", &r.sum.seconds_checkpoint,
+            [&] { checkpoint(r, checkpoint_content(r), (round + 1) * step); });
+  }
+  progress.finish();
+  long counters[2] = {r.state.tokens_kept(), r.state.tokens_caught()};
+  MPI_Allreduce(MPI_IN_PLACE, counters, 2, MPI_LONG, MPI_SUM, r.comm);
+  r.sum.tokens_kept = counters[0];
+  r.sum.tokens_caught = counters[1];
+}
+
+void join_dna(Run& r) {
+  r.final_dna = combine_dna(r.space, r.comm, r.state.dna, r.model->dna(), r.model->config().dna_decay);
+  if (r.deck.checkpoint.dna_dump && r.rank == 0) append_dna_snapshot(r.dna_dump(), r.final_dna, r.grid.tokens);
+}
+
+// The global buffer (the same on every rank) and its token rows; needles found in it.
+void select_buffer(Run& r) {
+  r.buffer = select_global_buffer(r.space, r.comm, r.state.candidates, r.deck.pipeline.buffer_tokens);
+  Position const own_begin = r.grid.begin(r.range.first);
+  Position const own_end = std::min(r.grid.tokens, r.grid.begin(r.range.last));
+  r.buffer_tokens = gather_buffer_embeddings(r.space, r.comm, *r.source, r.buffer, own_begin, own_end);
+  RunSummary& sum = r.sum;
+  std::vector<Position> const& bp = r.buffer.positions;
+  sum.candidates = r.buffer.candidates;
+  sum.buffer_tokens = static_cast<long>(r.buffer.size());
+  for (Position p : r.needles) sum.needles_found += std::binary_search(bp.begin(), bp.end(), p) ? 1 : 0;
+  sum.needles = static_cast<long>(r.needles.size());
+  sum.buffer_head.assign(bp.begin(), bp.begin() + std::min<size_t>(8, bp.size()));
+  sum.buffer_positions.assign(bp.begin(), bp.end());
+  sum.needle_positions.assign(r.needles.begin(), r.needles.end());
+}
+
+// Attention over the buffer, query rows split over ranks; the output norm on rank 0, and the
+// outputs themselves gathered to rank 0 only when they are written.
+void buffer_pass(Run& r) {
+  RunDeck const& deck = r.deck;
+  CausalGeneticMultiheadAttention pass =
+      model_like(r.space, *r.model, buffer_pass_config(deck.model, deck.pipeline), r.final_dna);
+  long const s = static_cast<long>(r.buffer.size());
+  PositionVector pos("proteus::buffer::positions", s);
+  auto hp = Kokkos::create_mirror_view(pos);
+  for (long i = 0; i < s; ++i) hp(i) = r.buffer.positions[i];
+  Kokkos::deep_copy(r.space, pos, hp);
+  TokenMatrix y("proteus::buffer::y", s, deck.model.embed_dim);
+  auto const rows = buffer_rows_of_rank(s, r.rank, r.ranks);
+  RunOptions opt;
+  opt.row_begin = rows.first;
+  opt.row_end = rows.second;
+  r.sum.buffer_mode = pass.run(r.space, r.buffer_tokens, 1, pos, y, opt).mode;
+  double const norm = buffer_output_norm(r.space, r.comm, y);
+  if (r.rank == 0) r.sum.buffer_output_norm = norm;
+  if (!deck.output.write_outputs) return;
+  TokenMatrix const all = gather_rows_to_root(r.space, r.comm, y);
+  if (r.rank != 0) return;
+  auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), all);
+  r.sum.buffer_outputs.assign(h.data(), h.data() + h.size());
+  r.sum.outputs_file = (r.output_dir / "outputs.h5").string();
+  write_outputs(r.sum.outputs_file, r.buffer.positions, r.sum.buffer_outputs, deck.model.embed_dim,
+                "buffer pass output per buffer token, rows in position order");
+}
+
+// Every token: its local window plus the earlier buffer; norms reduced over ranks.
+void second_pass(Run& r) {
+  RunDeck const& deck = r.deck;
+  CausalGeneticMultiheadAttention pass = model_like(r.space, *r.model, second_pass_config(deck.model), r.final_dna);
+  std::string const path =
+      deck.output.write_outputs ? (r.output_dir / ("second_pass_rank" + std::to_string(r.rank) + ".h5")).string() : "";
+  SecondPassResult const out = run_second_pass(r.space, pass, *r.source, r.buffer, r.buffer_tokens, r.grid,
+                                               deck.pipeline.second_pass_window, r.range, path);
+  double totals[2] = {static_cast<double>(out.tokens), out.sum_of_squares};
+  MPI_Allreduce(MPI_IN_PLACE, totals, 2, MPI_DOUBLE, MPI_SUM, r.comm);
+  r.sum.second_pass_tokens = static_cast<long>(totals[0]);
+  r.sum.second_pass_norm = std::sqrt(totals[1]);
+}
+
+void final_checkpoint(Run& r) {
+  CheckpointContent content = checkpoint_content(r);
+  content.final_dna = &r.final_dna;
+  content.buffer = &r.buffer;
+  content.needles = &r.needles;
+  checkpoint(r, content, r.grid.count());
+}
+
+// Peak memory of every rank, then summary.json and the resolved deck on rank 0.
+void write_summary(Run& r, double t_start) {
+  RunSummary& sum = r.sum;
+  sum.seconds_total = now() - t_start;
+  sum.tokens_per_second = sum.seconds_total > 0 ? sum.tokens / sum.seconds_total : 0.0;
+  double const host = peak_host_mb(), device = detail::peak_memory_mb();
+  sum.peak_host_mb.resize(r.ranks);
+  sum.peak_device_mb.resize(r.ranks);
+  MPI_Gather(&host, 1, MPI_DOUBLE, sum.peak_host_mb.data(), 1, MPI_DOUBLE, 0, r.comm);
+  MPI_Gather(&device, 1, MPI_DOUBLE, sum.peak_device_mb.data(), 1, MPI_DOUBLE, 0, r.comm);
+  if (r.rank != 0) return;
+  detail::write_text_atomically((r.output_dir / "summary.json").string(), sum.to_json());
+  detail::write_text_atomically((r.output_dir / "deck.resolved.in").string(), deck_to_ini(r.deck));
 }
 
 }  // namespace
 
+Config chunk_scorer_config(Config const& model, PipelineSpec const& pipeline) {
+  Config c = model;
+  c.token_sparse = true;
+  c.token_keep_ratio = static_cast<float>(pipeline.chunk_keep_ratio);
+  c.token_keep_min_ratio = static_cast<float>(pipeline.chunk_keep_ratio);
+  c.dna_update = false;
+  return c;
+}
+
+Config buffer_pass_config(Config const& model, PipelineSpec const& pipeline) {
+  Config c = model;
+  c.token_sparse = pipeline.buffer_keep_ratio < 1.0;
+  c.token_keep_ratio = static_cast<float>(pipeline.buffer_keep_ratio);
+  c.token_keep_min_ratio = static_cast<float>(pipeline.buffer_keep_ratio);
+  c.dna_update = false;
+  return c;
+}
+
+Config second_pass_config(Config const& model) {
+  Config c = model;
+  c.token_sparse = false;
+  c.dna_update = false;
+  return c;
+}
+
 double estimate_rank_bytes(RunDeck const& deck, long tokens, int ranks) {
   Config const c = deck.model.resolved();
+  PipelineSpec const& p = deck.pipeline;
   double const e = c.embed_dim, g = c.num_gates, h = c.num_heads;
-  double const chunk = std::min<double>(deck.pipeline.chunk_tokens, tokens);
-  double const chunks = std::ceil(static_cast<double>(tokens) / deck.pipeline.chunk_tokens);
-  double const per_chunk = std::min<double>(deck.pipeline.chunk_budget, chunk * deck.pipeline.chunk_keep_ratio + 4);
+  double const chunk = std::min<double>(p.chunk_tokens, tokens);
+  double const chunks = std::ceil(static_cast<double>(tokens) / p.chunk_tokens);
+  double const per_chunk = std::min<double>(p.chunk_budget, chunk * p.chunk_keep_ratio + 4);
   double const candidates = chunks * per_chunk;
-  double const s = std::min<double>(deck.pipeline.buffer_tokens, candidates);
+  double const s = std::min<double>(p.buffer_tokens, candidates);
   // Chunk stage: tokens, router/similarity/gate probabilities, per-token vectors, sort keys.
   double const chunk_bytes = chunk * (4 * e + 12 * g + 40) + 16 * g * e;
   // Candidates: this rank's, then everyone's during the exchange (position, score, key).
   double const cand_bytes = candidates / ranks * 12 + candidates * 28;
   // Buffer pass: x, qkv, q/k/v, context, output, routing, head masks.
-  double const buffer_bytes = deck.pipeline.buffer_pass ? s * (4 * 9 * e + 16 * g + 9 * h + 40) : s * 4 * e;
+  double const buffer_bytes = p.buffer_pass ? s * (4 * 9 * e + 16 * g + 9 * h + 40) : s * 4 * e;
   double const model_bytes = 4 * (5 * e * e + 3 * g * e) * 2;
   return chunk_bytes + cand_bytes + buffer_bytes + model_bytes + 64.0 * (1 << 20);  // + runtime
 }
 
-RunSummary run_pipeline(RunDeck const& deck, MPI_Comm comm, std::optional<std::string> const& restart) {
+RunSummary run_pipeline(ExecSpace const& space, RunDeck const& deck, MPI_Comm comm,
+                        std::optional<std::string> const& restart) {
   double const t_start = now();
-  int rank = 0, ranks = 1;
-  MPI_Comm_rank(comm, &rank);
-  MPI_Comm_size(comm, &ranks);
-  ExecSpace space;
-  track_memory();
-  reset_peak_memory();
-  RunSummary sum;
-  sum.ranks = ranks;
-
-  // Pre-flight: every check that can fail on bad input, agreed on by all ranks.
-  std::unique_ptr<CausalGeneticMultiheadAttention> model_ptr;
-  std::unique_ptr<SequenceSource> source;
-  long tokens = 0;
-  int const node_ranks = ranks_on_node(comm);
-  detail::run_agreed(comm, [&] {
-    model_ptr = std::make_unique<CausalGeneticMultiheadAttention>(deck.model);
-    if (!deck.checkpoint.weights.empty()) load_model(deck.checkpoint.weights, *model_ptr);
-    source = make_source(deck, model_ptr->dna());
-    tokens = source->tokens();
-    deck.validate(ranks, tokens);
-    // Refuse before allocating what the machine cannot hold.
-    sum.estimated_mb_per_rank = estimate_rank_bytes(deck, tokens, ranks) / (1 << 20);
-    double const limit =
-        deck.pipeline.memory_limit_gb > 0 ? deck.pipeline.memory_limit_gb * (1 << 30) : available_bytes();
-    double const per_rank_limit = limit / node_ranks;
-    if (per_rank_limit > 0 && sum.estimated_mb_per_rank * (1 << 20) > per_rank_limit)
-      fail(deck.path, "estimated memory " + std::to_string(long(sum.estimated_mb_per_rank)) + " MiB per rank exceeds the " +
-                          std::to_string(long(per_rank_limit / (1 << 20))) +
-                          " MiB available per rank: lower [pipeline] chunk_tokens or buffer_tokens (or raise "
-                          "[pipeline] memory_limit_gb)");
-  });
-  CausalGeneticMultiheadAttention& model = *model_ptr;
-  sum.tokens = tokens;
-
-  CausalGeneticMultiheadAttention scorer(chunk_scorer_config(deck));
-  scorer.set_weights(space, model.weights());
-  scorer.set_dna(space, model.dna());
-
-  long const chunks = chunk_count(tokens, deck.pipeline.chunk_tokens);
-  sum.chunks = chunks;
-  ChunkRange const range = rank_chunks(chunks, rank, ranks);
-  RankState state;
-  state.dna.reset(model.config().num_gates, model.config().embed_dim);
-  state.next_chunk = range.first;
-  if (restart) {
-    detail::run_agreed(comm, [&] { state = read_rank_state(*restart, comm, deck); });
-    sum.resumed_from_chunk = state.next_chunk;
-  }
-  std::filesystem::path const ckdir = deck.checkpoint.directory;
-  std::filesystem::path const outdir = deck.output.directory;
-  if (rank == 0) {
-    std::filesystem::create_directories(outdir);
-    if (deck.checkpoint.dna_dump && !restart) std::filesystem::remove(outdir / "dna_dump.h5");
-    if (deck.checkpoint.interval_chunks > 0 || deck.checkpoint.at_end) std::filesystem::create_directories(ckdir);
-  }
-  MPI_Barrier(comm);
-  auto checkpoint_name = [&](long chunk) {
-    char name[64];
-    std::snprintf(name, sizeof name, "checkpoint_%09ld.h5", chunk);
-    return (ckdir / name).string();
-  };
-
-  // ---- chunk stage -------------------------------------------------------------------------
-  // Chunks run in rounds of interval_chunks per rank; a checkpoint after each round is
-  // collective, and every rank goes through the same number of rounds.
-  double t0 = now();
-  long const my_chunks = range.last - range.first;
-  long const max_chunks = (chunks + ranks - 1) / ranks;
-  long const step = deck.checkpoint.interval_chunks > 0 ? deck.checkpoint.interval_chunks : std::max(1L, max_chunks);
-  Progress progress("chunks (rank 0)", my_chunks, deck.output.progress_seconds, rank == 0);
-  long const start_chunk = state.next_chunk;
-  auto report = [&](RankState const& s) {
-    progress.update(s.next_chunk - range.first, (s.next_chunk - start_chunk) * deck.pipeline.chunk_tokens);
-  };
-  double t_checkpoint = 0.0;
-  for (long round = state.rounds_done;; ++round) {
-    long const target = std::min(my_chunks, (round + 1) * step);
-    run_chunks(space, scorer, *source, deck.pipeline, {range.first, range.first + target}, state, report);
-    int finished = state.next_chunk >= range.last ? 1 : 0;
-    MPI_Allreduce(MPI_IN_PLACE, &finished, 1, MPI_INT, MPI_MIN, comm);
-    if (finished) break;
-    state.rounds_done = round + 1;
-    if (deck.checkpoint.dna_dump) {
-      // The DNA as it stands after this round (collective), appended to the dump on rank 0.
-      DnaState const so_far = combine_dna(space, comm, state.dna, model.dna(), model.config().dna_decay);
-      long seen = 0;
-      long mine_done = tokens_in_chunks(range.first, state.next_chunk, tokens, deck.pipeline.chunk_tokens);
-      MPI_Allreduce(&mine_done, &seen, 1, MPI_LONG, MPI_SUM, comm);
-      if (rank == 0) append_dna_snapshot((outdir / "dna_dump.h5").string(), so_far, seen);
-    }
-    if (deck.checkpoint.interval_chunks > 0) {
-      double const tc = now();
-      CheckpointContent content;
-      content.deck = &deck;
-      content.model = &model;
-      content.state = &state;
-      content.tokens = tokens;
-      content.chunks_total = chunks;
-      sum.checkpoint = checkpoint_name((round + 1) * step);
-      write_checkpoint(sum.checkpoint, comm, content);
-      if (rank == 0) prune_checkpoints(ckdir.string(), "checkpoint_", deck.checkpoint.keep_last);
-      t_checkpoint += now() - tc;
-    }
-  }
-  progress.finish();
-  sum.seconds_chunks = now() - t0 - t_checkpoint;
-  sum.seconds_checkpoint += t_checkpoint;
-
-  long counters[2] = {state.tokens_kept(), state.tokens_caught()};
-  MPI_Allreduce(MPI_IN_PLACE, counters, 2, MPI_LONG, MPI_SUM, comm);
-  sum.tokens_kept = counters[0];
-  sum.tokens_caught = counters[1];
-
-  // ---- DNA: join the ranks' chains ---------------------------------------------------------
-  t0 = now();
-  DnaState const final_dna = combine_dna(space, comm, state.dna, model.dna(), model.config().dna_decay);
-  if (deck.checkpoint.dna_dump && rank == 0) append_dna_snapshot((outdir / "dna_dump.h5").string(), final_dna, tokens);
-  sum.seconds_dna = now() - t0;
-
-  // ---- global buffer -------------------------------------------------------------------------
-  t0 = now();
-  GlobalBuffer const buffer = select_global_buffer(comm, state.candidates, deck.pipeline.buffer_tokens);
-  sum.candidates = buffer.candidates;
-  sum.buffer_tokens = static_cast<long>(buffer.size());
-  Position const own_begin = range.first * deck.pipeline.chunk_tokens;
-  Position const own_end = std::min(tokens, range.last * deck.pipeline.chunk_tokens);
-  TokenMatrix const xbuf = gather_buffer_embeddings(space, comm, *source, buffer, own_begin, own_end);
-  sum.seconds_exchange = now() - t0;
-  std::vector<Position> const needles = source->needles();
-  for (Position p : needles)
-    sum.needles_found += std::binary_search(buffer.positions.begin(), buffer.positions.end(), p) ? 1 : 0;
-  sum.needles = static_cast<long>(needles.size());
-  sum.buffer_head.assign(buffer.positions.begin(), buffer.positions.begin() + std::min<size_t>(8, buffer.size()));
-  sum.buffer_positions.assign(buffer.positions.begin(), buffer.positions.end());
-  sum.needle_positions.assign(needles.begin(), needles.end());
-
-  // ---- buffer pass: attention over the buffer, query rows split over ranks ----------------------
-  t0 = now();
-  if (deck.pipeline.buffer_pass && buffer.size() > 0) {
-    CausalGeneticMultiheadAttention pass(buffer_pass_config(deck));
-    pass.set_weights(space, model.weights());
-    pass.set_dna(space, final_dna);
-    long const s = static_cast<long>(buffer.size());
-    PositionVector pos("proteus::buffer::positions", s);
-    auto hp = Kokkos::create_mirror_view(pos);
-    for (long i = 0; i < s; ++i) hp(i) = buffer.positions[i];
-    Kokkos::deep_copy(space, pos, hp);
-    TokenMatrix y("proteus::buffer::y", s, deck.model.embed_dim);
-    auto [lo, hi] = buffer_rows_of_rank(s, rank, ranks);
-    RunOptions opt;
-    opt.row_begin = lo;
-    opt.row_end = hi;
-    ForwardStats const st = pass.run(space, xbuf, 1, pos, y, opt);
-    sum.buffer_mode = st.mode;
-    double const norm = buffer_output_norm(space, comm, y);
-    if (rank == 0) sum.buffer_output_norm = norm;
-    // The outputs themselves travel to rank 0 only when they are written.
-    if (deck.output.write_outputs) {
-      TokenMatrix const all = gather_rows_to_root(space, comm, y);
-      if (rank == 0) {
-        auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), all);
-        sum.buffer_outputs.assign(h.data(), h.data() + h.size());
-        sum.outputs_file = (outdir / "outputs.h5").string();
-        write_buffer_outputs(sum.outputs_file, buffer, sum.buffer_outputs, deck.model.embed_dim);
-      }
-    }
-  }
-  sum.seconds_buffer_pass = now() - t0;
-
-  // ---- second pass: every token, its window plus the earlier buffer --------------------------
-  t0 = now();
-  if (deck.pipeline.second_pass) {
-    Config c = deck.model;
-    c.token_sparse = false;
-    c.dna_update = false;
-    CausalGeneticMultiheadAttention pass(c);
-    pass.set_weights(space, model.weights());
-    pass.set_dna(space, final_dna);
-    std::string const path =
-        deck.output.write_outputs ? (outdir / ("second_pass_rank" + std::to_string(rank) + ".h5")).string() : "";
-    SecondPassResult const r = run_second_pass(space, pass, *source, buffer, xbuf, deck.pipeline, range, path);
-    double totals[2] = {static_cast<double>(r.tokens), r.sum_of_squares};
-    MPI_Allreduce(MPI_IN_PLACE, totals, 2, MPI_DOUBLE, MPI_SUM, comm);
-    sum.second_pass_tokens = static_cast<long>(totals[0]);
-    sum.second_pass_norm = std::sqrt(totals[1]);
-  }
-  sum.seconds_second_pass = now() - t0;
-
-  // ---- end-of-run checkpoint ----------------------------------------------------------------
-  t0 = now();
-  if (deck.checkpoint.at_end) {
-    CheckpointContent content;
-    content.deck = &deck;
-    content.model = &model;
-    content.final_dna = &final_dna;
-    content.state = &state;
-    content.buffer = &buffer;
-    content.needles = &needles;
-    content.tokens = tokens;
-    content.chunks_total = chunks;
-    sum.checkpoint = checkpoint_name(chunks);
-    write_checkpoint(sum.checkpoint, comm, content);
-    if (rank == 0) prune_checkpoints(ckdir.string(), "checkpoint_", deck.checkpoint.keep_last);
-  }
-  sum.seconds_checkpoint += now() - t0;
-
-  sum.seconds_total = now() - t_start;
-  sum.tokens_per_second = sum.seconds_total > 0 ? tokens / sum.seconds_total : 0.0;
-  double const mine = peak_host_mb();
-  sum.peak_host_mb.resize(ranks);
-  MPI_Gather(&mine, 1, MPI_DOUBLE, sum.peak_host_mb.data(), 1, MPI_DOUBLE, 0, comm);
-  double const device = peak_memory_mb();
-  sum.peak_device_mb.resize(ranks);
-  MPI_Gather(&device, 1, MPI_DOUBLE, sum.peak_device_mb.data(), 1, MPI_DOUBLE, 0, comm);
-  if (rank == 0) {
-    write_atomically((outdir / "summary.json").string(), sum.to_json());
-    write_atomically((outdir / "deck.resolved.in").string(), deck_to_ini(deck));
-  }
+  detail::track_memory();
+  detail::reset_peak_memory();
+  Run r(space, comm, deck);
+  RunSummary& sum = r.sum;
+  timed("proteus::pipeline::preflight", nullptr, [&] { preflight(r); });
+  timed("proteus::pipeline::prepare", nullptr, [&] { prepare_state(r, restart); });
+  double const checkpoints_before = sum.seconds_checkpoint;
+  timed("proteus::pipeline::chunks", &sum.seconds_chunks, [&] { chunk_rounds(r); });
+  sum.seconds_chunks -= sum.seconds_checkpoint - checkpoints_before;  // round checkpoints count apart
+  timed("proteus::pipeline::dna_join", &sum.seconds_dna, [&] { join_dna(r); });
+  timed("proteus::pipeline::buffer_select", &sum.seconds_exchange, [&] { select_buffer(r); });
+  if (deck.pipeline.buffer_pass && r.buffer.size() > 0)
+    timed("proteus::pipeline::buffer_pass", &sum.seconds_buffer_pass, [&] { buffer_pass(r); });
+  if (deck.pipeline.second_pass)
+    timed("proteus::pipeline::second_pass", &sum.seconds_second_pass, [&] { second_pass(r); });
+  if (deck.checkpoint.at_end)
+    timed("proteus::pipeline::checkpoint", &sum.seconds_checkpoint, [&] { final_checkpoint(r); });
+  timed("proteus::pipeline::summary", nullptr, [&] { write_summary(r, t_start); });
   return sum;
 }
 

@@ -5,7 +5,7 @@
 
 #include <cstdio>
 
-namespace proteus {
+namespace proteus::detail {
 
 std::string format_duration(double s) {
   char buf[64];
@@ -43,4 +43,4 @@ void Progress::finish() {
   if (enabled_ && terminal_ && printed_) std::fprintf(stderr, "\n");
 }
 
-}  // namespace proteus
+}  // namespace proteus::detail

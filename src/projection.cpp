@@ -2,20 +2,12 @@
 // bias with RoPE).
 #include "proteus/projection.hpp"
 
-#include <KokkosKernels_config.h>
-
 #include <cmath>
 
 #include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/error.hpp"
 #include "proteus/random.hpp"
-
-// TF32 is cuBLAS's math mode on the handle Kokkos Kernels issues its GEMMs through.
-#if defined(KOKKOS_ENABLE_CUDA) && defined(KOKKOSKERNELS_ENABLE_TPL_CUBLAS)
-#include <KokkosBlas_tpl_spec.hpp>
-#define PROTEUS_HAVE_TF32 1
-#endif
 
 namespace proteus {
 
@@ -35,7 +27,7 @@ void fill_uniform(ExecSpace const& space, float* data, long n, std::uint64_t see
   Kokkos::View<float*, MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> out(data, n);
   Kokkos::parallel_for(
       label, Kokkos::RangePolicy<ExecSpace>(space, 0, n), KOKKOS_LAMBDA(long i) {
-        double const u = uniform_open01(hash3(seed, stream, static_cast<std::uint64_t>(i)));
+        double const u = detail::uniform_open01(detail::hash3(seed, stream, static_cast<std::uint64_t>(i)));
         out(i) = static_cast<float>((2.0 * u - 1.0) * bound);
       });
 }
@@ -43,15 +35,15 @@ void fill_uniform(ExecSpace const& space, float* data, long n, std::uint64_t see
 
 void Weights::initialise(ExecSpace const& space, std::uint64_t seed, bool bias) const {
   float const bound = 1.0f / std::sqrt(static_cast<float>(qkv_weight.extent(1)));
-  fill_uniform(space, qkv_weight.data(), qkv_weight.size(), seed, stream_qkv_weight, bound,
+  fill_uniform(space, qkv_weight.data(), qkv_weight.size(), seed, detail::stream_qkv_weight, bound,
                "proteus::init::qkv_weight");
-  fill_uniform(space, out_weight.data(), out_weight.size(), seed, stream_out_weight, bound,
+  fill_uniform(space, out_weight.data(), out_weight.size(), seed, detail::stream_out_weight, bound,
                "proteus::init::out_weight");
-  fill_uniform(space, router_weight.data(), router_weight.size(), seed, stream_router, bound,
+  fill_uniform(space, router_weight.data(), router_weight.size(), seed, detail::stream_router, bound,
                "proteus::init::router_weight");
   if (bias) {
-    fill_uniform(space, qkv_bias.data(), qkv_bias.size(), seed, stream_qkv_bias, bound, "proteus::init::qkv_bias");
-    fill_uniform(space, out_bias.data(), out_bias.size(), seed, stream_out_bias, bound, "proteus::init::out_bias");
+    fill_uniform(space, qkv_bias.data(), qkv_bias.size(), seed, detail::stream_qkv_bias, bound, "proteus::init::qkv_bias");
+    fill_uniform(space, out_bias.data(), out_bias.size(), seed, detail::stream_out_bias, bound, "proteus::init::out_bias");
   } else {
     Kokkos::deep_copy(space, qkv_bias, 0.0f);
     Kokkos::deep_copy(space, out_bias, 0.0f);
@@ -66,40 +58,20 @@ void add_bias(ExecSpace const& space, TokenMatrix const& y, TokenVector const& b
 }
 }  // namespace
 
-bool tf32_available() {
-#ifdef PROTEUS_HAVE_TF32
-  return true;
-#else
-  return false;
-#endif
-}
+bool tf32_available() { return detail::tf32_gemm_available(); }
 
 namespace {
-// c = a b^T in the given precision. cuBLAS reads the math mode when a GEMM is issued, so it is set
-// around this one call and restored: the router's and the DNA's GEMMs, and the caller's own, keep
-// theirs.
+// c = a b^T in the given precision; TF32 only around this one call (the router's and the DNA's
+// GEMMs stay FP32).
 void gemm_nt(ExecSpace const& space, TokenMatrix const& a, TokenMatrix const& b, TokenMatrix const& c,
              GemmPrecision precision) {
   if (precision == GemmPrecision::fp32) {
     detail::gemm(space, "N", "T", 1.0f, a, b, 0.0f, c);
     return;
   }
-#ifdef PROTEUS_HAVE_TF32
-  cublasHandle_t const handle = KokkosBlas::Impl::CudaBlasSingleton::singleton().handle;
-  cublasMath_t saved = CUBLAS_DEFAULT_MATH;
-  require(cublasGetMathMode(handle, &saved) == CUBLAS_STATUS_SUCCESS &&
-              cublasSetMathMode(handle, CUBLAS_TF32_TENSOR_OP_MATH) == CUBLAS_STATUS_SUCCESS,
-          "cuBLAS", "cannot switch the math mode to TF32");
-  try {
-    detail::gemm(space, "N", "T", 1.0f, a, b, 0.0f, c);
-  } catch (...) {
-    cublasSetMathMode(handle, saved);
-    throw;
-  }
-  cublasSetMathMode(handle, saved);
-#else
-  fail("Config.tf32_projections", "TF32 needs a CUDA build whose Kokkos Kernels calls cuBLAS");
-#endif
+  require(tf32_available(), "Config.tf32_projections", "TF32 needs a CUDA build whose Kokkos Kernels calls cuBLAS");
+  require(detail::with_tf32_math([&] { detail::gemm(space, "N", "T", 1.0f, a, b, 0.0f, c); }), "cuBLAS",
+          "cannot switch the math mode to TF32");
 }
 }  // namespace
 

@@ -4,97 +4,115 @@
 #include "proteus/second_pass.hpp"
 
 #include <algorithm>
-#include <filesystem>
 
-#include "proteus/detail/hdf5_io.hpp"
+#include "proteus/checkpoint.hpp"
+#include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/error.hpp"
 
 namespace proteus {
 
+namespace {
+
+// The rows of one chunk's call and, for each, its position and global prefix.
+struct ChunkRows {
+  TokenMatrix x;                                   // [prefix + halo + len x E]
+  PositionVector positions;                        // original positions of the rows
+  Kokkos::View<long*, MemSpace> prefix_of_row;     // buffer rows before each row's window
+  long prefix = 0, halo = 0, len = 0;
+  long rows() const { return prefix + halo + len; }
+};
+
+// Rows: every buffer token before the end of chunk c, then the halo and the chunk. Row i's global
+// prefix is the buffer tokens before its window, found by position.
+ChunkRows chunk_rows(ExecSpace const& space, SequenceSource const& source, GlobalBuffer const& buffer,
+                     TokenMatrix const& buffer_tokens, ChunkGrid const& grid, long window, long c) {
+  ChunkRows r;
+  Position const begin = grid.begin(c);
+  r.len = grid.extent(c);
+  Position const halo_begin = std::max<Position>(0, begin - window);
+  r.halo = begin - halo_begin;
+  auto const& bp = buffer.positions;
+  r.prefix = std::lower_bound(bp.begin(), bp.end(), begin + r.len) - bp.begin();
+  long const rows = r.rows(), e = static_cast<long>(buffer_tokens.extent(1));
+  r.x = TokenMatrix(Kokkos::view_alloc("proteus::second_pass::x", Kokkos::WithoutInitializing), rows, e);
+  Kokkos::deep_copy(space, Kokkos::subview(r.x, std::make_pair(0L, r.prefix), Kokkos::ALL),
+                    Kokkos::subview(buffer_tokens, std::make_pair(0L, r.prefix), Kokkos::ALL));
+  source.read(space, halo_begin, Kokkos::subview(r.x, std::make_pair(r.prefix, rows), Kokkos::ALL));
+  r.positions = PositionVector("proteus::second_pass::positions", rows);
+  r.prefix_of_row = Kokkos::View<long*, MemSpace>("proteus::second_pass::prefix_of_row", rows);
+  auto hp = Kokkos::create_mirror_view(r.positions);
+  auto hr = Kokkos::create_mirror_view(r.prefix_of_row);
+  for (long i = 0; i < r.prefix; ++i) hp(i) = bp[i];
+  for (long i = r.prefix; i < rows; ++i) {
+    hp(i) = halo_begin + (i - r.prefix);
+    hr(i) = std::lower_bound(bp.begin(), bp.begin() + r.prefix, hp(i) - window) - bp.begin();
+  }
+  Kokkos::deep_copy(space, r.positions, hp);
+  Kokkos::deep_copy(space, r.prefix_of_row, hr);
+  space.fence();  // the host mirrors are freed on return
+  return r;
+}
+
+// Local piece = the window (and the row itself) above the global rows; global prefix per row.
+ShortlistPlan window_plan(ChunkRows const& r, long window) {
+  ShortlistPlan plan;
+  plan.alpha = 1.0;
+  plan.local_width = window + 1;
+  plan.window = window + 1;
+  plan.prefix = r.prefix;
+  plan.prefix_of_row = r.prefix_of_row;
+  plan.local_floor = r.prefix;
+  plan.budget = r.prefix + window + 1;
+  return plan;
+}
+
+template <class Rows>
+double sum_of_squares(ExecSpace const& space, Rows const& y) {
+  long const e = static_cast<long>(y.extent(1));
+  double squares = 0.0;
+  Kokkos::parallel_reduce(
+      "proteus::second_pass::norm", Kokkos::RangePolicy<ExecSpace>(space, 0, y.extent(0) * e),
+      KOKKOS_LAMBDA(long i, double& s) {
+        float const v = y(i / e, i % e);
+        s += double(v) * v;
+      },
+      squares);
+  return squares;
+}
+
+}  // namespace
+
 SecondPassResult run_second_pass(ExecSpace const& space, CausalGeneticMultiheadAttention& model,
                                  SequenceSource const& source, GlobalBuffer const& buffer,
-                                 TokenMatrix const& buffer_tokens, PipelineSpec const& spec, ChunkRange range,
-                                 std::string const& outputs_path) {
+                                 TokenMatrix const& buffer_tokens, ChunkGrid const& grid, long window,
+                                 ChunkRange range, std::string const& outputs_path) {
+  detail::ScopedRegion region("proteus::second_pass");
   require(!model.config().token_sparse, "second pass", "needs token sparsity off");
   int const e = model.config().embed_dim;
-  long const w = spec.second_pass_window;
-  long const tokens = source.tokens();
   SecondPassResult result;
   std::vector<float> outputs;
-  std::vector<std::int64_t> out_positions;
+  std::vector<Position> out_positions;
   bool const keep = !outputs_path.empty();
   for (long c = range.first; c < range.last; ++c) {
-    Position const begin = c * spec.chunk_tokens;
-    long const len = std::min(spec.chunk_tokens, tokens - begin);
-    Position const halo_begin = std::max<Position>(0, begin - w);
-    long const halo = begin - halo_begin;
-    // Rows: every buffer token before the end of the chunk, then the halo and the chunk. Row i's
-    // global prefix is the buffer tokens before its window, found by position.
-    long const prefix =
-        std::lower_bound(buffer.positions.begin(), buffer.positions.end(), begin + len) - buffer.positions.begin();
-    long const rows = prefix + halo + len;
-    TokenMatrix x(Kokkos::view_alloc("proteus::second_pass::x", Kokkos::WithoutInitializing), rows, e);
-    Kokkos::deep_copy(space, Kokkos::subview(x, std::make_pair(0L, prefix), Kokkos::ALL),
-                      Kokkos::subview(buffer_tokens, std::make_pair(0L, prefix), Kokkos::ALL));
-    source.read(space, halo_begin, Kokkos::subview(x, std::make_pair(prefix, rows), Kokkos::ALL));
-    PositionVector pos("proteus::second_pass::positions", rows);
-    Kokkos::View<long*, MemSpace> prefix_of_row("proteus::second_pass::prefix_of_row", rows);
-    auto hp = Kokkos::create_mirror_view(pos);
-    auto hr = Kokkos::create_mirror_view(prefix_of_row);
-    for (long i = 0; i < prefix; ++i) hp(i) = buffer.positions[i];
-    for (long i = prefix; i < rows; ++i) {
-      hp(i) = halo_begin + (i - prefix);
-      hr(i) = std::lower_bound(buffer.positions.begin(), buffer.positions.begin() + prefix, hp(i) - w) -
-              buffer.positions.begin();
-    }
-    Kokkos::deep_copy(space, pos, hp);
-    Kokkos::deep_copy(space, prefix_of_row, hr);
-
-    ShortlistPlan plan;
-    plan.alpha = 1.0;
-    plan.local_width = w + 1;
-    plan.window = w + 1;
-    plan.prefix = prefix;
-    plan.prefix_of_row = prefix_of_row;
-    plan.local_floor = prefix;
-    plan.budget = prefix + w + 1;
+    ChunkRows const r = chunk_rows(space, source, buffer, buffer_tokens, grid, window, c);
     RunOptions opt;
-    opt.row_begin = prefix + halo;
-    opt.row_end = rows;
+    opt.row_begin = r.prefix + r.halo;
+    opt.row_end = r.rows();
     opt.update_dna = false;
-    opt.plan = plan;
-    TokenMatrix y(Kokkos::view_alloc("proteus::second_pass::y", Kokkos::WithoutInitializing), rows, e);
-    model.run(space, x, 1, pos, y, opt);
-    auto mine = Kokkos::subview(y, std::make_pair(prefix + halo, rows), Kokkos::ALL);
-    double squares = 0.0;
-    Kokkos::parallel_reduce(
-        "proteus::second_pass::norm", Kokkos::RangePolicy<ExecSpace>(space, 0, len * e),
-        KOKKOS_LAMBDA(long i, double& s) {
-          float const v = mine(i / e, i % e);
-          s += double(v) * v;
-        },
-        squares);
-    result.sum_of_squares += squares;
-    result.tokens += len;
-    if (keep) {
-      auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), mine);
-      outputs.insert(outputs.end(), h.data(), h.data() + h.size());
-      for (long i = 0; i < len; ++i) out_positions.push_back(begin + i);
-    }
+    opt.plan = window_plan(r, window);
+    TokenMatrix y(Kokkos::view_alloc("proteus::second_pass::y", Kokkos::WithoutInitializing), r.rows(), e);
+    model.run(space, r.x, 1, r.positions, y, opt);
+    auto mine = Kokkos::subview(y, std::make_pair(opt.row_begin, r.rows()), Kokkos::ALL);
+    result.sum_of_squares += sum_of_squares(space, mine);
+    result.tokens += r.len;
+    if (!keep) continue;
+    auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), mine);
+    outputs.insert(outputs.end(), h.data(), h.data() + h.size());
+    for (long i = 0; i < r.len; ++i) out_positions.push_back(grid.begin(c) + i);
   }
-  if (keep) {
-    std::string const tmp = outputs_path + ".tmp";
-    {
-      detail::H5File f(tmp, "w");
-      f.attr("/", "format_version", 1LL);
-      f.write("/positions", {out_positions.size()}, out_positions.data());
-      f.write("/outputs", {out_positions.size(), static_cast<hsize_t>(e)}, outputs.data());
-      f.attr("/outputs", "description",
-             std::string("second pass output of every token of this rank (window + earlier buffer)"));
-      f.close();
-    }
-    std::filesystem::rename(tmp, outputs_path);
-  }
+  if (keep)
+    write_outputs(outputs_path, out_positions, outputs, e,
+                  "second pass output of every token of this rank (window + earlier buffer)");
   return result;
 }
 

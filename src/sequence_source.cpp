@@ -1,12 +1,11 @@
 // Sequence sources: synthetic tokens generated where they are consumed, and HDF5 hyperslabs.
 #include "proteus/sequence_source.hpp"
 
-#include <hdf5.h>
-
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 
+#include "proteus/detail/hdf5_io.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/error.hpp"
 #include "proteus/random.hpp"
@@ -63,7 +62,7 @@ void SyntheticSource::generate(ExecSpace const& space, Kokkos::View<Position*, M
         }
         bool const needle = lo < needles && npos(lo) == t;
         for (int j = 0; j < e; ++j) {
-          double const noise = standard_normal(seed, stream_tokens, static_cast<std::uint64_t>(t) * e + j);
+          double const noise = detail::standard_normal(seed, detail::stream_tokens, static_cast<std::uint64_t>(t) * e + j);
           out(i, j) = static_cast<float>(needle ? s * scale * ndir(lo, j) + spread * noise : noise);
         }
       });
@@ -88,46 +87,27 @@ void SyntheticSource::read_rows(ExecSpace const& space, std::vector<Position> co
 
 // ---- HDF5 ------------------------------------------------------------------------------------
 
-Hdf5Source::Hdf5Source(std::string const& file, std::string const& dataset) : file_(file), dataset_(dataset) {
+Hdf5Source::Hdf5Source(std::string const& file, std::string const& dataset, std::vector<Position> needles)
+    : dataset_(dataset), needles_(std::move(needles)) {
   require(std::filesystem::exists(file), file, "sequence file does not exist");
-  H5E_auto2_t old_func;
-  void* old_data;
-  H5Eget_auto2(H5E_DEFAULT, &old_func, &old_data);
-  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  file_id_ = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (file_id_ >= 0) dataset_id_ = H5Dopen2(file_id_, dataset.c_str(), H5P_DEFAULT);
-  H5Eset_auto2(H5E_DEFAULT, old_func, old_data);
-  require(file_id_ >= 0, file, "not a readable HDF5 file");
-  require(dataset_id_ >= 0, file + ":" + dataset, "dataset not found");
-  hid_t const space = H5Dget_space(dataset_id_);
-  int const rank = H5Sget_simple_extent_ndims(space);
-  hsize_t dims[2] = {0, 0};
-  if (rank == 2) H5Sget_simple_extent_dims(space, dims, nullptr);
-  H5Sclose(space);
-  require(rank == 2, file + ":" + dataset, "expected a 2-D dataset [tokens x embed], got rank " + std::to_string(rank));
-  hid_t const type = H5Dget_type(dataset_id_);
-  bool const is_float = H5Tget_class(type) == H5T_FLOAT;
-  H5Tclose(type);
-  require(is_float, file + ":" + dataset, "expected floating-point data");
-  tokens_ = static_cast<long>(dims[0]);
-  embed_dim_ = static_cast<int>(dims[1]);
+  file_ = std::make_unique<detail::H5File>(file, "r");
+  detail::H5File::Shape const shape = file_->shape(dataset);
+  std::string const where = file_->where(dataset);
+  require(shape.dims.size() == 2, where,
+          "expected a 2-D dataset [tokens x embed], got rank " + std::to_string(shape.dims.size()));
+  require(shape.floating, where, "expected floating-point data");
+  tokens_ = static_cast<long>(shape.dims[0]);
+  embed_dim_ = static_cast<int>(shape.dims[1]);
+  std::sort(needles_.begin(), needles_.end());
+  for (Position p : needles_)
+    require(p >= 0 && p < tokens_, where, "needle position " + std::to_string(p) + " is outside its " +
+                                              std::to_string(tokens_) + " tokens");
 }
 
-Hdf5Source::~Hdf5Source() {
-  if (dataset_id_ >= 0) H5Dclose(dataset_id_);
-  if (file_id_ >= 0) H5Fclose(file_id_);
-}
+Hdf5Source::~Hdf5Source() = default;
 
 void Hdf5Source::read_host(long begin, long rows, float* out) const {
-  hid_t const fs = H5Dget_space(dataset_id_);
-  hsize_t const start[2] = {static_cast<hsize_t>(begin), 0};
-  hsize_t const count[2] = {static_cast<hsize_t>(rows), static_cast<hsize_t>(embed_dim_)};
-  H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, nullptr, count, nullptr);
-  hid_t const mem = H5Screate_simple(2, count, nullptr);
-  herr_t const rc = H5Dread(dataset_id_, H5T_NATIVE_FLOAT, mem, fs, H5P_DEFAULT, out);
-  H5Sclose(mem);
-  H5Sclose(fs);
-  require(rc >= 0, file_ + ":" + dataset_, "read failed (truncated or corrupt file?)");
+  file_->read_rows(dataset_, static_cast<hsize_t>(begin), static_cast<hsize_t>(rows), out);
 }
 
 void Hdf5Source::read(ExecSpace const& space, long begin, TokenMatrix const& out) const {
@@ -155,17 +135,18 @@ void SequenceSource::read_host(long, long, float*) const {
   fail("sequence source", "this source does not read into host memory");
 }
 
-std::unique_ptr<SequenceSource> make_source(RunDeck const& deck, DnaState const& dna) {
-  if (deck.sequence.source == "hdf5") {
-    std::filesystem::path file = deck.sequence.file;
-    if (file.is_relative() && !deck.path.empty()) file = std::filesystem::path(deck.path).parent_path() / file;
-    auto src = std::make_unique<Hdf5Source>(file.string(), deck.sequence.dataset);
-    require(src->embed_dim() == deck.model.embed_dim, file.string() + ":" + deck.sequence.dataset,
-            "has width " + std::to_string(src->embed_dim()) +
-                " but [model] embed_dim = " + std::to_string(deck.model.embed_dim));
+std::unique_ptr<SequenceSource> make_source(SequenceSpec const& spec, int embed_dim, DnaState const& dna,
+                                            std::string const& base_dir) {
+  if (spec.source == "hdf5") {
+    std::filesystem::path file = spec.file;
+    if (file.is_relative() && !base_dir.empty()) file = std::filesystem::path(base_dir) / file;
+    std::vector<Position> needles(spec.needle_positions.begin(), spec.needle_positions.end());
+    auto src = std::make_unique<Hdf5Source>(file.string(), spec.dataset, needles);
+    require(src->embed_dim() == embed_dim, file.string() + ":" + spec.dataset,
+            "has width " + std::to_string(src->embed_dim()) + " but [model] embed_dim = " + std::to_string(embed_dim));
     return src;
   }
-  return std::make_unique<SyntheticSource>(deck.sequence, deck.model.embed_dim, dna);
+  return std::make_unique<SyntheticSource>(spec, embed_dim, dna);
 }
 
 }  // namespace proteus

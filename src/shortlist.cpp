@@ -29,6 +29,16 @@ ShortlistPlan dense_plan(long tokens) {
   return p;
 }
 
+ShortlistPlan plan_call_shortlist(Config const& cfg, long tokens, double alpha, double head_fraction) {
+  ShortlistPlan plan = plan_shortlist(cfg, tokens, alpha);
+  if (!plan.dense && cfg.force_dense_threshold > 0.0f && head_fraction >= cfg.force_dense_threshold &&
+      alpha < 0.95) {
+    plan = dense_plan(tokens);
+    plan.alpha = alpha;
+  }
+  return plan;
+}
+
 ShortlistPlan plan_shortlist(Config const& cfg, long tokens, double alpha) {
   if (alpha <= cfg.dense_alpha_cutoff) {
     ShortlistPlan p = dense_plan(tokens);

@@ -1,4 +1,7 @@
 // The run summary as JSON (for scripts) and as text (for people).
+#include <nlohmann/json.hpp>
+
+#include <cmath>
 #include <cstdio>
 #include <sstream>
 
@@ -10,47 +13,44 @@
 namespace proteus {
 
 namespace {
-template <class T>
-std::string list(std::vector<T> const& v) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < v.size(); ++i) os << (i ? ", " : "") << v[i];
-  os << "]";
-  return os.str();
+// JSON has no NaN or Inf: a non-finite figure is written as null (and a reader sees that it is).
+nlohmann::json number(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
+nlohmann::json numbers(std::vector<double> const& v) {
+  nlohmann::json out = nlohmann::json::array();
+  for (double x : v) out.push_back(number(x));
+  return out;
 }
 }  // namespace
 
 std::string RunSummary::to_json() const {
-  std::ostringstream os;
-  os.precision(10);
-  os << "{\n"
-     << "  \"proteus_version\": \"" << PROTEUS_VERSION_STRING << "\",\n"
-     << "  \"commit\": \"" << PROTEUS_GIT_COMMIT << "\",\n"
-     << "  \"tokens\": " << tokens << ",\n"
-     << "  \"ranks\": " << ranks << ",\n"
-     << "  \"chunks\": " << chunks << ",\n"
-     << "  \"candidates\": " << candidates << ",\n"
-     << "  \"buffer_tokens\": " << buffer_tokens << ",\n"
-     << "  \"tokens_kept_in_chunks\": " << tokens_kept << ",\n"
-     << "  \"dna_tokens_caught\": " << tokens_caught << ",\n"
-     << "  \"needles\": " << needles << ",\n"
-     << "  \"needles_found\": " << needles_found << ",\n"
-     << "  \"buffer_mode\": \"" << buffer_mode << "\",\n"
-     << "  \"buffer_output_norm\": " << buffer_output_norm << ",\n"
-     << "  \"second_pass_tokens\": " << second_pass_tokens << ",\n"
-     << "  \"second_pass_norm\": " << second_pass_norm << ",\n"
-     << "  \"buffer_head\": " << list(buffer_head) << ",\n"
-     << "  \"seconds\": {\"chunks\": " << seconds_chunks << ", \"dna\": " << seconds_dna
-     << ", \"exchange\": " << seconds_exchange << ", \"buffer_pass\": " << seconds_buffer_pass << ", \"second_pass\": " << seconds_second_pass
-     << ", \"checkpoint\": " << seconds_checkpoint << ", \"total\": " << seconds_total << "},\n"
-     << "  \"tokens_per_second\": " << tokens_per_second << ",\n"
-     << "  \"estimated_mb_per_rank\": " << estimated_mb_per_rank << ",\n"
-     << "  \"peak_host_mb\": " << list(peak_host_mb) << ",\n"
-     << "  \"peak_device_mb\": " << list(peak_device_mb) << ",\n"
-     << "  \"resumed_from_chunk\": " << resumed_from_chunk << ",\n"
-     << "  \"checkpoint\": \"" << checkpoint << "\"\n"
-     << "}\n";
-  return os.str();
+  nlohmann::json j;
+  j["proteus_version"] = PROTEUS_VERSION_STRING;
+  j["commit"] = PROTEUS_GIT_COMMIT;
+  j["tokens"] = tokens;
+  j["ranks"] = ranks;
+  j["chunks"] = chunks;
+  j["candidates"] = candidates;
+  j["buffer_tokens"] = buffer_tokens;
+  j["tokens_kept_in_chunks"] = tokens_kept;
+  j["dna_tokens_caught"] = tokens_caught;
+  j["needles"] = needles;
+  j["needles_found"] = needles_found;
+  j["buffer_mode"] = buffer_mode;
+  j["buffer_output_norm"] = number(buffer_output_norm);
+  j["second_pass_tokens"] = second_pass_tokens;
+  j["second_pass_norm"] = number(second_pass_norm);
+  j["buffer_head"] = buffer_head;
+  j["seconds"] = {{"chunks", seconds_chunks},           {"dna", seconds_dna},
+                  {"exchange", seconds_exchange},       {"buffer_pass", seconds_buffer_pass},
+                  {"second_pass", seconds_second_pass}, {"checkpoint", seconds_checkpoint},
+                  {"total", seconds_total}};
+  j["tokens_per_second"] = number(tokens_per_second);
+  j["estimated_mb_per_rank"] = number(estimated_mb_per_rank);
+  j["peak_host_mb"] = numbers(peak_host_mb);
+  j["peak_device_mb"] = numbers(peak_device_mb);
+  j["resumed_from_chunk"] = resumed_from_chunk;
+  j["checkpoint"] = checkpoint;
+  return j.dump(2) + "\n";
 }
 
 std::string RunSummary::to_text() const {
@@ -60,7 +60,7 @@ std::string RunSummary::to_text() const {
   char pass[160] = "off";
   if (second_pass_tokens > 0)
     std::snprintf(pass, sizeof pass, "%ld tokens, output norm %.6g (%s)", second_pass_tokens, second_pass_norm,
-                  format_duration(seconds_second_pass).c_str());
+                  detail::format_duration(seconds_second_pass).c_str());
   std::string const second_pass_text = pass;
   char buf[2048];
   std::snprintf(buf, sizeof buf,
@@ -77,9 +77,9 @@ std::string RunSummary::to_text() const {
                 "  checkpoint        %s\n",
                 tokens, ranks, chunks, tokens_caught, tokens_kept, candidates, buffer_tokens, needles_found,
                 needles, buffer_mode.empty() ? "off" : buffer_mode.c_str(), buffer_output_norm, second_pass_text.c_str(),
-                format_duration(seconds_chunks).c_str(), format_duration(seconds_dna).c_str(),
-                format_duration(seconds_exchange).c_str(), format_duration(seconds_buffer_pass).c_str(),
-                format_duration(seconds_checkpoint).c_str(), format_duration(seconds_total).c_str(),
+                detail::format_duration(seconds_chunks).c_str(), detail::format_duration(seconds_dna).c_str(),
+                detail::format_duration(seconds_exchange).c_str(), detail::format_duration(seconds_buffer_pass).c_str(),
+                detail::format_duration(seconds_checkpoint).c_str(), detail::format_duration(seconds_total).c_str(),
                 tokens_per_second, peak, device, MemSpace::name(), estimated_mb_per_rank, checkpoint.empty() ? "none" : checkpoint.c_str());
   return buf;
 }

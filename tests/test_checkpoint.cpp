@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "proteus/checkpoint.hpp"
+#include "proteus/deck.hpp"
 #include "proteus/detail/hdf5_io.hpp"
 #include "proteus/error.hpp"
 #include "proteus/sequence_source.hpp"
@@ -38,9 +39,12 @@ RunDeck deck_for(std::string const& dir) {
   d.checkpoint.directory = dir;
   return d;
 }
+RankState read_state(std::string const& path, RunDeck const& d) {
+  return read_rank_state(path, MPI_COMM_SELF, d.model.resolved(), ChunkGrid{d.sequence.tokens, d.pipeline.chunk_tokens});
+}
 // A checkpoint of a small model with a made-up run state.
 std::string make_checkpoint(std::string const& name, RunDeck const& d) {
-  CausalGeneticMultiheadAttention model(d.model);
+  CausalGeneticMultiheadAttention model(ExecSpace(), d.model);
   RankState s;
   s.dna.reset(model.config().num_gates, d.model.embed_dim);
   s.next_chunk = 2;
@@ -48,11 +52,11 @@ std::string make_checkpoint(std::string const& name, RunDeck const& d) {
   s.candidates.scores = {0.5f, 0.25f, 0.75f};
   s.chunk_log = {{0, 1, 700, 30}, {1, 2, 650, 41}};
   CheckpointContent c;
-  c.deck = &d;
+  c.deck_text = deck_to_ini(d);
   c.model = &model;
   c.state = &s;
-  c.tokens = 4096;
-  c.chunks_total = 4;
+  c.grid = ChunkGrid{4096, d.pipeline.chunk_tokens};
+  c.collective_io = d.checkpoint.collective_io;
   std::string const path = tmp(name);
   write_checkpoint(path, MPI_COMM_SELF, c);
   return path;
@@ -62,7 +66,7 @@ std::string make_checkpoint(std::string const& name, RunDeck const& d) {
 TEST_CASE("a checkpoint round-trips the run state and the model", "[checkpoint]") {
   RunDeck const d = deck_for(tmp("ck"));
   std::string const path = make_checkpoint("roundtrip.h5", d);
-  RankState const s = read_rank_state(path, MPI_COMM_SELF, d);
+  RankState const s = read_state(path, d);
   CHECK(s.next_chunk == 2);
   CHECK(s.candidates.positions == std::vector<Position>{5, 900, 1500});
   CHECK(s.candidates.scores == std::vector<float>{0.5f, 0.25f, 0.75f});
@@ -73,9 +77,9 @@ TEST_CASE("a checkpoint round-trips the run state and the model", "[checkpoint]"
   CHECK(s.chunk_log[1].tokens_caught == 41);
   Config other = d.model;
   other.seed = 99;  // different initial weights, then loaded from the file
-  CausalGeneticMultiheadAttention loaded(other);
-  load_model(path, loaded);
-  CausalGeneticMultiheadAttention original(d.model);
+  CausalGeneticMultiheadAttention loaded(ExecSpace(), other);
+  load_model(ExecSpace(), path, loaded);
+  CausalGeneticMultiheadAttention original(ExecSpace(), d.model);
   auto a = Kokkos::create_mirror_view_and_copy(HostSpace(), loaded.weights().qkv_weight);
   auto b = Kokkos::create_mirror_view_and_copy(HostSpace(), original.weights().qkv_weight);
   for (size_t i = 0; i < a.size(); ++i) REQUIRE(a.data()[i] == b.data()[i]);
@@ -85,17 +89,17 @@ TEST_CASE("a checkpoint round-trips the run state and the model", "[checkpoint]"
 TEST_CASE("bad checkpoints give errors naming the file and dataset", "[checkpoint][errors]") {
   RunDeck const d = deck_for(tmp("ck"));
   std::string const good = make_checkpoint("good.h5", d);
-  CHECK(error_of([&] { read_rank_state(tmp("missing.h5"), MPI_COMM_SELF, d); }) ==
+  CHECK(error_of([&] { read_state(tmp("missing.h5"), d); }) ==
         tmp("missing.h5") + ": file does not exist");
   // Truncated file.
   std::string const cut = tmp("truncated.h5");
   fs::copy_file(good, cut, fs::copy_options::overwrite_existing);
   fs::resize_file(cut, fs::file_size(cut) / 3);
-  CHECK(error_of([&] { read_rank_state(cut, MPI_COMM_SELF, d); }).find(cut + ": ") == 0);
+  CHECK(error_of([&] { read_state(cut, d); }).find(cut + ": ") == 0);
   // Not HDF5 at all.
   std::string const text = tmp("text.h5");
   std::ofstream(text) << "not hdf5";
-  CHECK(error_of([&] { load_model(text, *new CausalGeneticMultiheadAttention(d.model)); }) ==
+  CHECK(error_of([&] { load_model(ExecSpace(), text, *new CausalGeneticMultiheadAttention(ExecSpace(), d.model)); }) ==
         text + ": not a readable HDF5 file (truncated or corrupt?)");
   // Wrong format version, missing dataset, wrong shape, wrong type: edit copies of the good file.
   auto edited = [&](std::string const& name, auto&& edit) {
@@ -109,29 +113,29 @@ TEST_CASE("bad checkpoints give errors naming the file and dataset", "[checkpoin
     H5Adelete(f.id(), "format_version");
     f.attr("/", "format_version", 99LL);
   });
-  CHECK(error_of([&] { read_rank_state(version, MPI_COMM_SELF, d); }).find("format_version 99 is not the supported 1") !=
+  CHECK(error_of([&] { read_state(version, d); }).find("format_version 99 is not the supported 1") !=
         std::string::npos);
   std::string const missing = edited("missing_ds.h5", [](detail::H5File& f) { H5Ldelete(f.id(), "/dna/usage", H5P_DEFAULT); });
-  CausalGeneticMultiheadAttention model(d.model);
-  CHECK(error_of([&] { load_model(missing, model); }) == missing + ":/dna/usage: dataset is missing");
+  CausalGeneticMultiheadAttention model(ExecSpace(), d.model);
+  CHECK(error_of([&] { load_model(ExecSpace(), missing, model); }) == missing + ":/dna/usage: dataset is missing");
   std::string const shape = edited("shape.h5", [](detail::H5File& f) {
     H5Ldelete(f.id(), "/weights/out_bias", H5P_DEFAULT);
     std::vector<float> v(7, 0.f);
     f.write("/weights/out_bias", {7}, v.data());
   });
-  CHECK(error_of([&] { load_model(shape, model); }) ==
+  CHECK(error_of([&] { load_model(ExecSpace(), shape, model); }) ==
         shape + ":/weights/out_bias: shape [7] does not match the expected [16] (0 = any)");
   std::string const type = edited("type.h5", [](detail::H5File& f) {
     H5Ldelete(f.id(), "/weights/out_bias", H5P_DEFAULT);
     std::vector<std::int32_t> v(16, 0);
     f.write("/weights/out_bias", {16}, v.data());
   });
-  CHECK(error_of([&] { load_model(type, model); }) ==
+  CHECK(error_of([&] { load_model(ExecSpace(), type, model); }) ==
         type + ":/weights/out_bias: wrong type: expected floating point data");
   // A checkpoint from a different configuration.
   RunDeck wider = d;
   wider.model.embed_dim = 32;
-  CHECK(error_of([&] { read_rank_state(good, MPI_COMM_SELF, wider); })
+  CHECK(error_of([&] { read_state(good, wider); })
             .find(good + ":/config @embed_dim: checkpoint has 16 but the deck has 32 ([model] embed_dim)") == 0);
 }
 
@@ -144,7 +148,7 @@ TEST_CASE("a failed checkpoint write leaves the previous file untouched", "[chec
   fs::create_directories(path + ".tmp/blocker");
   CHECK_THROWS_AS(make_checkpoint("atomic.h5", d), Error);
   CHECK(fs::file_size(path) == before);
-  CHECK_NOTHROW(read_rank_state(path, MPI_COMM_SELF, d));
+  CHECK_NOTHROW(read_state(path, d));
   fs::remove_all(path + ".tmp");
 }
 

@@ -92,6 +92,33 @@ TEST_CASE("cross-key checks name the key to change", "[deck][errors]") {
   CHECK(message(1, 10000).find("[sequence] source") != std::string::npos);
 }
 
+TEST_CASE("needle keys that cannot apply to a file source are refused by name", "[deck][errors][needles]") {
+  auto message = [](std::string const& name, std::string const& text) {
+    std::string const path = write_deck(name, text);
+    try {
+      read_deck(path, {"pipeline.chunk_tokens=256", "pipeline.buffer_tokens=64"}).validate(1, 1000);
+    } catch (Error const& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  std::string const file = "[sequence]\nsource = hdf5\nfile = tokens.h5\n";
+  CHECK(message("file_plain", file) == "no error");
+  CHECK(message("file_positions", file + "needle_positions = 5, 900\n") == "no error");
+  CHECK(message("file_count", file + "needles = 3\n")
+            .find("[sequence] needles: applies to the synthetic source only") != std::string::npos);
+  CHECK(message("file_similarity", file + "needle_similarity = 0.5\n")
+            .find("[sequence] needle_similarity: applies to the synthetic source only") != std::string::npos);
+  CHECK(message("file_past_end", file + "needle_positions = 1000\n").find("[sequence] needle_positions") !=
+        std::string::npos);
+  // The resolved deck of a file source leaves those keys out, so it reads back.
+  RunDeck const resolved = read_deck(write_deck("file_resolved", file + "needle_positions = 5\n"));
+  CHECK(message("file_again", deck_to_ini(resolved)) == "no error");
+  // The synthetic source keeps its rules (positions must match the count).
+  CHECK(message("synthetic", "[sequence]\nneedles = 2\nneedle_positions = 5\n").find("needles = 2") !=
+        std::string::npos);
+}
+
 TEST_CASE("docs/input_deck.md is what the registry generates", "[deck][docs]") {
   std::ifstream in(std::string(PROTEUS_SOURCE_DIR) + "/docs/input_deck.md");
   REQUIRE(in.good());

@@ -64,7 +64,7 @@ TEST_CASE("alpha = 0 equals naive double-precision causal attention with RoPE", 
     Config cfg;
     cfg.mode = AlphaMode::subquad;
     cfg.seed = 11;
-    CausalGeneticMultiheadAttention mha(s.embed, s.heads, true, cfg);
+    CausalGeneticMultiheadAttention mha(ExecSpace(), s.embed, s.heads, true, cfg);
     BatchTensor x = make_input(s, 3 + s.tokens);
     auto [y, stats] = mha.forward(ExecSpace(), x, x, x, {}, true);
     REQUIRE(stats.has_value());
@@ -91,7 +91,7 @@ TEST_CASE("outputs at or before t never depend on tokens after t, at every alpha
     cfg.use_dna_candidates = true;
     cfg.dna_update = false;
     cfg.seed = 5;
-    CausalGeneticMultiheadAttention mha(s.embed, s.heads, true, cfg);
+    CausalGeneticMultiheadAttention mha(ExecSpace(), s.embed, s.heads, true, cfg);
     BatchTensor x = make_input(s, 21);
     BatchTensor changed = make_input(s, 21);
     long const cut = 150;
@@ -126,8 +126,8 @@ TEST_CASE("batch_first true and false give the same numbers", "[module][layout]"
   Config cfg;
   cfg.seed = 2;
   cfg.dna_update = false;
-  CausalGeneticMultiheadAttention a(s.embed, s.heads, true, cfg);
-  CausalGeneticMultiheadAttention b(s.embed, s.heads, false, cfg);
+  CausalGeneticMultiheadAttention a(ExecSpace(), s.embed, s.heads, true, cfg);
+  CausalGeneticMultiheadAttention b(ExecSpace(), s.embed, s.heads, false, cfg);
   auto [ya, sa] = a.forward(ExecSpace(), make_input(s, 8, true));
   auto [yb, sb] = b.forward(ExecSpace(), make_input(s, 8, false));
   CHECK_FALSE(sa.has_value());
@@ -158,9 +158,9 @@ TEST_CASE("query blocks bound memory without changing any output", "[module][blo
   Shape const s{3, 200, 32, 4};
   for (float alpha : {0.0f, 0.6f}) {
     Config cfg = short_windows(alpha, 4);
-    CausalGeneticMultiheadAttention whole(s.embed, s.heads, true, cfg);
+    CausalGeneticMultiheadAttention whole(ExecSpace(), s.embed, s.heads, true, cfg);
     cfg.query_block_rows = 3 * 19;
-    CausalGeneticMultiheadAttention blocked(s.embed, s.heads, true, cfg);
+    CausalGeneticMultiheadAttention blocked(ExecSpace(), s.embed, s.heads, true, cfg);
     BatchTensor const x = make_input(s, 12);
     auto [yw, sw] = whole.forward(ExecSpace(), x, {}, {}, {}, true);
     auto [yb, sb] = blocked.forward(ExecSpace(), x, {}, {}, {}, true);
@@ -188,10 +188,10 @@ TEST_CASE("token sparsity: kept tokens output what the all-kept module gives, dr
       Config cfg = short_windows(alpha, 9);
       cfg.bias = true;
       cfg.query_block_rows = block;
-      CausalGeneticMultiheadAttention every(s.embed, s.heads, true, cfg);
+      CausalGeneticMultiheadAttention every(ExecSpace(), s.embed, s.heads, true, cfg);
       cfg.token_sparse = true;
       cfg.token_keep_ratio = 0.4f;
-      CausalGeneticMultiheadAttention sparse(s.embed, s.heads, true, cfg);
+      CausalGeneticMultiheadAttention sparse(ExecSpace(), s.embed, s.heads, true, cfg);
       BatchTensor const x = make_input(s, 21);
       auto [ye, se] = every.forward(ExecSpace(), x, {}, {}, {}, true);
       auto [ys, ss] = sparse.forward(ExecSpace(), x, {}, {}, {}, true);
@@ -228,11 +228,11 @@ TEST_CASE("buffers kept between calls: one module over inputs of changing size g
   cfg.token_sparse = true;
   cfg.token_keep_ratio = 0.5f;
   cfg.query_block_rows = 2 * 70;
-  CausalGeneticMultiheadAttention reused(32, 4, true, cfg);
+  CausalGeneticMultiheadAttention reused(ExecSpace(), 32, 4, true, cfg);
   int step = 0;
   for (Shape const s : {Shape{2, 260, 32, 4}, Shape{1, 90, 32, 4}, Shape{2, 301, 32, 4}}) {
     CAPTURE(step++);
-    CausalGeneticMultiheadAttention fresh(s.embed, s.heads, true, cfg);
+    CausalGeneticMultiheadAttention fresh(ExecSpace(), s.embed, s.heads, true, cfg);
     BatchTensor const x = make_input(s, 30 + step);
     auto [yr, sr] = reused.forward(ExecSpace(), x, {}, {}, {}, true);
     auto [yf, sf] = fresh.forward(ExecSpace(), x, {}, {}, {}, true);
@@ -252,7 +252,7 @@ TEST_CASE("two runs with one seed are bit-identical, DNA included", "[module][de
     cfg.token_keep_ratio = 0.5f;
     cfg.mode = AlphaMode::fixed;
     cfg.alpha = 0.6f;
-    CausalGeneticMultiheadAttention mha(s.embed, s.heads, true, cfg);
+    CausalGeneticMultiheadAttention mha(ExecSpace(), s.embed, s.heads, true, cfg);
     BatchTensor x = make_input(s, 4);
     mha.forward(ExecSpace(), x);
     auto [y, st] = mha.forward(ExecSpace(), x);
@@ -275,7 +275,7 @@ TEST_CASE("TF32 projections choose what FP32 chooses and stay within TF32 roundi
     // Builds without cuBLAS refuse the option by name instead of silently computing in FP32.
     std::string what = "no error";
     try {
-      CausalGeneticMultiheadAttention(s.embed, s.heads, true, cfg);
+      CausalGeneticMultiheadAttention(ExecSpace(), s.embed, s.heads, true, cfg);
     } catch (proteus::Error const& e) {
       what = e.what();
     }
@@ -294,7 +294,7 @@ TEST_CASE("TF32 projections choose what FP32 chooses and stay within TF32 roundi
     c.window = 48;
     Config f = c;
     f.tf32_projections = false;
-    CausalGeneticMultiheadAttention tf32(s.embed, s.heads, true, c), fp32(s.embed, s.heads, true, f);
+    CausalGeneticMultiheadAttention tf32(ExecSpace(), s.embed, s.heads, true, c), fp32(ExecSpace(), s.embed, s.heads, true, f);
     auto [yt, st] = tf32.forward(ExecSpace(), x, {}, {}, {}, true);
     auto [yf, sf] = fp32.forward(ExecSpace(), x, {}, {}, {}, true);
     INFO((sparse ? "sparse shortlist" : "dense"));
@@ -327,14 +327,14 @@ TEST_CASE("bad input gives a clear error naming the argument", "[module][errors]
     }
     return std::string("no error");
   };
-  CHECK(message([] { CausalGeneticMultiheadAttention(30, 4); }).find("embed_dim") != std::string::npos);
-  CHECK(message([] { CausalGeneticMultiheadAttention(36, 4); }).find("RoPE") != std::string::npos);
+  CHECK(message([] { CausalGeneticMultiheadAttention(ExecSpace(), 30, 4); }).find("embed_dim") != std::string::npos);
+  CHECK(message([] { CausalGeneticMultiheadAttention(ExecSpace(), 36, 4); }).find("RoPE") != std::string::npos);
   Config bad_alpha;
   bad_alpha.alpha = 1.5f;
-  CHECK(message([&] { CausalGeneticMultiheadAttention(32, 4, true, bad_alpha); }).find("alpha") !=
+  CHECK(message([&] { CausalGeneticMultiheadAttention(ExecSpace(), 32, 4, true, bad_alpha); }).find("alpha") !=
         std::string::npos);
 
-  CausalGeneticMultiheadAttention mha(32, 4);
+  CausalGeneticMultiheadAttention mha(ExecSpace(), 32, 4);
   Shape const s{1, 10, 32, 4};
   BatchTensor x = make_input(s, 1);
   CHECK(message([&] { mha.forward(ExecSpace(), make_input(Shape{1, 10, 16, 4}, 1)); }).find("query") !=
@@ -356,7 +356,7 @@ TEST_CASE("the standard causal attn_mask and a key padding mask are accepted", "
   Shape const s{2, 12, 16, 2};
   Config cfg;
   cfg.dna_update = false;
-  CausalGeneticMultiheadAttention mha(s.embed, s.heads, true, cfg);
+  CausalGeneticMultiheadAttention mha(ExecSpace(), s.embed, s.heads, true, cfg);
   BatchTensor x = make_input(s, 6);
   CausalGeneticMultiheadAttention::AttnMask causal("causal", s.tokens, s.tokens);
   auto hm = Kokkos::create_mirror_view(causal);

@@ -71,8 +71,8 @@ TEST_CASE("proteus matches upstream stage by stage on recorded vectors", "[parit
     long const B = f.attr_int("/parity", "batch"), T = f.attr_int("/parity", "tokens");
     long const n = B * T;
     int const E = cfg.embed_dim, H = cfg.num_heads, G = cfg.num_gates;
-    CausalGeneticMultiheadAttention model(cfg);
-    load_model(path, model);  // weights, DNA before the call, gate_to_head checked
+    CausalGeneticMultiheadAttention model(ExecSpace(), cfg);
+    load_model(space, path, model);  // weights, DNA before the call, gate_to_head checked
     Config const& rc = model.config();
 
     std::vector<float> xs;
@@ -170,8 +170,8 @@ TEST_CASE("where proteus departs from upstream on purpose, the difference is the
   TokenMatrix const x = to_device<TokenMatrix>("x", xs, T, E);
   // Output of a model with the file's weights and DNA at the given positions (p * stride + shift).
   auto output = [&](Config const& c, long stride, long shift) {
-    CausalGeneticMultiheadAttention m(c);
-    load_model(path, m);
+    CausalGeneticMultiheadAttention m(ExecSpace(), c);
+    load_model(space, path, m);
     std::vector<Position> at(T);
     for (long i = 0; i < T; ++i) at[i] = i * stride + shift;
     PositionVector const pos = to_device<PositionVector>("positions", at, T);

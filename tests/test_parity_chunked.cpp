@@ -151,8 +151,8 @@ TEST_CASE("upstream's chunked pipeline with frozen DNA: the same candidates in e
   REQUIRE(round_half_even(spec.chunk_keep_ratio * L) > f.attr_int("/chunked", "token_keep_min"));
 
   // Stage by stage, chunk by chunk: importance, token mask, nucleus candidates.
-  CausalGeneticMultiheadAttention scorer(chunk_scorer_config(deck));
-  load_model(recorded, scorer);
+  CausalGeneticMultiheadAttention scorer(ExecSpace(), chunk_scorer_config(deck.model, deck.pipeline));
+  load_model(space, recorded, scorer);
   Hdf5Source const source(recorded, "/chunked/x");
   std::vector<float> importance;
   std::vector<std::int32_t> token_mask;
@@ -175,7 +175,7 @@ TEST_CASE("upstream's chunked pipeline with frozen DNA: the same candidates in e
   }
 
   // The whole pipeline, from the deck: HDF5 source, chunks split over the ranks, global buffer.
-  RunSummary const run = run_pipeline(deck, MPI_COMM_WORLD);
+  RunSummary const run = run_pipeline(ExecSpace(), deck, MPI_COMM_WORLD);
   std::vector<std::int64_t> buffer;
   f.read("/chunked/frozen/buffer_positions", {hsize_t(spec.buffer_tokens)}, buffer);
   size_t offered = 0;
@@ -197,8 +197,8 @@ TEST_CASE("upstream's chunked pipeline with evolving DNA differs from ours only 
   int const G = deck.model.num_gates, E = deck.model.embed_dim;
   RecordedCandidates const theirs = recorded_candidates(f, "evolving");
   Hdf5Source const source(recorded, "/chunked/x");
-  CausalGeneticMultiheadAttention scorer(chunk_scorer_config(deck));
-  load_model(recorded, scorer);
+  CausalGeneticMultiheadAttention scorer(ExecSpace(), chunk_scorer_config(deck.model, deck.pipeline));
+  load_model(space, recorded, scorer);
 
   // Scored with the DNA upstream held at that chunk, every chunk gives upstream's candidates.
   for (long c = 0; c < chunks; ++c) {
@@ -214,7 +214,7 @@ TEST_CASE("upstream's chunked pipeline with evolving DNA differs from ours only 
   scorer.set_dna(space, start);
   RankState state;
   state.dna.reset(G, E);
-  run_chunks(space, scorer, source, spec, {0, chunks}, state, [](RankState const&) {});
+  run_chunks(space, scorer, source, ChunkGrid{source.tokens(), spec.chunk_tokens}, NucleusSpec{spec.top_p, spec.chunk_budget}, {0, chunks}, state, [](RankState const&) {});
   std::set<Position> const ours(state.candidates.positions.begin(), state.candidates.positions.end());
   long same = 0, total = 0;
   for (long c = 0; c < chunks; ++c) {
@@ -234,7 +234,7 @@ TEST_CASE("upstream's chunked pipeline with evolving DNA differs from ours only 
   RankState one;
   one.dna.reset(G, E);
   scorer.set_dna(space, start);
-  run_chunks(space, scorer, source, spec, {0, 1}, one, [](RankState const&) {});
+  run_chunks(space, scorer, source, ChunkGrid{source.tokens(), spec.chunk_tokens}, NucleusSpec{spec.top_p, spec.chunk_budget}, {0, 1}, one, [](RankState const&) {});
   DnaState const after = combine_dna(space, MPI_COMM_SELF, one.dna, start, deck.model.dna_decay);
   DnaState const upstream_after = recorded_dna(f, "evolving", 1, G, E);
   CHECK(scaled_error(to_host(after.prototypes), test::to_host_float(upstream_after.prototypes)) < 1e-4);

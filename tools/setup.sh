@@ -14,7 +14,7 @@ jobs=${JOBS:-$(nproc)}
 packages=(build-essential cmake git pkg-config
           libtrilinos-kokkos-dev libtrilinos-kokkos-kernels-dev
           libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
-          catch2 libcli11-dev python3 python3-h5py python3-matplotlib
+          catch2 libcli11-dev nlohmann-json3-dev python3 python3-h5py python3-matplotlib
           libopenblas0-serial)  # optimised BLAS behind Kokkos Kernels on CPUs (no threads: ranks are the parallelism)
 if [ "${PROTEUS_SKIP_APT:-0}" != 1 ]; then
   missing=()

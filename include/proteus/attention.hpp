@@ -12,7 +12,7 @@
 #include "proteus/shortlist.hpp"
 #include "proteus/types.hpp"
 
-namespace proteus {
+namespace proteus::detail {
 
 // Active rows grouped by head: rows are sorted by (batch*head, token). Only kept tokens have a
 // query: query row q of the call belongs to token row query_source(q) of x (b*T + t), in
@@ -61,4 +61,4 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const
             TokenVector const& value_bias, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
             TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count);
 
-}  // namespace proteus
+}  // namespace proteus::detail

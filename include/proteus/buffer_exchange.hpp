@@ -20,8 +20,8 @@ struct GlobalBuffer {
   size_t size() const { return positions.size(); }
 };
 
-// The same answer on every rank and for every rank count.
-GlobalBuffer select_global_buffer(MPI_Comm comm, Candidates const& local, long buffer_tokens);
+// The same answer on every rank and for every rank count (the keys are sorted on `space`).
+GlobalBuffer select_global_buffer(ExecSpace const& space, MPI_Comm comm, Candidates const& local, long buffer_tokens);
 
 // Rows of the buffer: each rank reads those in [own_begin, own_end) from the source and the ranks
 // gather them (host staging, MPI_Allgatherv); a generated source makes every row on every rank

@@ -11,8 +11,8 @@
 #include <mpi.h>
 
 #include "proteus/buffer_exchange.hpp"
+#include "proteus/chunk_grid.hpp"
 #include "proteus/chunk_pipeline.hpp"
-#include "proteus/deck.hpp"
 #include "proteus/multihead_attention.hpp"
 
 namespace proteus {
@@ -20,34 +20,36 @@ namespace proteus {
 inline constexpr int checkpoint_format_version = 1;
 
 struct CheckpointContent {
-  RunDeck const* deck = nullptr;
-  CausalGeneticMultiheadAttention const* model = nullptr;  // weights, gate map, DNA at run start
+  std::string deck_text;                   // the resolved input deck, stored for the record
+  CausalGeneticMultiheadAttention const* model = nullptr;  // config, weights, gate map, DNA at run start
+  ChunkGrid grid;                          // the sequence's chunk grid
+  bool collective_io = true;               // every rank writes its rows (parallel HDF5 builds)
   DnaState const* final_dna = nullptr;     // after the chunk stage (end of run), or null
   RankState const* state = nullptr;        // this rank's state (collective: every rank passes its own)
   GlobalBuffer const* buffer = nullptr;    // end of run, or null
-  std::vector<Position> const* needles = nullptr;  // planted needles (synthetic source), or null
-  long tokens = 0;
-  long chunks_total = 0;
+  std::vector<Position> const* needles = nullptr;  // needles of the source, or null
 };
 
-// Collective over comm. Writes `path` atomically (path + ".tmp", then rename on rank 0).
+// Collective over comm. Writes `path` atomically (a temporary name, renamed on rank 0).
 void write_checkpoint(std::string const& path, MPI_Comm comm, CheckpointContent const& content);
 
-// This rank's run state from a checkpoint written with the same rank count and deck shape.
-RankState read_rank_state(std::string const& path, MPI_Comm comm, RunDeck const& deck);
+// This rank's run state from a checkpoint written with the same rank count, chunk grid and model
+// shape (`model` is the resolved config of the run that resumes).
+RankState read_rank_state(std::string const& path, MPI_Comm comm, Config const& model, ChunkGrid const& grid);
 
 // Weights and DNA (prototypes, usage, confidence) from a checkpoint or weights file; shapes are
 // checked against the module's config. `dna_group` is "/dna" (run start) or "/dna_final".
-void load_model(std::string const& path, CausalGeneticMultiheadAttention& model,
+void load_model(ExecSpace const& space, std::string const& path, CausalGeneticMultiheadAttention& model,
                 std::string const& dna_group = "/dna");
 
 // Appends one DNA snapshot (prototypes, usage, confidence, tokens seen) to an extendible
 // time series in `path` (created if missing). Rank 0 only.
 void append_dna_snapshot(std::string const& path, DnaState const& dna, long tokens_seen);
 
-// The buffer pass outputs [S x E] with their positions, written atomically. Rank 0 only.
-void write_buffer_outputs(std::string const& path, GlobalBuffer const& buffer, std::vector<float> const& outputs,
-                          int embed_dim);
+// Outputs [n x E] of the tokens at `positions` (ascending), written atomically: the buffer pass's
+// (rank 0) and each rank's second-pass outputs. `description` is stored with the dataset.
+void write_outputs(std::string const& path, std::vector<Position> const& positions, std::vector<float> const& outputs,
+                   int embed_dim, std::string const& description);
 
 // Keeps the newest `keep` files of the form prefix*.h5 in dir.
 void prune_checkpoints(std::string const& dir, std::string const& prefix, int keep);

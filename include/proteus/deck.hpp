@@ -1,25 +1,17 @@
 // Input decks: INI-style sections ([model], [sequence], [pipeline], [checkpoint], [output]) read
 // with CLI11's config parser and checked against one registry of keys, which also writes
-// docs/input_deck.md. Errors name the file, line and key.
+// docs/input_deck.md. Errors name the file, line and key. The deck sits on top: only the
+// conductor (pipeline.cpp) and the drivers see a RunDeck; each stage gets its own spec or values.
 #pragma once
 
+#include <set>
 #include <string>
 #include <vector>
 
 #include "proteus/config.hpp"
+#include "proteus/sequence_source.hpp"
 
 namespace proteus {
-
-struct SequenceSpec {
-  std::string source = "synthetic";  // synthetic | hdf5
-  long tokens = 65536;
-  std::uint64_t seed = 7;
-  std::string file;                  // hdf5: file and dataset [T x E] of float32
-  std::string dataset = "embeddings";
-  int needles = 8;                   // synthetic: planted tokens close to a DNA prototype
-  double needle_similarity = 0.8;    // cosine similarity of a needle to its prototype
-  std::vector<long> needle_positions;  // empty: spread evenly (deterministic)
-};
 
 struct PipelineSpec {
   long chunk_tokens = 16384;
@@ -52,6 +44,7 @@ struct OutputSpec {
 
 struct RunDeck {
   std::string path;  // where it was read from
+  std::set<std::string> given;  // "section.key" of every key the deck or --set gave
   Config model;
   SequenceSpec sequence;
   PipelineSpec pipeline;

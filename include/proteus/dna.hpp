@@ -47,6 +47,20 @@ struct DnaStatistics {
 };
 void dna_statistics(ExecSpace const& space, TokenMatrix const& x, GateMatrix const& gate_probs,
                     DnaStatistics const& stats);
+// The EMA rule of one gate, one step: the device update below and the host chain of the chunk
+// stage (dna_chain.hpp) both call these, so the two cannot drift apart. A gate is updated when
+// the routed mass `count` exceeds 1e-6; usage and confidence decay on every step.
+KOKKOS_INLINE_FUNCTION bool dna_gate_hit(double count) { return count > 1e-6; }
+KOKKOS_INLINE_FUNCTION double dna_ema_prototype(double decay, double prototype, double sum, double count) {
+  return decay * prototype + (1.0 - decay) * sum / count;
+}
+KOKKOS_INLINE_FUNCTION double dna_ema_usage(double decay, double usage, double count) {
+  return decay * usage + (dna_gate_hit(count) ? (1.0 - decay) * count : 0.0);
+}
+KOKKOS_INLINE_FUNCTION double dna_ema_confidence(double decay, double confidence, double count) {
+  return decay * confidence + (dna_gate_hit(count) ? 1.0 - decay : 0.0);
+}
+
 // P[g] = d P[g] + (1-d) sums[g]/count[g] for count > 1e-6; usage, confidence decay and grow.
 // Returns the number of gates updated.
 int dna_ema_update(ExecSpace const& space, float decay, DnaStatistics const& stats,

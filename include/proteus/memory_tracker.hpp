@@ -4,7 +4,7 @@
 
 #include <string>
 
-namespace proteus {
+namespace proteus::detail {
 
 // Starts counting (idempotent). Allocations made before the first call are not seen.
 void track_memory();
@@ -16,4 +16,4 @@ void reset_peak_memory();
 // Allocations in that memory space so far (each is a device malloc and free on GPUs).
 long long allocation_count();
 
-}  // namespace proteus
+}  // namespace proteus::detail

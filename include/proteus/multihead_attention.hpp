@@ -8,10 +8,12 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "proteus/attention.hpp"
 #include "proteus/config.hpp"
 #include "proteus/dna.hpp"
+#include "proteus/gating.hpp"
 #include "proteus/projection.hpp"
 #include "proteus/shortlist.hpp"
 #include "proteus/types.hpp"
@@ -53,14 +55,43 @@ struct RoutingResult {
   long tokens_kept = 0;
 };
 
+namespace detail {
+// Scratch tensors a module keeps between calls of the same shape, so that repeated forwards
+// (and chunks) do not pay for allocation and first touch again.
+struct ModuleWorkspace {
+  GateMatrix router_probs, sim;
+  Routing routing;               // of the current call
+  MaskVector keep;
+  GateMatrix head_probs;         // [B*T x H]
+  MaskMatrix head_mask;
+  PositionVector positions;      // forward's, [B*T]
+  TokenMatrix kv;                // [B*T x 2E]
+  TokenMatrix q, ctx, gathered;  // [query rows of a block x E]
+  PositionVector kept_positions;
+  Kokkos::View<int*, MemSpace> candidate_count;
+  ActiveRowsBuffers rows;
+};
+
+// What one call decided before any attention (stages 1-4 and 6a): routing, kept tokens, active
+// heads, the shortlist plan and the DNA candidate lists.
+struct CallPlan {
+  RoutingResult routed;
+  MaskMatrix head_mask;   // [B*T x H]
+  ShortlistPlan shortlist;
+  bool every_head = false;  // every head of every kept token attends (dense, or alpha = 0)
+  CandidateLists dna_lists;
+};
+}  // namespace detail
+
 class CausalGeneticMultiheadAttention {
  public:
   using PaddingMask = Kokkos::View<std::uint8_t**, Kokkos::LayoutRight, MemSpace>;  // [B x T], 1 = pad
   using AttnMask = Kokkos::View<std::uint8_t**, Kokkos::LayoutRight, MemSpace>;     // [T x T], 1 = masked
 
-  CausalGeneticMultiheadAttention(int embed_dim, int num_heads, bool batch_first = true,
+  // Weights and DNA are initialised on `space` from config.seed.
+  CausalGeneticMultiheadAttention(ExecSpace const& space, int embed_dim, int num_heads, bool batch_first = true,
                                   Config config = {});
-  explicit CausalGeneticMultiheadAttention(Config const& config);
+  CausalGeneticMultiheadAttention(ExecSpace const& space, Config const& config);
 
   // query/key/value: [B, T, E] (batch_first) or [T, B, E]. Self-attention only: key and value
   // must be the query itself (or empty). attn_mask, if given, must be the standard causal mask.
@@ -92,25 +123,24 @@ class CausalGeneticMultiheadAttention {
   Weights weights_;
   DnaState dna_;
   IndexVector gate_to_head_;
-  // Scratch tensors kept between calls of the same shape, so that repeated forwards (and
-  // chunks) do not pay for allocation and first touch again.
-  struct Workspace {
-    GateMatrix router_probs, sim;
-    Routing routing;               // of the current call
-    MaskVector keep;
-    GateMatrix head_probs;         // [B*T x H]
-    MaskMatrix head_mask;
-    PositionVector positions;      // forward's, [B*T]
-    TokenMatrix kv;                // [B*T x 2E]
-    TokenMatrix q, ctx, gathered;  // [query rows of a block x E]
-    PositionVector kept_positions;
-    Kokkos::View<int*, MemSpace> candidate_count;
-    ActiveRowsBuffers rows;
-  };
-  mutable Workspace work_;
+  mutable detail::ModuleWorkspace work_;
   // Stages 1-3 into r.routing and r.keep, which must have one entry per row of x.
   void route_into(ExecSpace const& space, TokenMatrix const& x, int batch, RoutingResult& r) const;
+  // Stages 1-4 and 6a of one call, with their statistics in st.
+  detail::CallPlan plan_call(ExecSpace const& space, TokenMatrix const& x, int batch, RunOptions const& options,
+                             ForwardStats& st);
+  // Stages 5-7 for query rows [t0, t0 + len) of every batch row (K|V in work_.kv); returns the
+  // candidates summed over the block's active rows and marks the heads it used.
+  long attend_block(ExecSpace const& space, detail::CallPlan const& call, TokenMatrix const& x, int batch,
+                    PositionVector const& positions, TokenMatrix const& y, long t0, long len, ForwardStats& st,
+                    std::vector<bool>& used_heads);
 };
+
+// A module with `config` (its own token sparsity, alpha, DNA switches) that shares the weights
+// of `model` (copied) and starts from `dna`: the pipeline's chunk scorer, buffer pass and second
+// pass are each one of these.
+CausalGeneticMultiheadAttention model_like(ExecSpace const& space, CausalGeneticMultiheadAttention const& model,
+                                           Config const& config, DnaState const& dna);
 
 // Throws proteus::Error naming `name` if v holds NaN or Inf.
 void check_finite(ExecSpace const& space, TokenMatrix const& v, std::string const& name);

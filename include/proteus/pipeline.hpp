@@ -1,5 +1,7 @@
-// The main job: chunk stage on every rank -> DNA combine -> global buffer -> buffer pass, with
-// progress, checkpoints and a summary. Drivers call run_pipeline() and print the summary.
+// The main job, and the one place that reads the whole input deck: preflight -> chunk rounds on
+// every rank -> DNA join -> global buffer -> buffer pass -> second pass -> final checkpoint ->
+// summary. Each phase hands the stages only their own values (a Config, a ChunkGrid, a
+// SequenceSpec, a few numbers). Drivers call run_pipeline() and print the summary.
 #pragma once
 
 #include <optional>
@@ -9,6 +11,7 @@
 #include <mpi.h>
 
 #include "proteus/deck.hpp"
+#include "proteus/types.hpp"
 
 namespace proteus {
 
@@ -47,6 +50,16 @@ struct RunSummary {
 // Estimated peak memory of one rank in bytes (host; on GPUs, the device part is the same).
 double estimate_rank_bytes(RunDeck const& deck, long tokens, int ranks);
 
-RunSummary run_pipeline(RunDeck const& deck, MPI_Comm comm, std::optional<std::string> const& restart = {});
+// The three models the pipeline derives from the deck's [model], side by side:
+// the chunk scorer routes only (token sparsity at chunk_keep_ratio, DNA updates off: the chain
+// folds them); the buffer pass attends over the global buffer (token sparsity at
+// buffer_keep_ratio); the second pass gives every token an output (token sparsity off).
+Config chunk_scorer_config(Config const& model, PipelineSpec const& pipeline);
+Config buffer_pass_config(Config const& model, PipelineSpec const& pipeline);
+Config second_pass_config(Config const& model);
+
+// Runs the deck on every rank of comm (collective), from `restart` when given.
+RunSummary run_pipeline(ExecSpace const& space, RunDeck const& deck, MPI_Comm comm,
+                        std::optional<std::string> const& restart = {});
 
 }  // namespace proteus

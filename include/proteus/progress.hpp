@@ -5,7 +5,7 @@
 #include <chrono>
 #include <string>
 
-namespace proteus {
+namespace proteus::detail {
 
 class Progress {
  public:
@@ -26,4 +26,4 @@ class Progress {
 // "1h02m", "3m05s", "12.3s".
 std::string format_duration(double seconds);
 
-}  // namespace proteus
+}  // namespace proteus::detail

@@ -9,7 +9,7 @@
 
 #include "proteus/detail/kokkos_compat.hpp"
 
-namespace proteus {
+namespace proteus::detail {
 
 // SplitMix64 finaliser (Steele, Lea, Flood 2014): a bijective 64-bit mixer.
 KOKKOS_INLINE_FUNCTION std::uint64_t mix64(std::uint64_t z) {
@@ -50,4 +50,4 @@ enum RandomStream : std::uint64_t {
   stream_needles = 101,
 };
 
-}  // namespace proteus
+}  // namespace proteus::detail

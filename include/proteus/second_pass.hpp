@@ -7,7 +7,9 @@
 #include <string>
 
 #include "proteus/buffer_exchange.hpp"
-#include "proteus/chunk_pipeline.hpp"
+#include "proteus/chunk_grid.hpp"
+#include "proteus/multihead_attention.hpp"
+#include "proteus/sequence_source.hpp"
 
 namespace proteus {
 
@@ -16,11 +18,12 @@ struct SecondPassResult {
   double sum_of_squares = 0;  // of those outputs (a fingerprint; reduce over ranks)
 };
 
-// `model` must have token sparsity off. Writes this rank's outputs to `outputs_path` (rows in
+// Runs the chunks of `range` on `grid` with a local window of `window` tokens. `model` must have
+// token sparsity off (second_pass_config). Writes this rank's outputs to `outputs_path` (rows in
 // position order, atomically) when the path is not empty.
 SecondPassResult run_second_pass(ExecSpace const& space, CausalGeneticMultiheadAttention& model,
                                  SequenceSource const& source, GlobalBuffer const& buffer,
-                                 TokenMatrix const& buffer_tokens, PipelineSpec const& spec, ChunkRange range,
-                                 std::string const& outputs_path);
+                                 TokenMatrix const& buffer_tokens, ChunkGrid const& grid, long window,
+                                 ChunkRange range, std::string const& outputs_path);
 
 }  // namespace proteus

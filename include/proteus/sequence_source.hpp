@@ -1,17 +1,32 @@
 // Where the tokens of a long sequence come from: a synthetic generator (token t is a pure
 // function of (seed, t), so any rank makes its own slice on the device) with planted needles, or
-// an HDF5 dataset [T x E] of which each rank reads its own hyperslabs.
+// an HDF5 dataset [T x E] of which each rank reads its own hyperslabs. Reads SequenceSpec (the
+// deck's [sequence] section), writes token rows into device views.
 #pragma once
 
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "proteus/deck.hpp"
 #include "proteus/dna.hpp"
 #include "proteus/types.hpp"
 
 namespace proteus {
+
+namespace detail {
+class H5File;
+}
+
+struct SequenceSpec {
+  std::string source = "synthetic";  // synthetic | hdf5
+  long tokens = 65536;
+  std::uint64_t seed = 7;
+  std::string file;                  // hdf5: file and dataset [T x E] of float32
+  std::string dataset = "embeddings";
+  int needles = 8;                   // synthetic: planted tokens close to a DNA prototype
+  double needle_similarity = 0.8;    // cosine similarity of a needle to its prototype
+  std::vector<long> needle_positions;  // synthetic: empty = spread evenly; hdf5: facts to look for
+};
 
 class SequenceSource {
  public:
@@ -61,27 +76,33 @@ class SyntheticSource final : public SequenceSource {
   Kokkos::View<float**, Kokkos::LayoutRight, MemSpace> needle_dir_;  // [needles x E] unit rows
 };
 
-// HDF5 dataset of float32 [T x E]; the file is opened read-only by every rank.
+// HDF5 dataset of float32 [T x E]; the file is opened read-only by every rank. `needles` are
+// positions the user knows to matter (planted facts): the pipeline reports which reach the buffer.
 class Hdf5Source final : public SequenceSource {
  public:
-  Hdf5Source(std::string const& file, std::string const& dataset);
+  Hdf5Source(std::string const& file, std::string const& dataset, std::vector<Position> needles = {});
   ~Hdf5Source() override;
   long tokens() const override { return tokens_; }
   int embed_dim() const override { return embed_dim_; }
   void read(ExecSpace const& space, long begin, TokenMatrix const& out) const override;
   void read_rows(ExecSpace const& space, std::vector<Position> const& positions,
                  TokenMatrix const& out) const override;
+  std::vector<Position> needles() const override { return needles_; }
   bool host_resident() const override { return true; }
   void read_host(long begin, long rows, float* out) const override;
 
  private:
-  std::string file_, dataset_;
+  std::unique_ptr<detail::H5File> file_;
+  std::string dataset_;
   long tokens_ = 0;
   int embed_dim_ = 0;
-  long long file_id_ = -1, dataset_id_ = -1;
+  std::vector<Position> needles_;
 };
 
-// The source the deck asks for; `deck_dir` resolves a relative file name.
-std::unique_ptr<SequenceSource> make_source(RunDeck const& deck, DnaState const& dna);
+// The source `spec` asks for, with tokens of width embed_dim; a relative file name is taken
+// relative to `base_dir` (the deck's directory). The synthetic source plants its needles along
+// the prototypes of `dna`.
+std::unique_ptr<SequenceSource> make_source(SequenceSpec const& spec, int embed_dim, DnaState const& dna,
+                                            std::string const& base_dir);
 
 }  // namespace proteus

@@ -43,6 +43,16 @@ ShortlistPlan plan_shortlist(Config const& cfg, long tokens, double alpha);
 // A plan that makes every earlier row a candidate (exact causal attention).
 ShortlistPlan dense_plan(long tokens);
 
+// The plan of one forward call: plan_shortlist, switched to dense_plan when the length schedule
+// allows at least cfg.force_dense_threshold of the heads (head_fraction = K / H) and alpha < 0.95.
+// The switch looks only at the head fraction, never at the tokens themselves, so that it cannot
+// make earlier outputs depend on later tokens.
+ShortlistPlan plan_call_shortlist(Config const& cfg, long tokens, double alpha, double head_fraction);
+
+// alpha at or below the dense cutoff means every head of every kept token attends, whatever the
+// plan (also a plan given from outside, such as the second pass's window plan).
+inline bool attends_every_head(Config const& cfg, double alpha) { return alpha <= cfg.dense_alpha_cutoff; }
+
 // Per (batch row, query block) lists of DNA candidates: [batch * blocks x dna_cap], -1 padded;
 // an empty View when dna_cap == 0.
 using CandidateLists = Kokkos::View<Position**, Kokkos::LayoutRight, MemSpace>;

@@ -38,6 +38,19 @@ class H5File {
   template <class T>
   std::vector<hsize_t> read(std::string const& name, std::vector<hsize_t> const& expected_dims,
                             std::vector<T>& out) const;
+  // Dims and type class of a dataset ("dataset not found" when missing).
+  struct Shape {
+    std::vector<hsize_t> dims;
+    bool floating = false;
+  };
+  Shape shape(std::string const& name) const;
+  // Rows [first, first + rows) of the first dimension into out (row-major, converted to T).
+  template <class T>
+  void read_rows(std::string const& name, hsize_t first, hsize_t rows, T* out) const;
+  // Appends one row of shape row_dims to the extendible dataset [n x row_dims...] `name`, which
+  // is created (chunked by rows, unlimited first dimension) when missing. Returns the new n.
+  template <class T>
+  hsize_t append_row(std::string const& name, std::vector<hsize_t> const& row_dims, T const* data) const;
 
   void attr(std::string const& object, std::string const& name, long long value) const;
   void attr(std::string const& object, std::string const& name, double value) const;

@@ -1,11 +1,21 @@
-// The one seam between Kokkos 3.4 (Debian's Trilinos build) and Kokkos 4.x.
-// Nothing else in proteus may test KOKKOS_VERSION: add a wrapper here instead.
+// The one seam between Kokkos 3.4 (Debian's Trilinos build) and Kokkos 4.x, and between vendor
+// BLAS builds (cuBLAS math modes) and the rest. Nothing else in proteus may test KOKKOS_VERSION
+// or the vendor macros: add a wrapper here instead.
 #pragma once
 
 #include <Kokkos_Core.hpp>
 #include <Kokkos_Sort.hpp>
 #include <KokkosBlas2_gemv.hpp>
 #include <KokkosBlas3_gemm.hpp>
+#include <KokkosKernels_config.h>
+
+#include <string>
+
+// TF32 is cuBLAS's math mode on the handle Kokkos Kernels issues its GEMMs through.
+#if defined(KOKKOS_ENABLE_CUDA) && defined(KOKKOSKERNELS_ENABLE_TPL_CUBLAS)
+#include <KokkosBlas_tpl_spec.hpp>
+#define PROTEUS_HAVE_TF32 1
+#endif
 
 namespace proteus::detail {
 
@@ -87,5 +97,49 @@ using PinnedHostSpace = Kokkos::SharedHostPinnedSpace;
 #else
 using PinnedHostSpace = Kokkos::HostSpace;
 #endif
+
+// A profiling region for the lifetime of the object, so that Kokkos Tools (space-time stack,
+// NVTX connector) fold time by stage. Kokkos 4.x has Kokkos::Profiling::ScopedRegion; 3.4 has
+// only push/pop, which both versions keep, so this one class serves both.
+class ScopedRegion {
+ public:
+  explicit ScopedRegion(std::string const& name) { Kokkos::Profiling::pushRegion(name); }
+  ~ScopedRegion() { Kokkos::Profiling::popRegion(); }
+  ScopedRegion(ScopedRegion const&) = delete;
+  ScopedRegion& operator=(ScopedRegion const&) = delete;
+};
+
+// True where GEMMs can run with TF32 inputs on tensor cores (CUDA builds calling cuBLAS).
+inline bool tf32_gemm_available() {
+#ifdef PROTEUS_HAVE_TF32
+  return true;
+#else
+  return false;
+#endif
+}
+
+// Runs gemm() with cuBLAS's math mode set to TF32 and restores the previous mode afterwards (also
+// when gemm throws): cuBLAS reads the mode when a GEMM is issued, so the caller's other GEMMs
+// keep theirs. Returns false, running nothing, where TF32 is not available.
+template <class Gemm>
+bool with_tf32_math(Gemm&& gemm) {
+#ifdef PROTEUS_HAVE_TF32
+  cublasHandle_t const handle = KokkosBlas::Impl::CudaBlasSingleton::singleton().handle;
+  cublasMath_t saved = CUBLAS_DEFAULT_MATH;
+  if (cublasGetMathMode(handle, &saved) != CUBLAS_STATUS_SUCCESS ||
+      cublasSetMathMode(handle, CUBLAS_TF32_TENSOR_OP_MATH) != CUBLAS_STATUS_SUCCESS)
+    return false;
+  struct Restore {
+    cublasHandle_t handle;
+    cublasMath_t mode;
+    ~Restore() { cublasSetMathMode(handle, mode); }
+  } const restore{handle, saved};
+  gemm();
+  return true;
+#else
+  (void)gemm;
+  return false;
+#endif
+}
 
 }  // namespace proteus::detail
