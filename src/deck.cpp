@@ -163,8 +163,8 @@ std::vector<Key> const& registry() {
     k.push_back(key<std::uint64_t>("sequence", "seed", "", "seed of the synthetic tokens", REF(sequence.seed), 0, big));
     k.push_back(key<std::string>("sequence", "file", "path", "HDF5 file of the hdf5 source (relative to the deck)", REF(sequence.file)));
     k.push_back(key<std::string>("sequence", "dataset", "", "dataset [T x E] of float32 in that file", REF(sequence.dataset)));
-    k.push_back(key<int>("sequence", "needles", "tokens", "planted tokens close to a DNA prototype", REF(sequence.needles), 0, 1e7));
-    k.push_back(key<double>("sequence", "needle_similarity", "cosine", "cosine similarity of a needle to its prototype", REF(sequence.needle_similarity), 0, 1));
+    k.push_back(key<int>("sequence", "needles", "tokens", "synthetic source only: planted tokens close to a DNA prototype", REF(sequence.needles), 0, 1e7));
+    k.push_back(key<double>("sequence", "needle_similarity", "cosine", "synthetic source only: cosine similarity of a needle to its prototype", REF(sequence.needle_similarity), 0, 1));
     k.push_back(key<std::vector<long>>("sequence", "needle_positions", "tokens", "synthetic: needle positions, empty = spread evenly; hdf5: positions whose arrival in the buffer is reported", REF(sequence.needle_positions), 0, 4.0e9));
     // [pipeline]
     k.push_back(key<long>("pipeline", "chunk_tokens", "tokens", "tokens per chunk on the device", REF(pipeline.chunk_tokens), 16, 1 << 26));

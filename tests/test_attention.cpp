@@ -11,7 +11,7 @@
 #include "proteus/attention.hpp"
 #include "proteus/detail/softmax_state.hpp"
 #include "proteus/shortlist.hpp"
-#include "proteus_catch.hpp"
+#include "test_space.hpp"
 #include "reference.hpp"
 #include "shortlist_reference.hpp"
 
@@ -21,7 +21,7 @@ using detail::attend;
 using detail::compact_active_rows;
 using test::brute_candidates;
 
-TEST_CASE("shortlist attention equals softmax over the candidate set in double", "[shortlist][attention]") {
+PROTEUS_TEST_CASE("shortlist attention equals softmax over the candidate set in double", "[shortlist][attention]") {
   int const heads = 3, d = 8, batch = 2;
   long const T = 333;
   Config c;
@@ -82,16 +82,16 @@ TEST_CASE("shortlist attention equals softmax over the candidate set in double",
     Kokkos::deep_copy(out, ho);
     return out;
   };
-  ActiveRows rows = compact_active_rows(ExecSpace(), mask, keep, false, batch, T, 0, T);
+  ActiveRows rows = compact_active_rows(TEST_EXECSPACE(), mask, keep, false, batch, T, 0, T);
   long kept = 0;
   for (long r = 0; r < batch * T; ++r) kept += hk(r) ? 1 : 0;
   CHECK(rows.queries == kept);
   CHECK(kept < batch * T);  // some tokens are dropped, so query rows are compacted
   auto query_of = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rows.query_of);
-  CandidateLists lists = dna_candidate_lists(ExecSpace(), plan, sal, batch, T);
+  CandidateLists lists = dna_candidate_lists(TEST_EXECSPACE(), plan, sal, batch, T);
   TokenMatrix ctx("ctx", rows.queries, heads * d);
   Kokkos::View<int*, MemSpace> counts("counts", rows.rows);
-  attend(ExecSpace(), plan, kept_queries(rows), kv, TokenVector(), rows, lists, heads, ctx, counts);
+  attend(TEST_EXECSPACE(), plan, kept_queries(rows), kv, TokenVector(), rows, lists, heads, ctx, counts);
   auto hc = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), ctx);
 
   // The same rows a block of query tokens at a time (how the module bounds its memory): queries
@@ -100,10 +100,10 @@ TEST_CASE("shortlist attention equals softmax over the candidate set in double",
   long mismatched = 0, rows_in_blocks = 0;
   for (long t0 = 0; t0 < T; t0 += block) {
     long const len = std::min(block, T - t0);
-    ActiveRows const part = compact_active_rows(ExecSpace(), mask, keep, false, batch, T, t0, t0 + len);
+    ActiveRows const part = compact_active_rows(TEST_EXECSPACE(), mask, keep, false, batch, T, t0, t0 + len);
     TokenMatrix cb("cb", part.queries, e);
     rows_in_blocks += part.rows;
-    attend(ExecSpace(), plan, kept_queries(part), kv, TokenVector(), part, lists, heads, cb, Kokkos::View<int*, MemSpace>());
+    attend(TEST_EXECSPACE(), plan, kept_queries(part), kv, TokenVector(), part, lists, heads, cb, Kokkos::View<int*, MemSpace>());
     auto hb = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), cb);
     auto block_query = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), part.query_of);
     for (int b = 0; b < batch; ++b)
@@ -164,8 +164,8 @@ TEST_CASE("shortlist attention equals softmax over the candidate set in double",
   Kokkos::deep_copy(kv_biased, hkb);
   TokenMatrix by_attend("by_attend", rows.queries, e), by_values("by_values", rows.queries, e);
   Kokkos::View<int*, MemSpace> const no_counts;
-  attend(ExecSpace(), plan, kept_queries(rows), kv, vb, rows, lists, heads, by_attend, no_counts);
-  attend(ExecSpace(), plan, kept_queries(rows), kv_biased, TokenVector(), rows, lists, heads, by_values, no_counts);
+  attend(TEST_EXECSPACE(), plan, kept_queries(rows), kv, vb, rows, lists, heads, by_attend, no_counts);
+  attend(TEST_EXECSPACE(), plan, kept_queries(rows), kv_biased, TokenVector(), rows, lists, heads, by_values, no_counts);
   auto ha = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), by_attend);
   auto hv = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), by_values);
   double gap = 0.0;
@@ -187,7 +187,7 @@ TEST_CASE("shortlist attention equals softmax over the candidate set in double",
   CHECK(inactive_nonzero == 0);
 }
 
-TEST_CASE("at alpha = 1 every query sees the same candidate count at T = 4k and 64k", "[shortlist][linear]") {
+PROTEUS_TEST_CASE("at alpha = 1 every query sees the same candidate count at T = 4k and 64k", "[shortlist][linear]") {
   Config c;
   c.embed_dim = 8;
   c.num_heads = 1;
@@ -207,10 +207,10 @@ TEST_CASE("at alpha = 1 every query sees the same candidate count at T = 4k and 
     MaskVector keep("keep", T);
     Kokkos::deep_copy(mask, std::uint8_t(1));
     Kokkos::deep_copy(keep, std::uint8_t(1));
-    ActiveRows rows = compact_active_rows(ExecSpace(), mask, keep, false, 1, T, 0, T);
+    ActiveRows rows = compact_active_rows(TEST_EXECSPACE(), mask, keep, false, 1, T, 0, T);
     TokenMatrix ctx("ctx", T, 8);
     Kokkos::View<int*, MemSpace> counts("counts", rows.rows);
-    attend(ExecSpace(), plan, q, kv, TokenVector(), rows, CandidateLists("none", 1, 1), 1, ctx, counts);
+    attend(TEST_EXECSPACE(), plan, q, kv, TokenVector(), rows, CandidateLists("none", 1, 1), 1, ctx, counts);
     auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), counts);
     per_t.emplace_back(h.data(), h.data() + h.extent(0));
   }

@@ -10,7 +10,7 @@
 #include "proteus/detail/hdf5_io.hpp"
 #include "proteus/error.hpp"
 #include "proteus/sequence_source.hpp"
-#include "proteus_catch.hpp"
+#include "test_space.hpp"
 
 using namespace proteus;
 namespace fs = std::filesystem;
@@ -63,7 +63,7 @@ std::string make_checkpoint(std::string const& name, RunDeck const& d) {
 }
 }  // namespace
 
-TEST_CASE("a checkpoint round-trips the run state and the model", "[checkpoint]") {
+PROTEUS_TEST_CASE("a checkpoint round-trips the run state and the model", "[checkpoint]") {
   RunDeck const d = deck_for(tmp("ck"));
   std::string const path = make_checkpoint("roundtrip.h5", d);
   RankState const s = read_state(path, d);
@@ -77,16 +77,16 @@ TEST_CASE("a checkpoint round-trips the run state and the model", "[checkpoint]"
   CHECK(s.chunk_log[1].tokens_caught == 41);
   Config other = d.model;
   other.seed = 99;  // different initial weights, then loaded from the file
-  CausalGeneticMultiheadAttention loaded(ExecSpace(), other);
-  load_model(ExecSpace(), path, loaded);
-  CausalGeneticMultiheadAttention original(ExecSpace(), d.model);
+  CausalGeneticMultiheadAttention loaded(TEST_EXECSPACE(), other);
+  load_model(TEST_EXECSPACE(), path, loaded);
+  CausalGeneticMultiheadAttention original(TEST_EXECSPACE(), d.model);
   auto a = Kokkos::create_mirror_view_and_copy(HostSpace(), loaded.weights().qkv_weight);
   auto b = Kokkos::create_mirror_view_and_copy(HostSpace(), original.weights().qkv_weight);
   for (size_t i = 0; i < a.size(); ++i) REQUIRE(a.data()[i] == b.data()[i]);
   CHECK_FALSE(fs::exists(path + ".tmp"));
 }
 
-TEST_CASE("bad checkpoints give errors naming the file and dataset", "[checkpoint][errors]") {
+PROTEUS_TEST_CASE("bad checkpoints give errors naming the file and dataset", "[checkpoint][errors]") {
   RunDeck const d = deck_for(tmp("ck"));
   std::string const good = make_checkpoint("good.h5", d);
   CHECK(error_of([&] { read_state(tmp("missing.h5"), d); }) ==
@@ -99,7 +99,7 @@ TEST_CASE("bad checkpoints give errors naming the file and dataset", "[checkpoin
   // Not HDF5 at all.
   std::string const text = tmp("text.h5");
   std::ofstream(text) << "not hdf5";
-  CHECK(error_of([&] { load_model(ExecSpace(), text, *new CausalGeneticMultiheadAttention(ExecSpace(), d.model)); }) ==
+  CHECK(error_of([&] { load_model(TEST_EXECSPACE(), text, *new CausalGeneticMultiheadAttention(TEST_EXECSPACE(), d.model)); }) ==
         text + ": not a readable HDF5 file (truncated or corrupt?)");
   // Wrong format version, missing dataset, wrong shape, wrong type: edit copies of the good file.
   auto edited = [&](std::string const& name, auto&& edit) {
@@ -116,21 +116,21 @@ TEST_CASE("bad checkpoints give errors naming the file and dataset", "[checkpoin
   CHECK(error_of([&] { read_state(version, d); }).find("format_version 99 is not the supported 1") !=
         std::string::npos);
   std::string const missing = edited("missing_ds.h5", [](detail::H5File& f) { H5Ldelete(f.id(), "/dna/usage", H5P_DEFAULT); });
-  CausalGeneticMultiheadAttention model(ExecSpace(), d.model);
-  CHECK(error_of([&] { load_model(ExecSpace(), missing, model); }) == missing + ":/dna/usage: dataset is missing");
+  CausalGeneticMultiheadAttention model(TEST_EXECSPACE(), d.model);
+  CHECK(error_of([&] { load_model(TEST_EXECSPACE(), missing, model); }) == missing + ":/dna/usage: dataset is missing");
   std::string const shape = edited("shape.h5", [](detail::H5File& f) {
     H5Ldelete(f.id(), "/weights/out_bias", H5P_DEFAULT);
     std::vector<float> v(7, 0.f);
     f.write("/weights/out_bias", {7}, v.data());
   });
-  CHECK(error_of([&] { load_model(ExecSpace(), shape, model); }) ==
+  CHECK(error_of([&] { load_model(TEST_EXECSPACE(), shape, model); }) ==
         shape + ":/weights/out_bias: shape [7] does not match the expected [16] (0 = any)");
   std::string const type = edited("type.h5", [](detail::H5File& f) {
     H5Ldelete(f.id(), "/weights/out_bias", H5P_DEFAULT);
     std::vector<std::int32_t> v(16, 0);
     f.write("/weights/out_bias", {16}, v.data());
   });
-  CHECK(error_of([&] { load_model(ExecSpace(), type, model); }) ==
+  CHECK(error_of([&] { load_model(TEST_EXECSPACE(), type, model); }) ==
         type + ":/weights/out_bias: wrong type: expected floating point data");
   // A checkpoint from a different configuration.
   RunDeck wider = d;
@@ -152,7 +152,7 @@ TEST_CASE("a failed checkpoint write leaves the previous file untouched", "[chec
   fs::remove_all(path + ".tmp");
 }
 
-TEST_CASE("HDF5 sequence sources check file, dataset, rank and type", "[source][errors]") {
+PROTEUS_TEST_CASE("HDF5 sequence sources check file, dataset, rank and type", "[source][errors]") {
   std::string const path = tmp("tokens.h5");
   {
     detail::H5File f(path, "w");
@@ -168,12 +168,12 @@ TEST_CASE("HDF5 sequence sources check file, dataset, rank and type", "[source][
   CHECK(src.tokens() == 100);
   CHECK(src.embed_dim() == 16);
   TokenMatrix rows("rows", 3, 16);
-  src.read_rows(ExecSpace(), {2, 50, 99}, rows);
+  src.read_rows(TEST_EXECSPACE(), {2, 50, 99}, rows);
   auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), rows);
   CHECK(h(1, 3) == 50 * 16 + 3);
   CHECK(h(2, 15) == 99 * 16 + 15);
   TokenMatrix block("block", 10, 16);
-  src.read(ExecSpace(), 90, block);
+  src.read(TEST_EXECSPACE(), 90, block);
   auto hb = Kokkos::create_mirror_view_and_copy(HostSpace(), block);
   CHECK(hb(9, 0) == 99 * 16);
   CHECK(error_of([&] { Hdf5Source(tmp("nope.h5"), "x"); }) == tmp("nope.h5") + ": sequence file does not exist");

@@ -5,7 +5,7 @@
 
 #include "proteus/dna.hpp"
 #include "proteus/router.hpp"
-#include "proteus_catch.hpp"
+#include "test_space.hpp"
 #include "reference.hpp"
 
 using namespace proteus;
@@ -23,7 +23,7 @@ Config tiny_config() {
 }
 }  // namespace
 
-TEST_CASE("DNA similarity, blend and importance match a hand computation", "[dna]") {
+PROTEUS_TEST_CASE("DNA similarity, blend and importance match a hand computation", "[dna]") {
   Config const c = tiny_config();
   // Tokens: two aligned with prototype 0 and 2, one orthogonal to all, one opposite to proto 1.
   Matrix x = {{2, 0, 0, 0}, {0, 0, 1, 1}, {0, 0, 0, 3}, {0, -1, 0, 0}, {1, 1, 1, 1}};
@@ -43,10 +43,10 @@ TEST_CASE("DNA similarity, blend and importance match a hand computation", "[dna
   }
   TokenMatrix xd = test::to_device(x);
   GateMatrix rp("rp", T, G), sim("sim", T, G);
-  router_probabilities(ExecSpace(), xd, test::to_device(wr), rp);
-  dna_similarity(ExecSpace(), xd, dna.prototypes, sim);
+  router_probabilities(TEST_EXECSPACE(), xd, test::to_device(wr), rp);
+  dna_similarity(TEST_EXECSPACE(), xd, dna.prototypes, sim);
   Routing out = Routing::allocate(T, G);
-  hybrid_route(ExecSpace(), c, rp, sim, dna, out);
+  hybrid_route(TEST_EXECSPACE(), c, rp, sim, dna, out);
 
   Matrix gp = test::to_host_matrix(out.gate_probs), simh = test::to_host_matrix(sim);
   auto sal = test::to_host_vector(out.salience), beta = test::to_host_vector(out.beta),
@@ -101,7 +101,7 @@ TEST_CASE("DNA similarity, blend and importance match a hand computation", "[dna
   CHECK(caught == 4);  // only token 3 (opposite to every prototype) stays below theta
 }
 
-TEST_CASE("DNA EMA update matches the formula; gates with no mass are left alone", "[dna][ema]") {
+PROTEUS_TEST_CASE("DNA EMA update matches the formula; gates with no mass are left alone", "[dna][ema]") {
   int const G = 3, E = 2, T = 4;
   Matrix x = {{1, 2}, {3, -1}, {0, 4}, {-2, 1}};
   Matrix gp = {{0.5, 0.5, 0}, {0.25, 0.75, 0}, {1, 0, 0}, {0.1, 0.9, 0}};  // gate 2 gets nothing
@@ -111,8 +111,8 @@ TEST_CASE("DNA EMA update matches the formula; gates with no mass are left alone
   Kokkos::deep_copy(dna.usage, 2.0f);
   Kokkos::deep_copy(dna.confidence, 0.5f);
   DnaStatistics stats = DnaStatistics::allocate(G, E);
-  dna_statistics(ExecSpace(), test::to_device(x), test::to_device(gp), stats);
-  int const updated = dna_ema_update(ExecSpace(), 0.97f, stats, dna);
+  dna_statistics(TEST_EXECSPACE(), test::to_device(x), test::to_device(gp), stats);
+  int const updated = dna_ema_update(TEST_EXECSPACE(), 0.97f, stats, dna);
   CHECK(updated == 2);
   Matrix p = test::to_host_matrix(dna.prototypes);
   auto usage = test::to_host_vector(dna.usage), conf = test::to_host_vector(dna.confidence);
@@ -131,14 +131,14 @@ TEST_CASE("DNA EMA update matches the formula; gates with no mass are left alone
   }
 }
 
-TEST_CASE("without DNA the router decides alone", "[dna]") {
+PROTEUS_TEST_CASE("without DNA the router decides alone", "[dna]") {
   Config c = tiny_config();
   c.dna_enable = false;
   Matrix x = test::random_matrix(6, 4, 3);
   GateMatrix rp("rp", 6, 3);
-  router_probabilities(ExecSpace(), test::to_device(x), test::to_device(test::random_matrix(3, 4, 4)), rp);
+  router_probabilities(TEST_EXECSPACE(), test::to_device(x), test::to_device(test::random_matrix(3, 4, 4)), rp);
   Routing out = Routing::allocate(6, 3);
-  hybrid_route(ExecSpace(), c, rp, GateMatrix(), DnaState::allocate(3, 4), out);
+  hybrid_route(TEST_EXECSPACE(), c, rp, GateMatrix(), DnaState::allocate(3, 4), out);
   Matrix r = test::to_host_matrix(rp), g = test::to_host_matrix(out.gate_probs);
   CHECK(r == g);
   for (double b : test::to_host_vector(out.beta)) CHECK(b == 0.0);

@@ -6,13 +6,13 @@
 
 #include "proteus/error.hpp"
 #include "proteus/gating.hpp"
-#include "proteus_catch.hpp"
+#include "test_space.hpp"
 #include "reference.hpp"
 
 using namespace proteus;
 using test::Matrix;
 
-TEST_CASE("default gate_to_head is floor(g H / G); a custom map is kept", "[gating]") {
+PROTEUS_TEST_CASE("default gate_to_head is floor(g H / G); a custom map is kept", "[gating]") {
   Config c;
   c.embed_dim = 48;
   c.num_heads = 6;
@@ -35,7 +35,7 @@ TEST_CASE("default gate_to_head is floor(g H / G); a custom map is kept", "[gati
   for (int g = 0; g < 16; ++g) hm(g) = c.gate_to_head[g];
   Kokkos::deep_copy(map, hm);
   GateMatrix hp("hp", 9, 6);
-  head_probabilities(ExecSpace(), test::to_device(gp), map, hp);
+  head_probabilities(TEST_EXECSPACE(), test::to_device(gp), map, hp);
   Matrix h = test::to_host_matrix(hp);
   for (int t = 0; t < 9; ++t)
     for (int head = 0; head < 6; ++head) {
@@ -62,7 +62,7 @@ TEST_CASE("head schedule matches upstream's recorded counts", "[gating]") {
   CHECK(heads_for_length(c, 8192) == 2);
 }
 
-TEST_CASE("per-token head top-K with the nucleus rule equals a sort-based reference", "[gating]") {
+PROTEUS_TEST_CASE("per-token head top-K with the nucleus rule equals a sort-based reference", "[gating]") {
   int const T = 200, H = 8;
   for (bool per_token : {true, false})
     for (double alpha : {0.0, 0.4, 1.0}) {
@@ -80,9 +80,9 @@ TEST_CASE("per-token head top-K with the nucleus rule equals a sort-based refere
       auto hk = Kokkos::create_mirror_view(keep);
       for (int t = 0; t < T; ++t) hk(t) = t % 7 != 3;
       Kokkos::deep_copy(keep, hk);
-      HeadCount const hc = choose_head_count(ExecSpace(), c, T, alpha, hp);
+      HeadCount const hc = choose_head_count(TEST_EXECSPACE(), c, T, alpha, hp);
       MaskMatrix mask("mask", T, H);
-      long const pairs = select_heads(ExecSpace(), c, hp, hc, alpha, keep, mask);
+      long const pairs = select_heads(TEST_EXECSPACE(), c, hp, hc, alpha, keep, mask);
       auto hm = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), mask);
       long pairs_ref = 0;
       // Sequence-level nucleus reference: mean over tokens.
@@ -110,7 +110,7 @@ TEST_CASE("per-token head top-K with the nucleus rule equals a sort-based refere
     }
 }
 
-TEST_CASE("token top-n equals a full-sort reference, ties broken by position", "[gating]") {
+PROTEUS_TEST_CASE("token top-n equals a full-sort reference, ties broken by position", "[gating]") {
   int const B = 2;
   long const T = 1000;
   Config c;
@@ -130,7 +130,7 @@ TEST_CASE("token top-n equals a full-sort reference, ties broken by position", "
   Kokkos::deep_copy(dev, h);
   MaskVector keep("keep", B * T);
   double const alpha = 0.5;
-  long const kept = select_tokens(ExecSpace(), c, dev, B, T, alpha, keep);
+  long const kept = select_tokens(TEST_EXECSPACE(), c, dev, B, T, alpha, keep);
   auto hk = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), keep);
   long const n = tokens_to_keep(c, T, alpha);
   CHECK(n == std::lround(token_keep_ratio(c, T, alpha) * T));

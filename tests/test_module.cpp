@@ -7,7 +7,7 @@
 #include "proteus/error.hpp"
 #include "proteus/multihead_attention.hpp"
 #include "proteus/projection.hpp"
-#include "proteus_catch.hpp"
+#include "test_space.hpp"
 #include "reference.hpp"
 
 using namespace proteus;
@@ -58,15 +58,15 @@ Matrix dense_reference(CausalGeneticMultiheadAttention const& mha, Matrix const&
 
 }  // namespace
 
-TEST_CASE("alpha = 0 equals naive double-precision causal attention with RoPE", "[module][dense]") {
+PROTEUS_TEST_CASE("alpha = 0 equals naive double-precision causal attention with RoPE", "[module][dense]") {
   // Odd T, E not a power of two, B > 1; token sparsity off (the default).
   for (Shape s : {Shape{1, 37, 24, 3}, Shape{2, 65, 48, 4}, Shape{3, 129, 40, 5}, Shape{1, 200, 64, 8}}) {
     Config cfg;
     cfg.mode = AlphaMode::subquad;
     cfg.seed = 11;
-    CausalGeneticMultiheadAttention mha(ExecSpace(), s.embed, s.heads, true, cfg);
+    CausalGeneticMultiheadAttention mha(TEST_EXECSPACE(), s.embed, s.heads, true, cfg);
     BatchTensor x = make_input(s, 3 + s.tokens);
-    auto [y, stats] = mha.forward(ExecSpace(), x, x, x, {}, true);
+    auto [y, stats] = mha.forward(TEST_EXECSPACE(), x, x, x, {}, true);
     REQUIRE(stats.has_value());
     CHECK(stats->mode == "dense");
     CHECK(stats->alpha == 0.0);
@@ -78,7 +78,7 @@ TEST_CASE("alpha = 0 equals naive double-precision causal attention with RoPE", 
   }
 }
 
-TEST_CASE("outputs at or before t never depend on tokens after t, at every alpha", "[module][causal]") {
+PROTEUS_TEST_CASE("outputs at or before t never depend on tokens after t, at every alpha", "[module][causal]") {
   Shape const s{2, 300, 32, 4};
   for (float alpha : {0.0f, 0.3f, 0.7f, 1.0f}) {
     Config cfg;
@@ -91,7 +91,7 @@ TEST_CASE("outputs at or before t never depend on tokens after t, at every alpha
     cfg.use_dna_candidates = true;
     cfg.dna_update = false;
     cfg.seed = 5;
-    CausalGeneticMultiheadAttention mha(ExecSpace(), s.embed, s.heads, true, cfg);
+    CausalGeneticMultiheadAttention mha(TEST_EXECSPACE(), s.embed, s.heads, true, cfg);
     BatchTensor x = make_input(s, 21);
     BatchTensor changed = make_input(s, 21);
     long const cut = 150;
@@ -103,8 +103,8 @@ TEST_CASE("outputs at or before t never depend on tokens after t, at every alpha
           for (int e = 0; e < s.embed; ++e) h(b, t, e) = static_cast<float>(noise[b * s.tokens + t][e]);
       Kokkos::deep_copy(changed, h);
     }
-    auto [y1, st1] = mha.forward(ExecSpace(), x, {}, {}, {}, true);
-    auto [y2, st2] = mha.forward(ExecSpace(), changed, {}, {}, {}, true);
+    auto [y1, st1] = mha.forward(TEST_EXECSPACE(), x, {}, {}, {}, true);
+    auto [y2, st2] = mha.forward(TEST_EXECSPACE(), changed, {}, {}, {}, true);
     auto h1 = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), y1);
     auto h2 = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), y2);
     long same = 0, later_differs = 0;
@@ -121,15 +121,15 @@ TEST_CASE("outputs at or before t never depend on tokens after t, at every alpha
   }
 }
 
-TEST_CASE("batch_first true and false give the same numbers", "[module][layout]") {
+PROTEUS_TEST_CASE("batch_first true and false give the same numbers", "[module][layout]") {
   Shape const s{3, 50, 32, 4};
   Config cfg;
   cfg.seed = 2;
   cfg.dna_update = false;
-  CausalGeneticMultiheadAttention a(ExecSpace(), s.embed, s.heads, true, cfg);
-  CausalGeneticMultiheadAttention b(ExecSpace(), s.embed, s.heads, false, cfg);
-  auto [ya, sa] = a.forward(ExecSpace(), make_input(s, 8, true));
-  auto [yb, sb] = b.forward(ExecSpace(), make_input(s, 8, false));
+  CausalGeneticMultiheadAttention a(TEST_EXECSPACE(), s.embed, s.heads, true, cfg);
+  CausalGeneticMultiheadAttention b(TEST_EXECSPACE(), s.embed, s.heads, false, cfg);
+  auto [ya, sa] = a.forward(TEST_EXECSPACE(), make_input(s, 8, true));
+  auto [yb, sb] = b.forward(TEST_EXECSPACE(), make_input(s, 8, false));
   CHECK_FALSE(sa.has_value());
   for (int bb = 0; bb < s.batch; ++bb) CHECK(batch_row(ya, bb, true) == batch_row(yb, bb, false));
 }
@@ -151,19 +151,19 @@ Config short_windows(float alpha, std::uint64_t seed) {
 }
 }  // namespace
 
-TEST_CASE("query blocks bound memory without changing any output", "[module][blocks]") {
+PROTEUS_TEST_CASE("query blocks bound memory without changing any output", "[module][blocks]") {
   // Blocks of 3 x 19 query rows over a batch of 3 (ragged last block) against one block, at a
   // shortlist alpha and dense; the same kernels run on the same rows, so up to GEMM blocking the
   // outputs are the same.
   Shape const s{3, 200, 32, 4};
   for (float alpha : {0.0f, 0.6f}) {
     Config cfg = short_windows(alpha, 4);
-    CausalGeneticMultiheadAttention whole(ExecSpace(), s.embed, s.heads, true, cfg);
+    CausalGeneticMultiheadAttention whole(TEST_EXECSPACE(), s.embed, s.heads, true, cfg);
     cfg.query_block_rows = 3 * 19;
-    CausalGeneticMultiheadAttention blocked(ExecSpace(), s.embed, s.heads, true, cfg);
+    CausalGeneticMultiheadAttention blocked(TEST_EXECSPACE(), s.embed, s.heads, true, cfg);
     BatchTensor const x = make_input(s, 12);
-    auto [yw, sw] = whole.forward(ExecSpace(), x, {}, {}, {}, true);
-    auto [yb, sb] = blocked.forward(ExecSpace(), x, {}, {}, {}, true);
+    auto [yw, sw] = whole.forward(TEST_EXECSPACE(), x, {}, {}, {}, true);
+    auto [yb, sb] = blocked.forward(TEST_EXECSPACE(), x, {}, {}, {}, true);
     CHECK(sw->active_rows == sb->active_rows);
     CHECK(sw->mean_candidates == Approx(sb->mean_candidates).epsilon(1e-12));
     CHECK(sw->distinct_heads == sb->distinct_heads);
@@ -177,7 +177,7 @@ TEST_CASE("query blocks bound memory without changing any output", "[module][blo
   }
 }
 
-TEST_CASE("token sparsity: kept tokens output what the all-kept module gives, dropped ones the bias",
+PROTEUS_TEST_CASE("token sparsity: kept tokens output what the all-kept module gives, dropped ones the bias",
           "[module][sparse]") {
   // Keys are every token either way and a kept token's heads do not depend on the others being
   // kept, so a kept token's output is the same; only the query rows are compacted (gathered
@@ -188,15 +188,15 @@ TEST_CASE("token sparsity: kept tokens output what the all-kept module gives, dr
       Config cfg = short_windows(alpha, 9);
       cfg.bias = true;
       cfg.query_block_rows = block;
-      CausalGeneticMultiheadAttention every(ExecSpace(), s.embed, s.heads, true, cfg);
+      CausalGeneticMultiheadAttention every(TEST_EXECSPACE(), s.embed, s.heads, true, cfg);
       cfg.token_sparse = true;
       cfg.token_keep_ratio = 0.4f;
-      CausalGeneticMultiheadAttention sparse(ExecSpace(), s.embed, s.heads, true, cfg);
+      CausalGeneticMultiheadAttention sparse(TEST_EXECSPACE(), s.embed, s.heads, true, cfg);
       BatchTensor const x = make_input(s, 21);
-      auto [ye, se] = every.forward(ExecSpace(), x, {}, {}, {}, true);
-      auto [ys, ss] = sparse.forward(ExecSpace(), x, {}, {}, {}, true);
+      auto [ye, se] = every.forward(TEST_EXECSPACE(), x, {}, {}, {}, true);
+      auto [ys, ss] = sparse.forward(TEST_EXECSPACE(), x, {}, {}, {}, true);
       TokenMatrix const rows(x.data(), s.batch * s.tokens, s.embed);
-      auto keep = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), sparse.route(ExecSpace(), rows, s.batch).keep);
+      auto keep = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), sparse.route(TEST_EXECSPACE(), rows, s.batch).keep);
       auto bias = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), sparse.weights().out_bias);
       long kept = 0;
       double worst_kept = 0.0, worst_dropped = 0.0;
@@ -219,7 +219,7 @@ TEST_CASE("token sparsity: kept tokens output what the all-kept module gives, dr
     }
 }
 
-TEST_CASE("buffers kept between calls: one module over inputs of changing size gives a fresh module's outputs",
+PROTEUS_TEST_CASE("buffers kept between calls: one module over inputs of changing size gives a fresh module's outputs",
           "[module][workspace]") {
   // The module keeps its scratch (routing, masks, compacted rows, query rows) between calls and
   // reuses it whenever it is large enough: long, short, long again, with token sparsity and
@@ -228,14 +228,14 @@ TEST_CASE("buffers kept between calls: one module over inputs of changing size g
   cfg.token_sparse = true;
   cfg.token_keep_ratio = 0.5f;
   cfg.query_block_rows = 2 * 70;
-  CausalGeneticMultiheadAttention reused(ExecSpace(), 32, 4, true, cfg);
+  CausalGeneticMultiheadAttention reused(TEST_EXECSPACE(), 32, 4, true, cfg);
   int step = 0;
   for (Shape const s : {Shape{2, 260, 32, 4}, Shape{1, 90, 32, 4}, Shape{2, 301, 32, 4}}) {
     CAPTURE(step++);
-    CausalGeneticMultiheadAttention fresh(ExecSpace(), s.embed, s.heads, true, cfg);
+    CausalGeneticMultiheadAttention fresh(TEST_EXECSPACE(), s.embed, s.heads, true, cfg);
     BatchTensor const x = make_input(s, 30 + step);
-    auto [yr, sr] = reused.forward(ExecSpace(), x, {}, {}, {}, true);
-    auto [yf, sf] = fresh.forward(ExecSpace(), x, {}, {}, {}, true);
+    auto [yr, sr] = reused.forward(TEST_EXECSPACE(), x, {}, {}, {}, true);
+    auto [yf, sf] = fresh.forward(TEST_EXECSPACE(), x, {}, {}, {}, true);
     CHECK(sr->tokens_kept == sf->tokens_kept);
     CHECK(sr->active_rows == sf->active_rows);
     CHECK(sr->mean_candidates == sf->mean_candidates);
@@ -243,7 +243,7 @@ TEST_CASE("buffers kept between calls: one module over inputs of changing size g
   }
 }
 
-TEST_CASE("two runs with one seed are bit-identical, DNA included", "[module][determinism]") {
+PROTEUS_TEST_CASE("two runs with one seed are bit-identical, DNA included", "[module][determinism]") {
   Shape const s{2, 700, 32, 4};
   auto run_once = [&] {
     Config cfg;
@@ -252,10 +252,10 @@ TEST_CASE("two runs with one seed are bit-identical, DNA included", "[module][de
     cfg.token_keep_ratio = 0.5f;
     cfg.mode = AlphaMode::fixed;
     cfg.alpha = 0.6f;
-    CausalGeneticMultiheadAttention mha(ExecSpace(), s.embed, s.heads, true, cfg);
+    CausalGeneticMultiheadAttention mha(TEST_EXECSPACE(), s.embed, s.heads, true, cfg);
     BatchTensor x = make_input(s, 4);
-    mha.forward(ExecSpace(), x);
-    auto [y, st] = mha.forward(ExecSpace(), x);
+    mha.forward(TEST_EXECSPACE(), x);
+    auto [y, st] = mha.forward(TEST_EXECSPACE(), x);
     return std::make_pair(batch_row(y, 1), test::to_host_matrix(mha.dna().prototypes));
   };
   auto first = run_once();
@@ -264,7 +264,7 @@ TEST_CASE("two runs with one seed are bit-identical, DNA included", "[module][de
   CHECK(first.second == second.second);
 }
 
-TEST_CASE("TF32 projections choose what FP32 chooses and stay within TF32 rounding of it", "[module][tf32]") {
+PROTEUS_TEST_CASE("TF32 projections choose what FP32 chooses and stay within TF32 rounding of it", "[module][tf32]") {
   // Shapes large enough that cuBLAS takes its tensor-core kernels (T = 1024, E = 256).
   Shape const s{1, 1024, 256, 8};
   Config cfg;
@@ -275,7 +275,7 @@ TEST_CASE("TF32 projections choose what FP32 chooses and stay within TF32 roundi
     // Builds without cuBLAS refuse the option by name instead of silently computing in FP32.
     std::string what = "no error";
     try {
-      CausalGeneticMultiheadAttention(ExecSpace(), s.embed, s.heads, true, cfg);
+      CausalGeneticMultiheadAttention(TEST_EXECSPACE(), s.embed, s.heads, true, cfg);
     } catch (proteus::Error const& e) {
       what = e.what();
     }
@@ -294,9 +294,9 @@ TEST_CASE("TF32 projections choose what FP32 chooses and stay within TF32 roundi
     c.window = 48;
     Config f = c;
     f.tf32_projections = false;
-    CausalGeneticMultiheadAttention tf32(ExecSpace(), s.embed, s.heads, true, c), fp32(ExecSpace(), s.embed, s.heads, true, f);
-    auto [yt, st] = tf32.forward(ExecSpace(), x, {}, {}, {}, true);
-    auto [yf, sf] = fp32.forward(ExecSpace(), x, {}, {}, {}, true);
+    CausalGeneticMultiheadAttention tf32(TEST_EXECSPACE(), s.embed, s.heads, true, c), fp32(TEST_EXECSPACE(), s.embed, s.heads, true, f);
+    auto [yt, st] = tf32.forward(TEST_EXECSPACE(), x, {}, {}, {}, true);
+    auto [yf, sf] = fp32.forward(TEST_EXECSPACE(), x, {}, {}, {}, true);
     INFO((sparse ? "sparse shortlist" : "dense"));
     // Routing, token and head sparsity use FP32 GEMMs in both: the same work is selected.
     CHECK(st->mode == sf->mode);
@@ -318,7 +318,7 @@ TEST_CASE("TF32 projections choose what FP32 chooses and stay within TF32 roundi
   }
 }
 
-TEST_CASE("bad input gives a clear error naming the argument", "[module][errors]") {
+PROTEUS_TEST_CASE("bad input gives a clear error naming the argument", "[module][errors]") {
   auto message = [](auto&& f) {
     try {
       f();
@@ -327,50 +327,50 @@ TEST_CASE("bad input gives a clear error naming the argument", "[module][errors]
     }
     return std::string("no error");
   };
-  CHECK(message([] { CausalGeneticMultiheadAttention(ExecSpace(), 30, 4); }).find("embed_dim") != std::string::npos);
-  CHECK(message([] { CausalGeneticMultiheadAttention(ExecSpace(), 36, 4); }).find("RoPE") != std::string::npos);
+  CHECK(message([] { CausalGeneticMultiheadAttention(TEST_EXECSPACE(), 30, 4); }).find("embed_dim") != std::string::npos);
+  CHECK(message([] { CausalGeneticMultiheadAttention(TEST_EXECSPACE(), 36, 4); }).find("RoPE") != std::string::npos);
   Config bad_alpha;
   bad_alpha.alpha = 1.5f;
-  CHECK(message([&] { CausalGeneticMultiheadAttention(ExecSpace(), 32, 4, true, bad_alpha); }).find("alpha") !=
+  CHECK(message([&] { CausalGeneticMultiheadAttention(TEST_EXECSPACE(), 32, 4, true, bad_alpha); }).find("alpha") !=
         std::string::npos);
 
-  CausalGeneticMultiheadAttention mha(ExecSpace(), 32, 4);
+  CausalGeneticMultiheadAttention mha(TEST_EXECSPACE(), 32, 4);
   Shape const s{1, 10, 32, 4};
   BatchTensor x = make_input(s, 1);
-  CHECK(message([&] { mha.forward(ExecSpace(), make_input(Shape{1, 10, 16, 4}, 1)); }).find("query") !=
+  CHECK(message([&] { mha.forward(TEST_EXECSPACE(), make_input(Shape{1, 10, 16, 4}, 1)); }).find("query") !=
         std::string::npos);
   BatchTensor other = make_input(s, 2);
-  CHECK(message([&] { mha.forward(ExecSpace(), x, other, other); }).find("cross-attention") !=
+  CHECK(message([&] { mha.forward(TEST_EXECSPACE(), x, other, other); }).find("cross-attention") !=
         std::string::npos);
   auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), x);
   h(0, 3, 5) = std::nanf("");
   Kokkos::deep_copy(x, h);
-  CHECK(message([&] { mha.forward(ExecSpace(), x); }).find("query: contains 1 NaN") != std::string::npos);
+  CHECK(message([&] { mha.forward(TEST_EXECSPACE(), x); }).find("query: contains 1 NaN") != std::string::npos);
   CausalGeneticMultiheadAttention::AttnMask full("mask", 10, 10);
   Kokkos::deep_copy(full, std::uint8_t(1));
-  CHECK(message([&] { mha.forward(ExecSpace(), make_input(s, 1), {}, {}, {}, false, full); })
+  CHECK(message([&] { mha.forward(TEST_EXECSPACE(), make_input(s, 1), {}, {}, {}, false, full); })
             .find("attn_mask") != std::string::npos);
 }
 
-TEST_CASE("the standard causal attn_mask and a key padding mask are accepted", "[module][masks]") {
+PROTEUS_TEST_CASE("the standard causal attn_mask and a key padding mask are accepted", "[module][masks]") {
   Shape const s{2, 12, 16, 2};
   Config cfg;
   cfg.dna_update = false;
-  CausalGeneticMultiheadAttention mha(ExecSpace(), s.embed, s.heads, true, cfg);
+  CausalGeneticMultiheadAttention mha(TEST_EXECSPACE(), s.embed, s.heads, true, cfg);
   BatchTensor x = make_input(s, 6);
   CausalGeneticMultiheadAttention::AttnMask causal("causal", s.tokens, s.tokens);
   auto hm = Kokkos::create_mirror_view(causal);
   for (int i = 0; i < s.tokens; ++i)
     for (int j = 0; j < s.tokens; ++j) hm(i, j) = j > i;
   Kokkos::deep_copy(causal, hm);
-  auto [y0, s0] = mha.forward(ExecSpace(), x);
-  auto [y1, s1] = mha.forward(ExecSpace(), x, {}, {}, {}, false, causal);
+  auto [y0, s0] = mha.forward(TEST_EXECSPACE(), x);
+  auto [y1, s1] = mha.forward(TEST_EXECSPACE(), x, {}, {}, {}, false, causal);
   CHECK(batch_row(y0, 1) == batch_row(y1, 1));
   CausalGeneticMultiheadAttention::PaddingMask pad("pad", s.batch, s.tokens);
   auto hp = Kokkos::create_mirror_view(pad);
   for (int t = 0; t < s.tokens; ++t) hp(1, t) = 1;  // batch row 1 fully padded
   Kokkos::deep_copy(pad, hp);
-  auto [y2, s2] = mha.forward(ExecSpace(), x, {}, {}, pad);
+  auto [y2, s2] = mha.forward(TEST_EXECSPACE(), x, {}, {}, pad);
   for (auto const& row : batch_row(y2, 1))
     for (double v : row) CHECK(v == 0.0);
   CHECK(batch_row(y2, 0) == batch_row(y0, 0));

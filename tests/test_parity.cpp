@@ -18,7 +18,7 @@
 #include "proteus/multihead_attention.hpp"
 #include "proteus/shortlist.hpp"
 #include "parity_helpers.hpp"
-#include "proteus_catch.hpp"
+#include "test_space.hpp"
 
 using namespace proteus;
 using detail::H5File;
@@ -60,10 +60,10 @@ Config upstream_config(H5File const& f) {
 
 }  // namespace
 
-TEST_CASE("proteus matches upstream stage by stage on recorded vectors", "[parity]") {
+PROTEUS_TEST_CASE("proteus matches upstream stage by stage on recorded vectors", "[parity]") {
   std::vector<std::string> const files = parity_files();
   REQUIRE(files.size() >= 6);
-  ExecSpace space;
+  TEST_EXECSPACE space;
   for (std::string const& path : files) {
     INFO(path);
     H5File f(path, "r");
@@ -71,7 +71,7 @@ TEST_CASE("proteus matches upstream stage by stage on recorded vectors", "[parit
     long const B = f.attr_int("/parity", "batch"), T = f.attr_int("/parity", "tokens");
     long const n = B * T;
     int const E = cfg.embed_dim, H = cfg.num_heads, G = cfg.num_gates;
-    CausalGeneticMultiheadAttention model(ExecSpace(), cfg);
+    CausalGeneticMultiheadAttention model(TEST_EXECSPACE(), cfg);
     load_model(space, path, model);  // weights, DNA before the call, gate_to_head checked
     Config const& rc = model.config();
 
@@ -158,10 +158,10 @@ TEST_CASE("proteus matches upstream stage by stage on recorded vectors", "[parit
   }
 }
 
-TEST_CASE("where proteus departs from upstream on purpose, the difference is the intended one", "[parity]") {
+PROTEUS_TEST_CASE("where proteus departs from upstream on purpose, the difference is the intended one", "[parity]") {
   std::string const path = std::string(PROTEUS_PARITY_DIR) + "/e32_t4096_a03_dna.h5";
   H5File f(path, "r");
-  ExecSpace space;
+  TEST_EXECSPACE space;
   long const T = f.attr_int("/parity", "tokens");
   int const E = static_cast<int>(f.attr_int("/parity", "embed_dim"));
   std::vector<float> xs, ref;
@@ -170,7 +170,7 @@ TEST_CASE("where proteus departs from upstream on purpose, the difference is the
   TokenMatrix const x = to_device<TokenMatrix>("x", xs, T, E);
   // Output of a model with the file's weights and DNA at the given positions (p * stride + shift).
   auto output = [&](Config const& c, long stride, long shift) {
-    CausalGeneticMultiheadAttention m(ExecSpace(), c);
+    CausalGeneticMultiheadAttention m(TEST_EXECSPACE(), c);
     load_model(space, path, m);
     std::vector<Position> at(T);
     for (long i = 0; i < T; ++i) at[i] = i * stride + shift;

@@ -24,7 +24,7 @@
 #include "proteus/detail/hdf5_io.hpp"
 #include "proteus/pipeline.hpp"
 #include "proteus/sequence_source.hpp"
-#include "proteus_catch.hpp"
+#include "test_space.hpp"
 #include "scratch.hpp"
 
 using namespace proteus;
@@ -138,12 +138,12 @@ TokenMatrix chunk_tokens(ExecSpace const& space, Hdf5Source const& source, long 
 
 }  // namespace
 
-TEST_CASE("upstream's chunked pipeline with frozen DNA: the same candidates in every chunk and the same buffer",
+PROTEUS_TEST_CASE("upstream's chunked pipeline with frozen DNA: the same candidates in every chunk and the same buffer",
           "[parity][chunked]") {
   H5File f(recorded, "r");
   RunDeck const deck = upstream_deck(f, test::scratch("parity_chunked"));
   PipelineSpec const& spec = deck.pipeline;
-  ExecSpace space;
+  TEST_EXECSPACE space;
   long const T = f.attr_int("/chunked", "tokens"), L = spec.chunk_tokens;
   REQUIRE(T % L == 0);
   // Upstream's chunk model also keeps at least token_keep_min tokens (ours: no such floor); with
@@ -151,7 +151,7 @@ TEST_CASE("upstream's chunked pipeline with frozen DNA: the same candidates in e
   REQUIRE(round_half_even(spec.chunk_keep_ratio * L) > f.attr_int("/chunked", "token_keep_min"));
 
   // Stage by stage, chunk by chunk: importance, token mask, nucleus candidates.
-  CausalGeneticMultiheadAttention scorer(ExecSpace(), chunk_scorer_config(deck.model, deck.pipeline));
+  CausalGeneticMultiheadAttention scorer(TEST_EXECSPACE(), chunk_scorer_config(deck.model, deck.pipeline));
   load_model(space, recorded, scorer);
   Hdf5Source const source(recorded, "/chunked/x");
   std::vector<float> importance;
@@ -175,7 +175,7 @@ TEST_CASE("upstream's chunked pipeline with frozen DNA: the same candidates in e
   }
 
   // The whole pipeline, from the deck: HDF5 source, chunks split over the ranks, global buffer.
-  RunSummary const run = run_pipeline(ExecSpace(), deck, MPI_COMM_WORLD);
+  RunSummary const run = run_pipeline(TEST_EXECSPACE(), deck, MPI_COMM_WORLD);
   std::vector<std::int64_t> buffer;
   f.read("/chunked/frozen/buffer_positions", {hsize_t(spec.buffer_tokens)}, buffer);
   size_t offered = 0;
@@ -187,17 +187,17 @@ TEST_CASE("upstream's chunked pipeline with frozen DNA: the same candidates in e
                 test::world_size(), run.candidates, run.buffer_positions.size());
 }
 
-TEST_CASE("upstream's chunked pipeline with evolving DNA differs from ours only by the DNA schedule",
+PROTEUS_TEST_CASE("upstream's chunked pipeline with evolving DNA differs from ours only by the DNA schedule",
           "[parity][chunked]") {
   H5File f(recorded, "r");
   RunDeck const deck = upstream_deck(f, test::scratch("parity_chunked_evolving"));
   PipelineSpec const& spec = deck.pipeline;
-  ExecSpace space;
+  TEST_EXECSPACE space;
   long const T = f.attr_int("/chunked", "tokens"), L = spec.chunk_tokens, chunks = T / L;
   int const G = deck.model.num_gates, E = deck.model.embed_dim;
   RecordedCandidates const theirs = recorded_candidates(f, "evolving");
   Hdf5Source const source(recorded, "/chunked/x");
-  CausalGeneticMultiheadAttention scorer(ExecSpace(), chunk_scorer_config(deck.model, deck.pipeline));
+  CausalGeneticMultiheadAttention scorer(TEST_EXECSPACE(), chunk_scorer_config(deck.model, deck.pipeline));
   load_model(space, recorded, scorer);
 
   // Scored with the DNA upstream held at that chunk, every chunk gives upstream's candidates.

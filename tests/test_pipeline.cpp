@@ -14,7 +14,7 @@
 #include "proteus/pipeline.hpp"
 #include "proteus/sequence_source.hpp"
 #include "pipeline_deck.hpp"
-#include "proteus_catch.hpp"
+#include "test_space.hpp"
 #include "reference.hpp"
 #include "scratch.hpp"
 
@@ -88,13 +88,13 @@ double max_relative_gap(std::vector<float> const& a, std::vector<float> const& b
 
 }  // namespace
 
-TEST_CASE("rank count changes neither the buffer nor the outputs", "[pipeline][mpi]") {
+PROTEUS_TEST_CASE("rank count changes neither the buffer nor the outputs", "[pipeline][mpi]") {
   std::string const dir = scratch("ranks");
   RunDeck many = small_deck(dir + "/many");
-  RunSummary const s = run_pipeline(ExecSpace(), many, MPI_COMM_WORLD);
+  RunSummary const s = run_pipeline(TEST_EXECSPACE(), many, MPI_COMM_WORLD);
   if (world_rank() == 0) {
     RunDeck one = small_deck(dir + "/one");
-    RunSummary const r = run_pipeline(ExecSpace(), one, MPI_COMM_SELF);
+    RunSummary const r = run_pipeline(TEST_EXECSPACE(), one, MPI_COMM_SELF);
     CHECK(s.ranks == world_size());
     CHECK(s.buffer_positions == r.buffer_positions);  // identical positions
     CHECK(s.candidates == r.candidates);
@@ -116,7 +116,7 @@ TEST_CASE("rank count changes neither the buffer nor the outputs", "[pipeline][m
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
-TEST_CASE("collective and rank-0 checkpoint writes give the same file", "[pipeline][hdf5]") {
+PROTEUS_TEST_CASE("collective and rank-0 checkpoint writes give the same file", "[pipeline][hdf5]") {
   std::string const dir = scratch("collective");
   RunDeck together = small_deck(dir + "/together");
   together.checkpoint.interval_chunks = 3;
@@ -126,8 +126,8 @@ TEST_CASE("collective and rank-0 checkpoint writes give the same file", "[pipeli
   gathered.checkpoint.directory = dir + "/gathered/checkpoints";
   gathered.checkpoint.collective_io = false;
   gathered.output.directory = dir + "/gathered/out";
-  RunSummary const a = run_pipeline(ExecSpace(), together, MPI_COMM_WORLD);
-  RunSummary const b = run_pipeline(ExecSpace(), gathered, MPI_COMM_WORLD);
+  RunSummary const a = run_pipeline(TEST_EXECSPACE(), together, MPI_COMM_WORLD);
+  RunSummary const b = run_pipeline(TEST_EXECSPACE(), gathered, MPI_COMM_WORLD);
   if (world_rank() == 0) {
     std::vector<std::string> names;
     for (auto const& e : std::filesystem::directory_iterator(together.checkpoint.directory))
@@ -159,12 +159,12 @@ TEST_CASE("collective and rank-0 checkpoint writes give the same file", "[pipeli
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
-TEST_CASE("a restart from a checkpoint ends exactly where the uninterrupted run ends", "[pipeline][restart]") {
+PROTEUS_TEST_CASE("a restart from a checkpoint ends exactly where the uninterrupted run ends", "[pipeline][restart]") {
   std::string const dir = scratch("restart");
   RunDeck full = small_deck(dir + "/full");
   full.checkpoint.interval_chunks = 3;
   full.checkpoint.keep_last = 100;
-  RunSummary const a = run_pipeline(ExecSpace(), full, MPI_COMM_WORLD);
+  RunSummary const a = run_pipeline(TEST_EXECSPACE(), full, MPI_COMM_WORLD);
   // Resume from the first interval checkpoint, into other directories.
   std::string first;
   if (world_rank() == 0) {
@@ -178,7 +178,7 @@ TEST_CASE("a restart from a checkpoint ends exactly where the uninterrupted run 
   REQUIRE(first.find("checkpoint_000000003.h5") != std::string::npos);
   RunDeck resumed = small_deck(dir + "/resumed");
   resumed.checkpoint.interval_chunks = 3;
-  RunSummary const b = run_pipeline(ExecSpace(), resumed, MPI_COMM_WORLD, first);
+  RunSummary const b = run_pipeline(TEST_EXECSPACE(), resumed, MPI_COMM_WORLD, first);
   if (world_rank() == 0) {
     CHECK(b.resumed_from_chunk >= 0);
     CHECK(a.buffer_positions == b.buffer_positions);
@@ -188,7 +188,7 @@ TEST_CASE("a restart from a checkpoint ends exactly where the uninterrupted run 
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
-TEST_CASE("needles in a 1M-token haystack reach the buffer and a probe retrieves them", "[pipeline][needles]") {
+PROTEUS_TEST_CASE("needles in a 1M-token haystack reach the buffer and a probe retrieves them", "[pipeline][needles]") {
   std::string const dir = scratch("needles");
   RunDeck d;
   d.path = dir + "/deck.in";
@@ -205,7 +205,7 @@ TEST_CASE("needles in a 1M-token haystack reach the buffer and a probe retrieves
   d.checkpoint.at_end = false;
   d.output.directory = dir + "/out";
   d.output.progress_seconds = 1e6;
-  RunSummary const s = run_pipeline(ExecSpace(), d, MPI_COMM_WORLD);
+  RunSummary const s = run_pipeline(TEST_EXECSPACE(), d, MPI_COMM_WORLD);
   if (world_rank() != 0) return;
   INFO("needles found " << s.needles_found << " of " << s.needles << ", buffer " << s.buffer_positions.size());
   REQUIRE(s.needles == 16);
@@ -213,11 +213,11 @@ TEST_CASE("needles in a 1M-token haystack reach the buffer and a probe retrieves
 
   // A probe placed after the whole sequence, built so that each head's query (RoPE at its own
   // position) points at the needle's key (RoPE at the needle's original position).
-  CausalGeneticMultiheadAttention model(ExecSpace(), d.model);
+  CausalGeneticMultiheadAttention model(TEST_EXECSPACE(), d.model);
   SyntheticSource source(d.sequence, d.model.embed_dim, model.dna());
   std::vector<Position> buf(s.buffer_positions.begin(), s.buffer_positions.end());
   TokenMatrix xb("xb", buf.size(), d.model.embed_dim);
-  source.read_rows(ExecSpace(), buf, xb);
+  source.read_rows(TEST_EXECSPACE(), buf, xb);
   test::Matrix x = test::to_host_matrix(xb);
   auto const& w = model.weights();
   test::Matrix wqkv = test::to_host_matrix(w.qkv_weight);
@@ -282,16 +282,16 @@ TEST_CASE("needles in a 1M-token haystack reach the buffer and a probe retrieves
   WARN("mean attention weight of a probe on its needle: " << weight_sum / s.needle_positions.size());
 }
 
-TEST_CASE("an HDF5 sequence gives the same buffer as the same tokens generated", "[pipeline][hdf5]") {
+PROTEUS_TEST_CASE("an HDF5 sequence gives the same buffer as the same tokens generated", "[pipeline][hdf5]") {
   std::string const dir = scratch("hdf5");
   RunDeck synthetic = small_deck(dir + "/synthetic");
   // Write the synthetic tokens to a file [T x E] (rank 0), then read them back as the source.
   std::string const file = dir + "/tokens.h5";
   if (world_rank() == 0) {
-    CausalGeneticMultiheadAttention model(ExecSpace(), synthetic.model);
+    CausalGeneticMultiheadAttention model(TEST_EXECSPACE(), synthetic.model);
     SyntheticSource src(synthetic.sequence, synthetic.model.embed_dim, model.dna());
     TokenMatrix x("x", src.tokens(), src.embed_dim());
-    src.read(ExecSpace(), 0, x);
+    src.read(TEST_EXECSPACE(), 0, x);
     auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), x);
     detail::H5File f(file, "w");
     f.write("/embeddings", {static_cast<hsize_t>(src.tokens()), static_cast<hsize_t>(src.embed_dim())}, h.data());
@@ -300,14 +300,14 @@ TEST_CASE("an HDF5 sequence gives the same buffer as the same tokens generated",
   RunDeck from_file = small_deck(dir + "/file");
   from_file.sequence.source = "hdf5";
   from_file.sequence.file = file;
-  RunSummary const a = run_pipeline(ExecSpace(), synthetic, MPI_COMM_WORLD);
-  RunSummary const b = run_pipeline(ExecSpace(), from_file, MPI_COMM_WORLD);
+  RunSummary const a = run_pipeline(TEST_EXECSPACE(), synthetic, MPI_COMM_WORLD);
+  RunSummary const b = run_pipeline(TEST_EXECSPACE(), from_file, MPI_COMM_WORLD);
   // The file knows no needles, but the user can name the positions to look for (facts planted in
   // real data): here the synthetic run's needles, so recall must be the same.
   RunDeck named = small_deck(dir + "/named");
   named.sequence = from_file.sequence;
   named.sequence.needle_positions.assign(a.needle_positions.begin(), a.needle_positions.end());
-  RunSummary const c = run_pipeline(ExecSpace(), named, MPI_COMM_WORLD);
+  RunSummary const c = run_pipeline(TEST_EXECSPACE(), named, MPI_COMM_WORLD);
   if (world_rank() == 0) {
     CHECK(b.tokens == a.tokens);
     CHECK(b.buffer_positions == a.buffer_positions);

@@ -9,7 +9,7 @@
 #include "proteus/multihead_attention.hpp"
 #include "proteus/pipeline.hpp"
 #include "proteus/sequence_source.hpp"
-#include "proteus_catch.hpp"
+#include "test_space.hpp"
 #include "reference.hpp"
 #include "scratch.hpp"
 
@@ -70,7 +70,7 @@ RunDeck second_pass_deck(std::string const& dir, long window) {
 
 }  // namespace
 
-TEST_CASE("the second pass gives every token its window plus the earlier buffer", "[pipeline][second]") {
+PROTEUS_TEST_CASE("the second pass gives every token its window plus the earlier buffer", "[pipeline][second]") {
   std::string const dir = scratch("second");
   long const window = 48;
   auto deck = [&](std::string const& sub) {
@@ -79,24 +79,24 @@ TEST_CASE("the second pass gives every token its window plus the earlier buffer"
     d.model.linear_head_k = d.model.num_heads;
     return d;
   };
-  RunSummary const s = run_pipeline(ExecSpace(), deck("many"), MPI_COMM_WORLD);
+  RunSummary const s = run_pipeline(TEST_EXECSPACE(), deck("many"), MPI_COMM_WORLD);
   if (world_rank() != 0) return;
   RunDeck const one = deck("one");
-  RunSummary const r = run_pipeline(ExecSpace(), one, MPI_COMM_SELF);
+  RunSummary const r = run_pipeline(TEST_EXECSPACE(), one, MPI_COMM_SELF);
   CHECK(s.second_pass_tokens == s.tokens);
   CHECK(r.second_pass_tokens == r.tokens);
   CHECK(std::fabs(s.second_pass_norm - r.second_pass_norm) <= 1e-6 * r.second_pass_norm);
   check_rows_against_reference(one, r, window);
 }
 
-TEST_CASE("at alpha = 0 the second pass attends with every head, as the module does", "[pipeline][second][alpha0]") {
+PROTEUS_TEST_CASE("at alpha = 0 the second pass attends with every head, as the module does", "[pipeline][second][alpha0]") {
   std::string const dir = scratch("second_alpha0");  // collective
   if (world_rank() != 0) return;
   long const window = 48;
   RunDeck d = second_pass_deck(dir, window);
   d.model.mode = AlphaMode::fixed;  // alpha 0 with the default head schedule (K < H per token)
   d.model.alpha = 0.0f;
-  RunSummary const r = run_pipeline(ExecSpace(), d, MPI_COMM_SELF);
+  RunSummary const r = run_pipeline(TEST_EXECSPACE(), d, MPI_COMM_SELF);
   REQUIRE(r.second_pass_tokens == r.tokens);
   check_rows_against_reference(d, r, window);
 }

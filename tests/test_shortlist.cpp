@@ -11,7 +11,7 @@
 #include "proteus/attention.hpp"
 #include "proteus/detail/softmax_state.hpp"
 #include "proteus/shortlist.hpp"
-#include "proteus_catch.hpp"
+#include "test_space.hpp"
 #include "reference.hpp"
 #include "shortlist_reference.hpp"
 
@@ -74,7 +74,7 @@ TEST_CASE("alpha slides from dense to a fixed budget", "[shortlist][plan]") {
   CHECK(lin4k.anchor_cap == lin1m.anchor_cap);
 }
 
-TEST_CASE("candidate sets equal a brute-force construction of the same rule", "[shortlist][candidates]") {
+PROTEUS_TEST_CASE("candidate sets equal a brute-force construction of the same rule", "[shortlist][candidates]") {
   long const T = 700;
   Config c;
   c.embed_dim = 32;
@@ -95,7 +95,7 @@ TEST_CASE("candidate sets equal a brute-force construction of the same rule", "[
   for (double alpha : {0.2, 0.6, 1.0}) {
     ShortlistPlan const p = plan_shortlist(c, T, alpha);
     REQUIRE(p.dna_cap > 0);
-    auto lists = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), dna_candidate_lists(ExecSpace(), p, sal, 1, T));
+    auto lists = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), dna_candidate_lists(TEST_EXECSPACE(), p, sal, 1, T));
     for (long i = 0; i < T; ++i) {
       std::vector<long> got = kernel_rule_candidates(p, i, &lists(i / p.dna_block, 0));
       std::vector<long> sorted = got;

@@ -1,0 +1,85 @@
+// Stages 5 and 7: the Q/K/V and output projections (KokkosBlas GEMMs in torch.nn.Linear layout)
+// and the bias + RoPE pass, each against a double-precision reference on the host.
+#include <cmath>
+#include <vector>
+
+#include "proteus/projection.hpp"
+#include "proteus/rope.hpp"
+#include "reference.hpp"
+#include "test_space.hpp"
+
+using namespace proteus;
+using test::Matrix;
+
+namespace {
+
+Matrix rows_of(Matrix const& m, size_t first, size_t count) {
+  return Matrix(m.begin() + first, m.begin() + first + count);
+}
+
+// The largest |a - b| over every entry, relative to the largest |b|.
+double max_gap(Matrix const& a, Matrix const& b) {
+  double gap = 0.0, scale = 0.0;
+  for (size_t i = 0; i < a.size(); ++i)
+    for (size_t j = 0; j < a[i].size(); ++j) {
+      gap = std::max(gap, std::fabs(a[i][j] - b[i][j]));
+      scale = std::max(scale, std::fabs(b[i][j]));
+    }
+  return gap / std::max(scale, 1e-300);
+}
+
+}  // namespace
+
+PROTEUS_TEST_CASE("projections equal x W^T (+ b) in double", "[projection]") {
+  TEST_EXECSPACE space;
+  int const e = 48, gates = 8;
+  long const n = 37;
+  Weights const w = Weights::allocate(e, gates);
+  w.initialise(space, 11, true);
+  Matrix const x = test::random_matrix(n, e, 5);
+  Matrix const wqkv = test::to_host_matrix(w.qkv_weight), wout = test::to_host_matrix(w.out_weight);
+  TokenMatrix q("q", n, e), kv("kv", n, 2 * e), y("y", n, e);
+  project_q(space, test::to_device(x), w, q, GemmPrecision::fp32);
+  project_kv(space, test::to_device(x), w, kv, GemmPrecision::fp32);
+  project_output(space, test::to_device(x), w, y, GemmPrecision::fp32);
+  // FP32 sums of E = 48 products of O(1) terms: a few float roundoffs of the largest entry.
+  CHECK(max_gap(test::to_host_matrix(q), test::linear(x, rows_of(wqkv, 0, e), {})) < 1e-5);
+  CHECK(max_gap(test::to_host_matrix(kv), test::linear(x, rows_of(wqkv, e, 2 * e), {})) < 1e-5);
+  CHECK(max_gap(test::to_host_matrix(y), test::linear(x, wout, test::to_host_vector(w.out_bias))) < 1e-5);
+}
+
+PROTEUS_TEST_CASE("bias + RoPE rotates each head's pairs at the original position, in place", "[rope]") {
+  TEST_EXECSPACE space;
+  int const heads = 3, d = 8, e = heads * d;
+  long const n = 21;
+  double const base = 10000.0;
+  Matrix const m0 = test::random_matrix(n, 2 * e, 7);  // K | V
+  std::vector<double> const bias = test::random_matrix(1, e, 9)[0];
+  // Positions far from the row index, up to 10^7: the angle must keep its precision there.
+  PositionVector pos("pos", n);
+  auto hp = Kokkos::create_mirror_view(pos);
+  for (long i = 0; i < n; ++i) hp(i) = i == 0 ? 0 : 10000000 + 37 * i;
+  Kokkos::deep_copy(pos, hp);
+  TokenVector b("bias", e);
+  auto hb = Kokkos::create_mirror_view(b);
+  for (int j = 0; j < e; ++j) hb(j) = static_cast<float>(bias[j]);
+  Kokkos::deep_copy(b, hb);
+  for (bool rope : {true, false}) {
+    TokenMatrix m = test::to_device(m0);
+    bias_and_rope(space, m, b, pos, e, heads, 1, rope, base);
+    Matrix want = test::to_host_matrix(test::to_device(m0));  // the float-rounded input
+    for (long i = 0; i < n; ++i) {
+      for (int j = 0; j < e; ++j) want[i][j] += static_cast<float>(bias[j]);
+      if (rope)
+        for (int h = 0; h < heads; ++h) test::rope_inplace(&want[i][h * d], d, static_cast<double>(hp(i)), base);
+    }
+    Matrix const got = test::to_host_matrix(m);
+    INFO("rope " << rope);
+    CHECK(max_gap(got, want) < 2e-6);  // float storage of O(3) values
+    // V's half is left alone (its bias goes into the attention context).
+    double untouched = 0.0;
+    for (long i = 0; i < n; ++i)
+      for (int j = e; j < 2 * e; ++j) untouched = std::max(untouched, std::fabs(got[i][j] - float(m0[i][j])));
+    CHECK(untouched == 0.0);
+  }
+}
