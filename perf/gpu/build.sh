@@ -112,5 +112,5 @@ hdf5=()
 echo "== proteus -> $build/proteus"
 cmake -S "$root" -B "$build/proteus" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER="$compiler" \
   -DKokkos_ROOT="$kokkos_root" -DKokkosKernels_ROOT="$kokkos_root" \
-  -DCLI11_ROOT="$root/.gpu" -DCatch2_ROOT="$root/.gpu" "${hdf5[@]}" "${extra[@]}"
+  -DCLI11_ROOT="$root/.gpu" -Dnlohmann_json_ROOT="$root/.gpu" -DCatch2_ROOT="$root/.gpu" "${hdf5[@]}" "${extra[@]}"
 cmake --build "$build/proteus" -j "$jobs"
