@@ -27,6 +27,7 @@ struct Options {
   bool dna_update = false, token_sparse = false, profile = false, tf32 = false;
   double budget_seconds = 60.0;  // skip a row predicted to take longer than this
   std::string csv;
+  bool backward = false;
 };
 
 void fill(proteus::BatchTensor const& x, std::uint64_t seed) {
@@ -58,13 +59,15 @@ int main(int argc, char** argv) {
     app.add_flag("--tf32", o.tf32, "projection GEMMs on TF32 tensor cores (CUDA + cuBLAS builds)");
     app.add_option("--budget", o.budget_seconds, "skip rows predicted to take longer (s)");
     app.add_option("--csv", o.csv, "write the table as CSV here");
+    app.add_flag("--backward", o.backward,
+                  "time a training step of the module: run_training + backward (dy = 1e-3), instead of forward");
     app.add_flag("--profile", o.profile, "time every Kokkos kernel of the timed runs (adds fences)");
     CLI11_PARSE(app, argc, argv);
     proteus::detail::track_memory();
     if (o.profile) proteus::perf::install_kernel_timer();
-    std::printf("# proteus %s (%s), %s, E=%d H=%d B=%d, dna_update=%d token_sparse=%d tf32=%d\n",
+    std::printf("# proteus %s (%s), %s, E=%d H=%d B=%d, dna_update=%d token_sparse=%d tf32=%d%s\n",
                 PROTEUS_VERSION_STRING, PROTEUS_GIT_COMMIT, proteus::ExecSpace::name(), o.embed, o.heads, o.batch,
-                o.dna_update, o.token_sparse, o.tf32);
+                o.dna_update, o.token_sparse, o.tf32, o.backward ? ", training step (forward + backward)" : "");
     std::printf("%9s %6s %10s %4s %8s %12s %12s %10s %10s %6s\n", "T", "alpha", "mode", "K", "L", "median_ms",
                 "tokens_per_s", "peak_MB", "cand/row", "kept");
     std::ofstream csv;
@@ -98,12 +101,36 @@ int main(int argc, char** argv) {
         proteus::CausalGeneticMultiheadAttention mha(proteus::ExecSpace(), o.embed, o.heads, true, cfg);
         std::vector<double> times;
         proteus::ForwardStats st;
+        // Training step buffers (allocated once, outside the timed calls).
+        long const n = static_cast<long>(o.batch) * T;
+        proteus::TokenMatrix const xt(x.data(), n, o.embed);
+        proteus::TokenMatrix yt, dy, dx;
+        proteus::PositionVector positions;
+        proteus::Gradients grads;
+        if (o.backward) {
+          yt = proteus::TokenMatrix("bench::y", n, o.embed);
+          dy = proteus::TokenMatrix("bench::dy", n, o.embed);
+          dx = proteus::TokenMatrix("bench::dx", n, o.embed);
+          Kokkos::deep_copy(dy, 1e-3f);
+          positions = proteus::PositionVector("bench::positions", n);
+          Kokkos::parallel_for(
+              "bench::positions", Kokkos::RangePolicy<proteus::ExecSpace>(0, n),
+              KOKKOS_LAMBDA(long r) { positions(r) = r % T; });
+          grads = proteus::Gradients::allocate(o.embed, mha.config().num_gates);
+        }
         long long allocations = 0;  // over the timed calls
         for (int i = 0; i < o.warmup + o.repeat; ++i) {
           proteus::perf::untimed_fence();
           long long const allocated = proteus::detail::allocation_count();
           auto const t0 = std::chrono::steady_clock::now();
-          auto [y, stats] = mha.forward(proteus::ExecSpace(), x, {}, {}, {}, true);
+          std::optional<proteus::ForwardStats> stats;
+          if (o.backward) {
+            proteus::TrainingState state;
+            stats = mha.run_training(proteus::ExecSpace(), xt, o.batch, positions, yt, state);
+            mha.backward(proteus::ExecSpace(), state, dy, dx, grads);
+          } else {
+            stats = mha.forward(proteus::ExecSpace(), x, {}, {}, {}, true).second;
+          }
           proteus::perf::untimed_fence();
           double const s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
           if (i >= o.warmup) {

@@ -292,6 +292,26 @@ void routing_statistics(ExecSpace const& space, Routing const& rt, ForwardStats&
   st.tokens_caught = static_cast<long>(std::lround(sums.caught));
 }
 
+// The forward's choices, copied out of the module's reusable buffers into `state`.
+void keep_for_backward(ExecSpace const& space, detail::CallPlan const& call, TokenMatrix const& x, int batch,
+                       PositionVector const& positions, long row_begin, long row_end, TrainingState& state) {
+  state.x = x;
+  state.positions = positions;
+  state.batch = batch;
+  state.row_begin = row_begin;
+  state.row_end = row_end;
+  MaskVector const& keep = call.routed.keep;
+  state.keep = MaskVector(Kokkos::view_alloc("proteus::training::keep", Kokkos::WithoutInitializing), keep.extent(0));
+  state.head_mask = MaskMatrix(Kokkos::view_alloc("proteus::training::head_mask", Kokkos::WithoutInitializing),
+                               call.head_mask.extent(0), call.head_mask.extent(1));
+  Kokkos::deep_copy(space, state.keep, keep);
+  Kokkos::deep_copy(space, state.head_mask, call.head_mask);
+  state.plan = call.shortlist;
+  state.every_head = call.every_head;
+  state.dna_lists = call.dna_lists;
+  state.ready = true;
+}
+
 }  // namespace
 
 long CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detail::CallPlan const& call,
@@ -348,6 +368,18 @@ long CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
 ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenMatrix const& x, int batch,
                                                   PositionVector const& positions, TokenMatrix const& y,
                                                   RunOptions const& options) {
+  return run_impl(space, x, batch, positions, y, options, nullptr);
+}
+
+ForwardStats CausalGeneticMultiheadAttention::run_training(ExecSpace const& space, TokenMatrix const& x, int batch,
+                                                           PositionVector const& positions, TokenMatrix const& y,
+                                                           TrainingState& state, RunOptions const& options) {
+  return run_impl(space, x, batch, positions, y, options, &state);
+}
+
+ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, TokenMatrix const& x, int batch,
+                                                       PositionVector const& positions, TokenMatrix const& y,
+                                                       RunOptions const& options, TrainingState* state) {
   Config const& c = config_;
   long const n = static_cast<long>(x.extent(0));
   require(batch > 0 && n % batch == 0, "batch", "token rows are not a multiple of the batch size");
@@ -363,6 +395,7 @@ ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenM
   st.batch = batch;
   st.tokens = tokens;
   detail::CallPlan const call = plan_call(space, x, batch, options, st);
+  if (state) keep_for_backward(space, call, x, batch, positions, options.row_begin, row_end, *state);
   {
     // Keys and values of every token; queries, context and output projection a block of tokens
     // at a time (the only [N x E] buffers that live through the call are x, K|V and y).

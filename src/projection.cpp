@@ -95,4 +95,38 @@ void project_output(ExecSpace const& space, TokenMatrix const& ctx, Weights cons
   add_bias(space, y, w.out_bias, "proteus::projection::out_bias");
 }
 
+void project_output_backward(ExecSpace const& space, TokenMatrix const& ctx, TokenMatrix const& dy, Weights const& w,
+                             TokenMatrix const& dctx, Gradients const& grads) {
+  detail::gemm(space, "N", "N", 1.0f, dy, w.out_weight, 0.0f, dctx);
+  detail::gemm(space, "T", "N", 1.0f, dy, ctx, 0.0f, grads.out_weight);
+}
+
+void project_q_backward(ExecSpace const& space, TokenMatrix const& xq, TokenMatrix const& dq, Weights const& w,
+                        TokenMatrix const& dxq, Gradients const& grads) {
+  long const e = static_cast<long>(w.out_weight.extent(0));
+  TokenMatrix const wq = Kokkos::subview(w.qkv_weight, std::make_pair(0L, e), Kokkos::ALL);
+  TokenMatrix const gq = Kokkos::subview(grads.qkv_weight, std::make_pair(0L, e), Kokkos::ALL);
+  detail::gemm(space, "N", "N", 1.0f, dq, wq, 0.0f, dxq);
+  detail::gemm(space, "T", "N", 1.0f, dq, xq, 0.0f, gq);
+}
+
+void project_kv_backward(ExecSpace const& space, TokenMatrix const& x, TokenMatrix const& dkv, Weights const& w,
+                         TokenMatrix const& dx, Gradients const& grads) {
+  long const e = static_cast<long>(w.out_weight.extent(0));
+  TokenMatrix const wkv = Kokkos::subview(w.qkv_weight, std::make_pair(e, 3 * e), Kokkos::ALL);
+  TokenMatrix const gkv = Kokkos::subview(grads.qkv_weight, std::make_pair(e, 3 * e), Kokkos::ALL);
+  detail::gemm(space, "N", "N", 1.0f, dkv, wkv, 0.0f, dx);
+  detail::gemm(space, "T", "N", 1.0f, dkv, x, 0.0f, gkv);
+}
+
+void column_sums(ExecSpace const& space, TokenMatrix const& m, TokenVector const& out) {
+  long const rows = static_cast<long>(m.extent(0));
+  Kokkos::parallel_for(
+      "proteus::projection::column_sums", Kokkos::RangePolicy<ExecSpace>(space, 0, m.extent(1)), KOKKOS_LAMBDA(long j) {
+        float s = 0.0f;
+        for (long r = 0; r < rows; ++r) s += m(r, j);
+        out(j) = s;
+      });
+}
+
 }  // namespace proteus

@@ -41,4 +41,27 @@ void bias_and_rope(ExecSpace const& space, TokenMatrix const& m, TokenVector con
       });
 }
 
+void rope_backward(ExecSpace const& space, TokenMatrix const& g, PositionVector const& positions, int embed,
+                   int heads, int rotated, bool rope, double base) {
+  if (!rope || rotated <= 0) return;  // bias only: its gradient passes through unchanged
+  long const rows = static_cast<long>(g.extent(0));
+  int const d = embed / heads;
+  int const pairs = d / 2;
+  double const two_pi = 6.283185307179586;
+  // The transpose of the forward's rotation: the same angle, turned the other way.
+  detail::for_each_element(
+      space, "proteus::rope::backward", rows, pairs, KOKKOS_LAMBDA(long row, long i) {
+        double angle = static_cast<double>(positions(row)) * km::pow(base, -2.0 * static_cast<double>(i) / d);
+        angle -= two_pi * km::floor(angle / two_pi);
+        float const cs = static_cast<float>(km::cos(angle)), sn = static_cast<float>(km::sin(angle));
+        for (int part = 0; part < rotated; ++part)
+          for (int h = 0; h < heads; ++h) {
+            int const col = part * embed + h * d + 2 * static_cast<int>(i);
+            float const g0 = g(row, col), g1 = g(row, col + 1);
+            g(row, col) = g0 * cs + g1 * sn;
+            g(row, col + 1) = g1 * cs - g0 * sn;
+          }
+      });
+}
+
 }  // namespace proteus

@@ -108,3 +108,39 @@ PROTEUS_TEST_CASE("candidate sets equal a brute-force construction of the same r
     }
   }
 }
+
+TEST_CASE("candidate_piece names exactly the candidates for_each_candidate lists, with a global prefix too",
+          "[shortlist][candidates][backward]") {
+  // The backward walks candidate sets from the key side and keeps a (row, key) pair only under
+  // its piece: each candidate must have exactly one piece, and nothing else may have one.
+  long const T = 300;
+  Config c;
+  c.embed_dim = 32;
+  c.num_heads = 2;
+  c.linear_L = 40;
+  c.L_min = 8;
+  c.window = 12;
+  c.anchor_stride = 5;
+  c.use_dna_candidates = true;
+  c = c.resolved();
+  std::vector<Position> list = {3, 70, 71, 150, 2, -1};  // a block's DNA list, -1 ends it
+  for (long prefix : {0L, 17L}) {
+    ShortlistPlan p = plan_shortlist(c, T, 0.8);
+    p.prefix = prefix;
+    p.local_floor = prefix;
+    REQUIRE(p.anchor_cap > 0);
+    REQUIRE(p.dna_cap > 0);
+    std::vector<Position> dna(list.begin(), list.begin() + std::min<long>(p.dna_cap, list.size()));
+    dna.resize(p.dna_cap, -1);
+    for (long i = prefix; i < T; ++i) {  // the global rows themselves are never queries
+      std::vector<int> times(T, 0);
+      for_each_candidate(p, i, dna.data(), [&](long j) { ++times[j]; });
+      for (long j = 0; j < T; ++j) {
+        INFO("prefix " << prefix << ", row " << i << ", key " << j);
+        int const piece = candidate_piece(p, i, j, dna.data());
+        CHECK((piece != piece_none) == (times[j] == 1));
+        CHECK(times[j] <= 1);
+      }
+    }
+  }
+}

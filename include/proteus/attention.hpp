@@ -61,4 +61,14 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const
             TokenVector const& value_bias, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
             TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count);
 
+// Backward of attend for the same rows, plan and lists (what forward chose is a constant here).
+// dctx [queries x E] is the gradient of the context rows (columns of inactive heads are not
+// read); q, kv as in attend. Writes dq [queries x E] (zero in inactive heads' columns), dkv
+// [B*T x 2E] (gradients of every token's keys | values, zero where no row used them) and
+// dvalue_bias [E] (may be empty). Deterministic: every output element is summed by one thread in
+// a fixed order (rows walk their candidates; keys walk the rows that chose them), no atomics.
+void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
+                     ActiveRows const& rows, CandidateLists const& dna_lists, int heads, TokenMatrix const& dctx,
+                     TokenMatrix const& dq, TokenMatrix const& dkv, TokenVector const& dvalue_bias);
+
 }  // namespace proteus::detail

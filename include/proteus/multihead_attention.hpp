@@ -47,6 +47,24 @@ struct RunOptions {
   std::optional<ShortlistPlan> plan;  // replaces the alpha budget law (e.g. the second pass)
 };
 
+// What a training forward keeps for its backward. x and positions are references: the caller keeps
+// them alive and unchanged until the backward. What the forward chose (kept tokens, active heads,
+// the shortlist plan, DNA candidate lists) is a constant of the backward, as a top-k is in
+// autograd; keys, values, queries and contexts are recomputed (cheaper than keeping them: see
+// docs/training.md). Held beyond x: N bytes of keep mask, N*H of head mask, the DNA lists.
+struct TrainingState {
+  TokenMatrix x;            // [B*T x E]
+  PositionVector positions; // [B*T]
+  int batch = 0;
+  long row_begin = 0, row_end = 0;
+  MaskVector keep;          // [B*T] (a copy: the module's own buffers are reused by later calls)
+  MaskMatrix head_mask;     // [B*T x H] (a copy)
+  ShortlistPlan plan;
+  bool every_head = false;
+  CandidateLists dna_lists;
+  bool ready = false;       // set by run_training, cleared by backward: one backward per forward
+};
+
 // Routing of a block of tokens without attention (what the chunk pipeline scores with).
 struct RoutingResult {
   Routing routing;
@@ -107,6 +125,18 @@ class CausalGeneticMultiheadAttention {
   ForwardStats run(ExecSpace const& space, TokenMatrix const& x, int batch,
                    PositionVector const& positions, TokenMatrix const& y, RunOptions const& options = {});
 
+  // run() that also fills `state` for backward(). The DNA EMA update (if on) runs here, once per
+  // training step; backward() never touches the DNA.
+  ForwardStats run_training(ExecSpace const& space, TokenMatrix const& x, int batch, PositionVector const& positions,
+                            TokenMatrix const& y, TrainingState& state, RunOptions const& options = {});
+
+  // Gradients of a loss L given dy = dL/dy [B*T x E] for the forward recorded in `state`: writes
+  // dx = dL/dx [B*T x E] and every parameter's gradient into grads (written, not accumulated).
+  // The router gets no gradient (upstream's behaviour: routing is a selection); its gradient is
+  // written as zero. Deterministic: two calls give bit-identical results.
+  void backward(ExecSpace const& space, TrainingState& state, TokenMatrix const& dy, TokenMatrix const& dx,
+                Gradients const& grads);
+
   // Stages 1-3 only: routing and token keep mask of x [B*T x E] with the current DNA.
   RoutingResult route(ExecSpace const& space, TokenMatrix const& x, int batch) const;
 
@@ -126,6 +156,8 @@ class CausalGeneticMultiheadAttention {
   mutable detail::ModuleWorkspace work_;
   // Stages 1-3 into r.routing and r.keep, which must have one entry per row of x.
   void route_into(ExecSpace const& space, TokenMatrix const& x, int batch, RoutingResult& r) const;
+  ForwardStats run_impl(ExecSpace const& space, TokenMatrix const& x, int batch, PositionVector const& positions,
+                        TokenMatrix const& y, RunOptions const& options, TrainingState* state);
   // Stages 1-4 and 6a of one call, with their statistics in st.
   detail::CallPlan plan_call(ExecSpace const& space, TokenMatrix const& x, int batch, RunOptions const& options,
                              ForwardStats& st);

@@ -30,8 +30,26 @@ void project_q(ExecSpace const& space, TokenMatrix const& x, Weights const& w, T
                GemmPrecision precision);
 void project_kv(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& kv,
                 GemmPrecision precision);
+// Gradients of the trainable parameters have the shapes of the parameters themselves.
+using Gradients = Weights;
+
 // y [N x E] = ctx W_out^T + b.
 void project_output(ExecSpace const& space, TokenMatrix const& ctx, Weights const& w, TokenMatrix const& y,
                     GemmPrecision precision);
+
+// Backward of the projections (FP32 GEMMs whatever the forward's precision). Weight gradients are
+// written, not accumulated.
+// Output: dctx = dy W_out and grads.out_weight = dy^T ctx, for the rows that have a context
+// (the output bias's gradient is the column sum of every row's dy: column_sums).
+void project_output_backward(ExecSpace const& space, TokenMatrix const& ctx, TokenMatrix const& dy, Weights const& w,
+                             TokenMatrix const& dctx, Gradients const& grads);
+// Q: dxq = dq W_q and rows 0..E-1 of grads.qkv_weight = dq^T xq.
+void project_q_backward(ExecSpace const& space, TokenMatrix const& xq, TokenMatrix const& dq, Weights const& w,
+                        TokenMatrix const& dxq, Gradients const& grads);
+// K|V: dx = dkv [W_k; W_v] and rows E..3E-1 of grads.qkv_weight = dkv^T x.
+void project_kv_backward(ExecSpace const& space, TokenMatrix const& x, TokenMatrix const& dkv, Weights const& w,
+                         TokenMatrix const& dx, Gradients const& grads);
+// out(j) = sum over rows of m(row, j), each column summed in row order by one thread.
+void column_sums(ExecSpace const& space, TokenMatrix const& m, TokenVector const& out);
 
 }  // namespace proteus

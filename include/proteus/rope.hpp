@@ -16,4 +16,9 @@ namespace proteus {
 void bias_and_rope(ExecSpace const& space, TokenMatrix const& m, TokenVector const& bias,
                    PositionVector const& positions, int embed, int heads, int rotated, bool rope, double base);
 
+// Backward of bias_and_rope: g [N x W] holds the gradient with respect to its outputs; the first `rotated` parts of width E are turned back in place, so that g becomes the
+// gradient with respect to the projections plus bias (the bias's gradient is its column sum).
+void rope_backward(ExecSpace const& space, TokenMatrix const& g, PositionVector const& positions, int embed,
+                   int heads, int rotated, bool rope, double base);
+
 }  // namespace proteus

@@ -108,6 +108,30 @@ KOKKOS_INLINE_FUNCTION void for_each_extra_candidate(ShortlistPlan const& p, lon
   }
 }
 
+// The piece through which j is a candidate of row i, as for_each_candidate lists it (each
+// candidate once, by the first piece that holds it), or none, for query rows i >= local_floor
+// (the global prefix rows are never queries). The backward pass walks the
+// candidate sets from the key side and counts a (row, key) pair only under this piece.
+enum CandidatePiece : int { piece_none = 0, piece_local, piece_anchor, piece_prefix, piece_dna };
+KOKKOS_INLINE_FUNCTION int candidate_piece(ShortlistPlan const& p, long i, long j, Position const* dna) {
+  if (j < 0 || j > i) return piece_none;
+  long const lo = local_begin(p, i);
+  if (j >= lo) return piece_local;
+  long const s = p.anchor_stride, a = p.anchor_cap;
+  if (s > 0 && a > 0) {
+    long const gap = i - j;
+    bool const exact = gap % s == 0 && gap / s >= 1 && gap / s <= a;
+    bool const zero = j == 0 && i - a * s < 0;  // anchors below 0 are clamped to 0
+    if (exact || zero) return piece_anchor;
+  }
+  long const pre = p.prefix_of_row.extent(0) > 0 ? p.prefix_of_row(i) : p.prefix;
+  if (j < (pre < lo ? pre : lo)) return piece_prefix;
+  if (p.dna_cap > 0 && dna != nullptr)
+    for (long n = 0; n < p.dna_cap && dna[n] >= 0; ++n)
+      if (dna[n] == j) return piece_dna;
+  return piece_none;
+}
+
 // Calls f(j) for every candidate of row i: the local piece, then the extra candidates.
 template <class F>
 KOKKOS_INLINE_FUNCTION void for_each_candidate(ShortlistPlan const& p, long i, Position const* dna,

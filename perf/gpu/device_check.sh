@@ -97,6 +97,16 @@ for step in "$@"; do
       # PyTorch causal SDPA on the same 32 x 16 shapes, BF16 to 1M and FP32 to 131k.
       python3 "$root/perf/gpu/sdpa.py" --tokens 4096 32768 131072 524288 1048576 --csv "$out/sdpa.csv" \
         | tee "$out/sdpa.txt" ;;
+    training)
+      # A training step (run_training + backward) at upstream's tinytoy shape with token sparsity,
+      # next to the forward alone, in one call.
+      for mode in "" "--backward"; do
+        "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 524288 --alphas 1.0 \
+          --warmup 1 --repeat 3 --token-sparse --budget 20 $mode --csv "$out/training${mode:+_step}.csv"
+      done | tee "$out/training.txt" ;;
+    sdpa_training)
+      python3 "$root/perf/gpu/sdpa.py" --backward --tokens 4096 32768 131072 524288 --csv "$out/sdpa_training.csv" \
+        | tee "$out/sdpa_training.txt" ;;
     module_sweep)
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 512 4096 32768 131072 \
         --alphas 0.0 0.3 1.0 --warmup 1 --repeat 3 --budget 30 --csv "$out/module_sweep.csv" | tee "$out/module_sweep.txt" ;;

@@ -1,0 +1,229 @@
+// Stage 6b backward: gradients of the shortlist attention with respect to queries, keys, values
+// and the value bias, for the rows, plan and candidate lists the forward used. Two passes, each
+// element owned by one thread (deterministic, no atomics):
+//   rows: per active (head, row) i, over its candidates c (the forward's rule):
+//         p_c = softmax(s)_c, s_c = q_i.k_c / sqrt(D);  D_i = sum_c p_c dO_i.v_c;
+//         dq_i = sum_c p_c (dO_i.v_c - D_i) k_c / sqrt(D); keeps m_i, l_i, D_i;
+//   keys: per (head, key) j, over the rows i whose candidate set holds j (walked from the key
+//         side: the local window after j, the rows j anchors, every row after a global prefix
+//         key, the blocks whose DNA list names j; each pair counted under candidate_piece only):
+//         dv_j = sum_i p_ij dO_i;  dk_j = sum_i p_ij (dO_i.v_j - D_i) q_i / sqrt(D).
+// Plain loops over global memory: correctness first; the forward's team and lane layout is the
+// model for a faster version.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "proteus/attention.hpp"
+#include "proteus/detail/kokkos_compat.hpp"
+
+namespace proteus::detail {
+
+namespace {
+
+using RowIndex = Kokkos::View<int**, Kokkos::LayoutRight, MemSpace>;  // [B*H x T] active row or -1
+using LongVector = Kokkos::View<long*, MemSpace>;
+
+// What both passes read.
+struct Grad {
+  ShortlistPlan p;
+  TokenMatrix q, kv, dctx, dq, dkv;
+  CandidateLists dna_lists;
+  LongVector row_token, row_query;
+  IndexVector row_head;
+  TokenVector m, l, dsum;  // per active row: softmax max and sum, D_i
+  RowIndex row_index;
+  LongVector dna_start, dna_block;  // blocks whose list names key (b, j): [dna_start(b T + j), dna_start(.. + 1))
+  int heads, embed, d;
+  long tokens, dna_blocks;
+  float scale;
+
+  KOKKOS_INLINE_FUNCTION Position const* dna_of(long b, long t) const {
+    return p.dna_cap > 0 ? &dna_lists(b * dna_blocks + t / p.dna_block, 0) : nullptr;
+  }
+  KOKKOS_INLINE_FUNCTION float score(long qrow, long h, long key_row) const {
+    float s = 0.0f;
+    for (int j = 0; j < d; ++j) s += q(qrow, h * d + j) * kv(key_row, h * d + j);
+    return s * scale;
+  }
+  // dO_i . v_c
+  KOKKOS_INLINE_FUNCTION float dout_value(long qrow, long h, long key_row) const {
+    float s = 0.0f;
+    for (int j = 0; j < d; ++j) s += dctx(qrow, h * d + j) * kv(key_row, embed + h * d + j);
+    return s;
+  }
+};
+
+// Softmax statistics and dq of every active row.
+void rows_pass(ExecSpace const& space, Grad const& g, long rows) {
+  Kokkos::parallel_for(
+      "proteus::attention::backward::rows", Kokkos::RangePolicy<ExecSpace>(space, 0, rows), KOKKOS_LAMBDA(long r) {
+        long const t = g.row_token(r), qrow = g.row_query(r);
+        int const bh = g.row_head(r);
+        long const b = bh / g.heads, h = bh % g.heads, base = b * g.tokens;
+        Position const* dna = g.dna_of(b, t);
+        float m = -3.0e38f;
+        for_each_candidate(g.p, t, dna, [&](long c) {
+          float const s = g.score(qrow, h, base + c);
+          m = s > m ? s : m;
+        });
+        float l = 0.0f, dsum = 0.0f;
+        for_each_candidate(g.p, t, dna, [&](long c) {
+          float const e = kmath::exp(g.score(qrow, h, base + c) - m);
+          l += e;
+          dsum += e * g.dout_value(qrow, h, base + c);
+        });
+        dsum /= l;
+        for_each_candidate(g.p, t, dna, [&](long c) {
+          float const p = kmath::exp(g.score(qrow, h, base + c) - m) / l;
+          float const w = p * (g.dout_value(qrow, h, base + c) - dsum) * g.scale;
+          for (int j = 0; j < g.d; ++j) g.dq(qrow, h * g.d + j) += w * g.kv(base + c, h * g.d + j);
+        });
+        g.m(r) = m;
+        g.l(r) = l;
+        g.dsum(r) = dsum;
+      });
+}
+
+// Calls f(i, r) for every row i whose candidate set holds key j of batch row b and that is active
+// (as row r) for head bh, once each.
+template <class F>
+KOKKOS_INLINE_FUNCTION void for_each_row_of_key(Grad const& g, long b, long bh, long j, F&& f) {
+  ShortlistPlan const& p = g.p;
+  long const T = g.tokens;
+  auto take = [&](long i, int piece) {
+    int const r = g.row_index(bh, i);  // most rows are inactive for a given head: test that first
+    if (r >= 0 && candidate_piece(p, i, j, g.dna_of(b, i)) == piece) f(i, r);
+  };
+  if (j >= p.local_floor)
+    for (long i = j; i < T && i < j + p.local_width; ++i) take(i, piece_local);
+  long const s = p.anchor_stride, a = p.anchor_cap;
+  if (s > 0 && a > 0) {
+    for (long k = 1; k <= a && j + k * s < T; ++k) take(j + k * s, piece_anchor);
+    if (j == 0)  // rows whose anchors run below 0 (clamped to 0), other than the exact ones above
+      for (long i = 1; i < T && i < a * s; ++i)
+        if (!(i % s == 0 && i / s >= 1 && i / s <= a)) take(i, piece_anchor);
+  }
+  if (j < p.prefix)
+    for (long i = j + 1; i < T; ++i) take(i, piece_prefix);
+  if (p.dna_cap > 0)
+    for (long n = g.dna_start(b * T + j); n < g.dna_start(b * T + j + 1); ++n) {
+      long const first = g.dna_block(n) * p.dna_block;
+      for (long i = first; i < T && i < first + p.dna_block; ++i) take(i, piece_dna);
+    }
+}
+
+// dk and dv of every (head, key).
+void keys_pass(ExecSpace const& space, Grad const& g, long batch) {
+  long const T = g.tokens;
+  Kokkos::parallel_for(
+      "proteus::attention::backward::keys", Kokkos::RangePolicy<ExecSpace>(space, 0, batch * g.heads * T),
+      KOKKOS_LAMBDA(long item) {
+        long const bh = item / T, j = item % T, b = bh / g.heads, h = bh % g.heads;
+        long const key_row = b * T + j;
+        int const d = g.d, e = g.embed;
+        for (int c = 0; c < d; ++c) g.dkv(key_row, h * d + c) = g.dkv(key_row, e + h * d + c) = 0.0f;
+        for_each_row_of_key(g, b, bh, j, [&](long, int r) {
+          long const qrow = g.row_query(r);
+          float const p = kmath::exp(g.score(qrow, h, key_row) - g.m(r)) / g.l(r);
+          float const w = p * (g.dout_value(qrow, h, key_row) - g.dsum(r)) * g.scale;
+          for (int c = 0; c < d; ++c) {
+            g.dkv(key_row, h * d + c) += w * g.q(qrow, h * d + c);
+            g.dkv(key_row, e + h * d + c) += p * g.dctx(qrow, h * d + c);
+          }
+        });
+      });
+}
+
+// Active row of each (batch*head, token), or -1.
+RowIndex index_rows(ExecSpace const& space, ActiveRows const& rows, int bh_count, long tokens) {
+  RowIndex index("proteus::attention::backward::row_index", bh_count, tokens);
+  Kokkos::deep_copy(space, index, -1);
+  auto head = rows.head;
+  auto token = rows.token;
+  Kokkos::parallel_for(
+      "proteus::attention::backward::index_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, rows.rows),
+      KOKKOS_LAMBDA(long r) { index(head(r), token(r)) = static_cast<int>(r); });
+  return index;
+}
+
+// The DNA lists inverted: for each key (b, j), the blocks of batch row b whose list names it, in
+// block order (built on the host: the lists hold batch * blocks * dna_cap entries).
+void invert_dna_lists(ExecSpace const& space, CandidateLists const& lists, long batch, long tokens, Grad& g) {
+  g.dna_start = LongVector("proteus::attention::backward::dna_start", batch * tokens + 1);
+  if (lists.extent(0) == 0) {
+    g.dna_block = LongVector("proteus::attention::backward::dna_block", 0);
+    return;
+  }
+  auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), lists);
+  long const blocks = g.dna_blocks;
+  std::vector<long> count(batch * tokens + 1, 0);
+  for (long b = 0; b < batch; ++b)
+    for (long k = 0; k < blocks; ++k)
+      for (size_t n = 0; n < h.extent(1) && h(b * blocks + k, n) >= 0; ++n) ++count[b * tokens + h(b * blocks + k, n) + 1];
+  for (size_t i = 1; i < count.size(); ++i) count[i] += count[i - 1];
+  auto start = Kokkos::create_mirror_view(g.dna_start);
+  for (size_t i = 0; i < count.size(); ++i) start(i) = count[i];
+  g.dna_block = LongVector("proteus::attention::backward::dna_block", count.back());
+  auto block = Kokkos::create_mirror_view(g.dna_block);
+  for (long b = 0; b < batch; ++b)
+    for (long k = 0; k < blocks; ++k)
+      for (size_t n = 0; n < h.extent(1) && h(b * blocks + k, n) >= 0; ++n) block(count[b * tokens + h(b * blocks + k, n)]++) = k;
+  Kokkos::deep_copy(space, g.dna_start, start);
+  Kokkos::deep_copy(space, g.dna_block, block);
+  space.fence();  // the host mirrors are freed on return
+}
+
+// dvalue_bias(col) = sum of dO over the active rows of col's head, in row order.
+void value_bias_gradient(ExecSpace const& space, ActiveRows const& rows, TokenMatrix const& dctx, int heads,
+                         long batch, TokenVector const& dvalue_bias) {
+  int const d = static_cast<int>(dctx.extent(1)) / heads;
+  auto head_start = rows.head_start;
+  auto row_query = rows.query;
+  Kokkos::parallel_for(
+      "proteus::attention::backward::value_bias", Kokkos::RangePolicy<ExecSpace>(space, 0, dvalue_bias.extent(0)),
+      KOKKOS_LAMBDA(long col) {
+        long const h = col / d;
+        float sum = 0.0f;
+        for (long b = 0; b < batch; ++b)
+          for (long r = head_start(b * heads + h); r < head_start(b * heads + h + 1); ++r) sum += dctx(row_query(r), col);
+        dvalue_bias(col) = sum;
+      });
+}
+
+}  // namespace
+
+void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
+                     ActiveRows const& rows, CandidateLists const& dna_lists, int heads, TokenMatrix const& dctx,
+                     TokenMatrix const& dq, TokenMatrix const& dkv, TokenVector const& dvalue_bias) {
+  ScopedRegion region("proteus::attention::backward");
+  long const batch = static_cast<long>(rows.head_start.extent(0) - 1) / heads;
+  Grad g{};
+  g.p = plan;
+  g.q = q;
+  g.kv = kv;
+  g.dctx = dctx;
+  g.dq = dq;
+  g.dkv = dkv;
+  g.dna_lists = dna_lists;
+  g.row_token = rows.token;
+  g.row_query = rows.query;
+  g.row_head = rows.head;
+  g.heads = heads;
+  g.embed = static_cast<int>(q.extent(1));
+  g.d = g.embed / heads;
+  g.tokens = static_cast<long>(kv.extent(0)) / batch;
+  g.dna_blocks = (g.tokens + plan.dna_block - 1) / plan.dna_block;
+  g.scale = 1.0f / std::sqrt(static_cast<float>(g.d));
+  g.m = TokenVector("proteus::attention::backward::row_max", rows.rows);
+  g.l = TokenVector("proteus::attention::backward::row_sum", rows.rows);
+  g.dsum = TokenVector("proteus::attention::backward::row_dot", rows.rows);
+  g.row_index = index_rows(space, rows, static_cast<int>(batch * heads), g.tokens);
+  invert_dna_lists(space, dna_lists, batch, g.tokens, g);
+  Kokkos::deep_copy(space, dq, 0.0f);  // columns of inactive heads stay zero
+  rows_pass(space, g, rows.rows);
+  keys_pass(space, g, batch);
+  if (dvalue_bias.extent(0) > 0) value_bias_gradient(space, rows, dctx, heads, batch, dvalue_bias);
+}
+
+}  // namespace proteus::detail

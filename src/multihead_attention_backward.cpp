@@ -1,0 +1,119 @@
+// The drop-in module's backward: from dL/dy to dL/dx and the gradients of the Q/K/V and output
+// projections, through the attention the forward ran (its kept tokens, heads, shortlists and DNA
+// lists are constants here). Keys, values, queries and contexts are recomputed from x, which costs
+// two GEMMs and one attention pass instead of holding [N x 3E] floats between the calls.
+#include <string>
+
+#include "proteus/attention.hpp"
+#include "proteus/detail/element_range.hpp"
+#include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/error.hpp"
+#include "proteus/multihead_attention.hpp"
+#include "proteus/rope.hpp"
+
+namespace proteus {
+
+namespace {
+
+using LongVector = Kokkos::View<long*, MemSpace>;
+
+// Rows `source` of m (and of the positions, when given) into out.
+void gather_rows(ExecSpace const& space, TokenMatrix const& m, LongVector const& source, TokenMatrix const& out,
+                 PositionVector const& positions = {}, PositionVector const& out_positions = {}) {
+  bool const with_positions = out_positions.extent(0) > 0;
+  detail::for_each_element(
+      space, "proteus::module::backward::gather", static_cast<long>(out.extent(0)), static_cast<long>(out.extent(1)),
+      KOKKOS_LAMBDA(long i, long j) {
+        out(i, j) = m(source(i), j);
+        if (with_positions && j == 0) out_positions(i) = positions(source(i));
+      });
+}
+
+// m(source(i), :) += rows(i, :); every target row appears once in source (deterministic).
+void scatter_add_rows(ExecSpace const& space, TokenMatrix const& rows, LongVector const& source, TokenMatrix const& m) {
+  detail::for_each_element(
+      space, "proteus::module::backward::scatter_add", static_cast<long>(rows.extent(0)),
+      static_cast<long>(rows.extent(1)), KOKKOS_LAMBDA(long i, long j) { m(source(i), j) += rows(i, j); });
+}
+
+template <class Vector>
+void copy_part(ExecSpace const& space, TokenVector const& from, long from_begin, Vector const& to, long to_begin,
+               long n) {
+  Kokkos::deep_copy(space, Kokkos::subview(to, std::make_pair(to_begin, to_begin + n)),
+                    Kokkos::subview(from, std::make_pair(from_begin, from_begin + n)));
+}
+
+}  // namespace
+
+void CausalGeneticMultiheadAttention::backward(ExecSpace const& space, TrainingState& state, TokenMatrix const& dy,
+                                               TokenMatrix const& dx, Gradients const& grads) {
+  detail::ScopedRegion region("proteus::module::backward");
+  Config const& c = config_;
+  require(state.ready, "backward",
+          "needs a training forward (run_training) first, and runs once per forward");
+  TokenMatrix const& x = state.x;
+  long const n = static_cast<long>(x.extent(0));
+  int const e = c.embed_dim, heads = c.num_heads, batch = state.batch;
+  long const tokens = n / batch;
+  require(dy.extent(0) == x.extent(0) && dy.extent(1) == x.extent(1), "dy",
+          "shape [" + std::to_string(dy.extent(0)) + " x " + std::to_string(dy.extent(1)) +
+              "] differs from the forward's input [" + std::to_string(n) + " x " + std::to_string(e) + "]");
+  require(dx.extent(0) == x.extent(0) && dx.extent(1) == x.extent(1), "dx", "must have the shape of x");
+  require(grads.qkv_weight.extent(0) == weights_.qkv_weight.extent(0) &&
+              grads.router_weight.extent(0) == weights_.router_weight.extent(0),
+          "grads", "must be Gradients::allocate(embed_dim, num_gates)");
+  check_finite(space, dy, "dy");
+  state.ready = false;
+
+  // Recompute the forward's queries (kept rows of [row_begin, row_end)), keys, values, contexts.
+  detail::ActiveRows const rows = detail::compact_active_rows(space, state.head_mask, state.keep, state.every_head,
+                                                              batch, tokens, state.row_begin, state.row_end);
+  long const nq = rows.queries;
+  TokenVector const bias_q = Kokkos::subview(weights_.qkv_bias, std::make_pair(0, e));
+  TokenVector const bias_k = Kokkos::subview(weights_.qkv_bias, std::make_pair(e, 2 * e));
+  TokenVector const bias_v = Kokkos::subview(weights_.qkv_bias, std::make_pair(2 * e, 3 * e));
+  TokenMatrix xq("proteus::backward::xq", nq, e), q("proteus::backward::q", nq, e);
+  PositionVector pos_q("proteus::backward::positions", nq);
+  gather_rows(space, x, rows.query_source, xq, state.positions, pos_q);
+  TokenMatrix kv("proteus::backward::kv", n, 2 * e), ctx("proteus::backward::context", nq, e);
+  project_kv(space, x, weights_, kv, GemmPrecision::fp32);
+  bias_and_rope(space, kv, bias_k, state.positions, e, heads, 1, c.rope, c.rope_base);
+  if (nq > 0) {
+    project_q(space, xq, weights_, q, GemmPrecision::fp32);
+    bias_and_rope(space, q, bias_q, pos_q, e, heads, 1, c.rope, c.rope_base);
+    detail::attend(space, state.plan, q, kv, bias_v, rows, state.dna_lists, heads, ctx, {});
+  }
+
+  // Output projection: every row's dy reaches the output bias; rows with a query reach W_out.
+  column_sums(space, dy, grads.out_bias);
+  TokenMatrix dyq("proteus::backward::dy_rows", nq, e), dctx("proteus::backward::dcontext", nq, e);
+  gather_rows(space, dy, rows.query_source, dyq);
+  if (nq > 0)
+    project_output_backward(space, ctx, dyq, weights_, dctx, grads);
+  else
+    Kokkos::deep_copy(space, grads.out_weight, 0.0f);
+
+  // Attention, then RoPE turned back, then the Q/K/V projections.
+  TokenMatrix dq("proteus::backward::dq", nq, e), dkv("proteus::backward::dkv", n, 2 * e);
+  TokenVector dbias("proteus::backward::dbias", 3 * e), dvalue_bias = Kokkos::subview(dbias, std::make_pair(2 * e, 3 * e));
+  detail::attend_backward(space, state.plan, q, kv, rows, state.dna_lists, heads, dctx, dq, dkv, dvalue_bias);
+  rope_backward(space, dq, pos_q, e, heads, 1, c.rope, c.rope_base);
+  rope_backward(space, dkv, state.positions, e, heads, 1, c.rope, c.rope_base);
+  TokenVector sums_q("proteus::backward::sums_q", e), sums_kv("proteus::backward::sums_kv", 2 * e);
+  column_sums(space, dq, sums_q);
+  column_sums(space, dkv, sums_kv);
+  copy_part(space, sums_q, 0, grads.qkv_bias, 0, e);
+  copy_part(space, sums_kv, 0, grads.qkv_bias, e, e);
+  copy_part(space, dbias, 2 * e, grads.qkv_bias, 2 * e, e);  // V's bias: the sum of dO over active rows
+  project_kv_backward(space, x, dkv, weights_, dx, grads);
+  if (nq > 0) {
+    TokenMatrix dxq("proteus::backward::dxq", nq, e);
+    project_q_backward(space, xq, dq, weights_, dxq, grads);
+    scatter_add_rows(space, dxq, rows.query_source, dx);
+  } else {
+    Kokkos::deep_copy(space, Kokkos::subview(grads.qkv_weight, std::make_pair(0, e), Kokkos::ALL), 0.0f);
+  }
+  Kokkos::deep_copy(space, grads.router_weight, 0.0f);  // routing is a selection: no gradient
+}
+
+}  // namespace proteus
