@@ -135,6 +135,7 @@ std::vector<Key> const& registry() {
     k.push_back(key<int>("model", "heads_active_max", "heads", "most heads per token; 0 = H", REF(model.heads_active_max), 0, 4096));
     k.push_back(key<float>("model", "router_top_p", "", "nucleus rule on head probabilities; 0 = off", REF(model.router_top_p), 0, 1));
     k.push_back(key<int>("model", "linear_head_k", "heads", "heads per token at alpha = 1", REF(model.linear_head_k), 1, 4096));
+    k.push_back(key<bool>("model", "router_gradient", "", "scale each active head's context by its renormalised head probability, so that the router learns (changes outputs)", REF(model.router_gradient)));
     k.push_back(key<bool>("model", "rope", "", "rotary position embedding at original positions", REF(model.rope)));
     k.push_back(key<bool>("model", "tf32_projections", "", "projection GEMMs on TF32 tensor cores (CUDA + cuBLAS builds)", REF(model.tf32_projections)));
     k.push_back(key<double>("model", "rope_base", "", "RoPE frequency base", REF(model.rope_base), 1.000001, 1e12));

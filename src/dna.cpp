@@ -166,6 +166,27 @@ void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& r
       });
 }
 
+void hybrid_route_backward(ExecSpace const& space, Config const& cfg, Routing const& routing,
+                           GateMatrix const& dgate_probs, GateMatrix const& drouter_probs) {
+  int const gates = static_cast<int>(dgate_probs.extent(1));
+  bool const use_dna = cfg.dna_enable;
+  float const lambda = cfg.dna_blend, boost = cfg.dna_usage_boost;
+  auto gp = routing.gate_probs;
+  auto beta = routing.beta;
+  Kokkos::parallel_for(
+      "proteus::dna::hybrid_route_backward", Kokkos::RangePolicy<ExecSpace>(space, 0, dgate_probs.extent(0)),
+      KOKKOS_LAMBDA(long t) {
+        if (!use_dna) {
+          for (int g = 0; g < gates; ++g) drouter_probs(t, g) = dgate_probs(t, g);
+          return;
+        }
+        float dot = 0.0f;
+        for (int g = 0; g < gates; ++g) dot += gp(t, g) * dgate_probs(t, g);
+        float const scale = (1.0f - lambda * beta(t)) / (1.0f + (boost > 0.0f ? boost * (1.0f - beta(t)) : 0.0f));
+        for (int g = 0; g < gates; ++g) drouter_probs(t, g) = scale * (dgate_probs(t, g) - dot);
+      });
+}
+
 void dna_statistics(ExecSpace const& space, TokenMatrix const& x, GateMatrix const& gate_probs,
                     DnaStatistics const& stats) {
   int const gates = static_cast<int>(gate_probs.extent(1));

@@ -176,4 +176,35 @@ long select_heads(ExecSpace const& space, Config const& cfg, GateMatrix const& h
   return active;
 }
 
+void head_weights(ExecSpace const& space, GateMatrix const& head_probs, MaskMatrix const& head_mask,
+                  MaskVector const& keep, bool every_head, GateMatrix const& weight, TokenVector const& total) {
+  int const heads = static_cast<int>(head_probs.extent(1));
+  Kokkos::parallel_for(
+      "proteus::gating::head_weights", Kokkos::RangePolicy<ExecSpace>(space, 0, head_probs.extent(0)),
+      KOKKOS_LAMBDA(long t) {
+        float s = 0.0f;
+        for (int h = 0; h < heads; ++h) s += keep(t) && (every_head || head_mask(t, h)) ? head_probs(t, h) : 0.0f;
+        s = s > 1e-12f ? s : 1e-12f;
+        for (int h = 0; h < heads; ++h)
+          weight(t, h) = keep(t) && (every_head || head_mask(t, h)) ? head_probs(t, h) / s : 0.0f;
+        total(t) = s;
+      });
+}
+
+void head_weights_backward(ExecSpace const& space, GateMatrix const& dweight, GateMatrix const& weight,
+                           TokenVector const& total, IndexVector const& gate_to_head, GateMatrix const& dgate_probs) {
+  int const heads = static_cast<int>(weight.extent(1));
+  int const gates = static_cast<int>(dgate_probs.extent(1));
+  Kokkos::parallel_for(
+      "proteus::gating::head_weights_backward", Kokkos::RangePolicy<ExecSpace>(space, 0, weight.extent(0)),
+      KOKKOS_LAMBDA(long t) {
+        float dot = 0.0f;  // sum over active heads of weight * dweight (inactive heads have weight 0)
+        for (int h = 0; h < heads; ++h) dot += weight(t, h) * dweight(t, h);
+        for (int g = 0; g < gates; ++g) {
+          int const h = gate_to_head(g);
+          dgate_probs(t, g) = weight(t, h) > 0.0f ? (dweight(t, h) - dot) / total(t) : 0.0f;
+        }
+      });
+}
+
 }  // namespace proteus

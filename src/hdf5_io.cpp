@@ -175,13 +175,13 @@ void H5File::read_rows(std::string const& name, hsize_t first, hsize_t rows, T* 
   require(set >= 0, where(name), "cannot open dataset");
   hid_t const fs = H5Dget_space(set);
   int const rank = H5Sget_simple_extent_ndims(fs);
-  std::vector<hsize_t> dims(rank > 0 ? rank : 0), start(dims.size(), 0);
-  if (rank > 0) H5Sget_simple_extent_dims(fs, dims.data(), nullptr);
+  hsize_t dims[H5S_MAX_RANK] = {}, start[H5S_MAX_RANK] = {};
+  if (rank > 0) H5Sget_simple_extent_dims(fs, dims, nullptr);
   herr_t rc = -1;
   if (rank > 0 && first + rows <= dims[0]) {
     dims[0] = rows, start[0] = first;
-    H5Sselect_hyperslab(fs, H5S_SELECT_SET, start.data(), nullptr, dims.data(), nullptr);
-    hid_t const memory = H5Screate_simple(rank, dims.data(), nullptr);
+    H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, nullptr, dims, nullptr);
+    hid_t const memory = H5Screate_simple(rank, dims, nullptr);
     rc = H5Dread(set, native_type<T>(), memory, fs, H5P_DEFAULT, out);
     H5Sclose(memory);
   }

@@ -211,6 +211,12 @@ detail::CallPlan CausalGeneticMultiheadAttention::plan_call(ExecSpace const& spa
 
   call.shortlist = options.plan.value_or(plan_call_shortlist(c, tokens, st.alpha, static_cast<double>(hc.k) / heads));
   call.every_head = call.shortlist.dense || attends_every_head(c, st.alpha);
+  if (c.router_gradient) {
+    call.head_weight = reuse(work_.head_weight, "proteus::head_weight", n, heads);
+    call.head_total = reuse(work_.head_total, "proteus::head_total", n);
+    head_weights(space, head_probs, call.head_mask, call.routed.keep, call.every_head, call.head_weight,
+                 call.head_total);
+  }
   st.plan = call.shortlist;
   st.mode = call.shortlist.dense ? "dense" : "shortlist";
   call.dna_lists = dna_candidate_lists(space, call.shortlist, call.routed.routing.salience, batch, tokens);
@@ -292,6 +298,33 @@ void routing_statistics(ExecSpace const& space, Routing const& rt, ForwardStats&
   st.tokens_caught = static_cast<long>(std::lround(sums.caught));
 }
 
+// Router gradient: each active row's context scaled by its head's weight for that token.
+void scale_active_heads(ExecSpace const& space, detail::ActiveRows const& rows, GateMatrix const& weight,
+                        TokenMatrix const& ctx, long tokens) {
+  int const heads = static_cast<int>(weight.extent(1));
+  int const d = static_cast<int>(ctx.extent(1)) / heads;
+  auto row_head = rows.head;
+  auto row_token = rows.token;
+  auto row_query = rows.query;
+  detail::for_each_element(
+      space, "proteus::module::scale_heads", rows.rows, d, KOKKOS_LAMBDA(long r, long j) {
+        int const bh = row_head(r), h = bh % heads;
+        ctx(row_query(r), h * d + j) *= weight((bh / heads) * tokens + row_token(r), h);
+      });
+}
+
+template <class View>
+View copy_of(ExecSpace const& space, View const& v, char const* label) {
+  auto const alloc = Kokkos::view_alloc(std::string(label), Kokkos::WithoutInitializing);
+  View out;
+  if constexpr (View::rank == 1)
+    out = View(alloc, v.extent(0));
+  else
+    out = View(alloc, v.extent(0), v.extent(1));
+  Kokkos::deep_copy(space, out, v);
+  return out;
+}
+
 // The forward's choices, copied out of the module's reusable buffers into `state`.
 void keep_for_backward(ExecSpace const& space, detail::CallPlan const& call, TokenMatrix const& x, int batch,
                        PositionVector const& positions, long row_begin, long row_end, TrainingState& state) {
@@ -300,12 +333,14 @@ void keep_for_backward(ExecSpace const& space, detail::CallPlan const& call, Tok
   state.batch = batch;
   state.row_begin = row_begin;
   state.row_end = row_end;
-  MaskVector const& keep = call.routed.keep;
-  state.keep = MaskVector(Kokkos::view_alloc("proteus::training::keep", Kokkos::WithoutInitializing), keep.extent(0));
-  state.head_mask = MaskMatrix(Kokkos::view_alloc("proteus::training::head_mask", Kokkos::WithoutInitializing),
-                               call.head_mask.extent(0), call.head_mask.extent(1));
-  Kokkos::deep_copy(space, state.keep, keep);
-  Kokkos::deep_copy(space, state.head_mask, call.head_mask);
+  state.keep = copy_of(space, call.routed.keep, "proteus::training::keep");
+  state.head_mask = copy_of(space, call.head_mask, "proteus::training::head_mask");
+  if (call.head_weight.extent(0) > 0) {
+    state.head_weight = copy_of(space, call.head_weight, "proteus::training::head_weight");
+    state.head_total = copy_of(space, call.head_total, "proteus::training::head_total");
+    state.gate_probs = copy_of(space, call.routed.routing.gate_probs, "proteus::training::gate_probs");
+    state.beta = copy_of(space, call.routed.routing.beta, "proteus::training::beta");
+  }
   state.plan = call.shortlist;
   state.every_head = call.every_head;
   state.dna_lists = call.dna_lists;
@@ -355,6 +390,7 @@ long CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
   Kokkos::deep_copy(space, cb, 0.0f);  // rows of inactive heads stay zero
   Kokkos::View<int*, MemSpace> const counts = first_rows(work_.candidate_count, "proteus::candidate_count", rows.rows);
   detail::attend(space, call.shortlist, qb, work_.kv, bias_v, rows, call.dna_lists, heads, cb, counts);
+  if (call.head_weight.extent(0) > 0) scale_active_heads(space, rows, call.head_weight, cb, tokens);
   if (every) {
     for (int b = 0; b < batch; ++b)
       project_output(space, rows_of(cb, b * len, len), weights_, rows_of(y, b * tokens + t0, len), precision);
@@ -395,7 +431,10 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
   st.batch = batch;
   st.tokens = tokens;
   detail::CallPlan const call = plan_call(space, x, batch, options, st);
-  if (state) keep_for_backward(space, call, x, batch, positions, options.row_begin, row_end, *state);
+  if (state) {
+    keep_for_backward(space, call, x, batch, positions, options.row_begin, row_end, *state);
+    if (c.router_gradient) state->router_probs = copy_of(space, work_.router_probs, "proteus::training::router_probs");
+  }
   {
     // Keys and values of every token; queries, context and output projection a block of tokens
     // at a time (the only [N x E] buffers that live through the call are x, K|V and y).

@@ -5,6 +5,8 @@
 #include <string>
 
 #include "proteus/attention.hpp"
+#include "proteus/gating.hpp"
+#include "proteus/router.hpp"
 #include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/error.hpp"
@@ -34,6 +36,44 @@ void scatter_add_rows(ExecSpace const& space, TokenMatrix const& rows, LongVecto
   detail::for_each_element(
       space, "proteus::module::backward::scatter_add", static_cast<long>(rows.extent(0)),
       static_cast<long>(rows.extent(1)), KOKKOS_LAMBDA(long i, long j) { m(source(i), j) += rows(i, j); });
+}
+
+// Router gradient: dweight(token, h) = dctx . ctx_unscaled over the head's columns of each active
+// row, then dctx scaled as the forward scaled the context (each (token, head) has one row).
+void head_weight_gradient(ExecSpace const& space, detail::ActiveRows const& rows, GateMatrix const& weight,
+                          TokenMatrix const& ctx_unscaled, TokenMatrix const& dctx, GateMatrix const& dweight,
+                          long tokens) {
+  int const heads = static_cast<int>(weight.extent(1));
+  int const d = static_cast<int>(dctx.extent(1)) / heads;
+  auto row_head = rows.head;
+  auto row_token = rows.token;
+  auto row_query = rows.query;
+  Kokkos::parallel_for(
+      "proteus::module::backward::head_weight", Kokkos::RangePolicy<ExecSpace>(space, 0, rows.rows),
+      KOKKOS_LAMBDA(long r) {
+        int const bh = row_head(r), h = bh % heads;
+        long const q = row_query(r), t = (bh / heads) * tokens + row_token(r);
+        float dot = 0.0f;
+        for (int j = 0; j < d; ++j) dot += dctx(q, h * d + j) * ctx_unscaled(q, h * d + j);
+        dweight(t, h) = dot;
+        for (int j = 0; j < d; ++j) dctx(q, h * d + j) *= weight(t, h);
+      });
+}
+
+// Scales each active row's context by its head weight (as the forward did), into `scaled`.
+void scale_heads(ExecSpace const& space, detail::ActiveRows const& rows, GateMatrix const& weight,
+                 TokenMatrix const& ctx, TokenMatrix const& scaled, long tokens) {
+  int const heads = static_cast<int>(weight.extent(1));
+  int const d = static_cast<int>(ctx.extent(1)) / heads;
+  auto row_head = rows.head;
+  auto row_token = rows.token;
+  auto row_query = rows.query;
+  Kokkos::deep_copy(space, scaled, ctx);
+  detail::for_each_element(
+      space, "proteus::module::backward::scale_heads", rows.rows, d, KOKKOS_LAMBDA(long r, long j) {
+        int const bh = row_head(r), h = bh % heads;
+        scaled(row_query(r), h * d + j) *= weight((bh / heads) * tokens + row_token(r), h);
+      });
 }
 
 template <class Vector>
@@ -84,14 +124,29 @@ void CausalGeneticMultiheadAttention::backward(ExecSpace const& space, TrainingS
     detail::attend(space, state.plan, q, kv, bias_v, rows, state.dna_lists, heads, ctx, {});
   }
 
+  // Router gradient: the output projection read the contexts scaled by the heads' weights.
+  bool const routed = c.router_gradient;
+  require(!routed || state.head_weight.extent(0) == x.extent(0), "backward",
+          "the training forward ran without Config::router_gradient");
+  TokenMatrix ctx_out = ctx;
+  if (routed) {
+    ctx_out = TokenMatrix("proteus::backward::context_scaled", nq, e);
+    scale_heads(space, rows, state.head_weight, ctx, ctx_out, tokens);
+  }
+
   // Output projection: every row's dy reaches the output bias; rows with a query reach W_out.
   column_sums(space, dy, grads.out_bias);
   TokenMatrix dyq("proteus::backward::dy_rows", nq, e), dctx("proteus::backward::dcontext", nq, e);
   gather_rows(space, dy, rows.query_source, dyq);
   if (nq > 0)
-    project_output_backward(space, ctx, dyq, weights_, dctx, grads);
+    project_output_backward(space, ctx_out, dyq, weights_, dctx, grads);
   else
     Kokkos::deep_copy(space, grads.out_weight, 0.0f);
+  GateMatrix dweight;
+  if (routed) {
+    dweight = GateMatrix("proteus::backward::dhead_weight", n, heads);
+    head_weight_gradient(space, rows, state.head_weight, ctx, dctx, dweight, tokens);
+  }
 
   // Attention, then RoPE turned back, then the Q/K/V projections.
   TokenMatrix dq("proteus::backward::dq", nq, e), dkv("proteus::backward::dkv", n, 2 * e);
@@ -113,7 +168,18 @@ void CausalGeneticMultiheadAttention::backward(ExecSpace const& space, TrainingS
   } else {
     Kokkos::deep_copy(space, Kokkos::subview(grads.qkv_weight, std::make_pair(0, e), Kokkos::ALL), 0.0f);
   }
-  Kokkos::deep_copy(space, grads.router_weight, 0.0f);  // routing is a selection: no gradient
+  if (!routed) {
+    Kokkos::deep_copy(space, grads.router_weight, 0.0f);  // routing only selects: no gradient
+    return;
+  }
+  // Head weights -> gate probabilities -> the router's probabilities -> its logits, x and W_router.
+  GateMatrix dgate("proteus::backward::dgate_probs", n, c.num_gates), drouter("proteus::backward::drouter", n, c.num_gates);
+  head_weights_backward(space, dweight, state.head_weight, state.head_total, gate_to_head_, dgate);
+  Routing routing;
+  routing.gate_probs = state.gate_probs;
+  routing.beta = state.beta;
+  hybrid_route_backward(space, c, routing, dgate, drouter);
+  router_probabilities_backward(space, x, weights_.router_weight, state.router_probs, drouter, dx, grads.router_weight);
 }
 
 }  // namespace proteus

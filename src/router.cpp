@@ -29,4 +29,19 @@ void router_probabilities(ExecSpace const& space, TokenMatrix const& x,
       });
 }
 
+void router_probabilities_backward(ExecSpace const& space, TokenMatrix const& x, GateByEmbed const& router_weight,
+                                   GateMatrix const& probs, GateMatrix const& dprobs, TokenMatrix const& dx,
+                                   GateByEmbed const& grads_weight) {
+  int const gates = static_cast<int>(probs.extent(1));
+  Kokkos::parallel_for(
+      "proteus::router::softmax_backward", Kokkos::RangePolicy<ExecSpace>(space, 0, probs.extent(0)),
+      KOKKOS_LAMBDA(long t) {
+        float dot = 0.0f;
+        for (int g = 0; g < gates; ++g) dot += probs(t, g) * dprobs(t, g);
+        for (int g = 0; g < gates; ++g) dprobs(t, g) = probs(t, g) * (dprobs(t, g) - dot);
+      });
+  detail::gemm(space, "T", "N", 1.0f, dprobs, x, 0.0f, grads_weight);
+  detail::gemm(space, "N", "N", 1.0f, dprobs, router_weight, 1.0f, dx);
+}
+
 }  // namespace proteus

@@ -31,6 +31,14 @@ struct Problem {
   std::vector<std::vector<long>> candidates;       // [B*T] candidate rows (within the batch row)
   double rope_base = 10000.0;
   bool rope = true;
+  // Config::router_gradient: each active head's context is scaled by its head probability
+  // renormalised over the token's active heads. Gate probabilities = (1 - blend) softmax(x W_r^T)
+  // + a part without the router, held constant (as the backward holds the DNA's part).
+  bool routed = false;
+  Matrix wr;                       // [G x E]
+  std::vector<int> gate_to_head;   // [G]
+  std::vector<double> blend;       // [B*T]
+  Matrix gate_rest;                // [B*T x G]
 };
 
 // The documented candidate rule with the forward's DNA lists: the local window, the anchors
@@ -71,6 +79,21 @@ Matrix reference_forward(Problem const& pb) {
       for (double& v : s) z += (v = std::exp(v - m));
       for (size_t k = 0; k < s.size(); ++k)
         for (int c = 0; c < d; ++c) ctx[r][h * d + c] += s[k] / z * qkv[base + pb.candidates[r][k]][2 * e + h * d + c];
+    }
+  }
+  if (pb.routed) {
+    Matrix const logits = test::linear(pb.x, pb.wr, {});
+    for (long r = 0; r < n; ++r) {
+      std::vector<double> hp(h_count, 0.0);
+      double const m = *std::max_element(logits[r].begin(), logits[r].end());
+      double z = 0.0;
+      for (double v : logits[r]) z += std::exp(v - m);
+      for (size_t g = 0; g < logits[r].size(); ++g)
+        hp[pb.gate_to_head[g]] += (1.0 - pb.blend[r]) * std::exp(logits[r][g] - m) / z + pb.gate_rest[r][g];
+      double total = 0.0;
+      for (int h = 0; h < h_count; ++h) total += pb.keep[r] && pb.active[r][h] ? hp[h] : 0.0;
+      for (int h = 0; h < h_count; ++h)
+        for (int c = 0; c < d; ++c) ctx[r][h * d + c] *= pb.keep[r] && pb.active[r][h] ? hp[h] / total : 0.0;
     }
   }
   Matrix y = test::linear(ctx, pb.wout, pb.bout);
@@ -151,6 +174,18 @@ struct Run {
     pb.bout = test::to_host_vector(module.weights().out_bias);
     pb.dy = test::random_matrix(batch * tokens, c.embed_dim, seed + 1);
     pb.positions.assign(hp.data(), hp.data() + hp.size());
+    if (c.router_gradient) {
+      pb.routed = true;
+      pb.wr = test::to_host_matrix(module.weights().router_weight);
+      pb.gate_to_head = c.gate_to_head;
+      Matrix const rp = test::to_host_matrix(state.router_probs), gp = test::to_host_matrix(state.gate_probs);
+      std::vector<double> const beta = test::to_host_vector(state.beta);
+      for (long r = 0; r < batch * tokens; ++r) {
+        pb.blend.push_back(c.dna_enable ? c.dna_blend * static_cast<float>(beta[r]) : 0.0);
+        pb.gate_rest.emplace_back();
+        for (size_t g = 0; g < rp[r].size(); ++g) pb.gate_rest.back().push_back(gp[r][g] - (1.0 - pb.blend[r]) * rp[r][g]);
+      }
+    }
     auto keep = Kokkos::create_mirror_view_and_copy(HostSpace(), state.keep);
     auto mask = Kokkos::create_mirror_view_and_copy(HostSpace(), state.head_mask);
     auto lists = Kokkos::create_mirror_view_and_copy(HostSpace(), state.dna_lists);
@@ -245,6 +280,50 @@ PROTEUS_TEST_CASE("gradients of the input and every parameter equal finite diffe
     double router = 0.0;
     for (double v : flat(test::to_host_matrix(got.grads.router_weight))) router += std::fabs(v);
     CHECK(router == 0.0);  // upstream's behaviour: routing is a selection
+  }
+}
+
+PROTEUS_TEST_CASE("with the opt-in router gradient the router learns too: every gradient against finite differences",
+                  "[backward][gradcheck][router]") {
+  struct Case {
+    char const* name;
+    double alpha;
+    bool dna;
+    int batch;
+    long tokens;
+  };
+  for (Case const k : {Case{"alpha 1, no DNA", 1.0, false, 2, 13}, Case{"alpha 0.3, DNA blended", 0.3, true, 1, 11},
+                       Case{"alpha 0 (every head)", 0.0, false, 1, 9}}) {
+    TEST_EXECSPACE space;
+    Config c = small_config(k.alpha);
+    c.router_gradient = true;
+    // Two of four heads per token: with one active head its renormalised weight is 1 and the
+    // router would get no gradient at all (as renormalised top-1 gating).
+    c.num_heads = 4;
+    c.num_gates = 8;
+    c.heads_active_min = 2;
+    c.linear_head_k = 2;
+    c.dna_enable = k.dna;
+    c.dna_threshold = -1.0f;  // with DNA: every token blends (beta > 0), so the blend factor is tested
+    Run run(space, c, k.batch, k.tokens, 23);
+    INFO(k.name);
+    if (k.dna) {
+      double beta = 0.0;
+      for (double b : run.pb.blend) beta += b;
+      REQUIRE(beta > 0.0);
+    }
+    CHECK(test::relative_error(test::to_host_matrix(run.y), reference_forward(run.pb)) < 1e-5);
+    auto const got = run.backward(space);
+    Problem& pb = run.pb;
+    CHECK(relative_gap(flat(got.dx), finite_differences(pb, entries(pb.x))) < 1e-4);
+    std::vector<double> const router = flat(test::to_host_matrix(got.grads.router_weight));
+    double norm = 0.0;
+    for (double v : router) norm += v * v;
+    CHECK(norm > 1e-8);  // the router does receive a gradient
+    CHECK(relative_gap(router, finite_differences(pb, entries(pb.wr))) < 1e-4);
+    CHECK(relative_gap(flat(test::to_host_matrix(got.grads.qkv_weight)), finite_differences(pb, entries(pb.wqkv))) < 1e-4);
+    CHECK(relative_gap(test::to_host_vector(got.grads.qkv_bias), finite_differences(pb, entries(pb.bqkv))) < 1e-4);
+    CHECK(relative_gap(flat(test::to_host_matrix(got.grads.out_weight)), finite_differences(pb, entries(pb.wout))) < 1e-4);
   }
 }
 

@@ -50,6 +50,11 @@ struct Config {
   // (upstream's rule, which lets later tokens change earlier tokens' head count).
   bool nucleus_per_token = true;
   int linear_head_k = 2;          // heads per token at alpha = 1
+  // Opt-in differentiable routing: each active head's context is scaled by its head probability
+  // renormalised over the token's active heads (top-k gating of mixtures of experts), so that the
+  // router receives a gradient; the selection itself stays a constant (straight-through).
+  // Changes the forward's outputs. Off: upstream's behaviour (routing only selects).
+  bool router_gradient = false;
 
   // ---- projections and RoPE (stage 5) ---------------------------------------------------------
   bool rope = true;

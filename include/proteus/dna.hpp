@@ -39,6 +39,14 @@ void dna_similarity(ExecSpace const& space, TokenMatrix const& x, GateByEmbed co
 void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs,
                   GateMatrix const& sim, DnaState const& dna, Routing const& out);
 
+// Backward of hybrid_route to the router's probabilities, with the blend strength and the
+// prototype distribution held constant (the DNA similarity passes no gradient: straight-through):
+// gate_probs = u / total, u = (1 - lambda beta) router_probs + (terms without the router), so
+// drouter_probs(t, g) = (1 - lambda beta_t) / total_t (dgate_probs(t, g) - sum_g' gate_probs dgate_probs),
+// total_t = 1 + usage_boost (1 - beta_t). Without DNA, drouter_probs = dgate_probs.
+void hybrid_route_backward(ExecSpace const& space, Config const& cfg, Routing const& routing,
+                           GateMatrix const& dgate_probs, GateMatrix const& drouter_probs);
+
 // Sufficient statistics of one EMA step: count[g] = sum_t p[t,g], sums[g,:] = sum_t p[t,g] x[t].
 struct DnaStatistics {
   Kokkos::View<double*, MemSpace> count;                       // [G]

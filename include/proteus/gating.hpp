@@ -49,6 +49,16 @@ HeadCount choose_head_count(ExecSpace const& space, Config const& cfg, long toke
 // only where keep[t] is set. With cfg.nucleus_per_token, k is chosen per token by the rule of
 // choose_head_count applied to that token's own head probabilities (hc.by_length caps it);
 // otherwise k = hc.k for every token. Returns the number of active (token, head) pairs.
+// Router gradient (Config::router_gradient): weight(t, h) = head_probs(t, h) / total(t) for the
+// active heads of kept token t (total = their sum), 0 elsewhere; every_head: every head active.
+void head_weights(ExecSpace const& space, GateMatrix const& head_probs, MaskMatrix const& head_mask,
+                  MaskVector const& keep, bool every_head, GateMatrix const& weight, TokenVector const& total);
+// Its backward to the gate probabilities: for active heads
+// dhead(t, h) = (dweight(t, h) - sum_h' weight(t, h') dweight(t, h')) / total(t), and
+// dgate_probs(t, g) = dhead(t, gate_to_head(g)).
+void head_weights_backward(ExecSpace const& space, GateMatrix const& dweight, GateMatrix const& weight,
+                           TokenVector const& total, IndexVector const& gate_to_head, GateMatrix const& dgate_probs);
+
 long select_heads(ExecSpace const& space, Config const& cfg, GateMatrix const& head_probs,
                   HeadCount const& hc, double alpha, MaskVector const& keep,
                   MaskMatrix const& head_mask);

@@ -62,6 +62,10 @@ struct TrainingState {
   ShortlistPlan plan;
   bool every_head = false;
   CandidateLists dna_lists;
+  // Config::router_gradient only (copies): the router's and the blended gate probabilities, the
+  // blend strength, and the heads' weights.
+  GateMatrix router_probs, gate_probs, head_weight;
+  TokenVector beta, head_total;
   bool ready = false;       // set by run_training, cleared by backward: one backward per forward
 };
 
@@ -82,6 +86,8 @@ struct ModuleWorkspace {
   MaskVector keep;
   GateMatrix head_probs;         // [B*T x H]
   MaskMatrix head_mask;
+  GateMatrix head_weight;        // [B*T x H] (router_gradient)
+  TokenVector head_total;        // [B*T] (router_gradient)
   PositionVector positions;      // forward's, [B*T]
   TokenMatrix kv;                // [B*T x 2E]
   TokenMatrix q, ctx, gathered;  // [query rows of a block x E]
@@ -95,6 +101,8 @@ struct ModuleWorkspace {
 struct CallPlan {
   RoutingResult routed;
   MaskMatrix head_mask;   // [B*T x H]
+  GateMatrix head_weight; // [B*T x H] renormalised head probabilities (router_gradient), else empty
+  TokenVector head_total; // [B*T] their normaliser
   ShortlistPlan shortlist;
   bool every_head = false;  // every head of every kept token attends (dense, or alpha = 0)
   CandidateLists dna_lists;

@@ -9,4 +9,10 @@ namespace proteus {
 void router_probabilities(ExecSpace const& space, TokenMatrix const& x,
                           GateByEmbed const& router_weight, GateMatrix const& probs);
 
+// Backward of router_probabilities through the softmax: dz = p (dp - sum_g p dp), then
+// grads_weight = dz^T x (written) and dx += dz W_router. dprobs is overwritten with dz.
+void router_probabilities_backward(ExecSpace const& space, TokenMatrix const& x, GateByEmbed const& router_weight,
+                                   GateMatrix const& probs, GateMatrix const& dprobs, TokenMatrix const& dx,
+                                   GateByEmbed const& grads_weight);
+
 }  // namespace proteus
