@@ -4,6 +4,7 @@
 #include "proteus/checkpoint.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 
 #include "proteus/detail/atomic_file.hpp"
@@ -269,6 +270,27 @@ RankState read_rank_state(std::string const& path, MPI_Comm comm, Config const& 
   return s;
 }
 
+std::string read_checkpoint_deck(std::string const& path) { return H5File(path, "r").attr_string("/", "deck"); }
+
+namespace {
+// A weight or DNA value a model can run with: finite and at most 1e6 in magnitude (trained
+// weights are O(1); larger values overflow FP32 attention scores, and NaN poisons every output).
+constexpr double largest_weight = 1e6;
+
+// Reads dataset `name` of the expected dims into v, checking every value.
+template <class View>
+void read_checked(ExecSpace const& space, H5File const& f, std::string const& name, std::vector<hsize_t> const& dims,
+                  View const& v) {
+  std::vector<float> buf;
+  f.read(name, dims, buf);
+  for (size_t i = 0; i < buf.size(); ++i)
+    require(std::isfinite(buf[i]) && std::fabs(buf[i]) <= largest_weight, f.where(name),
+            "value " + std::to_string(buf[i]) + " at flat index " + std::to_string(i) +
+                " is not finite or outside [-1e6, 1e6] (a damaged or wrong file?)");
+  to_view(space, buf, v);
+}
+}  // namespace
+
 void load_model(ExecSpace const& space, std::string const& path, CausalGeneticMultiheadAttention& model,
                 std::string const& dna_group) {
   H5File f(path, "r");
@@ -277,17 +299,16 @@ void load_model(ExecSpace const& space, std::string const& path, CausalGeneticMu
   Config const& cfg = model.config();
   hsize_t const E = cfg.embed_dim, G = cfg.num_gates;
   Weights w = Weights::allocate(cfg.embed_dim, cfg.num_gates);
-  std::vector<float> buf;
-  f.read("/weights/qkv_weight", {3 * E, E}, buf), to_view(space, buf, w.qkv_weight);
-  f.read("/weights/qkv_bias", {3 * E}, buf), to_view(space, buf, w.qkv_bias);
-  f.read("/weights/out_weight", {E, E}, buf), to_view(space, buf, w.out_weight);
-  f.read("/weights/out_bias", {E}, buf), to_view(space, buf, w.out_bias);
-  f.read("/weights/router_weight", {G, E}, buf), to_view(space, buf, w.router_weight);
+  read_checked(space, f, "/weights/qkv_weight", {3 * E, E}, w.qkv_weight);
+  read_checked(space, f, "/weights/qkv_bias", {3 * E}, w.qkv_bias);
+  read_checked(space, f, "/weights/out_weight", {E, E}, w.out_weight);
+  read_checked(space, f, "/weights/out_bias", {E}, w.out_bias);
+  read_checked(space, f, "/weights/router_weight", {G, E}, w.router_weight);
   model.set_weights(space, w);
   DnaState dna = DnaState::allocate(cfg.num_gates, cfg.embed_dim);
-  f.read(dna_group + "/prototypes", {G, E}, buf), to_view(space, buf, dna.prototypes);
-  f.read(dna_group + "/usage", {G}, buf), to_view(space, buf, dna.usage);
-  f.read(dna_group + "/confidence", {G}, buf), to_view(space, buf, dna.confidence);
+  read_checked(space, f, dna_group + "/prototypes", {G, E}, dna.prototypes);
+  read_checked(space, f, dna_group + "/usage", {G}, dna.usage);
+  read_checked(space, f, dna_group + "/confidence", {G}, dna.confidence);
   model.set_dna(space, dna);
   std::vector<std::int32_t> map;
   f.read("/gate_to_head", {G}, map);

@@ -199,6 +199,13 @@ std::vector<Key> const& registry() {
 }
 #undef REF
 
+// Keys of the synthetic source only: a file source refuses them, so its resolved deck leaves
+// them out (and can be read back).
+bool applies(Key const& k, RunDeck const& deck) {
+  bool const synthetic_only = k.section == "sequence" && (k.name == "needles" || k.name == "needle_similarity");
+  return !(synthetic_only && deck.sequence.source == "hdf5");
+}
+
 size_t edit_distance(std::string const& a, std::string const& b) {
   std::vector<size_t> row(b.size() + 1);
   for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
@@ -235,6 +242,7 @@ void assign(RunDeck& deck, std::string const& where, std::string const& section,
         fail(where, label + ": " + e.what());
       }
       deck.given.insert(section + "." + name);
+      deck.origin[section + "." + name] = where;
       return;
     }
   bool const known_section = std::any_of(registry().begin(), registry().end(),
@@ -244,10 +252,10 @@ void assign(RunDeck& deck, std::string const& where, std::string const& section,
   fail(where, label + ": unknown key" + suggestion(section, name));
 }
 
-// Line of each "section.key" in the file, for messages (CLI11's items carry no line numbers).
-std::map<std::string, int> key_lines(std::string const& path) {
+// Line of each "section.key" in the text, for messages (CLI11's items carry no line numbers).
+std::map<std::string, int> key_lines(std::string const& text, std::string const& path) {
   std::map<std::string, int> lines;
-  std::ifstream in(path);
+  std::istringstream in(text);
   std::string line, section;
   for (int n = 1; std::getline(in, line); ++n) {
     std::string const t = trim(line.substr(0, line.find_first_of("#;")));
@@ -277,12 +285,33 @@ RunDeck::RunDeck() {
   model.mode = AlphaMode::linear;
 }
 
-RunDeck read_deck(std::string const& path, std::vector<std::string> const& overrides) {
-  std::ifstream file(path);
-  require(file.good(), path, "cannot open the input deck");
-  // Inline comments ("key = 1  # why") are ours; CLI11 knows only whole-line comments.
-  std::string text, line;
-  while (std::getline(file, line)) {
+namespace {
+
+// The deck's text with every line end made "\n" (CRLF and old CR-only files read as written).
+std::string read_text(std::string const& path) {
+  std::ifstream file(path, std::ios::binary);
+  require(file.is_open(), path, "cannot open the input deck");
+  std::ostringstream raw;
+  raw << file.rdbuf();
+  require(!file.bad(), path, "read error: the input deck could not be read to its end");
+  std::string text;
+  std::string const in = raw.str();
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] != '\r') {
+      text += in[i];
+    } else {
+      text += '\n';
+      if (i + 1 < in.size() && in[i + 1] == '\n') ++i;
+    }
+  }
+  return text;
+}
+
+// Inline comments ("key = 1  # why") are ours; CLI11 knows only whole-line comments.
+std::string strip_comments(std::string const& text) {
+  std::istringstream lines(text);
+  std::string out, line;
+  while (std::getline(lines, line)) {
     bool quoted = false;
     for (size_t i = 0; i < line.size(); ++i) {
       if (line[i] == '"') quoted = !quoted;
@@ -291,38 +320,71 @@ RunDeck read_deck(std::string const& path, std::vector<std::string> const& overr
         break;
       }
     }
-    text += line + "\n";
+    out += line + "\n";
   }
-  auto const lines = key_lines(path);
-  std::istringstream in(text);
+  return out;
+}
+
+// Applies the deck text's keys to `deck` (errors name `origin` and the line).
+void apply_text(RunDeck& deck, std::string const& text, std::string const& origin) {
+  auto const lines = key_lines(text, origin);
+  std::istringstream in(strip_comments(text));
   std::vector<CLI::ConfigItem> items;
   try {
     items = CLI::ConfigINI().from_config(in);
   } catch (CLI::Error const& e) {
-    fail(path, std::string("cannot parse the deck: ") + e.what());
+    fail(origin, std::string("cannot parse the deck: ") + e.what());
   }
-  RunDeck deck;
-  deck.path = path;
   for (CLI::ConfigItem const& item : items) {
     if (item.name == "++" || item.name == "--") continue;
     std::string section;
     for (auto const& p : item.parents) section += (section.empty() ? "" : ".") + p;
     std::string const full = section + "." + item.name;
     auto const it = lines.find(full);
-    std::string const where = path + (it != lines.end() ? ":" + std::to_string(it->second) : "");
+    std::string const where = origin + (it != lines.end() ? ":" + std::to_string(it->second) : "");
     if (section.empty()) fail(where, "key '" + item.name + "' is outside any [section]");
     std::string value;
     for (size_t i = 0; i < item.inputs.size(); ++i) value += (i ? "," : "") + item.inputs[i];
     assign(deck, where, section, item.name, value);
   }
+  require(!deck.given.empty(), origin, "the deck sets no key (empty, or only comments): nothing says what to run");
+}
+
+}  // namespace
+
+RunDeck read_deck(std::string const& path, std::vector<std::string> const& overrides) {
+  RunDeck deck;
+  deck.path = path;
+  apply_text(deck, read_text(path), path);
+  std::set<std::string> seen;
   for (std::string const& o : overrides) {
     auto const eq = o.find('='), dot = o.find('.');
     std::string const where = "--set " + o;
     require(eq != std::string::npos && dot != std::string::npos && dot < eq, where,
             "expected section.key=value");
-    assign(deck, where, trim(o.substr(0, dot)), trim(o.substr(dot + 1, eq - dot - 1)), o.substr(eq + 1));
+    std::string const section = trim(o.substr(0, dot)), name = trim(o.substr(dot + 1, eq - dot - 1));
+    require(seen.insert(section + "." + name).second, where, "[" + section + "] " + name + ": given twice with --set");
+    assign(deck, where, section, name, o.substr(eq + 1));
   }
   return deck;
+}
+
+RunDeck read_deck_text(std::string const& text, std::string const& origin) {
+  RunDeck deck;
+  deck.path = origin;
+  apply_text(deck, text, origin);
+  return deck;
+}
+
+std::vector<std::string> deck_differences(RunDeck const& a, RunDeck const& b, std::set<std::string> const& ignore) {
+  std::vector<std::string> out;
+  for (Key const& k : registry()) {
+    std::string const name = k.section + "." + k.name;
+    if (ignore.count(name) || !applies(k, a) || !applies(k, b)) continue;
+    std::string const va = k.get(a), vb = k.get(b);
+    if (va != vb) out.push_back("[" + k.section + "] " + k.name + " (" + va + " against " + vb + ")");
+  }
+  return out;
 }
 
 void RunDeck::validate(int ranks, long tokens) const {
@@ -330,7 +392,11 @@ void RunDeck::validate(int ranks, long tokens) const {
   try {
     (void)model.resolved();
   } catch (Error const& e) {
-    fail(path, std::string("[model] ") + e.what());
+    // "Config.<field>: why": point at the line that set the field, when the deck set it.
+    std::string const what = e.what();
+    std::string const field = what.rfind("Config.", 0) == 0 ? what.substr(7, what.find(':') - 7) : "";
+    auto const it = origin.find("model." + field);
+    fail(it != origin.end() ? it->second : path, std::string("[model] ") + what);
   }
   if (sequence.source != "synthetic" && sequence.source != "hdf5")
     bad("[sequence] source", "expected synthetic or hdf5, got '" + sequence.source + "'");
@@ -347,6 +413,10 @@ void RunDeck::validate(int ranks, long tokens) const {
                                         " tokens exceeds the sequence (" + std::to_string(tokens) + ")");
   for (long p : sequence.needle_positions)
     if (p >= tokens) bad("[sequence] needle_positions", "position " + std::to_string(p) + " is past the end");
+  std::set<long> distinct;
+  for (long p : sequence.needle_positions)
+    if (!distinct.insert(p).second)
+      bad("[sequence] needle_positions", "position " + std::to_string(p) + " is listed twice");
   if (sequence.source == "hdf5") {
     // A file holds no planted needles: only their positions (facts the user knows of) apply.
     for (char const* name : {"needles", "needle_similarity"})
@@ -362,14 +432,6 @@ void RunDeck::validate(int ranks, long tokens) const {
                                            " positions but needles = " + std::to_string(sequence.needles));
 }
 
-namespace {
-// Keys of the synthetic source only: a file source refuses them, so its resolved deck leaves
-// them out (and can be read back).
-bool applies(Key const& k, RunDeck const& deck) {
-  bool const synthetic_only = k.section == "sequence" && (k.name == "needles" || k.name == "needle_similarity");
-  return !(synthetic_only && deck.sequence.source == "hdf5");
-}
-}  // namespace
 
 std::string deck_to_ini(RunDeck const& deck) {
   std::string out, section;

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <set>
 
 #include "proteus/buffer_exchange.hpp"
 #include "proteus/checkpoint.hpp"
@@ -131,13 +132,37 @@ void preflight(Run& r) {
   r.sum.chunks = r.grid.count();
 }
 
+// Keys a restart may change: where results go and how often checkpoints are kept, never what the
+// run computes.
+std::set<std::string> const& keys_a_restart_may_change() {
+  static std::set<std::string> const keys = {
+      "output.directory",     "output.progress_seconds",   "output.write_outputs", "checkpoint.directory",
+      "checkpoint.keep_last", "checkpoint.interval_chunks", "checkpoint.at_end",    "checkpoint.collective_io",
+      "checkpoint.dna_dump",  "pipeline.memory_limit_gb"};
+  return keys;
+}
+
+// The restart checkpoint must come from this deck: every key that changes results must match.
+void check_restart_deck(Run const& r, std::string const& restart) {
+  RunDeck const stored = read_deck_text(read_checkpoint_deck(restart), restart + " (its deck)");
+  std::vector<std::string> const differ = deck_differences(stored, r.deck, keys_a_restart_may_change());
+  if (differ.empty()) return;
+  std::string list;
+  for (std::string const& d : differ) list += (list.empty() ? "" : ", ") + d;
+  fail(restart, "--restart: the deck differs from the checkpoint's run in " + list +
+                    " (checkpoint against deck); only output and checkpoint-keeping keys may change");
+}
+
 // A fresh rank state, or this rank's state from the restart checkpoint; output directories.
 void prepare_state(Run& r, std::optional<std::string> const& restart) {
   Config const& c = r.model->config();
   r.state.dna.reset(c.num_gates, c.embed_dim);
   r.state.next_chunk = r.range.first;
   if (restart) {
-    detail::run_agreed(r.comm, [&] { r.state = read_rank_state(*restart, r.comm, c, r.grid); });
+    detail::run_agreed(r.comm, [&] {
+      check_restart_deck(r, *restart);
+      r.state = read_rank_state(*restart, r.comm, c, r.grid);
+    });
     r.sum.resumed_from_chunk = r.state.next_chunk;
   }
   CheckpointSpec const& ck = r.deck.checkpoint;

@@ -1,12 +1,17 @@
 // HDF5 checkpoints and sources under bad input: each failure names the file and the dataset;
 // a failed write leaves the previous checkpoint untouched.
+#include <sys/resource.h>
 #include <unistd.h>
+
+#include <csignal>
+#include <cmath>
 
 #include <filesystem>
 #include <fstream>
 
 #include "proteus/checkpoint.hpp"
 #include "proteus/deck.hpp"
+#include "proteus/detail/atomic_file.hpp"
 #include "proteus/detail/hdf5_io.hpp"
 #include "proteus/error.hpp"
 #include "proteus/sequence_source.hpp"
@@ -132,6 +137,19 @@ PROTEUS_TEST_CASE("bad checkpoints give errors naming the file and dataset", "[c
   });
   CHECK(error_of([&] { load_model(TEST_EXECSPACE(), type, model); }) ==
         type + ":/weights/out_bias: wrong type: expected floating point data");
+  // Values a model cannot run with: NaN, Inf, absurd magnitudes, in weights or DNA.
+  for (auto const& [dataset, value] : std::vector<std::pair<std::string, float>>{
+           {"/weights/out_bias", std::nanf("")}, {"/weights/qkv_weight", INFINITY}, {"/dna/prototypes", 3e38f}}) {
+    std::string const p = edited("values.h5", [&](detail::H5File& f) {
+      std::vector<float> v;
+      auto const dims = f.read(dataset, std::vector<hsize_t>(dataset == "/weights/out_bias" ? 1 : 2, 0), v);
+      v[v.size() / 2] = value;
+      H5Ldelete(f.id(), dataset.c_str(), H5P_DEFAULT);
+      f.write(dataset, dims, v.data());
+    });
+    INFO(dataset);
+    CHECK(error_of([&] { load_model(TEST_EXECSPACE(), p, model); }).find(p + ":" + dataset + ": value ") == 0);
+  }
   // A checkpoint from a different configuration.
   RunDeck wider = d;
   wider.model.embed_dim = 32;
@@ -150,6 +168,32 @@ TEST_CASE("a failed checkpoint write leaves the previous file untouched", "[chec
   CHECK(fs::file_size(path) == before);
   CHECK_NOTHROW(read_state(path, d));
   fs::remove_all(path + ".tmp");
+}
+
+TEST_CASE("a text file that cannot be written whole is not renamed into place", "[atomic][disk_full]") {
+  // A file-size limit makes the write fail part way, as a full disk does: the flushed stream
+  // reports it, the temporary is removed and the earlier file of that name stays.
+  std::string const path = tmp("summary.json");
+  detail::write_text_atomically(path, "{\"before\": 1}\n");
+  struct rlimit saved;
+  REQUIRE(getrlimit(RLIMIT_FSIZE, &saved) == 0);
+  auto const old_handler = std::signal(SIGXFSZ, SIG_IGN);  // EFBIG instead of a signal
+  struct rlimit small = saved;
+  small.rlim_cur = 4096;
+  REQUIRE(setrlimit(RLIMIT_FSIZE, &small) == 0);
+  std::string message = "no error";
+  try {
+    detail::write_text_atomically(path, std::string(100000, 'x'));
+  } catch (Error const& e) {
+    message = e.what();
+  }
+  setrlimit(RLIMIT_FSIZE, &saved);
+  std::signal(SIGXFSZ, old_handler);
+  CHECK(message.find(detail::temporary_name(path) + ": write failed") == 0);
+  CHECK_FALSE(fs::exists(detail::temporary_name(path)));
+  std::ifstream in(path);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  CHECK(text == "{\"before\": 1}\n");
 }
 
 PROTEUS_TEST_CASE("HDF5 sequence sources check file, dataset, rank and type", "[source][errors]") {

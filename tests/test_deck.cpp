@@ -119,6 +119,55 @@ TEST_CASE("needle keys that cannot apply to a file source are refused by name", 
         std::string::npos);
 }
 
+TEST_CASE("line ends, empty decks, repeated overrides and model errors are handled by name", "[deck][errors]") {
+  // CR-only (old Mac) and CRLF files read as written, with the right line numbers.
+  for (char const* end : {"\r", "\r\n"}) {
+    std::string const e = end;
+    std::string const path = write_deck("ends", "[model]" + e + "seed = 5" + e + "[sequence]" + e + "tokens = 32768" + e);
+    RunDeck const d = read_deck(path);
+    CHECK(d.model.seed == 5);
+    CHECK(d.sequence.tokens == 32768);
+    std::string const bad = write_deck("ends_bad", "[model]" + e + "seed = 5" + e + "embd_dim = 3" + e);
+    CHECK(error_of(bad).find(bad + ":3: [model] embd_dim: unknown key") == 0);
+  }
+  // A deck that sets nothing does not silently run the default job.
+  for (char const* text : {"", "# only a comment\n\n; and another\n", "[model]\n"}) {
+    std::string const path = write_deck("empty", text);
+    CHECK(error_of(path) == path + ": the deck sets no key (empty, or only comments): nothing says what to run");
+  }
+  std::string const good = write_deck("good_set", "[model]\nseed = 1\n");
+  CHECK(error_of(good, {"model.seed=2", "model.seed=3"}) ==
+        "--set model.seed=3: [model] seed: given twice with --set");
+  // A model error names the line of the key that caused it.
+  std::string const heads = write_deck("heads", "[model]\nembed_dim = 66\nnum_heads = 4\n");
+  RunDeck const d = read_deck(heads);
+  try {
+    d.validate(1, 100000);
+    FAIL("no error");
+  } catch (Error const& e) {
+    CHECK(std::string(e.what()).find(heads + ":2: [model] Config.embed_dim") == 0);
+  }
+  std::string const twice = write_deck("needles_twice", "[sequence]\nneedles = 2\nneedle_positions = 5, 5\n");
+  try {
+    read_deck(twice, {"pipeline.chunk_tokens=256", "pipeline.buffer_tokens=64"}).validate(1, 1000);
+    FAIL("no error");
+  } catch (Error const& e) {
+    CHECK(std::string(e.what()).find("[sequence] needle_positions: position 5 is listed twice") != std::string::npos);
+  }
+}
+
+TEST_CASE("the deck a checkpoint stores reads back, and differences are named by key", "[deck][restart]") {
+  RunDeck a = read_deck(write_deck("stored", "[model]\nseed = 4\n[sequence]\nseed = 11\n"));
+  RunDeck const back = read_deck_text(deck_to_ini(a), "checkpoint.h5 (its deck)");
+  CHECK(deck_differences(a, back, {}).empty());
+  RunDeck b = a;
+  b.sequence.seed = 12;
+  b.output.directory = "elsewhere";
+  std::vector<std::string> const diff = deck_differences(a, b, {"output.directory"});
+  REQUIRE(diff.size() == 1);
+  CHECK(diff[0] == "[sequence] seed (11 against 12)");
+}
+
 TEST_CASE("docs/input_deck.md is what the registry generates", "[deck][docs]") {
   std::ifstream in(std::string(PROTEUS_SOURCE_DIR) + "/docs/input_deck.md");
   REQUIRE(in.good());

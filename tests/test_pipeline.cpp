@@ -11,6 +11,7 @@
 
 #include "proteus/checkpoint.hpp"
 #include "proteus/detail/hdf5_io.hpp"
+#include "proteus/error.hpp"
 #include "proteus/pipeline.hpp"
 #include "proteus/sequence_source.hpp"
 #include "pipeline_deck.hpp"
@@ -184,6 +185,22 @@ PROTEUS_TEST_CASE("a restart from a checkpoint ends exactly where the uninterrup
     CHECK(a.buffer_positions == b.buffer_positions);
     CHECK(a.buffer_outputs == b.buffer_outputs);            // bit-identical
     CHECK(final_dna(a.checkpoint) == final_dna(b.checkpoint));
+  }
+  // A deck that changes what the run computes is refused, naming every key that differs.
+  RunDeck changed = small_deck(dir + "/changed");
+  changed.checkpoint.interval_chunks = 5;  // checkpoint keeping may change
+  changed.sequence.seed = 99;
+  changed.pipeline.chunk_keep_ratio = 0.1;
+  std::string message = "no error";
+  try {
+    run_pipeline(TEST_EXECSPACE(), changed, MPI_COMM_WORLD, first);
+  } catch (CollectiveError const& e) {
+    message = e.what();
+  }
+  if (world_rank() == 0) {
+    CHECK(message.find("--restart: the deck differs from the checkpoint's run in [sequence] seed (7 against 99), "
+                       "[pipeline] chunk_keep_ratio (0.05 against 0.1)") != std::string::npos);
+    CHECK(message.find("interval_chunks") == std::string::npos);
   }
   MPI_Barrier(MPI_COMM_WORLD);
 }

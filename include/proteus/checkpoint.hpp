@@ -37,6 +37,9 @@ void write_checkpoint(std::string const& path, MPI_Comm comm, CheckpointContent 
 // shape (`model` is the resolved config of the run that resumes).
 RankState read_rank_state(std::string const& path, MPI_Comm comm, Config const& model, ChunkGrid const& grid);
 
+// The resolved deck text of the run that wrote the checkpoint (the "/" attribute "deck").
+std::string read_checkpoint_deck(std::string const& path);
+
 // Weights and DNA (prototypes, usage, confidence) from a checkpoint or weights file; shapes are
 // checked against the module's config. `dna_group` is "/dna" (run start) or "/dna_final".
 void load_model(ExecSpace const& space, std::string const& path, CausalGeneticMultiheadAttention& model,

@@ -4,6 +4,7 @@
 // conductor (pipeline.cpp) and the drivers see a RunDeck; each stage gets its own spec or values.
 #pragma once
 
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -45,6 +46,7 @@ struct OutputSpec {
 struct RunDeck {
   std::string path;  // where it was read from
   std::set<std::string> given;  // "section.key" of every key the deck or --set gave
+  std::map<std::string, std::string> origin;  // "section.key" -> "file:line" or "--set ..." that gave it
   Config model;
   SequenceSpec sequence;
   PipelineSpec pipeline;
@@ -59,6 +61,11 @@ struct RunDeck {
 
 // Reads `path`, then applies "section.key=value" overrides in order.
 RunDeck read_deck(std::string const& path, std::vector<std::string> const& overrides = {});
+// A deck from its text (e.g. the resolved deck a checkpoint stores); errors name `origin`.
+RunDeck read_deck_text(std::string const& text, std::string const& origin);
+// "[section] key (value in a against value in b)" for every key whose values differ, except the
+// "section.key" names in `ignore`.
+std::vector<std::string> deck_differences(RunDeck const& a, RunDeck const& b, std::set<std::string> const& ignore);
 // The resolved deck as INI text (printed at start, stored with results).
 std::string deck_to_ini(RunDeck const& deck);
 // Markdown reference of every key: type, default, unit, meaning.
