@@ -1,7 +1,8 @@
 // Stage 6b backward: gradients of the shortlist attention with respect to queries, keys, values
 // and the value bias, for the rows, plan and candidate lists the forward used. Two passes, each
 // element owned by one thread (deterministic, no atomics):
-//   rows: per active (head, row) i, over its candidates c (the forward's rule):
+//   rows: per active (head, row) i, over its candidates c (the forward's rule), in two passes
+//         (an online softmax for m_i, l_i and D_i, then dq_i):
 //         p_c = softmax(s)_c, s_c = q_i.k_c / sqrt(D);  D_i = sum_c p_c dO_i.v_c;
 //         dq_i = sum_c p_c (dO_i.v_c - D_i) k_c / sqrt(D); keeps m_i, l_i, D_i;
 //   keys: per (head, key) j, over the rows i whose candidate set holds j (walked from the key
@@ -62,16 +63,20 @@ void rows_pass(ExecSpace const& space, Grad const& g, long rows) {
         int const bh = g.row_head(r);
         long const b = bh / g.heads, h = bh % g.heads, base = b * g.tokens;
         Position const* dna = g.dna_of(b, t);
-        float m = -3.0e38f;
+        // One online pass (running max, rescaled sums) for m, l and D_i, then one for dq.
+        float m = -3.0e38f, l = 0.0f, dsum = 0.0f;
         for_each_candidate(g.p, t, dna, [&](long c) {
-          float const s = g.score(qrow, h, base + c);
-          m = s > m ? s : m;
-        });
-        float l = 0.0f, dsum = 0.0f;
-        for_each_candidate(g.p, t, dna, [&](long c) {
-          float const e = kmath::exp(g.score(qrow, h, base + c) - m);
-          l += e;
-          dsum += e * g.dout_value(qrow, h, base + c);
+          float const s = g.score(qrow, h, base + c), dv = g.dout_value(qrow, h, base + c);
+          if (s > m) {
+            float const f = kmath::exp(m - s);
+            l = l * f + 1.0f;
+            dsum = dsum * f + dv;
+            m = s;
+          } else {
+            float const e = kmath::exp(s - m);
+            l += e;
+            dsum += e * dv;
+          }
         });
         dsum /= l;
         for_each_candidate(g.p, t, dna, [&](long c) {
