@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/detail/softmax_state.hpp"
 #include "proteus/detail/workspace.hpp"
@@ -433,6 +434,20 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const
   else if (d <= 64) run(std::integral_constant<int, 64>());
   else if (d <= 128) run(std::integral_constant<int, 128>());
   else run(std::integral_constant<int, 256>());
+}
+
+void scale_active_heads(ExecSpace const& space, ActiveRows const& rows, GateMatrix const& weight,
+                        TokenMatrix const& ctx, long tokens) {
+  int const heads = static_cast<int>(weight.extent(1));
+  int const d = static_cast<int>(ctx.extent(1)) / heads;
+  auto row_head = rows.head;
+  auto row_token = rows.token;
+  auto row_query = rows.query;
+  for_each_element(
+      space, "proteus::attention::scale_heads", rows.rows, d, KOKKOS_LAMBDA(long r, long j) {
+        int const bh = row_head(r), h = bh % heads;
+        ctx(row_query(r), h * d + j) *= weight((bh / heads) * tokens + row_token(r), h);
+      });
 }
 
 }  // namespace proteus::detail

@@ -298,21 +298,6 @@ void routing_statistics(ExecSpace const& space, Routing const& rt, ForwardStats&
   st.tokens_caught = static_cast<long>(std::lround(sums.caught));
 }
 
-// Router gradient: each active row's context scaled by its head's weight for that token.
-void scale_active_heads(ExecSpace const& space, detail::ActiveRows const& rows, GateMatrix const& weight,
-                        TokenMatrix const& ctx, long tokens) {
-  int const heads = static_cast<int>(weight.extent(1));
-  int const d = static_cast<int>(ctx.extent(1)) / heads;
-  auto row_head = rows.head;
-  auto row_token = rows.token;
-  auto row_query = rows.query;
-  detail::for_each_element(
-      space, "proteus::module::scale_heads", rows.rows, d, KOKKOS_LAMBDA(long r, long j) {
-        int const bh = row_head(r), h = bh % heads;
-        ctx(row_query(r), h * d + j) *= weight((bh / heads) * tokens + row_token(r), h);
-      });
-}
-
 template <class View>
 View copy_of(ExecSpace const& space, View const& v, char const* label) {
   auto const alloc = Kokkos::view_alloc(std::string(label), Kokkos::WithoutInitializing);
@@ -390,7 +375,7 @@ long CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
   Kokkos::deep_copy(space, cb, 0.0f);  // rows of inactive heads stay zero
   Kokkos::View<int*, MemSpace> const counts = first_rows(work_.candidate_count, "proteus::candidate_count", rows.rows);
   detail::attend(space, call.shortlist, qb, work_.kv, bias_v, rows, call.dna_lists, heads, cb, counts);
-  if (call.head_weight.extent(0) > 0) scale_active_heads(space, rows, call.head_weight, cb, tokens);
+  if (call.head_weight.extent(0) > 0) detail::scale_active_heads(space, rows, call.head_weight, cb, tokens);
   if (every) {
     for (int b = 0; b < batch; ++b)
       project_output(space, rows_of(cb, b * len, len), weights_, rows_of(y, b * tokens + t0, len), precision);

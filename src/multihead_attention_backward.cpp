@@ -60,22 +60,6 @@ void head_weight_gradient(ExecSpace const& space, detail::ActiveRows const& rows
       });
 }
 
-// Scales each active row's context by its head weight (as the forward did), into `scaled`.
-void scale_heads(ExecSpace const& space, detail::ActiveRows const& rows, GateMatrix const& weight,
-                 TokenMatrix const& ctx, TokenMatrix const& scaled, long tokens) {
-  int const heads = static_cast<int>(weight.extent(1));
-  int const d = static_cast<int>(ctx.extent(1)) / heads;
-  auto row_head = rows.head;
-  auto row_token = rows.token;
-  auto row_query = rows.query;
-  Kokkos::deep_copy(space, scaled, ctx);
-  detail::for_each_element(
-      space, "proteus::module::backward::scale_heads", rows.rows, d, KOKKOS_LAMBDA(long r, long j) {
-        int const bh = row_head(r), h = bh % heads;
-        scaled(row_query(r), h * d + j) *= weight((bh / heads) * tokens + row_token(r), h);
-      });
-}
-
 template <class Vector>
 void copy_part(ExecSpace const& space, TokenVector const& from, long from_begin, Vector const& to, long to_begin,
                long n) {
@@ -131,7 +115,8 @@ void CausalGeneticMultiheadAttention::backward(ExecSpace const& space, TrainingS
   TokenMatrix ctx_out = ctx;
   if (routed) {
     ctx_out = TokenMatrix("proteus::backward::context_scaled", nq, e);
-    scale_heads(space, rows, state.head_weight, ctx, ctx_out, tokens);
+    Kokkos::deep_copy(space, ctx_out, ctx);
+    detail::scale_active_heads(space, rows, state.head_weight, ctx_out, tokens);
   }
 
   // Output projection: every row's dy reaches the output bias; rows with a query reach W_out.

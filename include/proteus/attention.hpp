@@ -61,6 +61,11 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const
             TokenVector const& value_bias, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
             TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count);
 
+// Router gradient (Config::router_gradient): the context of each active row, ctx(query, head h's
+// columns), times weight(b*T + token, h).
+void scale_active_heads(ExecSpace const& space, ActiveRows const& rows, GateMatrix const& weight,
+                        TokenMatrix const& ctx, long tokens);
+
 // Backward of attend for the same rows, plan and lists (what forward chose is a constant here).
 // dctx [queries x E] is the gradient of the context rows (columns of inactive heads are not
 // read); q, kv as in attend. Writes dq [queries x E] (zero in inactive heads' columns), dkv
