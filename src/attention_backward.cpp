@@ -30,7 +30,7 @@ struct Grad {
   ShortlistPlan p;
   TokenMatrix q, kv, dctx, dq, dkv;
   CandidateLists dna_lists;
-  LongVector row_token, row_query;
+  LongVector row_token, row_query, head_start;
   IndexVector row_head;
   TokenVector m, l, dsum;  // per active row: softmax max and sum, D_i
   RowIndex row_index;
@@ -100,8 +100,22 @@ KOKKOS_INLINE_FUNCTION void for_each_row_of_key(Grad const& g, long b, long bh, 
     int const r = g.row_index(bh, i);  // most rows are inactive for a given head: test that first
     if (r >= 0 && candidate_piece(p, i, j, g.dna_of(b, i)) == piece) f(i, r);
   };
-  if (j >= p.local_floor)
-    for (long i = j; i < T && i < j + p.local_width; ++i) take(i, piece_local);
+  if (j >= p.local_floor) {
+    // Rows of the local piece: the active rows of this head (sorted by token) from token j on,
+    // found by bisection, so that inactive rows cost nothing (K of H heads are active per token).
+    long lo = g.head_start(bh), hi = g.head_start(bh + 1);
+    while (lo < hi) {
+      long const mid = (lo + hi) / 2;
+      if (g.row_token(mid) < j)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    for (long r = lo; r < g.head_start(bh + 1) && g.row_token(r) < j + p.local_width; ++r) {
+      long const i = g.row_token(r);
+      if (candidate_piece(p, i, j, g.dna_of(b, i)) == piece_local) f(i, static_cast<int>(r));
+    }
+  }
   long const s = p.anchor_stride, a = p.anchor_cap;
   if (s > 0 && a > 0) {
     for (long k = 1; k <= a && j + k * s < T; ++k) take(j + k * s, piece_anchor);
@@ -213,6 +227,7 @@ void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMat
   g.dna_lists = dna_lists;
   g.row_token = rows.token;
   g.row_query = rows.query;
+  g.head_start = rows.head_start;
   g.row_head = rows.head;
   g.heads = heads;
   g.embed = static_cast<int>(q.extent(1));
