@@ -239,8 +239,21 @@ RankState read_rank_state(std::string const& path, MPI_Comm comm, Config const& 
   f.read("/run/candidate_scores", {dim(positions.size())}, scores);
   f.read("/run/dna_chain", {dim(ranks), G * E + 2 * G}, chains);
   f.read("/run/dna_hits", {dim(ranks), G}, hits);
+  // The run state is trusted only when its numbers make sense (a damaged or edited file otherwise
+  // resumes into a wrong answer).
+  long long const file_tokens = f.attr_int("/", "tokens");
+  for (double v : chains)
+    require(std::isfinite(v), f.where("/run/dna_chain"), "holds a value that is not finite");
+  for (float v : scores)
+    require(std::isfinite(v), f.where("/run/candidate_scores"), "holds a value that is not finite");
+  for (std::int64_t p : positions)
+    require(p >= 0 && p < file_tokens, f.where("/run/candidate_positions"),
+            "position " + std::to_string(p) + " is outside the sequence of " + std::to_string(file_tokens) + " tokens");
   RankState s;
   std::int64_t const* h = &headers[6 * rank];
+  ChunkRange const mine = ChunkGrid{file_tokens, grid.chunk_tokens}.chunks_of_rank(rank, ranks);
+  require(h[0] >= mine.first && h[0] <= mine.last && h[1] >= 0 && h[4] >= 0 && h[5] >= 0, f.where("/run/rank_header"),
+          "row of rank " + std::to_string(rank) + " is out of range");
   s.next_chunk = h[0];
   s.rounds_done = h[1];
   long offset = 0;
@@ -259,7 +272,7 @@ RankState read_rank_state(std::string const& path, MPI_Comm comm, Config const& 
   // This rank's per-chunk records: the rows whose chunk lies in its range.
   std::vector<std::int64_t> log;
   f.read("/statistics/chunks", {0, 4}, log);
-  ChunkRange const range = ChunkGrid{f.attr_int("/", "tokens"), grid.chunk_tokens}.chunks_of_rank(rank, ranks);
+  ChunkRange const& range = mine;
   for (size_t i = 0; i + 3 < log.size(); i += 4)
     if (log[i] >= range.first && log[i] < s.next_chunk)
       s.chunk_log.push_back({log[i], log[i + 1], log[i + 2], log[i + 3]});

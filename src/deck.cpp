@@ -398,6 +398,19 @@ void RunDeck::validate(int ranks, long tokens) const {
     auto const it = origin.find("model." + field);
     fail(it != origin.end() ? it->second : path, std::string("[model] ") + what);
   }
+  // Head counts the model would clamp silently: refused when the deck asked for them.
+  auto at = [&](std::string const& key) { return origin.count(key) ? origin.at(key) : path; };
+  int const heads = model.num_heads, most = model.heads_active_max > 0 ? model.heads_active_max : heads;
+  if (given.count("model.heads_active_max") && model.heads_active_max > heads)
+    fail(at("model.heads_active_max"), "[model] heads_active_max: " + std::to_string(model.heads_active_max) +
+                                           " exceeds num_heads = " + std::to_string(heads));
+  if (given.count("model.heads_active_min") && model.heads_active_min > std::min(most, heads))
+    fail(at("model.heads_active_min"), "[model] heads_active_min: " + std::to_string(model.heads_active_min) +
+                                           " exceeds heads_active_max (or num_heads) = " +
+                                           std::to_string(std::min(most, heads)));
+  if (given.count("model.linear_head_k") && model.linear_head_k > heads)
+    fail(at("model.linear_head_k"), "[model] linear_head_k: " + std::to_string(model.linear_head_k) +
+                                        " exceeds num_heads = " + std::to_string(heads));
   if (sequence.source != "synthetic" && sequence.source != "hdf5")
     bad("[sequence] source", "expected synthetic or hdf5, got '" + sequence.source + "'");
   if (sequence.source == "hdf5" && sequence.file.empty()) bad("[sequence] file", "the hdf5 source needs a file");

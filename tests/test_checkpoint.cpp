@@ -150,6 +150,23 @@ PROTEUS_TEST_CASE("bad checkpoints give errors naming the file and dataset", "[c
     INFO(dataset);
     CHECK(error_of([&] { load_model(TEST_EXECSPACE(), p, model); }).find(p + ":" + dataset + ": value ") == 0);
   }
+  // A run state that makes no sense is not resumed from.
+  std::string const chain = edited("chain.h5", [](detail::H5File& f) {
+    std::vector<double> v;
+    auto const dims = f.read("/run/dna_chain", {0, 0}, v);
+    v[1] = std::nan("");
+    H5Ldelete(f.id(), "/run/dna_chain", H5P_DEFAULT);
+    f.write("/run/dna_chain", dims, v.data());
+  });
+  CHECK(error_of([&] { read_state(chain, d); }) == chain + ":/run/dna_chain: holds a value that is not finite");
+  std::string const far = edited("far.h5", [](detail::H5File& f) {
+    std::vector<std::int64_t> v;
+    auto const dims = f.read("/run/candidate_positions", {0}, v);
+    v[0] = 1 << 30;
+    H5Ldelete(f.id(), "/run/candidate_positions", H5P_DEFAULT);
+    f.write("/run/candidate_positions", dims, v.data());
+  });
+  CHECK(error_of([&] { read_state(far, d); }).find(far + ":/run/candidate_positions: position 1073741824 is outside") == 0);
   // A checkpoint from a different configuration.
   RunDeck wider = d;
   wider.model.embed_dim = 32;

@@ -147,6 +147,22 @@ TEST_CASE("line ends, empty decks, repeated overrides and model errors are handl
   } catch (Error const& e) {
     CHECK(std::string(e.what()).find(heads + ":2: [model] Config.embed_dim") == 0);
   }
+  // Head counts the model would otherwise clamp without a word.
+  for (auto const& [text, line] : std::vector<std::pair<std::string, int>>{
+           {"[model]\nnum_heads = 4\nheads_active_min = 6\n", 3},
+           {"[model]\nnum_heads = 4\nheads_active_max = 5\n", 3},
+           {"[model]\nnum_heads = 4\nheads_active_max = 2\nheads_active_min = 3\n", 4},
+           {"[model]\nnum_heads = 4\nlinear_head_k = 9\n", 3}}) {
+    std::string const path = write_deck("clamp", text);
+    try {
+      read_deck(path).validate(1, 100000);
+      FAIL("no error for " << text);
+    } catch (Error const& e) {
+      INFO(text);
+      CHECK(std::string(e.what()).find(path + ":" + std::to_string(line) + ": [model] ") == 0);
+      CHECK(std::string(e.what()).find(" exceeds ") != std::string::npos);
+    }
+  }
   std::string const twice = write_deck("needles_twice", "[sequence]\nneedles = 2\nneedle_positions = 5, 5\n");
   try {
     read_deck(twice, {"pipeline.chunk_tokens=256", "pipeline.buffer_tokens=64"}).validate(1, 1000);

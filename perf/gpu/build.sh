@@ -31,6 +31,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+# Relative paths are taken from the directory the script was called in (CMake gets absolute ones:
+# a relative nvcc_wrapper or source directory would be resolved against its build directory).
+absolute() { [ -z "$1" ] || (mkdir -p "$(dirname "$1")" && echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"); }
+kokkos_src=$(absolute "$kokkos_src") kernels_src=$(absolute "$kernels_src") prefix=$(absolute "$prefix")
+build=$(absolute "$build") kokkos_root=$(absolute "$kokkos_root")
+
 gen=()
 command -v ninja >/dev/null && gen=(-G Ninja)
 case "$backend" in
