@@ -224,8 +224,12 @@ void chunk_rounds(Run& r) {
     r.state.rounds_done = round + 1;
     if (deck.checkpoint.dna_dump) dump_dna_so_far(r);
     if (interval > 0)
-      timed("proteus::pipeline::checkpoint", &r.sum.seconds_checkpoint,
-            [&] { checkpoint(r, checkpoint_content(r), (round + 1) * step); });
+      timed("proteus::pipeline::checkpoint", &r.sum.seconds_checkpoint, [&] {
+        // Named by the chunks completed over every rank, as the final checkpoint is.
+        long done = r.state.next_chunk - r.range.first;
+        MPI_Allreduce(MPI_IN_PLACE, &done, 1, MPI_LONG, MPI_SUM, r.comm);
+        checkpoint(r, checkpoint_content(r), done);
+      });
   }
   progress.finish();
   long counters[2] = {r.state.tokens_kept(), r.state.tokens_caught()};
