@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <limits>
@@ -289,6 +290,11 @@ namespace {
 
 // The deck's text with every line end made "\n" (CRLF and old CR-only files read as written).
 std::string read_text(std::string const& path) {
+  // A FIFO or a device would block or never end: only regular files are decks.
+  std::error_code ec;
+  bool const regular = std::filesystem::is_regular_file(path, ec);
+  require(regular || !std::filesystem::exists(path, ec), path,
+          "is not a regular file (a FIFO, device or directory?): give the deck as a file");
   std::ifstream file(path, std::ios::binary);
   require(file.is_open(), path, "cannot open the input deck");
   std::ostringstream raw;

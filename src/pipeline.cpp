@@ -18,6 +18,7 @@
 #include "proteus/chunk_pipeline.hpp"
 #include "proteus/detail/atomic_file.hpp"
 #include "proteus/detail/collective.hpp"
+#include "proteus/detail/directory_lock.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/dna_chain.hpp"
 #include "proteus/error.hpp"
@@ -77,6 +78,7 @@ struct Run {
   TokenMatrix buffer_tokens;  // [S x E], the same on every rank
   std::vector<Position> needles;
   fs::path checkpoint_dir, output_dir;
+  std::vector<detail::DirectoryLock> locks;  // rank 0: one run per output / checkpoint directory
   RunSummary sum;
 
   Run(ExecSpace const& s, MPI_Comm c, RunDeck const& d) : space(s), comm(c), deck(d) {
@@ -166,12 +168,15 @@ void prepare_state(Run& r, std::optional<std::string> const& restart) {
     r.sum.resumed_from_chunk = r.state.next_chunk;
   }
   CheckpointSpec const& ck = r.deck.checkpoint;
-  if (r.rank == 0) {
-    fs::create_directories(r.output_dir);
+  detail::run_agreed(r.comm, [&] {
+    if (r.rank != 0) return;
+    r.locks.emplace_back(r.output_dir.string(), "[output] directory");
+    bool const checkpoints = ck.interval_chunks > 0 || ck.at_end;
+    std::error_code ec;
+    if (checkpoints && !fs::equivalent(r.output_dir, r.checkpoint_dir, ec))
+      r.locks.emplace_back(r.checkpoint_dir.string(), "[checkpoint] directory");
     if (ck.dna_dump && !restart) fs::remove(r.dna_dump());
-    if (ck.interval_chunks > 0 || ck.at_end) fs::create_directories(r.checkpoint_dir);
-  }
-  MPI_Barrier(r.comm);
+  });
 }
 
 CheckpointContent checkpoint_content(Run const& r) {

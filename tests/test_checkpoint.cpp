@@ -12,6 +12,7 @@
 #include "proteus/checkpoint.hpp"
 #include "proteus/deck.hpp"
 #include "proteus/detail/atomic_file.hpp"
+#include "proteus/detail/directory_lock.hpp"
 #include "proteus/detail/hdf5_io.hpp"
 #include "proteus/error.hpp"
 #include "proteus/sequence_source.hpp"
@@ -211,6 +212,21 @@ TEST_CASE("a text file that cannot be written whole is not renamed into place", 
   std::ifstream in(path);
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   CHECK(text == "{\"before\": 1}\n");
+}
+
+TEST_CASE("one run per directory: a second lock is refused until the first is released", "[lock]") {
+  std::string const dir = tmp("locked");
+  std::string message = "no error";
+  {
+    detail::DirectoryLock const first(dir, "[output] directory");
+    try {
+      detail::DirectoryLock const second(dir, "[output] directory");
+    } catch (Error const& e) {
+      message = e.what();
+    }
+  }
+  CHECK(message.find("[output] directory: another run is using the directory '" + dir + "'") == 0);
+  CHECK_NOTHROW(detail::DirectoryLock(dir, "[output] directory"));  // released with the first
 }
 
 PROTEUS_TEST_CASE("HDF5 sequence sources check file, dataset, rank and type", "[source][errors]") {

@@ -1,5 +1,7 @@
 // Input decks: parsing, overrides, and errors that name the file, line and key; the committed
 // docs/input_deck.md must equal what the registry generates.
+#include <sys/stat.h>
+
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -170,6 +172,17 @@ TEST_CASE("line ends, empty decks, repeated overrides and model errors are handl
   } catch (Error const& e) {
     CHECK(std::string(e.what()).find("[sequence] needle_positions: position 5 is listed twice") != std::string::npos);
   }
+}
+
+TEST_CASE("a FIFO or a directory as the deck is refused at once, not read forever", "[deck][errors]") {
+  auto const dir = std::filesystem::temp_directory_path() / "proteus_test_deck_fifo";
+  std::filesystem::create_directories(dir);
+  std::string const fifo = (dir / "deck.fifo").string();
+  std::filesystem::remove(fifo);
+  REQUIRE(mkfifo(fifo.c_str(), 0600) == 0);
+  CHECK(error_of(fifo) == fifo + ": is not a regular file (a FIFO, device or directory?): give the deck as a file");
+  CHECK(error_of(dir.string()).find("is not a regular file") != std::string::npos);
+  std::filesystem::remove(fifo);
 }
 
 TEST_CASE("the deck a checkpoint stores reads back, and differences are named by key", "[deck][restart]") {

@@ -8,9 +8,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <vector>
 
 #include "proteus/checkpoint.hpp"
+#include "proteus/detail/directory_lock.hpp"
 #include "proteus/detail/hdf5_io.hpp"
 #include "proteus/error.hpp"
 #include "proteus/pipeline.hpp"
@@ -133,7 +135,8 @@ PROTEUS_TEST_CASE("collective and rank-0 checkpoint writes give the same file", 
   if (world_rank() == 0) {
     std::vector<std::string> names;
     for (auto const& e : std::filesystem::directory_iterator(together.checkpoint.directory))
-      names.push_back(e.path().filename().string());
+      if (e.path().filename().string().rfind("checkpoint_", 0) == 0)  // not the run's .proteus.lock
+        names.push_back(e.path().filename().string());
     REQUIRE(names.size() >= 2);  // interval checkpoints and the final one
     for (std::string const& name : names) {
       INFO(name);
@@ -171,7 +174,8 @@ PROTEUS_TEST_CASE("a restart from a checkpoint ends exactly where the uninterrup
   std::string first;
   if (world_rank() == 0) {
     for (auto const& e : std::filesystem::directory_iterator(full.checkpoint.directory))
-      if (first.empty() || e.path().string() < first) first = e.path().string();
+      if (e.path().filename().string().rfind("checkpoint_", 0) == 0 && (first.empty() || e.path().string() < first))
+        first = e.path().string();
   }
   int n = static_cast<int>(first.size());
   MPI_Bcast(&n, 1, MPI_INT, 0, MPI_COMM_WORLD);
@@ -206,6 +210,24 @@ PROTEUS_TEST_CASE("a restart from a checkpoint ends exactly where the uninterrup
                        "[pipeline] chunk_keep_ratio (0.05 against 0.1)") != std::string::npos);
     CHECK(message.find("interval_chunks") == std::string::npos);
   }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+PROTEUS_TEST_CASE("two runs into one output directory: the second is refused by name", "[pipeline][lock]") {
+  std::string const dir = scratch("lock");
+  RunDeck d = small_deck(dir);
+  std::optional<detail::DirectoryLock> other;  // another run holding the directory
+  if (world_rank() == 0) other.emplace(d.output.directory, "test");
+  std::string message = "no error";
+  try {
+    run_pipeline(TEST_EXECSPACE(), d, MPI_COMM_WORLD);
+  } catch (CollectiveError const& e) {
+    message = e.what();
+  }
+  if (world_rank() == 0)
+    CHECK(message.find("[output] directory: another run is using the directory '" + d.output.directory + "'") !=
+          std::string::npos);
+  other.reset();
   MPI_Barrier(MPI_COMM_WORLD);
 }
 
