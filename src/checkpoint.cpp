@@ -35,7 +35,9 @@ void to_view(ExecSpace const& space, std::vector<T> const& data, View const& v) 
 
 hsize_t dim(size_t n) { return static_cast<hsize_t>(n); }
 
-void write_dna(detail::H5RankFile const& f, std::string const& group, DnaState const& dna) {
+// File: detail::H5File or detail::H5RankFile (the same writing calls).
+template <class File>
+void write_dna(File const& f, std::string const& group, DnaState const& dna) {
   f.create_group(group);
   hsize_t const g = dna.prototypes.extent(0), e = dna.prototypes.extent(1);
   f.write(group + "/prototypes", {g, e}, host_vector(dna.prototypes).data());
@@ -97,7 +99,8 @@ void write_identity(detail::H5RankFile const& f, CheckpointContent const& c, int
   f.attr("/", "written_by", std::string(f.collective() ? "every rank (parallel HDF5, collective)" : "rank 0"));
 }
 
-void write_config(detail::H5RankFile const& f, Config const& cfg) {
+template <class File>
+void write_config(File const& f, Config const& cfg) {
   f.create_group("/config");
   f.attr("/config", "embed_dim", static_cast<long long>(cfg.embed_dim));
   f.attr("/config", "num_heads", static_cast<long long>(cfg.num_heads));
@@ -115,7 +118,8 @@ void write_config(detail::H5RankFile const& f, Config const& cfg) {
 }
 
 // Weights, the run-start DNA and the gate map.
-void write_model(detail::H5RankFile const& f, CausalGeneticMultiheadAttention const& m) {
+template <class File>
+void write_model(File const& f, CausalGeneticMultiheadAttention const& m) {
   Config const& cfg = m.config();
   Weights const& w = m.weights();
   f.create_group("/weights");
@@ -206,6 +210,25 @@ void write_checkpoint(std::string const& path, MPI_Comm comm, CheckpointContent 
     std::error_code ec;
     if (rank == 0) std::filesystem::remove(tmp, ec);
     throw CollectiveError(rank == 0 ? path + ": checkpoint not written: " + ex.what() : "");
+  }
+}
+
+void write_model_file(std::string const& path, CausalGeneticMultiheadAttention const& model) {
+  std::string const tmp = detail::temporary_name(path);
+  try {
+    H5File f(tmp, "w");
+    f.attr("/", "format_version", static_cast<long long>(checkpoint_format_version));
+    f.attr("/", "proteus_version", std::string(PROTEUS_VERSION_STRING));
+    f.attr("/", "commit", std::string(PROTEUS_GIT_COMMIT));
+    f.attr("/", "content", std::string("model only: configuration, weights, DNA and gate map"));
+    write_config(f, model.config());
+    write_model(f, model);
+    f.close();
+    detail::commit_file(tmp, path);
+  } catch (...) {
+    std::error_code ec;
+    std::filesystem::remove(tmp, ec);
+    throw;
   }
 }
 

@@ -128,18 +128,36 @@ CausalGeneticMultiheadAttention model_like(ExecSpace const& space, CausalGenetic
   return like;
 }
 
+namespace {
+template <class A, class B>
+void require_same_extents(A const& mine, B const& given, std::string const& name) {
+  bool same = true;
+  std::string want, got;
+  for (unsigned r = 0; r < A::rank; ++r) {
+    same = same && mine.extent(r) == given.extent(r);
+    want += (r ? " x " : "") + std::to_string(mine.extent(r));
+    got += (r ? " x " : "") + std::to_string(given.extent(r));
+  }
+  require(same, name, "shape [" + got + "] does not match the module's [" + want + "]");
+}
+
+void require_weights_like(Weights const& mine, Weights const& w) {
+  require_same_extents(mine.qkv_weight, w.qkv_weight, "weights.qkv_weight");
+  require_same_extents(mine.qkv_bias, w.qkv_bias, "weights.qkv_bias");
+  require_same_extents(mine.out_weight, w.out_weight, "weights.out_weight");
+  require_same_extents(mine.out_bias, w.out_bias, "weights.out_bias");
+  require_same_extents(mine.router_weight, w.router_weight, "weights.router_weight");
+}
+
+void require_dna_like(DnaState const& mine, DnaState const& dna) {
+  require_same_extents(mine.prototypes, dna.prototypes, "dna.prototypes");
+  require_same_extents(mine.usage, dna.usage, "dna.usage");
+  require_same_extents(mine.confidence, dna.confidence, "dna.confidence");
+}
+}  // namespace
+
 void CausalGeneticMultiheadAttention::set_weights(ExecSpace const& space, Weights const& w) {
-  auto same = [](auto const& a, auto const& b, char const* name) {
-    require(a.extent(0) == b.extent(0) && a.extent(1) == b.extent(1), std::string("weights.") + name,
-            "shape [" + std::to_string(b.extent(0)) + " x " + std::to_string(b.extent(1)) +
-                "] does not match the module's [" + std::to_string(a.extent(0)) + " x " + std::to_string(a.extent(1)) +
-                "]");
-  };
-  same(weights_.qkv_weight, w.qkv_weight, "qkv_weight");
-  same(weights_.out_weight, w.out_weight, "out_weight");
-  same(weights_.router_weight, w.router_weight, "router_weight");
-  require(w.qkv_bias.extent(0) == weights_.qkv_bias.extent(0), "weights.qkv_bias", "wrong length");
-  require(w.out_bias.extent(0) == weights_.out_bias.extent(0), "weights.out_bias", "wrong length");
+  require_weights_like(weights_, w);
   Kokkos::deep_copy(space, weights_.qkv_weight, w.qkv_weight);
   Kokkos::deep_copy(space, weights_.qkv_bias, w.qkv_bias);
   Kokkos::deep_copy(space, weights_.out_weight, w.out_weight);
@@ -148,12 +166,20 @@ void CausalGeneticMultiheadAttention::set_weights(ExecSpace const& space, Weight
 }
 
 void CausalGeneticMultiheadAttention::set_dna(ExecSpace const& space, DnaState const& dna) {
-  require(
-      dna.prototypes.extent(0) == dna_.prototypes.extent(0) && dna.prototypes.extent(1) == dna_.prototypes.extent(1),
-      "dna.prototypes", "shape does not match [num_gates x embed_dim]");
+  require_dna_like(dna_, dna);
   Kokkos::deep_copy(space, dna_.prototypes, dna.prototypes);
   Kokkos::deep_copy(space, dna_.usage, dna.usage);
   Kokkos::deep_copy(space, dna_.confidence, dna.confidence);
+}
+
+void CausalGeneticMultiheadAttention::share_weights(Weights const& w) {
+  require_weights_like(weights_, w);
+  weights_ = w;
+}
+
+void CausalGeneticMultiheadAttention::share_dna(DnaState const& dna) {
+  require_dna_like(dna_, dna);
+  dna_ = dna;
 }
 
 RoutingResult CausalGeneticMultiheadAttention::route(ExecSpace const& space, TokenMatrix const& x, int batch) const {

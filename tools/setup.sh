@@ -2,7 +2,7 @@
 # One-command set-up for Debian 12: installs what is missing (apt, with sudo when not root),
 # configures and builds proteus, then either runs the quick-start job or the whole test suite.
 #   bash tools/setup.sh run    # build + mpirun -np 2 proteus_driver inputs/quickstart.in
-#   bash tools/setup.sh test   # build + ctest (unit, MPI, tools) + sanitizer build of the unit tests
+#   bash tools/setup.sh test   # build + ctest (unit, MPI, tools, Python) + sanitizer build of the unit tests
 # Environment: BUILD_DIR (default build), JOBS (default: number of cores), PROTEUS_SKIP_APT=1.
 set -euo pipefail
 action=${1:-run}
@@ -15,6 +15,7 @@ packages=(build-essential cmake git pkg-config
           libtrilinos-kokkos-dev libtrilinos-kokkos-kernels-dev
           libopenmpi-dev openmpi-bin libhdf5-openmpi-dev hdf5-tools
           catch2 libcli11-dev nlohmann-json3-dev python3 python3-h5py python3-matplotlib
+          python3-dev python3-torch python3-pytest pybind11-dev  # the PyTorch extension (python/)
           libopenblas0-serial)  # optimised BLAS behind Kokkos Kernels on CPUs (no threads: ranks are the parallelism)
 if [ "${PROTEUS_SKIP_APT:-0}" != 1 ]; then
   missing=()
@@ -35,7 +36,9 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=1
 
 echo "== configuring ($build)"
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DPROTEUS_ENABLE_TESTS=ON >/dev/null
+# The extension is built against Debian's /usr/bin/python3 (where apt puts python3-torch) unless
+# python3 on PATH imports torch; python/CMakeLists.txt picks the interpreter.
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DPROTEUS_ENABLE_TESTS=ON -DPROTEUS_ENABLE_PYTHON=ON >/dev/null
 echo "== building with $jobs jobs"
 cmake --build "$build" -j "$jobs"
 

@@ -33,6 +33,11 @@ struct CheckpointContent {
 // Collective over comm. Writes `path` atomically (a temporary name, renamed on rank 0).
 void write_checkpoint(std::string const& path, MPI_Comm comm, CheckpointContent const& content);
 
+// The model alone (the /config attributes, /weights, /dna and /gate_to_head of a checkpoint),
+// written atomically by the calling process (no MPI): a weights file for `[checkpoint] weights`,
+// load_model and the Python extension's load_hdf5.
+void write_model_file(std::string const& path, CausalGeneticMultiheadAttention const& model);
+
 // This rank's run state from a checkpoint written with the same rank count, chunk grid and model
 // shape (`model` is the resolved config of the run that resumes).
 RankState read_rank_state(std::string const& path, MPI_Comm comm, Config const& model, ChunkGrid const& grid);

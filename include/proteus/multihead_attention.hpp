@@ -155,6 +155,11 @@ class CausalGeneticMultiheadAttention {
   // Copies the given tensors in (shapes are checked).
   void set_weights(ExecSpace const& space, Weights const& w);
   void set_dna(ExecSpace const& space, DnaState const& dna);
+  // Uses the given tensors as the module's weights or DNA from now on, in place (no copy; shapes
+  // are checked): the EMA updates `dna` itself. The caller keeps them alive while the module uses
+  // them. The Python extension shares PyTorch's parameters and buffers this way.
+  void share_weights(Weights const& w);
+  void share_dna(DnaState const& dna);
 
  private:
   Config config_;

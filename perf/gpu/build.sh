@@ -94,14 +94,14 @@ PY
     [ "$backend" = hip ] && compiler=hipcc
     echo "== Kokkos ($backend, $arch) -> $prefix"
     cmake -S "$kokkos_src" -B "$build/kokkos" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_STANDARD=17 \
-      -DCMAKE_CXX_COMPILER="$compiler" -DCMAKE_INSTALL_PREFIX="$prefix" -DKokkos_ENABLE_SERIAL=ON \
+      -DCMAKE_CXX_COMPILER="$compiler" -DCMAKE_INSTALL_PREFIX="$prefix" -DKokkos_ENABLE_SERIAL=ON -DCMAKE_POSITION_INDEPENDENT_CODE=ON \
       "${kokkos_backend[@]}" -DKokkos_ARCH_${arch}=ON -DKokkos_ENABLE_TESTS=OFF >/dev/null
     cmake --build "$build/kokkos" -j "$jobs" && cmake --install "$build/kokkos" >/dev/null
     what="float, LayoutRight instantiated"
     [ "$compile_only" = 1 ] && what="no instantiations, no vendor BLAS"
     echo "== Kokkos Kernels (BLAS, batched; $what) -> $prefix"
     cmake -S "$kernels_src" -B "$build/kernels" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
-      -DCMAKE_CXX_COMPILER="$compiler" -DCMAKE_INSTALL_PREFIX="$prefix" -DKokkos_ROOT="$prefix" \
+      -DCMAKE_CXX_COMPILER="$compiler" -DCMAKE_INSTALL_PREFIX="$prefix" -DKokkos_ROOT="$prefix" -DCMAKE_POSITION_INDEPENDENT_CODE=ON \
       -DKokkosKernels_ENABLE_ALL_COMPONENTS=OFF -DKokkosKernels_ENABLE_COMPONENT_BLAS=ON \
       -DKokkosKernels_ENABLE_COMPONENT_BATCHED=ON "${inst[@]}" -DKokkosKernels_ENABLE_TESTS=OFF "${tpl[@]}" >/dev/null
     cmake --build "$build/kernels" -j "$jobs" && cmake --install "$build/kernels" >/dev/null

@@ -8,7 +8,10 @@ out=${OUT:-/tmp/out}
 mkdir -p "$out"
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 [ -d /tmp/kinstall ] || tar xzf "$root/.gpu/kinstall.tar.gz" -C /tmp
-if ! bash "$root/perf/gpu/build.sh" --kokkos-root /tmp/kinstall --build /tmp/bgpu --jobs 16 >"$out/build.log" 2>&1; then
+# The PyTorch extension too, where python3 has torch and pybind11 (it needs a Kokkos built with -fPIC).
+python=()
+python3 -c "import torch, pybind11, h5py, pytest" 2>/dev/null && python=(-- -DPROTEUS_ENABLE_PYTHON=ON)
+if ! bash "$root/perf/gpu/build.sh" --kokkos-root /tmp/kinstall --build /tmp/bgpu --jobs 16 "${python[@]}" >"$out/build.log" 2>&1; then
   grep -E "error" -A3 "$out/build.log" | head -60
   exit 1
 fi
@@ -19,6 +22,9 @@ for step in "$@"; do
     ctest)
       (cd "$bin" && ctest -j4 --output-on-failure --timeout 300 >"$out/ctest.log" 2>&1)
       grep -E "tests passed|tests failed|Failed|\*\*\*" "$out/ctest.log" | tail -15 ;;
+    ctest_python)
+      (cd "$bin" && ctest -L python -j4 --output-on-failure --timeout 300 >"$out/ctest_python.log" 2>&1)
+      grep -E "tests passed|tests failed|Failed|\*\*\*" "$out/ctest_python.log" | tail -15 ;;
     module)
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 524288 1048576 \
         --alphas 1.0 --warmup 2 --repeat 5 --csv "$out/module_alpha1.csv" | tee "$out/module.txt" ;;
@@ -104,6 +110,14 @@ for step in "$@"; do
         "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 524288 --alphas 1.0 \
           --warmup 1 --repeat 3 --token-sparse --budget 20 $mode --csv "$out/training${mode:+_step}.csv"
       done | tee "$out/training.txt" ;;
+    python_bench)
+      # The training step through the PyTorch extension (autograd) and from C++, with SDPA, in one call.
+      PYTHONPATH=$bin/python python3 "$root/perf/bench_python.py" --tokens 4096 32768 131072 524288 \
+        --csv "$out/python_bench.csv" | tee "$out/python_bench.txt"
+      PYTHONPATH=$bin/python python3 "$root/perf/bench_python.py" --tokens 4096 32768 --side-stream \
+        --csv "$out/python_bench_side.csv" | tee -a "$out/python_bench.txt"
+      "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 524288 --alphas 1.0 \
+        --warmup 1 --repeat 5 --token-sparse --backward --csv "$out/cpp_training.csv" | tee -a "$out/python_bench.txt" ;;
     sdpa_training)
       python3 "$root/perf/gpu/sdpa.py" --backward --tokens 4096 32768 131072 524288 --csv "$out/sdpa_training.csv" \
         | tee "$out/sdpa_training.txt" ;;

@@ -109,6 +109,18 @@ class ScopedRegion {
   ScopedRegion& operator=(ScopedRegion const&) = delete;
 };
 
+// Kokkos::initialize on GPU `device` (host backends ignore it): for a process that did not start
+// with Kokkos, such as a Python interpreter that imports the extension.
+inline void initialize_on_device(int device) {
+#if KOKKOS_VERSION >= 40000
+  Kokkos::initialize(Kokkos::InitializationSettings().set_device_id(device));
+#else
+  Kokkos::InitArguments args;
+  args.device_id = device;
+  Kokkos::initialize(args);
+#endif
+}
+
 // True where GEMMs can run with TF32 inputs on tensor cores (CUDA builds calling cuBLAS).
 inline bool tf32_gemm_available() {
 #ifdef PROTEUS_HAVE_TF32

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""The PyTorch extension's cost: proteus_kokkos forward and forward + backward through Python and
+autograd, next to PyTorch's causal SDPA (BF16 and FP32) forward + backward on the same shapes, in one
+process. Compare with `bench_module --backward` (the same training step from C++) run in the same
+device call: the difference is the Python / autograd overhead.
+    PYTHONPATH=<build>/python python3 perf/bench_python.py --tokens 4096 32768 131072 --csv py.csv
+Shape and config as bench_module's tinytoy runs: E 512, 32 heads of 16, 64 gates, alpha 1 (fixed),
+token sparsity on, DNA frozen, batch 1, dy = 1e-3."""
+import argparse
+import csv
+import time
+
+import torch
+import torch.nn.functional as F
+
+import proteus_kokkos as pk
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--tokens", type=int, nargs="+", default=[4096, 32768, 131072])
+ap.add_argument("--embed", type=int, default=512)
+ap.add_argument("--heads", type=int, default=32)
+ap.add_argument("--gates", type=int, default=64)
+ap.add_argument("--repeat", type=int, default=5)
+ap.add_argument("--sdpa-fp32-max", type=int, default=131072)
+ap.add_argument("--side-stream", action="store_true", help="run on a torch.cuda.Stream() instead of the default")
+ap.add_argument("--csv")
+args = ap.parse_args()
+cuda = pk.device() == "cuda"
+device = torch.device("cuda") if cuda else torch.device("cpu")
+torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def sync():
+    if cuda:
+        torch.cuda.synchronize()
+
+
+def median_ms(step, repeat):
+    step()  # warm-up
+    times = []
+    for _ in range(repeat):
+        sync()
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def peak_mb(step):
+    if not cuda:
+        return float("nan")
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    step()
+    sync()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+rows = []
+if args.side_stream:
+    side = torch.cuda.Stream()
+    torch.cuda.set_stream(side)
+print(f"# torch {torch.__version__}, proteus_kokkos on {pk.device()}"
+      f"{', ' + torch.cuda.get_device_name() if cuda else ''}{', side stream' if args.side_stream else ''}; E {args.embed}, {args.heads} heads, {args.gates} gates")
+print(f"{'T':>9} {'what':>24} {'median_ms':>10} {'peak_MB':>9}")
+for T in args.tokens:
+    m = pk.CausalGeneticMultiheadAttention(args.embed, args.heads, batch_first=True, seed=1, mode="fixed", alpha=1.0,
+                                           num_gates=args.gates, dna_update=False, token_sparse=True).train()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, T, args.embed, generator=g).to(device).requires_grad_()
+    dy = torch.full_like(x, 1e-3)
+
+    def forward():
+        with torch.no_grad():
+            m(x, x, x, need_weights=False)
+
+    def training_forward():
+        y, _ = m(x, x, x, need_weights=False)
+        del y  # the graph (and the training state) is freed unused
+
+    def training_step():
+        x.grad = None
+        m.zero_grad(set_to_none=True)
+        y, _ = m(x, x, x, need_weights=False)
+        y.backward(dy)
+
+    cases = [("proteus forward", forward), ("proteus training forward", training_forward),
+             ("proteus forward+backward", training_step)]
+    if cuda:
+        for dtype in (torch.bfloat16, torch.float32):
+            if dtype == torch.float32 and T > args.sdpa_fp32_max:
+                continue
+            q, k, v = (torch.randn(1, args.heads, T, args.embed // args.heads, device=device, dtype=dtype,
+                                   requires_grad=True) for _ in range(3))
+
+            def sdpa_step(q=q, k=k, v=v):
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                out.backward(torch.ones_like(out))
+                q.grad = k.grad = v.grad = None
+
+            cases.append((f"sdpa {str(dtype)[6:]} forward+backward", sdpa_step))
+    for name, step in cases:
+        ms = median_ms(step, args.repeat)
+        mb = peak_mb(step)
+        print(f"{T:>9} {name:>24} {ms:>10.3f} {mb:>9.1f}", flush=True)
+        rows.append({"tokens": T, "what": name, "median_ms": ms, "peak_mb": mb})
+    del m, x, dy
+    if cuda:
+        torch.cuda.empty_cache()
+if args.csv:
+    with open(args.csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["tokens", "what", "median_ms", "peak_mb"])
+        w.writeheader()
+        w.writerows(rows)

@@ -1,0 +1,152 @@
+"""Gradients through proteus_kokkos: against an independent float64 PyTorch attention (alpha 0),
+central finite differences (sparse routing, router gradient), causality, determinism, batching."""
+import pytest
+import torch
+
+from conftest import DEVICE, dense_config, inputs, make, reference_attention, scaled_error
+
+PARAMETERS = ["qkv.weight", "qkv.bias", "proj.weight", "proj.bias"]
+
+# alpha 1 with a shortlist much smaller than the sequence, token sparsity and the router gradient.
+SPARSE = {"mode": "linear", "token_sparse": True, "token_keep_ratio": 0.6, "linear_L": 16, "L_min": 4,
+          "window": 8, "anchor_stride": 8, "router_gradient": True}
+
+
+def parameter(module, name):
+    return module.attention.get_parameter(name)
+
+
+@pytest.mark.parametrize("batch_first,batch,tokens", [(True, 1, 33), (True, 2, 40), (False, 2, 17)])
+def test_alpha0_equals_plain_causal_attention_with_rope(batch_first, batch, tokens):
+    m = make(batch_first=batch_first, **dense_config())
+    shape = (batch, tokens, 32) if batch_first else (tokens, batch, 32)
+    x = inputs(shape, requires_grad=True)
+    y, stats = m(x, x, x)
+    assert stats["mode"] == "dense"
+
+    ref = {n: parameter(m, n).detach().double().clone().requires_grad_() for n in PARAMETERS}
+    xr = x.detach().double().requires_grad_()
+    xb = xr if batch_first else xr.transpose(0, 1)
+    yr = reference_attention(xb, ref["qkv.weight"], ref["qkv.bias"], ref["proj.weight"], ref["proj.bias"], 4)
+    yr = yr if batch_first else yr.transpose(0, 1)
+    assert scaled_error(y, yr) < 1e-5
+
+    w = inputs(shape, seed=1)
+    (y * w).sum().backward()
+    (yr * w.double()).sum().backward()
+    assert scaled_error(x.grad, xr.grad) < 1e-4
+    for name in PARAMETERS:
+        assert scaled_error(parameter(m, name).grad, ref[name].grad) < 1e-4, name
+    assert m.attention.head_router.linear.weight.grad is None  # upstream: routing only selects
+
+
+def loss_and_selection(m, x, w):
+    with torch.no_grad():
+        y, stats = m(x, x, x)
+    return float((y.double() * w.double()).sum()), (stats["tokens_kept"], stats["active_rows"], stats["mean_candidates"])
+
+
+# Finite differences need a forward that is smooth around the point. Token sparsity's top-k over
+# importance scores (near-uniform at initialisation) swaps tokens under steps of 1e-3, so this case
+# keeps every token (the C++ tests check token sparsity's gradients against a reference forward that
+# holds the selection fixed: tests/test_backward.cpp), and the step is 0.1% (1% can change which
+# heads are active). The router gradient treats the DNA similarity as a constant (docs/training.md:
+# a stop-gradient, as upstream's prototypes have none), so this case turns the DNA off to compare x's
+# gradient with the true derivative.
+SHORTLIST = {**SPARSE, "token_sparse": False, "dna_enable": False}
+
+
+@pytest.mark.parametrize("config,step", [(dense_config(), 1e-2), (SHORTLIST, 1e-3)],
+                         ids=["alpha0", "alpha1_shortlist_router"])
+def test_central_finite_differences(config, step):
+    """Directional derivatives of L = sum(y * w) along a random direction v, for the input and each
+    parameter: (L(t + h v) - L(t - h v)) / 2h against <dL/dt, v>, with h = step * RMS(t) (no
+    selection changes: checked). The kernels are float32: L's rounding (~1e-7 relative) divided by
+    2h gives up to ~5e-4 relative error at step 1e-3; measured agreement 1e-5 to 7e-4; 2e-3 leaves a
+    margin and still catches any wrong or missing term (a missing DNA-path term was 5%)."""
+    m = make(**config).eval()  # eval: the DNA stays fixed between evaluations
+    x = inputs((2, 96, 32), requires_grad=True)
+    w = inputs((2, 96, 32), seed=1)
+    y, stats = m(x, x, x)
+    if config is SHORTLIST:
+        assert stats["mode"] == "shortlist" and stats["mean_candidates"] < 20
+    (y * w).sum().backward()
+    tensors = {"x": x, **{n: parameter(m, n) for n in PARAMETERS}}
+    if config.get("router_gradient"):
+        tensors["head_router.linear.weight"] = parameter(m, "head_router.linear.weight")
+    _, selection = loss_and_selection(m, x.detach(), w)
+    g = torch.Generator().manual_seed(7)
+    for name, t in tensors.items():
+        v = torch.randn(t.shape, generator=g).to(DEVICE)
+        h = step * float(t.detach().square().mean().sqrt())
+        with torch.no_grad():
+            t.add_(h * v)
+            plus, sel_plus = loss_and_selection(m, x.detach(), w)
+            t.sub_(2 * h * v)
+            minus, sel_minus = loss_and_selection(m, x.detach(), w)
+            t.add_(h * v)
+        assert sel_plus == selection and sel_minus == selection, f"{name}: the step changed the selection"
+        numeric = (plus - minus) / (2 * h)
+        analytic = float((t.grad.double() * v.double()).sum())
+        assert abs(numeric - analytic) <= 2e-3 * abs(analytic), f"{name}: {numeric} vs {analytic}"
+
+
+def test_router_gradient_only_when_asked():
+    for router_gradient in (False, True):
+        m = make(**{**SPARSE, "router_gradient": router_gradient}).eval()
+        x = inputs((1, 64, 32), requires_grad=True)
+        m(x, x, x)[0].square().sum().backward()
+        grad = m.attention.head_router.linear.weight.grad
+        assert (grad is not None and bool(grad.abs().sum() > 0)) == router_gradient
+
+
+def gradients(m, x, dy):
+    x = x.detach().clone().requires_grad_()
+    m.zero_grad(set_to_none=True)
+    y, _ = m(x, x, x)
+    y.backward(dy)
+    return [x.grad] + [p.grad for p in m.parameters() if p.grad is not None]
+
+
+def test_two_backward_calls_are_bit_identical():
+    m = make(**SPARSE).eval()
+    x, dy = inputs((2, 80, 32)), inputs((2, 80, 32), seed=2)
+    first, second = gradients(m, x, dy), gradients(m, x, dy)
+    assert len(first) == 6 and all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_gradients_are_causal():
+    """With dL/dy zero from token t0 on, dL/dx is exactly zero from t0 on."""
+    m = make(**SPARSE).eval()
+    x, dy = inputs((1, 80, 32)), inputs((1, 80, 32), seed=3)
+    dy[:, 50:] = 0
+    dx = gradients(m, x, dy)[0]
+    assert bool((dx[:, 50:] == 0).all()) and bool((dx[:, :50] != 0).any())
+
+
+def test_batch_gradient_is_the_rows_gradients():
+    m = make(**SPARSE).eval()
+    x, dy = inputs((2, 72, 32)), inputs((2, 72, 32), seed=4)
+    batch = gradients(m, x, dy)
+    rows = [gradients(m, x[b:b + 1], dy[b:b + 1]) for b in range(2)]
+    # The same selections and sums, in another order: float32 rounding only (measured 1.1e-6).
+    assert scaled_error(batch[0], torch.cat([rows[0][0], rows[1][0]])) < 1e-5
+    for i in range(1, len(batch)):
+        assert scaled_error(batch[i], rows[0][i] + rows[1][i]) < 1e-5
+
+
+def test_dna_ema_runs_once_per_training_step_and_never_in_eval():
+    m = make(**SPARSE)
+    dna = lambda: [b.clone() for b in (m.attention.routing_prototypes, m.attention.routing_usage_ema,
+                                      m.attention.routing_confidence)]
+    x = inputs((1, 64, 32), requires_grad=True)
+    before = dna()
+    y, _ = m.train()(x, x, x)
+    after_forward = dna()
+    assert not torch.equal(before[0], after_forward[0])
+    y.square().sum().backward()
+    assert all(torch.equal(a, b) for a, b in zip(after_forward, dna()))  # backward leaves the DNA alone
+    with torch.no_grad():
+        m.eval()(x, x, x)
+    assert all(torch.equal(a, b) for a, b in zip(after_forward, dna()))
+    assert m.attention.routing_prototypes.grad is None and not m.attention.routing_prototypes.requires_grad
