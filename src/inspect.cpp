@@ -35,7 +35,9 @@ void column_stats(std::vector<std::int64_t> const& rows, int col, double out[3])
 void read_dna(H5File const& f, DnaReport& r, std::vector<float>& protos) {
   std::vector<hsize_t> dims;
   if (f.exists("/dna")) {
-    r.kind = "checkpoint";
+    // A weights file (write_model_file, the Python extension's save_hdf5, tools/torch_to_h5.py) has
+    // the model without run state.
+    r.kind = f.exists("/run") ? "checkpoint" : "model";
     r.dna_group = f.exists("/dna_final") ? "/dna_final" : "/dna";
     dims = f.read(r.dna_group + "/prototypes", {0, 0}, protos);
     std::vector<float> u, c;
@@ -55,7 +57,7 @@ void read_dna(H5File const& f, DnaReport& r, std::vector<float>& protos) {
     auto du = f.read("/usage", {d3[0], d3[1]}, u);
     r.usage.assign(u.end() - du[1], u.end());
   } else {
-    fail(f.path(), "neither a checkpoint (/dna) nor a DNA dump (/prototypes)");
+    fail(f.path(), "neither a checkpoint or weights file (/dna) nor a DNA dump (/prototypes)");
   }
   r.gates = static_cast<int>(dims[0]);
   r.embed = static_cast<int>(dims[1]);
@@ -148,9 +150,9 @@ DnaReport inspect_file(std::string const& path, int top) {
   std::vector<float> protos;
   read_dna(f, r, protos);
   dna_geometry(protos, r);
-  if (r.kind != "checkpoint") return r;
+  if (r.kind == "dna_dump") return r;
   gate_graph(f, r);
-  run_statistics(f, r, top);
+  if (r.kind == "checkpoint") run_statistics(f, r, top);
   return r;
 }
 

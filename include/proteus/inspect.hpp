@@ -11,7 +11,7 @@
 namespace proteus {
 
 struct DnaReport {
-  std::string file, kind, dna_group;  // kind: checkpoint | dna_dump
+  std::string file, kind, dna_group;  // kind: checkpoint | model (weights file) | dna_dump
   long long version = 0;
   int gates = 0, embed = 0, heads = 0;
   std::vector<double> norms, usage, confidence;
@@ -27,7 +27,7 @@ struct DnaReport {
   double candidates_stats[3] = {0, 0, 0}, caught_stats[3] = {0, 0, 0};  // min, mean, max per chunk
 };
 
-// Reads `path` (a checkpoint or a DNA dump); `top` buffer positions are listed.
+// Reads `path` (a checkpoint, a weights file or a DNA dump); `top` buffer positions are listed.
 DnaReport inspect_file(std::string const& path, int top = 10);
 std::string to_text(DnaReport const& report);
 std::string to_json(DnaReport const& report);

@@ -110,6 +110,20 @@ for step in "$@"; do
         "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 524288 --alphas 1.0 \
           --warmup 1 --repeat 3 --token-sparse --budget 20 $mode --csv "$out/training${mode:+_step}.csv"
       done | tee "$out/training.txt" ;;
+    train_curriculum)
+      # examples/train_sliding_ctx.py with proteus and with dense attention side by side, one GPU
+      # each (TRAIN_STEPS, TRAIN_MINUTES), on the pinned corpus carried as .gpu/corpus.npz.
+      runs=/tmp/runs; mkdir -p $runs
+      for attention in proteus dense; do
+        gpu=0; [ $attention = dense ] && gpu=1
+        CUDA_VISIBLE_DEVICES=$gpu PYTHONPATH=$bin/python python3 "$root/examples/train_sliding_ctx.py" \
+          --attention $attention --steps "${TRAIN_STEPS:-2000}" --max-minutes "${TRAIN_MINUTES:-4.5}" \
+          --eval-every 250 --log-every 100 --dna-every 250 --checkpoint-every 100000 \
+          --corpus-pack "$root/.gpu/corpus.npz" --out $runs/$attention >$runs/$attention.log 2>&1 &
+      done
+      wait
+      tail -4 $runs/proteus.log $runs/dense.log
+      tar czf "$out/runs.tar.gz" --exclude=checkpoint.pt -C /tmp runs ;;
     python_bench)
       # The training step through the PyTorch extension (autograd) and from C++, with SDPA, in one call.
       PYTHONPATH=$bin/python python3 "$root/perf/bench_python.py" --tokens 4096 32768 131072 524288 \

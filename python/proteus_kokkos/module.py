@@ -258,6 +258,13 @@ class CausalGeneticMultiheadAttention(nn.Module):
         self._bind()
         self._core.save(_runtime.stream_handle(self.attention.qkv.weight), str(path))
 
+    def dump_dna(self, path, tokens_seen):
+        """Appends the current DNA (prototypes, usage, confidence) and `tokens_seen` to the DNA-dump
+        time series `path` (created if missing): the driver's dump format, which proteus_inspect and
+        tools/plot_dna.py --dump read."""
+        self._bind()
+        self._core.dump_dna(_runtime.stream_handle(self.attention.qkv.weight), str(path), int(tokens_seen))
+
     def load_hdf5(self, path):
         """Loads weights and DNA from a proteus checkpoint or weights file (format, shapes, values and
         gate map checked; an error names the file and dataset). The module is unchanged on error."""

@@ -264,6 +264,13 @@ class Module : public Held {
     space.fence();
   }
 
+  // Appends the DNA to a DNA-dump time series (the driver's format, read by proteus_inspect and
+  // tools/plot_dna.py).
+  void dump_dna(std::uintptr_t stream, std::string const& path, long tokens_seen) {
+    space_on(stream).fence();
+    append_dna_snapshot(path, get().dna(), tokens_seen);
+  }
+
   void save(std::uintptr_t stream, std::string const& path) {
     space_on(stream).fence();
     write_model_file(path, get());
@@ -380,6 +387,7 @@ PYBIND11_MODULE(_core, m) {
       .def("forward_training", &Module::forward_training)
       .def("backward", &Module::backward)
       .def("forward_module", &Module::forward_module)
+      .def("dump_dna", &Module::dump_dna)
       .def("save", &Module::save)
       .def("load", &Module::load);
 }
