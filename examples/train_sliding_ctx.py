@@ -67,6 +67,9 @@ def arguments(argv=None):
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--router-gradient", action="store_true", help="proteus: the opt-in differentiable routing")
     ap.add_argument("--token-sparse", type=int, default=1, help="proteus: token sparsity (upstream: keep 0.85)")
+    ap.add_argument("--head-controller", type=float, default=0.0, metavar="DENSITY",
+                    help="proteus: the sparse-head controller with this target density (0 = off; upstream's "
+                         "example uses 0.28), tolerance 0.03, cooldown 4 steps, heads 2..6")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--eval-windows", type=int, default=8, help="validation windows per context")
     ap.add_argument("--log-every", type=int, default=50)
@@ -121,7 +124,8 @@ class ProteusAttention(nn.Module):
             d_model, heads, batch_first=True, seed=seed, num_gates=16, heads_active_min=2, heads_active_max=6,
             seq_low=low, seq_high=max(high, low + 1), switch_ctx=max(high, low + 1), force_dense_threshold=0.25,
             token_sparse=bool(args.token_sparse), token_keep_ratio=0.85, token_keep_min=16, token_keep_guard=8,
-            router_gradient=args.router_gradient)
+            router_gradient=args.router_gradient, head_controller=args.head_controller > 0,
+            head_target_density=args.head_controller or 0.28, head_controller_min=2, head_controller_max=6)
 
     def forward(self, x):
         return self.attn(x, need_weights=False)[0]

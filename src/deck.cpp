@@ -134,6 +134,12 @@ std::vector<Key> const& registry() {
     k.push_back(key<float>("model", "dna_init_scale", "", "std of the initial prototypes", REF(model.dna_init_scale), 0, 1e6));
     k.push_back(key<int>("model", "heads_active_min", "heads", "fewest heads per token", REF(model.heads_active_min), 1, 4096));
     k.push_back(key<int>("model", "heads_active_max", "heads", "most heads per token; 0 = H", REF(model.heads_active_max), 0, 4096));
+    k.push_back(key<bool>("model", "head_controller", "", "sparse-head controller: move the head range toward a target density", REF(model.head_controller)));
+    k.push_back(key<float>("model", "head_target_density", "", "controller: target of the busiest head's row fraction", REF(model.head_target_density), 0, 1));
+    k.push_back(key<float>("model", "head_tolerance", "", "controller: no change within target +- this", REF(model.head_tolerance), 0, 1));
+    k.push_back(key<int>("model", "head_cooldown", "calls", "controller: forwards averaged per decision", REF(model.head_cooldown), 1, 1e9));
+    k.push_back(key<int>("model", "head_controller_min", "heads", "controller: lowest heads_active_min; 0 = 1", REF(model.head_controller_min), 0, 4096));
+    k.push_back(key<int>("model", "head_controller_max", "heads", "controller: highest heads_active_max; 0 = H", REF(model.head_controller_max), 0, 4096));
     k.push_back(key<float>("model", "router_top_p", "", "nucleus rule on head probabilities; 0 = off", REF(model.router_top_p), 0, 1));
     k.push_back(key<int>("model", "linear_head_k", "heads", "heads per token at alpha = 1", REF(model.linear_head_k), 1, 4096));
     k.push_back(key<bool>("model", "router_gradient", "", "scale each active head's context by its renormalised head probability, so that the router learns (changes outputs)", REF(model.router_gradient)));

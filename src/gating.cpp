@@ -207,4 +207,21 @@ void head_weights_backward(ExecSpace const& space, GateMatrix const& dweight, Ga
       });
 }
 
+double busiest_head_fraction(ExecSpace const& space, MaskMatrix const& head_mask, MaskVector const& keep,
+                             bool every_head, int batch) {
+  int const heads = static_cast<int>(head_mask.extent(1));
+  long const tokens = static_cast<long>(head_mask.extent(0)) / batch;
+  long busiest = 0;
+  Kokkos::parallel_reduce(
+      "proteus::gating::busiest_head", Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<long>(batch) * heads),
+      KOKKOS_LAMBDA(long item, long& most) {
+        long const b = item / heads, h = item % heads;
+        long rows = 0;
+        for (long t = b * tokens; t < (b + 1) * tokens; ++t) rows += keep(t) && (every_head || head_mask(t, h)) ? 1 : 0;
+        most = rows > most ? rows : most;
+      },
+      Kokkos::Max<long>(busiest));
+  return tokens > 0 ? static_cast<double>(busiest) / static_cast<double>(tokens) : 0.0;
+}
+
 }  // namespace proteus

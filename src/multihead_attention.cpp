@@ -118,6 +118,31 @@ CausalGeneticMultiheadAttention::CausalGeneticMultiheadAttention(ExecSpace const
   for (int g = 0; g < config_.num_gates; ++g) host(g) = config_.gate_to_head[g];
   Kokkos::deep_copy(space, gate_to_head_, host);
   space.fence();  // the host mirror is freed on return
+  if (config_.head_controller) start_controller();
+}
+
+void CausalGeneticMultiheadAttention::start_controller() {
+  Config& c = config_;
+  HeadControllerSpec spec;
+  spec.target_density = c.head_target_density;
+  spec.tolerance = c.head_tolerance;
+  spec.cooldown = c.head_cooldown;
+  spec.min_heads = c.head_controller_min;
+  spec.max_heads = c.head_controller_max;
+  base_linear_L_ = c.linear_L;
+  // Upstream's floor of the shortlist scale: max(0.05, L_min / L).
+  double const floor = std::max(0.05, static_cast<double>(c.L_min) / std::max(1, c.linear_L));
+  controller_.emplace(spec, c.num_heads, c.heads_active_min, c.heads_active_max, floor);
+  c.heads_active_min = controller_->heads_min();
+  c.heads_active_max = controller_->heads_max();
+}
+
+void CausalGeneticMultiheadAttention::adapt_heads(ForwardStats& st) {
+  st.controller = controller_->observe(st.max_head_density);
+  if (!st.controller) return;
+  config_.heads_active_min = st.controller->heads_min;
+  config_.heads_active_max = st.controller->heads_max;
+  config_.linear_L = std::max(1, static_cast<int>(std::lround(base_linear_L_ * st.controller->shortlist_scale)));
 }
 
 CausalGeneticMultiheadAttention model_like(ExecSpace const& space, CausalGeneticMultiheadAttention const& model,
@@ -475,6 +500,10 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
   }
   detail::ScopedRegion region("proteus::module::statistics");
   routing_statistics(space, call.routed.routing, st);
+  if (controller_) {
+    st.max_head_density = busiest_head_fraction(space, call.head_mask, call.routed.keep, call.every_head, batch);
+    if (options.adapt_heads.value_or(true)) adapt_heads(st);
+  }
   return st;
 }
 

@@ -56,6 +56,16 @@ struct Config {
   // Changes the forward's outputs. Off: upstream's behaviour (routing only selects).
   bool router_gradient = false;
 
+  // ---- sparse-head controller (head_controller.hpp) ------------------------------------------
+  // Every head_cooldown forwards, the mean busiest-head density moves [heads_active_min,
+  // heads_active_max] by one toward head_target_density +- head_tolerance, and linear_L with it.
+  bool head_controller = false;
+  float head_target_density = 0.28f;
+  float head_tolerance = 0.03f;
+  int head_cooldown = 4;
+  int head_controller_min = 0;  // global bounds of the range; 0: 1 and num_heads
+  int head_controller_max = 0;
+
   // ---- projections and RoPE (stage 5) ---------------------------------------------------------
   bool rope = true;
   double rope_base = 10000.0;

@@ -63,6 +63,12 @@ long select_heads(ExecSpace const& space, Config const& cfg, GateMatrix const& h
                   HeadCount const& hc, double alpha, MaskVector const& keep,
                   MaskMatrix const& head_mask);
 
+// The busiest (batch row, head)'s fraction of the T rows that attend with that head (kept tokens
+// with the head active; every kept token when every_head): upstream's max_active_density, what the
+// sparse-head controller watches.
+double busiest_head_fraction(ExecSpace const& space, MaskMatrix const& head_mask, MaskVector const& keep,
+                             bool every_head, int batch);
+
 // The head count of the SPEC rule for one nucleus count n (n = 0: nucleus off).
 KOKKOS_INLINE_FUNCTION int mixed_head_count(int by_length, int kmin, int nucleus, int linear_head_k,
                                             double alpha) {

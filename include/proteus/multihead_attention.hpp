@@ -14,6 +14,7 @@
 #include "proteus/config.hpp"
 #include "proteus/dna.hpp"
 #include "proteus/gating.hpp"
+#include "proteus/head_controller.hpp"
 #include "proteus/projection.hpp"
 #include "proteus/shortlist.hpp"
 #include "proteus/types.hpp"
@@ -37,6 +38,10 @@ struct ForwardStats {
   long tokens_caught = 0;          // tokens with beta > 0
   int gates_updated = 0;
   double mean_candidates = 0.0;    // mean shortlist size over active rows
+  // Config::head_controller only: the busiest head's fraction of rows, and the controller's
+  // decision when this call completed a cooldown window (applied to the next calls).
+  double max_head_density = 0.0;
+  std::optional<HeadDecision> controller;
 };
 
 // Options of the token-level entry point (used by the drop-in forward and the pipelines).
@@ -45,6 +50,7 @@ struct RunOptions {
   long row_end = -1;    // -1: all rows
   std::optional<bool> update_dna;  // default: Config::dna_update
   std::optional<ShortlistPlan> plan;  // replaces the alpha budget law (e.g. the second pass)
+  std::optional<bool> adapt_heads;    // the head controller observes this call (default: yes)
 };
 
 // What a training forward keeps for its backward. x and positions are references: the caller keeps
@@ -163,10 +169,15 @@ class CausalGeneticMultiheadAttention {
 
  private:
   Config config_;
+  std::optional<HeadController> controller_;  // Config::head_controller
+  int base_linear_L_ = 0;                      // linear_L before the controller's scaling
   Weights weights_;
   DnaState dna_;
   IndexVector gate_to_head_;
   mutable detail::ModuleWorkspace work_;
+  void start_controller();
+  // The controller observes this call's density; a decision changes the head range and linear_L.
+  void adapt_heads(ForwardStats& st);
   // Stages 1-3 into r.routing and r.keep, which must have one entry per row of x.
   void route_into(ExecSpace const& space, TokenMatrix const& x, int batch, RoutingResult& r) const;
   ForwardStats run_impl(ExecSpace const& space, TokenMatrix const& x, int batch, PositionVector const& positions,

@@ -58,12 +58,12 @@ class _ProteusFunction(torch.autograd.Function):
     heads, candidates) is a constant of the backward, as a top-k is in autograd."""
 
     @staticmethod
-    def forward(ctx, owner, x, positions, batch, update_dna, qkv_w, qkv_b, out_w, out_b, router_w):
+    def forward(ctx, owner, x, positions, batch, update_dna, adapt_heads, qkv_w, qkv_b, out_w, out_b, router_w):
         state = _core.TrainingState()
         y = torch.empty_like(x)
         owner._bind()
         owner._last_stats = owner._core.forward_training(_runtime.stream_handle(x), x, batch, positions, y, state,
-                                                         update_dna)
+                                                         update_dna, adapt_heads)
         ctx.owner, ctx.state = owner, state
         ctx.save_for_backward(x, positions)  # the state reads them in place: kept alive, checked unchanged
         return y
@@ -81,7 +81,7 @@ class _ProteusFunction(torch.autograd.Function):
         ctx.state = None
         bias = attention.qkv.bias is not None
         router = grads["router_weight"] if owner._core.config.router_gradient else None
-        return (None, grad_input, None, None, None, grads["qkv_weight"], grads["qkv_bias"] if bias else None,
+        return (None, grad_input, None, None, None, None, grads["qkv_weight"], grads["qkv_bias"] if bias else None,
                 grads["out_weight"], grads["out_bias"] if bias else None, router)
 
 
@@ -229,15 +229,17 @@ class CausalGeneticMultiheadAttention(nn.Module):
         rows = x.contiguous().view(batch * tokens, embed)
         positions = self._positions_for(batch, tokens, query.device)
         update_dna = bool(self.training) and self._dna_update
+        adapt = bool(self.training)  # the head controller (if on) learns in training mode only
         params = self.attention.tensors()
         trainable = [params["qkv_weight"], self.attention.qkv.bias, params["out_weight"], self.attention.proj.bias,
                      params["router_weight"]]
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in [rows] + trainable):
-            y = _ProteusFunction.apply(self, rows, positions, batch, update_dna, *trainable)
+            y = _ProteusFunction.apply(self, rows, positions, batch, update_dna, adapt, *trainable)
         else:
             y = torch.empty_like(rows)
             self._bind()
-            self._last_stats = self._core.forward(_runtime.stream_handle(rows), rows, batch, positions, y, update_dna)
+            self._last_stats = self._core.forward(_runtime.stream_handle(rows), rows, batch, positions, y, update_dna,
+                                                  adapt)
         y = y.view(batch, tokens, embed)
         if pad is not None:
             y = y.masked_fill(pad.unsqueeze(-1), 0.0)

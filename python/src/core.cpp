@@ -174,6 +174,19 @@ py::dict stats_dict(ForwardStats const& s) {
   d["tokens_caught"] = s.tokens_caught;
   d["gates_updated"] = s.gates_updated;
   d["mean_candidates"] = s.mean_candidates;
+  d["max_head_density"] = s.max_head_density;
+  if (s.controller) {
+    py::dict c;
+    c["step"] = s.controller->step;
+    c["density"] = s.controller->density;
+    c["action"] = s.controller->action;
+    c["heads_min"] = s.controller->heads_min;
+    c["heads_max"] = s.controller->heads_max;
+    c["shortlist_scale"] = s.controller->shortlist_scale;
+    d["controller"] = c;
+  } else {
+    d["controller"] = py::none();
+  }
   return d;
 }
 
@@ -215,25 +228,28 @@ class Module : public Held {
   }
 
   // y = attention(x) for x [B*T x E] (batch rows stacked) at `positions`; the DNA EMA runs when
-  // update_dna (the Python module passes training mode and Config::dna_update).
+  // update_dna (the Python module passes training mode and Config::dna_update) and the head
+  // controller observes the call when adapt_heads (training mode).
   py::dict forward(std::uintptr_t stream, py::handle x, int batch, py::handle positions, py::handle y,
-                   bool update_dna) {
+                   bool update_dna, bool adapt_heads) {
     ExecSpace const space = space_on(stream);
     Inputs const in = inputs(x, batch, positions, y);
     check_finite(space, in.x, "query");
     RunOptions options;
     options.update_dna = update_dna;
+    options.adapt_heads = adapt_heads;
     return stats_dict(get().run(space, in.x, batch, in.positions, in.y, options));
   }
 
   // forward() that also records what backward() needs in `state`.
   py::dict forward_training(std::uintptr_t stream, py::handle x, int batch, py::handle positions, py::handle y,
-                            State& state, bool update_dna) {
+                            State& state, bool update_dna, bool adapt_heads) {
     ExecSpace const space = space_on(stream);
     Inputs const in = inputs(x, batch, positions, y);
     check_finite(space, in.x, "query");
     RunOptions options;
     options.update_dna = update_dna;
+    options.adapt_heads = adapt_heads;
     return stats_dict(get().run_training(space, in.x, batch, in.positions, in.y, state.get(), options));
   }
 
@@ -362,6 +378,8 @@ void bind_config(py::module_& m) {
   PROTEUS_FIELD(window); PROTEUS_FIELD(anchor_stride); PROTEUS_FIELD(use_local); PROTEUS_FIELD(use_anchors);
   PROTEUS_FIELD(use_dna_candidates); PROTEUS_FIELD(frac_local); PROTEUS_FIELD(frac_anchor); PROTEUS_FIELD(frac_dna);
   PROTEUS_FIELD(query_block_rows);
+  PROTEUS_FIELD(head_controller); PROTEUS_FIELD(head_target_density); PROTEUS_FIELD(head_tolerance);
+  PROTEUS_FIELD(head_cooldown); PROTEUS_FIELD(head_controller_min); PROTEUS_FIELD(head_controller_max);
 #undef PROTEUS_FIELD
 }
 

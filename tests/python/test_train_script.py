@@ -72,3 +72,19 @@ def test_corpus_refuses_files_that_differ_from_the_manifest(tmp_path):
         corpus.load(manifest=str(bad))
     train_bytes, validation = corpus.load()
     assert train_bytes.size > 10_000_000 and 500_000 < validation.size < 2_000_000
+
+
+def test_data_parallel_over_two_processes(tmp_path):
+    """The torchrun path (distributed data parallel) with two CPU processes over gloo: both finish,
+    rank 0 alone writes the results, and the global batch is split between the ranks."""
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000), WORLD_SIZE="2")
+    runs = [subprocess.Popen([sys.executable, os.path.join(EXAMPLES, "train_sliding_ctx.py"), "--attention", "proteus",
+                              *TINY[:2], "--phases", "32:0.7:8,64:0.3:4", *TINY[4:], "--out", str(tmp_path)],
+                             env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outputs = [r.communicate(timeout=600) for r in runs]
+    assert all(r.returncode == 0 for r in runs), [o[1][-2000:] for o in outputs]
+    assert outputs[1][0] == ""  # only rank 0 reports
+    with open(tmp_path / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["steps"] == 60 and summary["tokens"] == 42 * 8 * 32 + 18 * 4 * 64
