@@ -16,7 +16,9 @@
 #include <vector>
 
 #include "proteus/attention.hpp"
+#include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/projection.hpp"
 
 namespace proteus::detail {
 
@@ -90,6 +92,60 @@ void rows_pass(ExecSpace const& space, Grad const& g, long rows) {
       });
 }
 
+// rows_pass for head width D known at compile time: the row's query and dO, and its dq, live in
+// registers (the generic loops above read them from global memory for every candidate). The same
+// operations in the same order: bit for bit the generic pass's results.
+template <int D>
+void rows_pass_fixed(ExecSpace const& space, Grad const& g, long rows) {
+  Kokkos::parallel_for(
+      "proteus::attention::backward::rows", Kokkos::RangePolicy<ExecSpace>(space, 0, rows), KOKKOS_LAMBDA(long r) {
+        long const t = g.row_token(r), qrow = g.row_query(r);
+        int const bh = g.row_head(r);
+        long const b = bh / g.heads, h = bh % g.heads, base = b * g.tokens;
+        int const e = g.embed;
+        Position const* dna = g.dna_of(b, t);
+        float qi[D], doi[D], dq[D];
+        for (int j = 0; j < D; ++j) {
+          qi[j] = g.q(qrow, h * D + j);
+          doi[j] = g.dctx(qrow, h * D + j);
+          dq[j] = 0.0f;
+        }
+        auto score_and_dv = [&](long key, float& s, float& dv) {
+          s = 0.0f;
+          dv = 0.0f;
+          for (int j = 0; j < D; ++j) s += qi[j] * g.kv(key, h * D + j);
+          for (int j = 0; j < D; ++j) dv += doi[j] * g.kv(key, e + h * D + j);
+          s *= g.scale;
+        };
+        float m = -3.0e38f, l = 0.0f, dsum = 0.0f;
+        for_each_candidate(g.p, t, dna, [&](long c) {
+          float s, dv;
+          score_and_dv(base + c, s, dv);
+          if (s > m) {
+            float const f = kmath::exp(m - s);
+            l = l * f + 1.0f;
+            dsum = dsum * f + dv;
+            m = s;
+          } else {
+            float const x = kmath::exp(s - m);
+            l += x;
+            dsum += x * dv;
+          }
+        });
+        dsum /= l;
+        for_each_candidate(g.p, t, dna, [&](long c) {
+          float s, dv;
+          score_and_dv(base + c, s, dv);
+          float const w = kmath::exp(s - m) / l * (dv - dsum) * g.scale;
+          for (int j = 0; j < D; ++j) dq[j] += w * g.kv(base + c, h * D + j);
+        });
+        for (int j = 0; j < D; ++j) g.dq(qrow, h * D + j) = dq[j];
+        g.m(r) = m;
+        g.l(r) = l;
+        g.dsum(r) = dsum;
+      });
+}
+
 // Calls f(i, r) for every row i whose candidate set holds key j of batch row b and that is active
 // (as row r) for head bh, once each.
 template <class F>
@@ -154,6 +210,63 @@ void keys_pass(ExecSpace const& space, Grad const& g, long batch) {
       });
 }
 
+// keys_pass for head width D known at compile time: the key's k and v, and its dk and dv, live in
+// registers; the same operations in the same order as the generic pass.
+template <int D>
+void keys_pass_fixed(ExecSpace const& space, Grad const& g, long batch) {
+  long const T = g.tokens;
+  Kokkos::parallel_for(
+      "proteus::attention::backward::keys", Kokkos::RangePolicy<ExecSpace>(space, 0, batch * g.heads * T),
+      KOKKOS_LAMBDA(long item) {
+        long const bh = item / T, j = item % T, b = bh / g.heads, h = bh % g.heads;
+        long const key_row = b * T + j;
+        int const e = g.embed;
+        float kj[D], vj[D], dk[D], dv[D];
+        for (int c = 0; c < D; ++c) {
+          kj[c] = g.kv(key_row, h * D + c);
+          vj[c] = g.kv(key_row, e + h * D + c);
+          dk[c] = dv[c] = 0.0f;
+        }
+        for_each_row_of_key(g, b, bh, j, [&](long, int r) {
+          long const qrow = g.row_query(r);
+          float s = 0.0f, dov = 0.0f;
+          for (int c = 0; c < D; ++c) s += g.q(qrow, h * D + c) * kj[c];
+          for (int c = 0; c < D; ++c) dov += g.dctx(qrow, h * D + c) * vj[c];
+          float const p = kmath::exp(s * g.scale - g.m(r)) / g.l(r);
+          float const w = p * (dov - g.dsum(r)) * g.scale;
+          for (int c = 0; c < D; ++c) {
+            dk[c] += w * g.q(qrow, h * D + c);
+            dv[c] += p * g.dctx(qrow, h * D + c);
+          }
+        });
+        for (int c = 0; c < D; ++c) {
+          g.dkv(key_row, h * D + c) = dk[c];
+          g.dkv(key_row, e + h * D + c) = dv[c];
+        }
+      });
+}
+
+// The passes for the head width: register versions for common widths, the generic loops otherwise.
+void both_passes(ExecSpace const& space, Grad const& g, long rows, long batch) {
+  switch (g.d) {
+#define PROTEUS_BACKWARD_WIDTH(D)      \
+  case D:                              \
+    rows_pass_fixed<D>(space, g, rows); \
+    keys_pass_fixed<D>(space, g, batch); \
+    return;
+    PROTEUS_BACKWARD_WIDTH(8)
+    PROTEUS_BACKWARD_WIDTH(16)
+    PROTEUS_BACKWARD_WIDTH(24)
+    PROTEUS_BACKWARD_WIDTH(32)
+    PROTEUS_BACKWARD_WIDTH(48)
+    PROTEUS_BACKWARD_WIDTH(64)
+#undef PROTEUS_BACKWARD_WIDTH
+    default:
+      rows_pass(space, g, rows);
+      keys_pass(space, g, batch);
+  }
+}
+
 // Active row of each (batch*head, token), or -1.
 RowIndex index_rows(ExecSpace const& space, ActiveRows const& rows, int bh_count, long tokens) {
   RowIndex index("proteus::attention::backward::row_index", bh_count, tokens);
@@ -193,19 +306,33 @@ void invert_dna_lists(ExecSpace const& space, CandidateLists const& lists, long 
   space.fence();  // the host mirrors are freed on return
 }
 
-// dvalue_bias(col) = sum of dO over the active rows of col's head, in row order.
+// dvalue_bias(col) = sum of dO over the active rows of col's head: each (batch row, head)'s rows
+// in blocks summed in row order, then the blocks in (batch row, block) order (deterministic; one
+// thread per column walking every row left the GPU idle).
 void value_bias_gradient(ExecSpace const& space, ActiveRows const& rows, TokenMatrix const& dctx, int heads,
-                         long batch, TokenVector const& dvalue_bias) {
+                         long batch, long tokens, TokenVector const& dvalue_bias) {
   int const d = static_cast<int>(dctx.extent(1)) / heads;
+  long const block = ordered_sum_block(tokens), blocks = (tokens + block - 1) / block;
   auto head_start = rows.head_start;
   auto row_query = rows.query;
+  TokenMatrix partial(Kokkos::view_alloc("proteus::attention::backward::value_bias_partials", Kokkos::WithoutInitializing),
+                      batch * heads * blocks, d);
+  for_each_element(
+      space, "proteus::attention::backward::value_bias_partials", batch * heads * blocks, d,
+      KOKKOS_LAMBDA(long item, long j) {
+        long const bh = item / blocks, k = item % blocks, h = bh % heads;
+        long const first = head_start(bh) + k * block, last = head_start(bh + 1);
+        float sum = 0.0f;
+        for (long r = first; r < last && r < first + block; ++r) sum += dctx(row_query(r), h * d + j);
+        partial(item, j) = sum;
+      });
   Kokkos::parallel_for(
       "proteus::attention::backward::value_bias", Kokkos::RangePolicy<ExecSpace>(space, 0, dvalue_bias.extent(0)),
       KOKKOS_LAMBDA(long col) {
-        long const h = col / d;
+        long const h = col / d, j = col % d;
         float sum = 0.0f;
         for (long b = 0; b < batch; ++b)
-          for (long r = head_start(b * heads + h); r < head_start(b * heads + h + 1); ++r) sum += dctx(row_query(r), col);
+          for (long k = 0; k < blocks; ++k) sum += partial((b * heads + h) * blocks + k, j);
         dvalue_bias(col) = sum;
       });
 }
@@ -241,9 +368,8 @@ void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMat
   g.row_index = index_rows(space, rows, static_cast<int>(batch * heads), g.tokens);
   invert_dna_lists(space, dna_lists, batch, g.tokens, g);
   Kokkos::deep_copy(space, dq, 0.0f);  // columns of inactive heads stay zero
-  rows_pass(space, g, rows.rows);
-  keys_pass(space, g, batch);
-  if (dvalue_bias.extent(0) > 0) value_bias_gradient(space, rows, dctx, heads, batch, dvalue_bias);
+  both_passes(space, g, rows.rows, batch);
+  if (dvalue_bias.extent(0) > 0) value_bias_gradient(space, rows, dctx, heads, batch, g.tokens, dvalue_bias);
 }
 
 }  // namespace proteus::detail

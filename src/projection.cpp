@@ -120,11 +120,25 @@ void project_kv_backward(ExecSpace const& space, TokenMatrix const& x, TokenMatr
 }
 
 void column_sums(ExecSpace const& space, TokenMatrix const& m, TokenVector const& out) {
-  long const rows = static_cast<long>(m.extent(0));
-  Kokkos::parallel_for(
-      "proteus::projection::column_sums", Kokkos::RangePolicy<ExecSpace>(space, 0, m.extent(1)), KOKKOS_LAMBDA(long j) {
+  long const rows = static_cast<long>(m.extent(0)), cols = static_cast<long>(m.extent(1));
+  long const block = ordered_sum_block(rows);
+  long const blocks = (rows + block - 1) / block;
+  // Stage 1: each block of rows, in row order (blocks x cols threads, neighbours read neighbouring
+  // columns); stage 2: the blocks, in block order. A fixed association: the same sums on every
+  // device and in every run (one thread per column walking every row left all but cols threads idle).
+  TokenMatrix partial(Kokkos::view_alloc("proteus::projection::column_partials", Kokkos::WithoutInitializing),
+                      blocks, cols);
+  detail::for_each_element(
+      space, "proteus::projection::column_partials", blocks, cols, KOKKOS_LAMBDA(long k, long j) {
+        long const end = (k + 1) * block < rows ? (k + 1) * block : rows;
         float s = 0.0f;
-        for (long r = 0; r < rows; ++r) s += m(r, j);
+        for (long r = k * block; r < end; ++r) s += m(r, j);
+        partial(k, j) = s;
+      });
+  Kokkos::parallel_for(
+      "proteus::projection::column_sums", Kokkos::RangePolicy<ExecSpace>(space, 0, cols), KOKKOS_LAMBDA(long j) {
+        float s = 0.0f;
+        for (long k = 0; k < blocks; ++k) s += partial(k, j);
         out(j) = s;
       });
 }

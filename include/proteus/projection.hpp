@@ -49,7 +49,16 @@ void project_q_backward(ExecSpace const& space, TokenMatrix const& xq, TokenMatr
 // K|V: dx = dkv [W_k; W_v] and rows E..3E-1 of grads.qkv_weight = dkv^T x.
 void project_kv_backward(ExecSpace const& space, TokenMatrix const& x, TokenMatrix const& dkv, Weights const& w,
                          TokenMatrix const& dx, Gradients const& grads);
-// out(j) = sum over rows of m(row, j), each column summed in row order by one thread.
+// out(j) = sum over rows of m(row, j): blocks of ordered_sum_block(rows) rows summed in row order,
+// then the blocks in order (deterministic: the association depends on the shape only).
 void column_sums(ExecSpace const& space, TokenMatrix const& m, TokenVector const& out);
+
+// Rows per block of a two-stage ordered sum over n rows: about sqrt(n), at least 64, so that both
+// stages are short loops with many threads.
+inline long ordered_sum_block(long n) {
+  long b = 64;
+  while (b * b < n) b *= 2;
+  return b;
+}
 
 }  // namespace proteus
