@@ -124,6 +124,11 @@ for step in "$@"; do
       wait
       tail -4 $runs/proteus.log $runs/dense.log
       tar czf "$out/runs.tar.gz" --exclude=checkpoint.pt -C /tmp runs ;;
+    training_small)
+      # The shape of the curriculum's first phase (d 192, 8 heads, 512 tokens, batch 32, alpha 0):
+      # a training step with every Kokkos kernel timed.
+      "$bin/perf/bench_module" --embed 192 --heads 8 --gates 16 --tokens 512 --batch 32 --alphas 0.0 --warmup 1 \
+        --repeat 3 --backward --profile | tee "$out/training_small.txt" ;;
     python_bench)
       # The training step through the PyTorch extension (autograd) and from C++, with SDPA, in one call.
       PYTHONPATH=$bin/python python3 "$root/perf/bench_python.py" --tokens 4096 32768 131072 524288 \
