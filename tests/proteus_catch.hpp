@@ -5,6 +5,8 @@
 #include <catch2/catch_test_macros.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
 using Catch::Approx;
+#define PROTEUS_CONTAINS(text) Catch::Matchers::ContainsSubstring(text)
 #else
 #include <catch2/catch.hpp>
+#define PROTEUS_CONTAINS(text) Catch::Contains(text)
 #endif

@@ -95,11 +95,11 @@ TEST_CASE("global bounds hold from the start and through every move", "[controll
             {0.9, nullptr, 0, 0, 0}, {0.9, "decrease", 2, 2, 0.512}});  // min 2 holds
   HeadControllerSpec bad;
   bad.cooldown = 0;
-  CHECK_THROWS_WITH(HeadController(bad, 8, 1, 8, 0.1), Catch::Contains("Config.head_cooldown"));
+  CHECK_THROWS_WITH(HeadController(bad, 8, 1, 8, 0.1), PROTEUS_CONTAINS("Config.head_cooldown"));
   bad = HeadControllerSpec{};
   bad.min_heads = 5;
   bad.max_heads = 3;
-  CHECK_THROWS_WITH(HeadController(bad, 8, 1, 8, 0.1), Catch::Contains("Config.head_controller_min"));
+  CHECK_THROWS_WITH(HeadController(bad, 8, 1, 8, 0.1), PROTEUS_CONTAINS("Config.head_controller_min"));
 }
 
 PROTEUS_TEST_CASE("the module applies the controller's decisions to its head range and shortlist", "[controller]") {
