@@ -9,6 +9,7 @@
 #include <iostream>
 
 #include "proteus/deck.hpp"
+#include "proteus/detail/stop_signal.hpp"
 #include "proteus/error.hpp"
 #include "proteus/pipeline.hpp"
 #include "proteus/version.hpp"
@@ -72,10 +73,15 @@ int main_body(int argc, char** argv, int rank) {
                 o.deck.c_str(), proteus::deck_to_ini(deck).c_str());
   std::fflush(stdout);
   proteus::RunSummary summary;
+  // SIGTERM / SIGINT: finish the chunk at hand, checkpoint, end (a second signal ends at once).
+  proteus::detail::install_stop_handlers();
   try {
     Kokkos::DefaultExecutionSpace const space;
     summary = proteus::run_pipeline(space, deck, MPI_COMM_WORLD,
                                     o.restart.empty() ? std::nullopt : std::optional<std::string>(o.restart));
+  } catch (proteus::StopRequested const& e) {
+    if (rank == 0) std::fprintf(stderr, "proteus_driver: %s\n", e.what());
+    return 128 + e.signal();
   } catch (proteus::CollectiveError const& e) {
     if (rank == 0) std::fprintf(stderr, "proteus_driver: error: %s\n", e.what());
     return 1;

@@ -78,7 +78,7 @@ long RankState::tokens_caught() const {
 
 void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& scorer, SequenceSource const& source,
                 ChunkGrid const& grid, NucleusSpec const& nucleus, ChunkRange range, RankState& state,
-                std::function<void(RankState const&)> const& after_chunk) {
+                std::function<void(RankState const&)> const& after_chunk, std::function<bool()> const& stop) {
   Config const& cfg = scorer.config();
   TokenMatrix buffer("proteus::chunk::tokens", grid.chunk_tokens, cfg.embed_dim);
   DnaStatistics stats = DnaStatistics::allocate(cfg.num_gates, cfg.embed_dim);
@@ -146,6 +146,7 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
     state.next_chunk = c + 1;
     after_chunk(state);
     space.fence();  // chunk c's buffer is overwritten by the copy issued in the next iteration
+    if (stop && stop()) break;  // the prefetches in flight are waited for below
     if (prefetch) slot = 1 - slot;
   }
   copier.fence();

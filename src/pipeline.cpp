@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -20,6 +21,7 @@
 #include "proteus/detail/collective.hpp"
 #include "proteus/detail/directory_lock.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/detail/stop_signal.hpp"
 #include "proteus/dna_chain.hpp"
 #include "proteus/error.hpp"
 #include "proteus/memory_tracker.hpp"
@@ -205,6 +207,24 @@ void dump_dna_so_far(Run& r) {
   if (r.rank == 0) append_dna_snapshot(r.dna_dump(), so_far, seen);
 }
 
+// A stop request (SIGTERM, SIGINT) during the chunk stage: every rank writes its state into a
+// checkpoint (when the deck keeps checkpoints) and the run ends with StopRequested.
+[[noreturn]] void stop_with_checkpoint(Run& r, int signum) {
+  long done = r.state.next_chunk - r.range.first;
+  MPI_Allreduce(MPI_IN_PLACE, &done, 1, MPI_LONG, MPI_SUM, r.comm);
+  std::string const name = signum == SIGINT ? "SIGINT" : signum == SIGTERM ? "SIGTERM" : "signal " + std::to_string(signum);
+  std::string message = "stopped by " + name + " after " + std::to_string(done) + " of " +
+                        std::to_string(r.grid.count()) + " chunks; ";
+  if (r.deck.checkpoint.interval_chunks > 0 || r.deck.checkpoint.at_end) {
+    timed("proteus::pipeline::checkpoint", &r.sum.seconds_checkpoint,
+          [&] { checkpoint(r, checkpoint_content(r), done); });
+    message += "checkpoint written: " + r.sum.checkpoint + "; resume with --restart " + r.sum.checkpoint;
+  } else {
+    message += "no checkpoint: [checkpoint] interval_chunks = 0 and at_end = false in the deck";
+  }
+  throw StopRequested(r.rank == 0 ? message : "", signum);
+}
+
 // The chunk stage in rounds of interval_chunks per rank; the checkpoint after each round is
 // collective, and every rank goes through the same number of rounds.
 void chunk_rounds(Run& r) {
@@ -220,12 +240,16 @@ void chunk_rounds(Run& r) {
   auto report = [&](RankState const& s) {
     progress.update(s.next_chunk - r.range.first, (s.next_chunk - start_chunk) * r.grid.chunk_tokens);
   };
+  auto const stop = [] { return detail::stop_signal() != 0; };
   for (long round = r.state.rounds_done;; ++round) {
     long const target = std::min(mine, (round + 1) * step);
-    run_chunks(r.space, scorer, *r.source, r.grid, nucleus, {r.range.first, r.range.first + target}, r.state, report);
-    int finished = r.state.next_chunk >= r.range.last ? 1 : 0;
-    MPI_Allreduce(MPI_IN_PLACE, &finished, 1, MPI_INT, MPI_MIN, r.comm);
-    if (finished) break;
+    run_chunks(r.space, scorer, *r.source, r.grid, nucleus, {r.range.first, r.range.first + target}, r.state, report,
+               stop);
+    // {a rank has chunks left, a rank was asked to stop}: agreed, so that every rank acts alike.
+    int flags[2] = {r.state.next_chunk < r.range.last ? 1 : 0, detail::stop_signal()};
+    MPI_Allreduce(MPI_IN_PLACE, flags, 2, MPI_INT, MPI_MAX, r.comm);
+    if (flags[1] != 0 && flags[0] != 0) stop_with_checkpoint(r, flags[1]);
+    if (flags[0] == 0) break;
     r.state.rounds_done = round + 1;
     if (deck.checkpoint.dna_dump) dump_dna_so_far(r);
     if (interval > 0)
@@ -389,6 +413,10 @@ RunSummary run_pipeline(ExecSpace const& space, RunDeck const& deck, MPI_Comm co
   double const checkpoints_before = sum.seconds_checkpoint;
   timed("proteus::pipeline::chunks", &sum.seconds_chunks, [&] { chunk_rounds(r); });
   sum.seconds_chunks -= sum.seconds_checkpoint - checkpoints_before;  // round checkpoints count apart
+  // A stop requested after the last chunk: the chunk stage is kept, the later phases rerun on restart.
+  int signum = detail::stop_signal();
+  MPI_Allreduce(MPI_IN_PLACE, &signum, 1, MPI_INT, MPI_MAX, r.comm);
+  if (signum != 0) stop_with_checkpoint(r, signum);
   timed("proteus::pipeline::dna_join", &sum.seconds_dna, [&] { join_dna(r); });
   timed("proteus::pipeline::buffer_select", &sum.seconds_exchange, [&] { select_buffer(r); });
   if (deck.pipeline.buffer_pass && r.buffer.size() > 0)

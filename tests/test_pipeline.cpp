@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -14,6 +15,7 @@
 #include "proteus/checkpoint.hpp"
 #include "proteus/detail/directory_lock.hpp"
 #include "proteus/detail/hdf5_io.hpp"
+#include "proteus/detail/stop_signal.hpp"
 #include "proteus/error.hpp"
 #include "proteus/pipeline.hpp"
 #include "proteus/sequence_source.hpp"
@@ -210,6 +212,48 @@ PROTEUS_TEST_CASE("a restart from a checkpoint ends exactly where the uninterrup
                        "[pipeline] chunk_keep_ratio (0.05 against 0.1)") != std::string::npos);
     CHECK(message.find("interval_chunks") == std::string::npos);
   }
+  MPI_Barrier(MPI_COMM_WORLD);
+}
+
+PROTEUS_TEST_CASE("a stop request ends every rank after one chunk with a checkpoint that resumes exactly",
+                  "[pipeline][signal]") {
+  std::string const dir = scratch("stop");
+  RunSummary const a = run_pipeline(TEST_EXECSPACE(), small_deck(dir + "/full"), MPI_COMM_WORLD);
+  auto stopped_run = [&](RunDeck const& deck) {
+    detail::request_stop(SIGTERM);  // what the driver's handler records when the signal arrives
+    std::pair<int, std::string> got{0, ""};
+    try {
+      run_pipeline(TEST_EXECSPACE(), deck, MPI_COMM_WORLD);
+    } catch (StopRequested const& e) {
+      got = {e.signal(), e.what()};
+    }
+    detail::clear_stop();
+    return got;
+  };
+  auto const [signum, message] = stopped_run(small_deck(dir + "/stopped"));
+  CHECK(signum == SIGTERM);  // on every rank: no rank is left waiting
+  // Each rank finished the chunk it was scoring: one per rank.
+  char want[96];
+  std::snprintf(want, sizeof want, "checkpoint_%09d.h5", world_size());
+  std::string const path = dir + "/stopped/checkpoints/" + want;
+  if (world_rank() == 0) {
+    INFO(message);
+    CHECK(message.find("stopped by SIGTERM after " + std::to_string(world_size()) + " of 33 chunks; checkpoint written: " +
+                       path + "; resume with --restart " + path) == 0);
+  }
+  RunSummary const b = run_pipeline(TEST_EXECSPACE(), small_deck(dir + "/resumed"), MPI_COMM_WORLD, path);
+  if (world_rank() == 0) {
+    CHECK(b.resumed_from_chunk >= 0);
+    CHECK(a.buffer_positions == b.buffer_positions);
+    CHECK(a.buffer_outputs == b.buffer_outputs);  // bit-identical
+    CHECK(final_dna(a.checkpoint) == final_dna(b.checkpoint));
+  }
+  // Without checkpoints in the deck the run still ends on every rank, and says there is none.
+  RunDeck bare = small_deck(dir + "/bare");
+  bare.checkpoint.at_end = false;
+  auto const [bare_signum, bare_message] = stopped_run(bare);
+  CHECK(bare_signum == SIGTERM);
+  if (world_rank() == 0) CHECK(bare_message.find("no checkpoint: [checkpoint] interval_chunks = 0") != std::string::npos);
   MPI_Barrier(MPI_COMM_WORLD);
 }
 

@@ -56,9 +56,11 @@ struct NucleusSpec {
 };
 
 // Runs the chunks of `range` on `grid` from state.next_chunk, scoring with `scorer` (a routing
-// model whose DNA updates are off: the chain folds them); after_chunk is called after each one.
+// model whose DNA updates are off: the chain folds them); after_chunk is called after each one,
+// and the run ends early, after a whole chunk, when stop() says so.
 void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& scorer,
                 SequenceSource const& source, ChunkGrid const& grid, NucleusSpec const& nucleus,
-                ChunkRange range, RankState& state, std::function<void(RankState const&)> const& after_chunk);
+                ChunkRange range, RankState& state, std::function<void(RankState const&)> const& after_chunk,
+                std::function<bool()> const& stop = {});
 
 }  // namespace proteus

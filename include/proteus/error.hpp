@@ -19,6 +19,17 @@ class CollectiveError : public Error {
   explicit CollectiveError(std::string const& message) : Error(message) {}
 };
 
+// Every rank stopped on a signal (SIGTERM, SIGINT) after writing a checkpoint; rank 0's message
+// says where the checkpoint is and how to resume.
+class StopRequested : public CollectiveError {
+ public:
+  StopRequested(std::string const& message, int signum) : CollectiveError(message), signal_(signum) {}
+  int signal() const { return signal_; }
+
+ private:
+  int signal_;
+};
+
 // "what: detail" with an optional location prefix, e.g. "deck.in:12: [model] embed_dim: ...".
 [[noreturn]] inline void fail(std::string const& where, std::string const& what) {
   throw Error(where.empty() ? what : where + ": " + what);
