@@ -57,6 +57,21 @@ struct Grad {
   }
 };
 
+// One candidate of the online softmax: running max m, sum l of exp(s - m), and sum of
+// exp(s - m) dO.v, rescaled when the max grows.
+KOKKOS_INLINE_FUNCTION void online_step(float s, float dv, float& m, float& l, float& dsum) {
+  if (s > m) {
+    float const f = kmath::exp(m - s);
+    l = l * f + 1.0f;
+    dsum = dsum * f + dv;
+    m = s;
+  } else {
+    float const e = kmath::exp(s - m);
+    l += e;
+    dsum += e * dv;
+  }
+}
+
 // Softmax statistics and dq of every active row.
 void rows_pass(ExecSpace const& space, Grad const& g, long rows) {
   Kokkos::parallel_for(
@@ -68,17 +83,7 @@ void rows_pass(ExecSpace const& space, Grad const& g, long rows) {
         // One online pass (running max, rescaled sums) for m, l and D_i, then one for dq.
         float m = -3.0e38f, l = 0.0f, dsum = 0.0f;
         for_each_candidate(g.p, t, dna, [&](long c) {
-          float const s = g.score(qrow, h, base + c), dv = g.dout_value(qrow, h, base + c);
-          if (s > m) {
-            float const f = kmath::exp(m - s);
-            l = l * f + 1.0f;
-            dsum = dsum * f + dv;
-            m = s;
-          } else {
-            float const e = kmath::exp(s - m);
-            l += e;
-            dsum += e * dv;
-          }
+          online_step(g.score(qrow, h, base + c), g.dout_value(qrow, h, base + c), m, l, dsum);
         });
         dsum /= l;
         for_each_candidate(g.p, t, dna, [&](long c) {
@@ -121,16 +126,7 @@ void rows_pass_fixed(ExecSpace const& space, Grad const& g, long rows) {
         for_each_candidate(g.p, t, dna, [&](long c) {
           float s, dv;
           score_and_dv(base + c, s, dv);
-          if (s > m) {
-            float const f = kmath::exp(m - s);
-            l = l * f + 1.0f;
-            dsum = dsum * f + dv;
-            m = s;
-          } else {
-            float const x = kmath::exp(s - m);
-            l += x;
-            dsum += x * dv;
-          }
+          online_step(s, dv, m, l, dsum);
         });
         dsum /= l;
         for_each_candidate(g.p, t, dna, [&](long c) {

@@ -235,10 +235,7 @@ class Module : public Held {
     ExecSpace const space = space_on(stream);
     Inputs const in = inputs(x, batch, positions, y);
     check_finite(space, in.x, "query");
-    RunOptions options;
-    options.update_dna = update_dna;
-    options.adapt_heads = adapt_heads;
-    return stats_dict(get().run(space, in.x, batch, in.positions, in.y, options));
+    return stats_dict(get().run(space, in.x, batch, in.positions, in.y, options(update_dna, adapt_heads)));
   }
 
   // forward() that also records what backward() needs in `state`.
@@ -247,10 +244,8 @@ class Module : public Held {
     ExecSpace const space = space_on(stream);
     Inputs const in = inputs(x, batch, positions, y);
     check_finite(space, in.x, "query");
-    RunOptions options;
-    options.update_dna = update_dna;
-    options.adapt_heads = adapt_heads;
-    return stats_dict(get().run_training(space, in.x, batch, in.positions, in.y, state.get(), options));
+    return stats_dict(
+        get().run_training(space, in.x, batch, in.positions, in.y, state.get(), options(update_dna, adapt_heads)));
   }
 
   void backward(std::uintptr_t stream, State& state, py::handle dy, py::handle dx, py::dict const& grads) {
@@ -309,6 +304,13 @@ class Module : public Held {
     return *module_;
   }
   long embed() const { return config().embed_dim; }
+
+  static RunOptions options(bool update_dna, bool adapt_heads) {
+    RunOptions o;
+    o.update_dna = update_dna;
+    o.adapt_heads = adapt_heads;
+    return o;
+  }
 
   struct Inputs {
     TokenMatrix x, y;
