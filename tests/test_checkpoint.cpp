@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "proteus/checkpoint.hpp"
 #include "proteus/deck.hpp"
@@ -173,6 +174,28 @@ PROTEUS_TEST_CASE("bad checkpoints give errors naming the file and dataset", "[c
   wider.model.embed_dim = 32;
   CHECK(error_of([&] { read_state(good, wider); })
             .find(good + ":/config @embed_dim: checkpoint has 16 but the deck has 32 ([model] embed_dim)") == 0);
+}
+
+TEST_CASE("a flipped bit inside the weights is caught by the dataset's checksum", "[checkpoint][checksum]") {
+  RunDeck const d = deck_for(tmp("sum"));
+  CausalGeneticMultiheadAttention model(ExecSpace(), d.model);
+  std::string const path = tmp("weights_sum.h5");
+  write_model_file(path, model);
+  CausalGeneticMultiheadAttention other(ExecSpace(), d.model);
+  CHECK(error_of([&] { load_model(ExecSpace(), path, other); }) == "no error");
+  // Find the weights' bytes in the file and flip one mantissa bit: a value that still looks fine.
+  auto const w = Kokkos::create_mirror_view_and_copy(HostSpace(), model.weights().qkv_weight);
+  std::string bytes;
+  {
+    std::ifstream in(path, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  size_t const at = bytes.find(std::string(reinterpret_cast<char const*>(w.data()), 64));
+  REQUIRE(at != std::string::npos);
+  bytes[at + 9] = static_cast<char>(bytes[at + 9] ^ 0x04);
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << bytes;
+  CHECK(error_of([&] { load_model(ExecSpace(), path, other); }) ==
+        path + ":/weights/qkv_weight: read failed: checksum mismatch or truncated file (damaged data)");
 }
 
 TEST_CASE("a failed checkpoint write leaves the previous file untouched", "[checkpoint][atomic]") {
