@@ -282,16 +282,6 @@ Rows rows_of(Rows const& v, long first, long count) {
 }
 
 // Kept rows of x and their positions, gathered for a block whose tokens are not all kept.
-void gather_kept_queries(ExecSpace const& space, TokenMatrix const& x, PositionVector const& positions,
-                         Kokkos::View<long*, MemSpace> const& source, TokenMatrix const& xq, PositionVector const& pos) {
-  detail::for_each_element(
-      space, "proteus::module::gather_kept", static_cast<long>(xq.extent(0)), static_cast<long>(xq.extent(1)),
-      KOKKOS_LAMBDA(long i, long j) {
-        xq(i, j) = x(source(i), j);
-        if (j == 0) pos(i) = positions(source(i));
-      });
-}
-
 // Outputs of the kept rows back to their tokens; dropped tokens output the bias alone.
 void scatter_kept_outputs(ExecSpace const& space, TokenMatrix const& yq, Kokkos::View<long*, MemSpace> const& query_of,
                           TokenVector const& out_bias, TokenMatrix const& y, int batch, long tokens, long t0, long len) {
@@ -415,7 +405,7 @@ long CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
   } else if (nq > 0) {
     gathered = first_rows(work_.gathered, "proteus::kept_rows", nq, e);
     PositionVector const pos = first_rows(work_.kept_positions, "proteus::kept_positions", nq);
-    gather_kept_queries(space, x, positions, rows.query_source, gathered, pos);
+    detail::gather_rows(space, x, rows.query_source, gathered, positions, pos);
     project_q(space, gathered, weights_, qb, precision);
     bias_and_rope(space, qb, bias_q, pos, e, heads, 1, c.rope, c.rope_base);
   }
@@ -561,5 +551,18 @@ std::pair<BatchTensor, std::optional<ForwardStats>> CausalGeneticMultiheadAttent
   if (need_weights) stats = st;
   return {out, stats};
 }
+
+namespace detail {
+void gather_rows(ExecSpace const& space, TokenMatrix const& m, Kokkos::View<long*, MemSpace> const& source,
+                 TokenMatrix const& out, PositionVector const& positions, PositionVector const& out_positions) {
+  bool const with_positions = out_positions.extent(0) > 0;
+  for_each_element(
+      space, "proteus::module::gather", static_cast<long>(out.extent(0)), static_cast<long>(out.extent(1)),
+      KOKKOS_LAMBDA(long i, long j) {
+        out(i, j) = m(source(i), j);
+        if (with_positions && j == 0) out_positions(i) = positions(source(i));
+      });
+}
+}  // namespace detail
 
 }  // namespace proteus

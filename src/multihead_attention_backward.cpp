@@ -19,18 +19,6 @@ namespace {
 
 using LongVector = Kokkos::View<long*, MemSpace>;
 
-// Rows `source` of m (and of the positions, when given) into out.
-void gather_rows(ExecSpace const& space, TokenMatrix const& m, LongVector const& source, TokenMatrix const& out,
-                 PositionVector const& positions = {}, PositionVector const& out_positions = {}) {
-  bool const with_positions = out_positions.extent(0) > 0;
-  detail::for_each_element(
-      space, "proteus::module::backward::gather", static_cast<long>(out.extent(0)), static_cast<long>(out.extent(1)),
-      KOKKOS_LAMBDA(long i, long j) {
-        out(i, j) = m(source(i), j);
-        if (with_positions && j == 0) out_positions(i) = positions(source(i));
-      });
-}
-
 // m(source(i), :) += rows(i, :); every target row appears once in source (deterministic).
 void scatter_add_rows(ExecSpace const& space, TokenMatrix const& rows, LongVector const& source, TokenMatrix const& m) {
   detail::for_each_element(
@@ -98,7 +86,7 @@ void CausalGeneticMultiheadAttention::backward(ExecSpace const& space, TrainingS
   TokenVector const bias_v = Kokkos::subview(weights_.qkv_bias, std::make_pair(2 * e, 3 * e));
   TokenMatrix xq("proteus::backward::xq", nq, e), q("proteus::backward::q", nq, e);
   PositionVector pos_q("proteus::backward::positions", nq);
-  gather_rows(space, x, rows.query_source, xq, state.positions, pos_q);
+  detail::gather_rows(space, x, rows.query_source, xq, state.positions, pos_q);
   TokenMatrix kv("proteus::backward::kv", n, 2 * e), ctx("proteus::backward::context", nq, e);
   project_kv(space, x, weights_, kv, GemmPrecision::fp32);
   bias_and_rope(space, kv, bias_k, state.positions, e, heads, 1, c.rope, c.rope_base);
@@ -122,7 +110,7 @@ void CausalGeneticMultiheadAttention::backward(ExecSpace const& space, TrainingS
   // Output projection: every row's dy reaches the output bias; rows with a query reach W_out.
   column_sums(space, dy, grads.out_bias);
   TokenMatrix dyq("proteus::backward::dy_rows", nq, e), dctx("proteus::backward::dcontext", nq, e);
-  gather_rows(space, dy, rows.query_source, dyq);
+  detail::gather_rows(space, dy, rows.query_source, dyq);
   if (nq > 0)
     project_output_backward(space, ctx_out, dyq, weights_, dctx, grads);
   else

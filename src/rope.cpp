@@ -8,6 +8,18 @@ namespace proteus {
 
 namespace km = detail::kmath;
 
+namespace {
+// cos and sin of the angle pos * base^(-2i/D) of pair i, formed in double and reduced modulo 2 pi,
+// so that positions of 10^7 and more keep their precision. The one rule of the forward and backward.
+KOKKOS_INLINE_FUNCTION void rope_turn(Position pos, long i, int d, double base, float& cs, float& sn) {
+  double constexpr two_pi = 6.283185307179586;
+  double angle = static_cast<double>(pos) * km::pow(base, -2.0 * static_cast<double>(i) / d);
+  angle -= two_pi * km::floor(angle / two_pi);
+  cs = static_cast<float>(km::cos(angle));
+  sn = static_cast<float>(km::sin(angle));
+}
+}  // namespace
+
 void bias_and_rope(ExecSpace const& space, TokenMatrix const& m, TokenVector const& bias,
                    PositionVector const& positions, int embed, int heads, int rotated, bool rope, double base) {
   long const rows = static_cast<long>(m.extent(0));
@@ -20,15 +32,12 @@ void bias_and_rope(ExecSpace const& space, TokenMatrix const& m, TokenVector con
   int const d = embed / heads;  // even (Config refuses RoPE otherwise)
   int const pairs = d / 2;
   int const parts = static_cast<int>(bias.extent(0)) / embed;
-  double const two_pi = 6.283185307179586;
   // One work item per (row, pair i): one angle, applied to pair i of every head of every part
-  // (neighbouring items touch neighbouring columns of a head). The angle pos * base^(-2i/D) is
-  // formed in double, so that positions of 10^7 and more keep their precision.
+  // (neighbouring items touch neighbouring columns of a head).
   detail::for_each_element(
       space, "proteus::rope::bias_rope", rows, pairs, KOKKOS_LAMBDA(long row, long i) {
-        double angle = static_cast<double>(positions(row)) * km::pow(base, -2.0 * static_cast<double>(i) / d);
-        angle -= two_pi * km::floor(angle / two_pi);
-        float const cs = static_cast<float>(km::cos(angle)), sn = static_cast<float>(km::sin(angle));
+        float cs, sn;
+        rope_turn(positions(row), i, d, base, cs, sn);
         for (int part = 0; part < parts; ++part) {
           bool const turn = part < rotated;
           for (int h = 0; h < heads; ++h) {
@@ -47,13 +56,11 @@ void rope_backward(ExecSpace const& space, TokenMatrix const& g, PositionVector 
   long const rows = static_cast<long>(g.extent(0));
   int const d = embed / heads;
   int const pairs = d / 2;
-  double const two_pi = 6.283185307179586;
   // The transpose of the forward's rotation: the same angle, turned the other way.
   detail::for_each_element(
       space, "proteus::rope::backward", rows, pairs, KOKKOS_LAMBDA(long row, long i) {
-        double angle = static_cast<double>(positions(row)) * km::pow(base, -2.0 * static_cast<double>(i) / d);
-        angle -= two_pi * km::floor(angle / two_pi);
-        float const cs = static_cast<float>(km::cos(angle)), sn = static_cast<float>(km::sin(angle));
+        float cs, sn;
+        rope_turn(positions(row), i, d, base, cs, sn);
         for (int part = 0; part < rotated; ++part)
           for (int h = 0; h < heads; ++h) {
             int const col = part * embed + h * d + 2 * static_cast<int>(i);

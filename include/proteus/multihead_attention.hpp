@@ -102,6 +102,11 @@ struct ModuleWorkspace {
   ActiveRowsBuffers rows;
 };
 
+// out(i, :) = m(source(i), :), and out_positions(i) = positions(source(i)) when given: the rows of
+// the kept queries (forward, backward).
+void gather_rows(ExecSpace const& space, TokenMatrix const& m, Kokkos::View<long*, MemSpace> const& source,
+                 TokenMatrix const& out, PositionVector const& positions = {}, PositionVector const& out_positions = {});
+
 // What one call decided before any attention (stages 1-4 and 6a): routing, kept tokens, active
 // heads, the shortlist plan and the DNA candidate lists.
 struct CallPlan {
