@@ -66,6 +66,11 @@ TEST_CASE("deck errors name the file, line and key", "[deck][errors]") {
   std::string const good = write_deck("ok", "[model]\nseed = 1\n");
   CHECK(error_of(good, {"model.num_heads=x"}) == "--set model.num_heads=x: [model] num_heads: expected an integer, got 'x'");
   CHECK(error_of(good, {"nonsense"}) == "--set nonsense: expected section.key=value");
+  // Bytes that are not text (a damaged deck) are written as \xNN; UTF-8 stays as it is.
+  std::string const binary = write_deck("binary", "[model]\n\xa3\xff\x01key = 3\n");
+  CHECK(error_of(binary) == binary + ":2: [model] \\xa3\\xff\\x01key: unknown key");
+  std::string const accented = write_deck("accented", "[model]\nd\xc3\xa9" "bit = 3\n");
+  CHECK(error_of(accented) == accented + ":2: [model] d\xc3\xa9" "bit: unknown key");
 }
 
 TEST_CASE("cross-key checks name the key to change", "[deck][errors]") {
