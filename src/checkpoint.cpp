@@ -86,10 +86,16 @@ RankRows rank_rows(MPI_Comm comm, CheckpointContent const& c) {
   return r;
 }
 
-void write_identity(detail::H5RankFile const& f, CheckpointContent const& c, int ranks) {
+// The format version and the writer's version and commit (every file with the model in it).
+template <class File>
+void write_writer(File const& f) {
   f.attr("/", "format_version", static_cast<long long>(checkpoint_format_version));
   f.attr("/", "proteus_version", std::string(PROTEUS_VERSION_STRING));
   f.attr("/", "commit", std::string(PROTEUS_GIT_COMMIT));
+}
+
+void write_identity(detail::H5RankFile const& f, CheckpointContent const& c, int ranks) {
+  write_writer(f);
   f.attr("/", "deck", c.deck_text);
   f.attr("/", "tokens", static_cast<long long>(c.grid.tokens));
   f.attr("/", "chunks_total", static_cast<long long>(c.grid.count()));
@@ -214,22 +220,14 @@ void write_checkpoint(std::string const& path, MPI_Comm comm, CheckpointContent 
 }
 
 void write_model_file(std::string const& path, CausalGeneticMultiheadAttention const& model) {
-  std::string const tmp = detail::temporary_name(path);
-  try {
+  detail::write_atomically(path, [&](std::string const& tmp) {
     H5File f(tmp, "w");
-    f.attr("/", "format_version", static_cast<long long>(checkpoint_format_version));
-    f.attr("/", "proteus_version", std::string(PROTEUS_VERSION_STRING));
-    f.attr("/", "commit", std::string(PROTEUS_GIT_COMMIT));
+    write_writer(f);
     f.attr("/", "content", std::string("model only: configuration, weights, DNA and gate map"));
     write_config(f, model.config());
     write_model(f, model);
     f.close();
-    detail::commit_file(tmp, path);
-  } catch (...) {
-    std::error_code ec;
-    std::filesystem::remove(tmp, ec);
-    throw;
-  }
+  });
 }
 
 RankState read_rank_state(std::string const& path, MPI_Comm comm, Config const& model, ChunkGrid const& grid) {

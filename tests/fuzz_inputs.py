@@ -165,24 +165,23 @@ def main():
     good = sorted(os.listdir(os.path.join(base, "ck")))
     good = os.path.join(base, "ck", [g for g in good if g.endswith(".h5")][-1])
     failures, cases = [], 0
-    for n in range(args.decks):
-        if args.only is not None and n != args.only:
-            continue
-        rng = random.Random(args.seed * 100003 + n)
-        case = os.path.join(args.work, f"deck{n}")
-        os.makedirs(case)
+
+    def each_case(kind, count, salt):
+        """(n, its random generator, its fresh directory) for every case of this kind (or --only)."""
+        for n in range(count):
+            if args.only is None or n == args.only:
+                case = os.path.join(args.work, f"{kind}{n}")
+                os.makedirs(case)
+                yield n, random.Random(args.seed * salt + n), case
+
+    for n, rng, case in each_case("deck", args.decks, 100003):
         with open(os.path.join(case, "deck.in"), "wb") as f:
             f.write(mutate_deck(BASE_DECK, rng))
         cases += 1
         problem = run([args.driver, "-q", "deck.in"], case)
         if problem:
             failures.append(f"deck case {n} ({case}/deck.in): {problem}")
-    for n in range(args.files):
-        if args.only is not None and n != args.only:
-            continue
-        rng = random.Random(args.seed * 200003 + n)
-        case = os.path.join(args.work, f"file{n}")
-        os.makedirs(case)
+    for n, rng, case in each_case("file", args.files, 200003):
         shutil.copyfile(os.path.join(base, "deck.in"), os.path.join(case, "deck.in"))
         damaged = os.path.join(case, "damaged.h5")
         what = damage_file(good, damaged, rng)

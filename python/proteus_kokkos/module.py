@@ -58,10 +58,11 @@ class _ProteusFunction(torch.autograd.Function):
     heads, candidates) is a constant of the backward, as a top-k is in autograd."""
 
     @staticmethod
-    def forward(ctx, owner, x, positions, batch, update_dna, adapt_heads, qkv_w, qkv_b, out_w, out_b, router_w):
+    def forward(ctx, owner, tensors, x, positions, batch, update_dna, adapt_heads, qkv_w, qkv_b, out_w, out_b,
+                router_w):
         state = _core.TrainingState()
         y = torch.empty_like(x)
-        owner._bind()
+        owner._core.bind(tensors)
         owner._last_stats = owner._core.forward_training(_runtime.stream_handle(x), x, batch, positions, y, state,
                                                          update_dna, adapt_heads)
         ctx.owner, ctx.state = owner, state
@@ -76,12 +77,12 @@ class _ProteusFunction(torch.autograd.Function):
         grads = {k: torch.empty_like(weights[k]) for k in
                  ("qkv_weight", "qkv_bias", "out_weight", "out_bias", "router_weight")}
         grad_input = torch.empty_like(x)
-        owner._bind()
+        owner._core.bind(weights)
         owner._core.backward(_runtime.stream_handle(x), ctx.state, grad_output.contiguous(), grad_input, grads)
         ctx.state = None
         bias = attention.qkv.bias is not None
-        router = grads["router_weight"] if owner._core.config.router_gradient else None
-        return (None, grad_input, None, None, None, None, grads["qkv_weight"], grads["qkv_bias"] if bias else None,
+        router = grads["router_weight"] if owner._router_gradient else None
+        return (None, None, grad_input, None, None, None, None, grads["qkv_weight"], grads["qkv_bias"] if bias else None,
                 grads["out_weight"], grads["out_bias"] if bias else None, router)
 
 
@@ -148,6 +149,7 @@ class CausalGeneticMultiheadAttention(nn.Module):
         self._positions = {}
         self._last_stats = None
         self._dna_update = resolved.dna_enable and resolved.dna_update
+        self._router_gradient = resolved.router_gradient
         self.attention = _Attention(embed_dim, resolved.num_gates, bias, list(resolved.gate_to_head),
                                     device or build_device)
         with torch.no_grad():
@@ -234,10 +236,10 @@ class CausalGeneticMultiheadAttention(nn.Module):
         trainable = [params["qkv_weight"], self.attention.qkv.bias, params["out_weight"], self.attention.proj.bias,
                      params["router_weight"]]
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in [rows] + trainable):
-            y = _ProteusFunction.apply(self, rows, positions, batch, update_dna, adapt, *trainable)
+            y = _ProteusFunction.apply(self, params, rows, positions, batch, update_dna, adapt, *trainable)
         else:
             y = torch.empty_like(rows)
-            self._bind()
+            self._core.bind(params)
             self._last_stats = self._core.forward(_runtime.stream_handle(rows), rows, batch, positions, y, update_dna,
                                                   adapt)
         y = y.view(batch, tokens, embed)
