@@ -67,14 +67,17 @@ int main_body(int argc, char** argv, int rank) {
     if (rank == 0) std::fputs(proteus::deck_to_ini(deck).c_str(), stdout);
     return 0;
   }
+  // SIGTERM / SIGINT: finish the chunk at hand, checkpoint, end (a second signal ends at once).
+  // Installed on every rank before rank 0 prints the deck, so that a signal sent once the deck is
+  // printed is always a stop request (tests/stop_run.sh relies on it).
+  proteus::detail::install_stop_handlers();
+  MPI_Barrier(MPI_COMM_WORLD);
   if (rank == 0 && !o.quiet)
     std::printf("proteus %s (%s) on %d rank(s), execution space %s\n--- resolved deck (%s) ---\n%s---\n",
                 PROTEUS_VERSION_STRING, PROTEUS_GIT_COMMIT, ranks, Kokkos::DefaultExecutionSpace::name(),
                 o.deck.c_str(), proteus::deck_to_ini(deck).c_str());
   std::fflush(stdout);
   proteus::RunSummary summary;
-  // SIGTERM / SIGINT: finish the chunk at hand, checkpoint, end (a second signal ends at once).
-  proteus::detail::install_stop_handlers();
   try {
     Kokkos::DefaultExecutionSpace const space;
     summary = proteus::run_pipeline(space, deck, MPI_COMM_WORLD,
