@@ -2,9 +2,11 @@
 #include "proteus/detail/atomic_file.hpp"
 
 #include <fcntl.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -48,16 +50,42 @@ void write_atomically(std::string const& path, std::function<void(std::string co
   }
 }
 
+void write_file(std::string const& path, std::string const& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  require(out.is_open(), path, std::string("cannot create the file: ") + std::strerror(errno));
+  errno = 0;
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.flush();  // the stream state says whether the data reached the file system
+  int const err = errno;
+  require(out.good(), path,
+          "write failed: " + std::string(err != 0 ? std::strerror(err) : "disk full?") + " (" +
+              std::to_string(bytes.size()) + " bytes)");
+  out.close();
+  require(!out.fail(), path, "closing the file failed");
+}
+
+void require_free_space(std::string const& path, long long bytes, std::string const& what) {
+  std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  if (dir.empty()) dir = ".";
+  struct statvfs fs {};
+  if (::statvfs(dir.c_str(), &fs) != 0) return;  // nothing to say: the write itself will tell
+  long long const free = static_cast<long long>(fs.f_bavail) * static_cast<long long>(fs.f_frsize);
+  long long const needed = bytes;
+  auto mb = [](long long b) {
+    char text[32];
+    if (b < 10000000)
+      std::snprintf(text, sizeof text, "%.0f kB", static_cast<double>(b) / 1e3);
+    else
+      std::snprintf(text, sizeof text, "%.1f MB", static_cast<double>(b) / 1e6);
+    return std::string(text);
+  };
+  require(free >= needed, dir.string(),
+          "no room for " + what + ": it needs about " + mb(needed) + " and the file system has " + mb(free) +
+              " free");
+}
+
 void write_text_atomically(std::string const& path, std::string const& text) {
-  write_atomically(path, [&](std::string const& tmp) {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    require(out.is_open(), tmp, "cannot create the file");
-    out << text;
-    out.flush();  // the stream state says whether the data reached the file system
-    require(out.good(), tmp, "write failed (disk full?)");
-    out.close();
-    require(!out.fail(), tmp, "closing the file failed");
-  });
+  write_atomically(path, [&](std::string const& tmp) { write_file(tmp, text); });
 }
 
 }  // namespace proteus::detail

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 
 #include "proteus/detail/atomic_file.hpp"
@@ -200,15 +201,24 @@ void write_checkpoint(std::string const& path, MPI_Comm comm, CheckpointContent 
   MPI_Comm_size(comm, &ranks);
   RankRows const rows = rank_rows(comm, c);
   std::string const tmp = detail::temporary_name(path);
+  auto const write_all = [&](detail::H5RankFile const& f) {
+    write_identity(f, c, ranks);
+    write_config(f, c.model->config());
+    write_model(f, *c.model);
+    write_run_state(f, *c.state, rows);
+    write_statistics(f, *c.state, rows);
+    write_results(f, c);
+  };
   try {
+    detail::H5RankFile sizing(comm);  // a full disk is refused before any rank writes
+    write_all(sizing);
+    detail::run_agreed(comm, [&] {
+      if (rank == 0 && !std::getenv("PROTEUS_TEST_SKIP_SPACE_CHECK"))
+        detail::require_free_space(tmp, sizing.estimated_bytes(), "the checkpoint");
+    });
     detail::run_agreed(comm, [&] {
       detail::H5RankFile f(tmp, comm, c.collective_io);
-      write_identity(f, c, ranks);
-      write_config(f, c.model->config());
-      write_model(f, *c.model);
-      write_run_state(f, *c.state, rows);
-      write_statistics(f, *c.state, rows);
-      write_results(f, c);
+      write_all(f);
       f.close();
       if (rank == 0) detail::commit_file(tmp, path);
     });
@@ -354,16 +364,20 @@ void load_model(ExecSpace const& space, std::string const& path, CausalGeneticMu
 void append_dna_snapshot(std::string const& path, DnaState const& dna, long tokens_seen) {
   hsize_t const g = dna.prototypes.extent(0), e = dna.prototypes.extent(1);
   bool const fresh = !std::filesystem::exists(path);
-  H5File f(path, "a");
-  if (fresh) {
-    f.attr("/", "format_version", static_cast<long long>(checkpoint_format_version));
-    f.attr("/", "description", std::string("DNA snapshots along the sequence: one row per snapshot"));
-  }
-  std::int64_t const seen = tokens_seen;
-  f.append_row("/tokens_seen", {}, &seen);
-  f.append_row("/prototypes", {g, e}, host_vector(dna.prototypes).data());
-  f.append_row("/usage", {g}, host_vector(dna.usage).data());
-  f.append_row("/confidence", {g}, host_vector(dna.confidence).data());
+  // The dump is rewritten whole under a temporary name: a failed append leaves the old dump.
+  detail::write_atomically(path, [&](std::string const& tmp) {
+    H5File f = H5File::edit(path, tmp);
+    if (fresh) {
+      f.attr("/", "format_version", static_cast<long long>(checkpoint_format_version));
+      f.attr("/", "description", std::string("DNA snapshots along the sequence: one row per snapshot"));
+    }
+    std::int64_t const seen = tokens_seen;
+    f.append_row("/tokens_seen", {}, &seen);
+    f.append_row("/prototypes", {g, e}, host_vector(dna.prototypes).data());
+    f.append_row("/usage", {g}, host_vector(dna.usage).data());
+    f.append_row("/confidence", {g}, host_vector(dna.confidence).data());
+    f.close();
+  });
 }
 
 void write_outputs(std::string const& path, std::vector<Position> const& positions, std::vector<float> const& outputs,

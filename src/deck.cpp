@@ -191,8 +191,9 @@ std::vector<Key> const& registry() {
     k.push_back(key<int>("checkpoint", "keep_last", "files", "checkpoints kept", REF(checkpoint.keep_last), 1, 1000));
     k.push_back(key<bool>("checkpoint", "at_end", "", "write a checkpoint when the run ends", REF(checkpoint.at_end)));
     k.push_back(key<bool>("checkpoint", "collective_io", "",
-                          "with a parallel HDF5 build every rank writes its own rows of a checkpoint (MPI-IO); "
-                          "false, or a serial HDF5 build: rows are gathered to rank 0, which writes",
+                          "with a parallel HDF5 build and more than one rank, every rank writes its own rows of a "
+                          "checkpoint (MPI-IO); false, one rank or a serial HDF5 build: rows are gathered to rank 0, "
+                          "which writes",
                           REF(checkpoint.collective_io)));
     k.push_back(key<bool>("checkpoint", "dna_dump", "", "append a DNA snapshot at every checkpoint interval", REF(checkpoint.dna_dump)));
     k.push_back(key<std::string>("checkpoint", "weights", "path", "load weights and DNA from this HDF5 file", REF(checkpoint.weights)));

@@ -2,8 +2,11 @@
 #include "proteus/detail/hdf5_io.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
+#include <utility>
 
+#include "proteus/detail/atomic_file.hpp"
 #include "proteus/detail/collective.hpp"
 #include "proteus/error.hpp"
 
@@ -34,32 +37,69 @@ H5Quiet::H5Quiet() {
 }
 H5Quiet::~H5Quiet() { H5Eset_auto2(H5E_DEFAULT, func_, data_); }
 
+namespace {
+// File access through HDF5's core driver: the file lives in memory (growing by 1 MiB) and is
+// never written behind our back (no backing store).
+hid_t in_memory_access() {
+  hid_t const access = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_fapl_core(access, std::size_t{1} << 20, 0);
+  return access;
+}
+}  // namespace
+
 H5File::H5File(std::string path, char const* mode) : path_(std::move(path)) {
   H5Quiet quiet;
   std::string const m = mode;
+  require(m == "r" || m == "w", path_, "unknown file mode '" + m + "'");
   if (m == "r") {
     require(std::filesystem::exists(path_), path_, "file does not exist");
     id_ = H5Fopen(path_.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
     require(id_ >= 0, path_, "not a readable HDF5 file (truncated or corrupt?)");
-  } else if (m == "a" && std::filesystem::exists(path_)) {
-    id_ = H5Fopen(path_.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
-    require(id_ >= 0, path_, "cannot open the HDF5 file for writing");
-  } else {
-    id_ = H5Fcreate(path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    require(id_ >= 0, path_, "cannot create the HDF5 file");
+    return;
   }
+  hid_t const access = in_memory_access();
+  id_ = H5Fcreate(path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, access);
+  H5Pclose(access);
+  require(id_ >= 0, path_, "cannot create the HDF5 file in memory");
+  image_ = path_;
+}
+
+H5File H5File::edit(std::string const& source, std::string destination) {
+  if (!std::filesystem::exists(source)) {
+    H5File f(std::move(destination), "w");
+    f.path_ = source;
+    return f;
+  }
+  H5Quiet quiet;
+  hid_t const access = in_memory_access();
+  hid_t const id = H5Fopen(source.c_str(), H5F_ACC_RDWR, access);
+  H5Pclose(access);
+  require(id >= 0, source, "not a readable HDF5 file (truncated or corrupt?)");
+  H5File f(source, id);
+  f.image_ = std::move(destination);
+  return f;
 }
 
 H5File::~H5File() {
-  if (id_ >= 0) H5Fclose(id_);
+  if (id_ >= 0) H5Fclose(id_);  // an unfinished in-memory file is dropped, nothing written
 }
 
 void H5File::close() {
-  if (id_ >= 0) {
-    herr_t const rc = H5Fclose(id_);
-    id_ = -1;
-    require(rc >= 0, path_, "closing the file failed");
+  if (id_ < 0) return;
+  hid_t const id = std::exchange(id_, -1);
+  H5Quiet quiet;
+  if (image_.empty()) {
+    require(H5Fclose(id) >= 0, path_, "closing the file failed");
+    return;
   }
+  // The whole file image from memory, then out through checked writes.
+  bool ok = H5Fflush(id, H5F_SCOPE_GLOBAL) >= 0;
+  ssize_t const size = ok ? H5Fget_file_image(id, nullptr, 0) : -1;
+  std::string bytes(size > 0 ? static_cast<std::size_t>(size) : 0, '\0');
+  ok = ok && size > 0 && H5Fget_file_image(id, bytes.data(), bytes.size()) == size;
+  ok = H5Fclose(id) >= 0 && ok;
+  require(ok, path_, "cannot assemble the HDF5 file in memory");
+  write_file(image_, bytes);
 }
 
 bool H5File::exists(std::string const& name) const {
@@ -390,10 +430,14 @@ MPI_Datatype mpi_type() {
 }
 }  // namespace
 
-H5RankFile::H5RankFile(std::string const& path, MPI_Comm comm, bool collective) : comm_(comm) {
+H5RankFile::H5RankFile(MPI_Comm comm) : comm_(comm), sizing_(true) {
   MPI_Comm_rank(comm, &rank_);
   MPI_Comm_size(comm, &ranks_);
-  collective_ = collective && hdf5_is_parallel();
+}
+
+H5RankFile::H5RankFile(std::string const& path, MPI_Comm comm, bool collective) : H5RankFile(comm) {
+  sizing_ = false;
+  collective_ = collective && ranks_ > 1 && hdf5_is_parallel();
   run_agreed(comm, [&] {
     if (collective_)
       file_.emplace(H5File::create_collective(path, comm));
@@ -412,15 +456,33 @@ H5RankFile::~H5RankFile() {
   if (transfer_ != H5P_DEFAULT) H5Pclose(transfer_);
 }
 
+void H5RankFile::guarded(std::function<void()> const& call) const {
+  if (!collective_) return call();
+  try {
+    call();
+  } catch (std::exception const& e) {
+    std::fprintf(stderr,
+                 "proteus: error on rank %d: %s; a failed collective HDF5 write cannot be undone, so the job ends "
+                 "here (MPI_Abort); files written before are intact\n",
+                 rank_, e.what());
+    std::fflush(stderr);
+    MPI_Abort(comm_, 1);
+  }
+}
+
 void H5RankFile::create_group(std::string const& name) const {
-  if (file_) file_->create_group(name);
+  if (file_) guarded([&] { file_->create_group(name); });
 }
 
 template <class T>
 void H5RankFile::write(std::string const& name, std::vector<hsize_t> const& dims, T const* data) const {
+  hsize_t n = 1;
+  for (hsize_t d : dims) n *= d;
+  bytes_ += static_cast<long long>(n * sizeof(T));
+  ++datasets_;
   if (!file_) return;
   hsize_t const rows = rank_ == 0 && !dims.empty() ? dims[0] : 0;
-  file_->write_rows(name, dims, 0, rows, data, transfer_);
+  guarded([&] { file_->write_rows(name, dims, 0, rows, data, transfer_); });
 }
 
 template <class T>
@@ -434,10 +496,15 @@ void H5RankFile::write_rows(std::string const& name, std::vector<hsize_t> const&
   for (int r = 0; r < ranks_; ++r) first += r < rank_ ? counts[r] : 0, total += counts[r];
   std::vector<hsize_t> dims = row_dims;
   dims.insert(dims.begin(), static_cast<hsize_t>(total));
+  bytes_ += total * row_size * static_cast<long long>(sizeof(T));
+  ++datasets_;
   if (collective_) {
-    file_->write_rows(name, dims, static_cast<hsize_t>(first), static_cast<hsize_t>(rows), data, transfer_);
+    guarded([&] {
+      file_->write_rows(name, dims, static_cast<hsize_t>(first), static_cast<hsize_t>(rows), data, transfer_);
+    });
     return;
   }
+  if (sizing_) return;
   // Gather to rank 0 (element counts must fit MPI's int).
   std::vector<int> sizes(ranks_), offsets(ranks_, 0);
   for (int r = 0; r < ranks_; ++r) {
@@ -451,8 +518,9 @@ void H5RankFile::write_rows(std::string const& name, std::vector<hsize_t> const&
 }
 
 void H5RankFile::close() {
-  if (file_) file_->close();
+  if (file_) guarded([&] { file_->close(); });
   file_.reset();
+  if (collective_) MPI_Barrier(comm_);  // every rank closed it (or the job has ended)
 }
 
 #define PROTEUS_RANK_FILE(T)                                                                           \

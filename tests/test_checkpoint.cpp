@@ -111,9 +111,9 @@ PROTEUS_TEST_CASE("bad checkpoints give errors naming the file and dataset", "[c
   // Wrong format version, missing dataset, wrong shape, wrong type: edit copies of the good file.
   auto edited = [&](std::string const& name, auto&& edit) {
     std::string const p = tmp(name);
-    fs::copy_file(good, p, fs::copy_options::overwrite_existing);
-    detail::H5File f(p, "a");
+    auto f = detail::H5File::edit(good, p);
     edit(f);
+    f.close();
     return p;
   };
   std::string const version = edited("version.h5", [](detail::H5File& f) {
@@ -263,6 +263,7 @@ PROTEUS_TEST_CASE("HDF5 sequence sources check file, dataset, rank and type", "[
     f.write("/flat", {10}, flat.data());
     std::vector<std::int32_t> ints(20);
     f.write("/ints", {10, 2}, ints.data());
+    f.close();
   }
   Hdf5Source src(path, "embeddings");
   CHECK(src.tokens() == 100);

@@ -134,6 +134,8 @@ PROTEUS_TEST_CASE("collective and rank-0 checkpoint writes give the same file", 
   gathered.output.directory = dir + "/gathered/out";
   RunSummary const a = run_pipeline(TEST_EXECSPACE(), together, MPI_COMM_WORLD);
   RunSummary const b = run_pipeline(TEST_EXECSPACE(), gathered, MPI_COMM_WORLD);
+  int ranks = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &ranks);
   if (world_rank() == 0) {
     std::vector<std::string> names;
     for (auto const& e : std::filesystem::directory_iterator(together.checkpoint.directory))
@@ -145,7 +147,7 @@ PROTEUS_TEST_CASE("collective and rank-0 checkpoint writes give the same file", 
       FileContents x = contents_of(together.checkpoint.directory + "/" + name);
       FileContents y = contents_of(gathered.checkpoint.directory + "/" + name);
       std::string const how = x["/ @written_by"].data();
-      CHECK(how == (detail::hdf5_is_parallel() ? "every rank (parallel HDF5, collective)" : "rank 0"));
+      CHECK(how == (detail::hdf5_is_parallel() && ranks > 1 ? "every rank (parallel HDF5, collective)" : "rank 0"));
       for (char const* differs : {"/ @written_by", "/ @deck"}) x.erase(differs), y.erase(differs);
       CHECK(x.size() > 30);
       CHECK(x == y);
@@ -382,6 +384,7 @@ PROTEUS_TEST_CASE("an HDF5 sequence gives the same buffer as the same tokens gen
     auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), x);
     detail::H5File f(file, "w");
     f.write("/embeddings", {static_cast<hsize_t>(src.tokens()), static_cast<hsize_t>(src.embed_dim())}, h.data());
+    f.close();
   }
   MPI_Barrier(MPI_COMM_WORLD);
   RunDeck from_file = small_deck(dir + "/file");

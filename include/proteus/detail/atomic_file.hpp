@@ -20,6 +20,15 @@ void commit_file(std::string const& tmp, std::string const& path);
 // the temporary is removed and the error rethrown, leaving `path` as it was.
 void write_atomically(std::string const& path, std::function<void(std::string const& tmp)> const& writer);
 
+// Writes `bytes` to `path` (created or truncated), flushed and checked: a full disk or a file-size
+// limit is an error naming the file. Not atomic by itself: use it inside write_atomically.
+void write_file(std::string const& path, std::string const& bytes);
+
+// Fails, naming `path`'s file system and both sizes, unless it has `bytes` free (checked before a
+// large write, so that a full disk is refused before anything is written; the write's own checks
+// still catch a disk that fills meanwhile).
+void require_free_space(std::string const& path, long long bytes, std::string const& what);
+
 // The same for a text file (flushed and checked before the commit).
 void write_text_atomically(std::string const& path, std::string const& text);
 
