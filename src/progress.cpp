@@ -18,13 +18,23 @@ std::string format_duration(double s) {
   return buf;
 }
 
-Progress::Progress(std::string label, long total, double interval_seconds, bool enabled)
-    : label_(std::move(label)), total_(total), interval_(interval_seconds), enabled_(enabled),
+Progress::Progress(std::string label, long total, double interval_seconds, bool enabled, double warn_seconds)
+    : label_(std::move(label)), total_(total), interval_(interval_seconds), warn_(warn_seconds), enabled_(enabled),
       terminal_(isatty(fileno(stderr)) != 0), start_(std::chrono::steady_clock::now()), last_(start_) {}
 
 void Progress::update(long done, long tokens) {
   if (!enabled_) return;
   auto const now = std::chrono::steady_clock::now();
+  if (!estimated_ && done > 0) {  // a long run says so at once, not after the first interval
+    estimated_ = true;
+    double const first = std::chrono::duration<double>(now - start_).count();
+    double const all = first * total_ / done;
+    if (all > warn_)
+      std::fprintf(stderr,
+                   "warning: %s: about %s for all %ld at the rate of the first %ld (%s); SIGTERM or Ctrl-C "
+                   "stops the run after the one at hand\n",
+                   label_.c_str(), format_duration(all).c_str(), total_, done, format_duration(first).c_str());
+  }
   double const since = std::chrono::duration<double>(now - last_).count();
   bool const last = done >= total_;
   if (!last && since < (terminal_ ? 0.2 : interval_)) return;

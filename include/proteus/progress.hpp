@@ -9,16 +9,17 @@ namespace proteus::detail {
 
 class Progress {
  public:
-  Progress(std::string label, long total, double interval_seconds, bool enabled);
-  // `done` units of `total` finished, `tokens` processed so far (for the rate).
+  Progress(std::string label, long total, double interval_seconds, bool enabled, double warn_seconds = 3600);
+  // `done` units of `total` finished, `tokens` processed so far (for the rate). At the first unit
+  // done, a warning when all of them would take more than warn_seconds at that rate.
   void update(long done, long tokens);
   void finish();
 
  private:
   std::string label_;
   long total_;
-  double interval_;
-  bool enabled_, terminal_;
+  double interval_, warn_;
+  bool enabled_, terminal_, estimated_ = false;
   std::chrono::steady_clock::time_point start_, last_;
   bool printed_ = false;
 };
