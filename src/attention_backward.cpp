@@ -9,8 +9,9 @@
 //         side: the local window after j, the rows j anchors, every row after a global prefix
 //         key, the blocks whose DNA list names j; each pair counted under candidate_piece only):
 //         dv_j = sum_i p_ij dO_i;  dk_j = sum_i p_ij (dO_i.v_j - D_i) q_i / sqrt(D).
-// Plain loops over global memory: correctness first; the forward's team and lane layout is the
-// model for a faster version.
+// For head widths 8-64 the rows pass keeps a row's vectors in registers and the keys pass stages
+// the local piece's rows in team scratch (keys_pass_tiled); other widths run plain loops over
+// global memory. Every version adds the same terms in the same order.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -142,28 +143,34 @@ void rows_pass_fixed(ExecSpace const& space, Grad const& g, long rows) {
       });
 }
 
+// First active row of head bh (rows sorted by token) whose token is at least j.
+KOKKOS_INLINE_FUNCTION long first_row_from(Grad const& g, long bh, long j) {
+  long lo = g.head_start(bh), hi = g.head_start(bh + 1);
+  while (lo < hi) {
+    long const mid = (lo + hi) / 2;
+    if (g.row_token(mid) < j)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
 // Calls f(i, r) for every row i whose candidate set holds key j of batch row b and that is active
-// (as row r) for head bh, once each.
+// (as row r) for head bh, once each; the local piece's rows first, in token order, unless
+// with_local is false.
 template <class F>
-KOKKOS_INLINE_FUNCTION void for_each_row_of_key(Grad const& g, long b, long bh, long j, F&& f) {
+KOKKOS_INLINE_FUNCTION void for_each_row_of_key(Grad const& g, long b, long bh, long j, F&& f, bool with_local = true) {
   ShortlistPlan const& p = g.p;
   long const T = g.tokens;
   auto take = [&](long i, int piece) {
     int const r = g.row_index(bh, i);  // most rows are inactive for a given head: test that first
     if (r >= 0 && candidate_piece(p, i, j, g.dna_of(b, i)) == piece) f(i, r);
   };
-  if (j >= p.local_floor) {
-    // Rows of the local piece: the active rows of this head (sorted by token) from token j on,
-    // found by bisection, so that inactive rows cost nothing (K of H heads are active per token).
-    long lo = g.head_start(bh), hi = g.head_start(bh + 1);
-    while (lo < hi) {
-      long const mid = (lo + hi) / 2;
-      if (g.row_token(mid) < j)
-        lo = mid + 1;
-      else
-        hi = mid;
-    }
-    for (long r = lo; r < g.head_start(bh + 1) && g.row_token(r) < j + p.local_width; ++r) {
+  if (with_local && j >= p.local_floor) {
+    // Rows of the local piece: the active rows of this head from token j on, found by bisection,
+    // so that inactive rows cost nothing (K of H heads are active per token).
+    for (long r = first_row_from(g, bh, j); r < g.head_start(bh + 1) && g.row_token(r) < j + p.local_width; ++r) {
       long const i = g.row_token(r);
       if (candidate_piece(p, i, j, g.dna_of(b, i)) == piece_local) f(i, static_cast<int>(r));
     }
@@ -206,39 +213,120 @@ void keys_pass(ExecSpace const& space, Grad const& g, long batch) {
       });
 }
 
-// keys_pass for head width D known at compile time: the key's k and v, and its dk and dv, live in
-// registers; the same operations in the same order as the generic pass.
+// keys_pass for head width D known at compile time, tiled for the local piece (the dense plan's
+// whole causal prefix, the sparse plans' windows), where a key meets most of its rows: a team
+// takes `key_tile` keys of one head and stages the head's active rows that reach them in scratch,
+// key_tile rows at a time (query, dO, m, l, D_i), so that every key reads a row from there instead
+// of global memory (one thread per key on GPUs; host backends run a team as one thread that takes
+// the keys in turn). The keys' dk and dv wait in scratch between tiles; then each key adds its
+// other pieces (anchors, prefix, DNA) from global memory. Per key, the operations and their order
+// are keys_pass's: bit for bit its results.
+constexpr bool on_host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
+constexpr int key_tile = 32;
+
 template <int D>
-void keys_pass_fixed(ExecSpace const& space, Grad const& g, long batch) {
-  long const T = g.tokens;
+void keys_pass_tiled(ExecSpace const& space, Grad const& g, long batch) {
+  constexpr int pitch = D + 1;  // odd: neighbouring rows in other banks
+  using Floats = Kokkos::View<float*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
+  using Longs = Kokkos::View<long*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
+  using Policy = Kokkos::TeamPolicy<ExecSpace>;
+  using Member = typename Policy::member_type;
+  long const T = g.tokens, key_blocks = (T + key_tile - 1) / key_tile;
+  Policy policy(space, batch * g.heads * key_blocks, on_host ? 1 : key_tile);
+  policy.set_scratch_size(
+      0, Kokkos::PerTeam(4 * Floats::shmem_size(key_tile * pitch) + Floats::shmem_size(3 * key_tile) +
+                         Longs::shmem_size(key_tile)));
   Kokkos::parallel_for(
-      "proteus::attention::backward::keys", Kokkos::RangePolicy<ExecSpace>(space, 0, batch * g.heads * T),
-      KOKKOS_LAMBDA(long item) {
-        long const bh = item / T, j = item % T, b = bh / g.heads, h = bh % g.heads;
-        long const key_row = b * T + j;
-        int const e = g.embed;
-        float kj[D], vj[D], dk[D], dv[D];
-        for (int c = 0; c < D; ++c) {
-          kj[c] = g.kv(key_row, h * D + c);
-          vj[c] = g.kv(key_row, e + h * D + c);
-          dk[c] = dv[c] = 0.0f;
+      "proteus::attention::backward::keys", policy, KOKKOS_LAMBDA(Member const& team) {
+        long const bh = team.league_rank() / key_blocks, j0 = (team.league_rank() % key_blocks) * key_tile;
+        long const b = bh / g.heads, h = bh % g.heads;
+        int const keys = static_cast<int>(T - j0 < key_tile ? T - j0 : key_tile), e = g.embed;
+        ShortlistPlan const& p = g.p;
+        Floats row_q(team.team_scratch(0), key_tile * pitch), row_do(team.team_scratch(0), key_tile * pitch);
+        Floats acc_k(team.team_scratch(0), key_tile * pitch), acc_v(team.team_scratch(0), key_tile * pitch);
+        Floats stats(team.team_scratch(0), 3 * key_tile);
+        Longs tokens(team.team_scratch(0), key_tile);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, keys), [&](int k) {
+          for (int c = 0; c < D; ++c) acc_k(k * pitch + c) = acc_v(k * pitch + c) = 0.0f;
+        });
+        long const last = j0 + keys - 1, first = j0 > p.local_floor ? j0 : p.local_floor;
+        long const end = g.head_start(bh + 1), stop = last + p.local_width;  // rows with token < stop
+        for (long r0 = last >= p.local_floor ? first_row_from(g, bh, first) : end; r0 < end && g.row_token(r0) < stop;
+             r0 += key_tile) {
+          int const n = static_cast<int>(end - r0 < key_tile ? end - r0 : key_tile);
+          team.team_barrier();  // every key is done with the previous tile
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int i) {
+            long const r = r0 + i, qrow = g.row_query(r);
+            tokens(i) = g.row_token(r);
+            for (int c = 0; c < D; ++c) {
+              row_q(i * pitch + c) = g.q(qrow, h * D + c);
+              row_do(i * pitch + c) = g.dctx(qrow, h * D + c);
+            }
+            stats(3 * i) = g.m(r);
+            stats(3 * i + 1) = g.l(r);
+            stats(3 * i + 2) = g.dsum(r);
+          });
+          team.team_barrier();
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, keys), [&](int k) {
+            long const j = j0 + k, key_row = b * T + j;
+            if (j < p.local_floor) return;
+            float kj[D], vj[D], dk[D], dv[D];
+            for (int c = 0; c < D; ++c) {
+              kj[c] = g.kv(key_row, h * D + c);
+              vj[c] = g.kv(key_row, e + h * D + c);
+              dk[c] = acc_k(k * pitch + c);
+              dv[c] = acc_v(k * pitch + c);
+            }
+            for (int i = 0; i < n; ++i) {
+              long const t = tokens(i);
+              if (t < j || t >= j + p.local_width) continue;  // the local piece of row t holds j
+              float s = 0.0f, dov = 0.0f;
+              for (int c = 0; c < D; ++c) s += row_q(i * pitch + c) * kj[c];
+              for (int c = 0; c < D; ++c) dov += row_do(i * pitch + c) * vj[c];
+              float const pr = kmath::exp(s * g.scale - stats(3 * i)) / stats(3 * i + 1);
+              float const w = pr * (dov - stats(3 * i + 2)) * g.scale;
+              for (int c = 0; c < D; ++c) {
+                dk[c] += w * row_q(i * pitch + c);
+                dv[c] += pr * row_do(i * pitch + c);
+              }
+            }
+            for (int c = 0; c < D; ++c) {
+              acc_k(k * pitch + c) = dk[c];
+              acc_v(k * pitch + c) = dv[c];
+            }
+          });
         }
-        for_each_row_of_key(g, b, bh, j, [&](long, int r) {
-          long const qrow = g.row_query(r);
-          float s = 0.0f, dov = 0.0f;
-          for (int c = 0; c < D; ++c) s += g.q(qrow, h * D + c) * kj[c];
-          for (int c = 0; c < D; ++c) dov += g.dctx(qrow, h * D + c) * vj[c];
-          float const p = kmath::exp(s * g.scale - g.m(r)) / g.l(r);
-          float const w = p * (dov - g.dsum(r)) * g.scale;
+        team.team_barrier();
+        // The other pieces, from global memory; then the key's gradients out.
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, keys), [&](int k) {
+          long const j = j0 + k, key_row = b * T + j;
+          float kj[D], vj[D], dk[D], dv[D];
           for (int c = 0; c < D; ++c) {
-            dk[c] += w * g.q(qrow, h * D + c);
-            dv[c] += p * g.dctx(qrow, h * D + c);
+            kj[c] = g.kv(key_row, h * D + c);
+            vj[c] = g.kv(key_row, e + h * D + c);
+            dk[c] = acc_k(k * pitch + c);
+            dv[c] = acc_v(k * pitch + c);
+          }
+          for_each_row_of_key(
+              g, b, bh, j,
+              [&](long, int r) {
+                long const qrow = g.row_query(r);
+                float s = 0.0f, dov = 0.0f;
+                for (int c = 0; c < D; ++c) s += g.q(qrow, h * D + c) * kj[c];
+                for (int c = 0; c < D; ++c) dov += g.dctx(qrow, h * D + c) * vj[c];
+                float const pr = kmath::exp(s * g.scale - g.m(r)) / g.l(r);
+                float const w = pr * (dov - g.dsum(r)) * g.scale;
+                for (int c = 0; c < D; ++c) {
+                  dk[c] += w * g.q(qrow, h * D + c);
+                  dv[c] += pr * g.dctx(qrow, h * D + c);
+                }
+              },
+              false);
+          for (int c = 0; c < D; ++c) {
+            g.dkv(key_row, h * D + c) = dk[c];
+            g.dkv(key_row, e + h * D + c) = dv[c];
           }
         });
-        for (int c = 0; c < D; ++c) {
-          g.dkv(key_row, h * D + c) = dk[c];
-          g.dkv(key_row, e + h * D + c) = dv[c];
-        }
       });
 }
 
@@ -248,7 +336,7 @@ void both_passes(ExecSpace const& space, Grad const& g, long rows, long batch) {
 #define PROTEUS_BACKWARD_WIDTH(D)      \
   case D:                              \
     rows_pass_fixed<D>(space, g, rows); \
-    keys_pass_fixed<D>(space, g, batch); \
+    keys_pass_tiled<D>(space, g, batch); \
     return;
     PROTEUS_BACKWARD_WIDTH(8)
     PROTEUS_BACKWARD_WIDTH(16)

@@ -247,10 +247,15 @@ PROTEUS_TEST_CASE("gradients of the input and every parameter equal finite diffe
     int batch;
     long tokens;
   };
+  // Head width 4 runs the generic loops; 8 the register rows pass and the tiled keys pass (70
+  // dense tokens: three blocks of keys, each meeting up to three tiles of rows).
+  for (int const embed : {8, 16})
   for (Case const k : {Case{"alpha 0 (dense)", 0.0, false, false, 1, 11}, Case{"alpha 1, sparse tokens", 1.0, true, false, 2, 13},
-                       Case{"alpha 0.3", 0.3, false, false, 2, 9}, Case{"alpha 1, DNA candidates", 1.0, false, true, 1, 150}}) {
+                       Case{"alpha 0.3", 0.3, false, false, 2, 9}, Case{"alpha 1, DNA candidates", 1.0, false, true, 1, 150},
+                       Case{"alpha 0 (dense), 70 tokens", 0.0, false, false, 1, 70}}) {
     TEST_EXECSPACE space;
     Config c = small_config(k.alpha);
+    c.embed_dim = embed;
     c.token_sparse = k.sparse;
     c.token_keep_ratio = 0.6f;
     c.token_keep_min_ratio = 0.6f;
@@ -258,7 +263,7 @@ PROTEUS_TEST_CASE("gradients of the input and every parameter equal finite diffe
     c.use_dna_candidates = k.dna;
     c.frac_dna = 0.3f;
     Run run(space, c, k.batch, k.tokens, 17);
-    INFO(k.name << ": plan local " << run.state.plan.local_width << ", anchors " << run.state.plan.anchor_cap
+    INFO(k.name << ", embed " << embed << ": plan local " << run.state.plan.local_width << ", anchors " << run.state.plan.anchor_cap
                 << ", dna " << run.state.plan.dna_cap << (run.state.plan.dense ? ", dense" : ""));
     if (k.dna) REQUIRE(run.state.plan.dna_cap > 0);
     if (k.sparse) {
