@@ -2,7 +2,7 @@
 # One-command set-up for Debian 12: installs what is missing (apt, with sudo when not root),
 # configures and builds proteus, then either runs the quick-start job or the whole test suite.
 #   bash tools/setup.sh run    # build + mpirun -np 2 proteus_driver inputs/quickstart.in
-#   bash tools/setup.sh test   # build + ctest (unit, MPI, tools, Python) + sanitizer build of the unit tests
+#   bash tools/setup.sh test   # build + ctest (unit, MPI, tools, Python) + sanitizer build: unit, MPI and driver tests
 # Environment: BUILD_DIR (default build), JOBS (default: number of cores), PROTEUS_SKIP_APT=1.
 set -euo pipefail
 action=${1:-run}
@@ -53,12 +53,12 @@ case "$action" in
     echo "== ctest"
     (cd "$build" && ctest --output-on-failure -j "$jobs" --timeout 900)
     asan=${build}-asan
-    echo "== AddressSanitizer + UndefinedBehaviorSanitizer build of the unit tests ($asan)"
+    echo "== AddressSanitizer + UndefinedBehaviorSanitizer build: unit, MPI (2 ranks) and driver tests ($asan)"
     cmake -S "$root" -B "$asan" -DCMAKE_BUILD_TYPE=Debug -DPROTEUS_ENABLE_SANITIZERS=ON \
           -DPROTEUS_ENABLE_TESTS=ON -DCMAKE_CXX_FLAGS=-O1 >/dev/null
-    cmake --build "$asan" -j "$jobs" --target proteus_unit_tests
+    cmake --build "$asan" -j "$jobs" --target proteus_sanitized_tests
     # Open MPI's own allocations are not ours to report.
     (cd "$asan" && ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
-       ctest --output-on-failure -L unit -j "$jobs" --timeout 900)
+       ctest --output-on-failure -L "unit|sanitize" -j "$jobs" --timeout 900)
     ;;
 esac
