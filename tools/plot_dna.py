@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Plots of what the DNA learned, from a proteus checkpoint (and optionally a DNA dump).
+"""Plots of what the DNA learned, from a proteus checkpoint or model file (and optionally a DNA dump).
 
     plot_dna.py CHECKPOINT.h5 [--dump dna_dump.h5] [--out DIR]
 
@@ -8,6 +8,7 @@ Writes into DIR (default: next to the checkpoint):
   gate_to_head.png     which head each gate feeds (gates x heads)
   gate_usage.png       EMA usage mass per gate (histogram and bars)
   salience.png         candidate scores along the sequence, buffer tokens and planted needles
+                       (checkpoints of a run only; a model file has no sequence)
   dna_drift.png        (with --dump) change of each prototype between snapshots
 Needs h5py and matplotlib (Debian: python3-h5py python3-matplotlib).
 """
@@ -42,6 +43,22 @@ def cosine_matrix(p):
     return q @ q.T
 
 
+def plot_salience(save, tokens, cand_pos, cand_score, buf_pos, needles):
+    fig, ax = plt.subplots(figsize=(11, 4))
+    order = np.argsort(cand_pos)
+    ax.scatter(cand_pos[order], cand_score[order], s=2, color="0.6", label=f"candidates ({len(cand_pos)})")
+    in_buf = np.isin(cand_pos, buf_pos)
+    ax.scatter(cand_pos[in_buf], cand_score[in_buf], s=3, color="tab:blue", label=f"global buffer ({len(buf_pos)})")
+    for i, n in enumerate(needles):
+        ax.axvline(n, color="tab:red", lw=0.8, alpha=0.7, label="needles" if i == 0 else None)
+    ax.set_xlim(0, tokens)
+    ax.set_xlabel("token position in the original sequence")
+    ax.set_ylabel("importance (salience)")
+    ax.set_title("salience along the sequence")
+    ax.legend(loc="upper right", fontsize=8)
+    save(fig, "salience.png")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
@@ -66,11 +83,15 @@ def main():
         usage = read(f, f"/{group}/usage", path)
         gate_to_head = read(f, "/gate_to_head", path)
         heads = int(f["/config"].attrs["num_heads"])
-        tokens = int(f.attrs["tokens"])
-        cand_pos = read(f, "/run/candidate_positions", path)
-        cand_score = read(f, "/run/candidate_scores", path)
-        buf_pos = f["/buffer/positions"][()] if "/buffer/positions" in f else np.array([], dtype=np.int64)
-        needles = f["/sequence/needles"][()] if "/sequence/needles" in f else np.array([], dtype=np.int64)
+        # A model file (weights and DNA only, as the Python extension and the training script
+        # write) has no run: no salience plot for it.
+        has_run = "run" in f
+        if has_run:
+            tokens = int(f.attrs["tokens"])
+            cand_pos = read(f, "/run/candidate_positions", path)
+            cand_score = read(f, "/run/candidate_scores", path)
+            buf_pos = f["/buffer/positions"][()] if "/buffer/positions" in f else np.array([], dtype=np.int64)
+            needles = f["/sequence/needles"][()] if "/sequence/needles" in f else np.array([], dtype=np.int64)
 
     written = []
 
@@ -109,19 +130,8 @@ def main():
     a2.set_ylabel("usage")
     save(fig, "gate_usage.png")
 
-    fig, ax = plt.subplots(figsize=(11, 4))
-    order = np.argsort(cand_pos)
-    ax.scatter(cand_pos[order], cand_score[order], s=2, color="0.6", label=f"candidates ({len(cand_pos)})")
-    in_buf = np.isin(cand_pos, buf_pos)
-    ax.scatter(cand_pos[in_buf], cand_score[in_buf], s=3, color="tab:blue", label=f"global buffer ({len(buf_pos)})")
-    for i, n in enumerate(needles):
-        ax.axvline(n, color="tab:red", lw=0.8, alpha=0.7, label="needles" if i == 0 else None)
-    ax.set_xlim(0, tokens)
-    ax.set_xlabel("token position in the original sequence")
-    ax.set_ylabel("importance (salience)")
-    ax.set_title("salience along the sequence")
-    ax.legend(loc="upper right", fontsize=8)
-    save(fig, "salience.png")
+    if has_run:
+        plot_salience(save, tokens, cand_pos, cand_score, buf_pos, needles)
 
     if args.dump:
         with h5py.File(args.dump, "r") as d:

@@ -59,9 +59,9 @@ if [ -z "$kokkos_root" ]; then
     [ -n "$kokkos_src" ] && [ -n "$kernels_src" ] || { echo "no install at $prefix: give --kokkos-src and --kernels-src" >&2; exit 2; }
     # CUDA 13 changed two runtime signatures that Kokkos 4.6 calls (graph edges gained an edge-data
     # argument; prefetch takes a cudaMemLocation and flags). Patch them when building with CUDA 13+.
-    inst="$kokkos_src/core/src/Cuda/Kokkos_Cuda_Instance.hpp"
-    if [ "$backend" = cuda ] && [ -f "$inst" ] && ! grep -q "proteus: CUDA 13" "$inst"; then
-      python3 - "$inst" <<'PY'
+    cuda_instance="$kokkos_src/core/src/Cuda/Kokkos_Cuda_Instance.hpp"
+    if [ "$backend" = cuda ] && [ -f "$cuda_instance" ] && ! grep -q "proteus: CUDA 13" "$cuda_instance"; then
+      python3 - "$cuda_instance" <<'PY'
 import sys
 p = sys.argv[1]
 s = open(p).read()

@@ -124,6 +124,23 @@ for step in "$@"; do
       wait
       tail -4 $runs/proteus.log $runs/dense.log
       tar czf "$out/runs.tar.gz" --exclude=checkpoint.pt -C /tmp runs ;;
+    facts)
+      # issue 19, item 5: train proteus (TRAIN_STEPS, TRAIN_MINUTES), then run its last layer with the
+      # driver on 1,000,000 and 10,000,000 bytes with planted facts, trained against random weights,
+      # on 1 and 2 ranks (examples/long_context_facts.py); brings back the checkpoint and reports.
+      runs=/tmp/runs; mkdir -p $runs
+      PYTHONPATH=$bin/python python3 "$root/examples/train_sliding_ctx.py" --attention proteus \
+        --steps "${TRAIN_STEPS:-1000}" --max-minutes "${TRAIN_MINUTES:-3}" --eval-every 250 --log-every 100 \
+        --dna-every 250 --checkpoint-every 100000 --corpus-pack "$root/.gpu/corpus.npz" --out $runs/proteus \
+        >$runs/proteus.log 2>&1
+      tail -3 $runs/proteus.log
+      for n in 1000000 10000000; do
+        PYTHONPATH=$bin/python python3 "$root/examples/long_context_facts.py" --checkpoint $runs/proteus/checkpoint.pt \
+          --driver "$bin/drivers/proteus_driver" --mpirun "mpirun --allow-run-as-root --oversubscribe" \
+          --corpus-pack "$root/.gpu/corpus.npz" --bytes $n --out $runs/facts_$n 2>&1 | tail -25
+        rm -f $runs/facts_$n/tokens.h5
+      done
+      tar czf "$out/facts.tar.gz" -C /tmp runs ;;
     training_small)
       # The shape of the curriculum's first phase (d 192, 8 heads, 512 tokens, batch 32, alpha 0):
       # a training step with every Kokkos kernel timed.
