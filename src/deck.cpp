@@ -400,8 +400,7 @@ std::vector<std::string> deck_differences(RunDeck const& a, RunDeck const& b, st
   return out;
 }
 
-void RunDeck::validate(int ranks, long tokens) const {
-  auto bad = [&](char const* label, std::string const& why) { fail(path, std::string(label) + ": " + why); };
+void RunDeck::validate_model() const {
   try {
     (void)model.resolved();
   } catch (Error const& e) {
@@ -411,6 +410,11 @@ void RunDeck::validate(int ranks, long tokens) const {
     auto const it = origin.find("model." + field);
     fail(it != origin.end() ? it->second : path, std::string("[model] ") + what);
   }
+}
+
+void RunDeck::validate(int ranks, long tokens) const {
+  auto bad = [&](char const* label, std::string const& why) { fail(path, std::string(label) + ": " + why); };
+  validate_model();
   // Head counts the model would clamp silently: refused when the deck asked for them.
   auto at = [&](std::string const& key) { return origin.count(key) ? origin.at(key) : path; };
   int const heads = model.num_heads, most = model.heads_active_max > 0 ? model.heads_active_max : heads;

@@ -113,6 +113,7 @@ void preflight(Run& r) {
   RunDeck const& deck = r.deck;
   int const node_ranks = ranks_on_node(r.comm);
   detail::run_agreed(r.comm, [&] {
+    deck.validate_model();  // before the model is built: its errors name the deck's line
     r.model = std::make_unique<CausalGeneticMultiheadAttention>(r.space, deck.model);
     if (!deck.checkpoint.weights.empty()) load_model(r.space, deck.checkpoint.weights, *r.model);
     std::string const deck_dir = deck.path.empty() ? "" : fs::path(deck.path).parent_path().string();

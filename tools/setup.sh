@@ -38,7 +38,9 @@ export OMPI_MCA_rmaps_base_oversubscribe=1
 echo "== configuring ($build)"
 # The extension is built against Debian's /usr/bin/python3 (where apt puts python3-torch) unless
 # python3 on PATH imports torch; python/CMakeLists.txt picks the interpreter.
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DPROTEUS_ENABLE_TESTS=ON -DPROTEUS_ENABLE_PYTHON=ON >/dev/null
+# Unity builds (the library's sources compiled in batches of 8): about a minute less on 2 cores.
+cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DPROTEUS_ENABLE_TESTS=ON -DPROTEUS_ENABLE_PYTHON=ON \
+      -DCMAKE_UNITY_BUILD=ON -DCMAKE_UNITY_BUILD_BATCH_SIZE=8 >/dev/null
 echo "== building with $jobs jobs"
 cmake --build "$build" -j "$jobs"
 
@@ -54,7 +56,7 @@ case "$action" in
     (cd "$build" && ctest --output-on-failure -j "$jobs" --timeout 900)
     asan=${build}-asan
     echo "== AddressSanitizer + UndefinedBehaviorSanitizer build: unit, MPI (2 ranks) and driver tests ($asan)"
-    # A unity build of the library: 2m32s instead of 3m42s on 2 cores (CI's time budget).
+    # Unity build: the library in 2m32s instead of 3m42s on 2 cores (CI's time budget).
     cmake -S "$root" -B "$asan" -DCMAKE_BUILD_TYPE=Debug -DPROTEUS_ENABLE_SANITIZERS=ON \
           -DPROTEUS_ENABLE_TESTS=ON -DCMAKE_CXX_FLAGS=-O1 -DCMAKE_UNITY_BUILD=ON -DCMAKE_UNITY_BUILD_BATCH_SIZE=8 >/dev/null
     cmake --build "$asan" -j "$jobs" --target proteus_sanitized_tests

@@ -57,6 +57,8 @@ struct RunDeck {
   // Checks that need several keys at once, the rank count and the sequence length (which an
   // HDF5 source knows only once opened), e.g. a chunk larger than a rank's slice.
   void validate(int ranks, long tokens) const;
+  // The [model] section alone (part of validate): errors name the line of the key that caused them.
+  void validate_model() const;
 };
 
 // Reads `path`, then applies "section.key=value" overrides in order.
