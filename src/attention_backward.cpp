@@ -223,6 +223,35 @@ void keys_pass(ExecSpace const& space, Grad const& g, long batch) {
 // are keys_pass's: bit for bit its results.
 constexpr int key_tile = 32;
 
+// A key's k and v (global) and its running dk and dv (scratch) into registers.
+template <int D, class Scratch>
+KOKKOS_INLINE_FUNCTION void load_key(Grad const& g, long key_row, long h, Scratch const& acc_k, Scratch const& acc_v,
+                                     int slot, float (&kj)[D], float (&vj)[D], float (&dk)[D], float (&dv)[D]) {
+  for (int c = 0; c < D; ++c) {
+    kj[c] = g.kv(key_row, h * D + c);
+    vj[c] = g.kv(key_row, g.embed + h * D + c);
+    dk[c] = acc_k(slot + c);
+    dv[c] = acc_v(slot + c);
+  }
+}
+
+// One row of a key: with the row's query q and dO (D contiguous floats) and its m, l, D_i,
+// p = exp(q.k / sqrt(D) - m) / l;  dk += p (dO.v - D_i) q / sqrt(D);  dv += p dO.
+template <int D>
+KOKKOS_INLINE_FUNCTION void add_row_to_key(float const* q, float const* dout, float m, float l, float dsum,
+                                           float scale, float const (&kj)[D], float const (&vj)[D], float (&dk)[D],
+                                           float (&dv)[D]) {
+  float s = 0.0f, dov = 0.0f;
+  for (int c = 0; c < D; ++c) s += q[c] * kj[c];
+  for (int c = 0; c < D; ++c) dov += dout[c] * vj[c];
+  float const pr = kmath::exp(s * scale - m) / l;
+  float const w = pr * (dov - dsum) * scale;
+  for (int c = 0; c < D; ++c) {
+    dk[c] += w * q[c];
+    dv[c] += pr * dout[c];
+  }
+}
+
 template <int D>
 void keys_pass_tiled(ExecSpace const& space, Grad const& g, long batch) {
   constexpr int pitch = D + 1;  // odd: neighbouring rows in other banks
@@ -267,27 +296,15 @@ void keys_pass_tiled(ExecSpace const& space, Grad const& g, long batch) {
           });
           team.team_barrier();
           Kokkos::parallel_for(Kokkos::TeamThreadRange(team, keys), [&](int k) {
-            long const j = j0 + k, key_row = b * T + j;
+            long const j = j0 + k;
             if (j < p.local_floor) return;
             float kj[D], vj[D], dk[D], dv[D];
-            for (int c = 0; c < D; ++c) {
-              kj[c] = g.kv(key_row, h * D + c);
-              vj[c] = g.kv(key_row, e + h * D + c);
-              dk[c] = acc_k(k * pitch + c);
-              dv[c] = acc_v(k * pitch + c);
-            }
+            load_key(g, b * T + j, h, acc_k, acc_v, k * pitch, kj, vj, dk, dv);
             for (int i = 0; i < n; ++i) {
               long const t = tokens(i);
               if (t < j || t >= j + p.local_width) continue;  // the local piece of row t holds j
-              float s = 0.0f, dov = 0.0f;
-              for (int c = 0; c < D; ++c) s += row_q(i * pitch + c) * kj[c];
-              for (int c = 0; c < D; ++c) dov += row_do(i * pitch + c) * vj[c];
-              float const pr = kmath::exp(s * g.scale - stats(3 * i)) / stats(3 * i + 1);
-              float const w = pr * (dov - stats(3 * i + 2)) * g.scale;
-              for (int c = 0; c < D; ++c) {
-                dk[c] += w * row_q(i * pitch + c);
-                dv[c] += pr * row_do(i * pitch + c);
-              }
+              add_row_to_key(&row_q(i * pitch), &row_do(i * pitch), stats(3 * i), stats(3 * i + 1), stats(3 * i + 2),
+                             g.scale, kj, vj, dk, dv);
             }
             for (int c = 0; c < D; ++c) {
               acc_k(k * pitch + c) = dk[c];
@@ -300,25 +317,13 @@ void keys_pass_tiled(ExecSpace const& space, Grad const& g, long batch) {
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, keys), [&](int k) {
           long const j = j0 + k, key_row = b * T + j;
           float kj[D], vj[D], dk[D], dv[D];
-          for (int c = 0; c < D; ++c) {
-            kj[c] = g.kv(key_row, h * D + c);
-            vj[c] = g.kv(key_row, e + h * D + c);
-            dk[c] = acc_k(k * pitch + c);
-            dv[c] = acc_v(k * pitch + c);
-          }
+          load_key(g, key_row, h, acc_k, acc_v, k * pitch, kj, vj, dk, dv);
           for_each_row_of_key(
               g, b, bh, j,
               [&](long, int r) {
                 long const qrow = g.row_query(r);
-                float s = 0.0f, dov = 0.0f;
-                for (int c = 0; c < D; ++c) s += g.q(qrow, h * D + c) * kj[c];
-                for (int c = 0; c < D; ++c) dov += g.dctx(qrow, h * D + c) * vj[c];
-                float const pr = kmath::exp(s * g.scale - g.m(r)) / g.l(r);
-                float const w = pr * (dov - g.dsum(r)) * g.scale;
-                for (int c = 0; c < D; ++c) {
-                  dk[c] += w * g.q(qrow, h * D + c);
-                  dv[c] += pr * g.dctx(qrow, h * D + c);
-                }
+                add_row_to_key(&g.q(qrow, h * D), &g.dctx(qrow, h * D), g.m(r), g.l(r), g.dsum(r), g.scale, kj, vj,
+                               dk, dv);
               },
               false);
           for (int c = 0; c < D; ++c) {
