@@ -70,7 +70,6 @@ void require_free_space(std::string const& path, long long bytes, std::string co
   struct statvfs fs {};
   if (::statvfs(dir.c_str(), &fs) != 0) return;  // nothing to say: the write itself will tell
   long long const free = static_cast<long long>(fs.f_bavail) * static_cast<long long>(fs.f_frsize);
-  long long const needed = bytes;
   auto mb = [](long long b) {
     char text[32];
     if (b < 10000000)
@@ -79,8 +78,8 @@ void require_free_space(std::string const& path, long long bytes, std::string co
       std::snprintf(text, sizeof text, "%.1f MB", static_cast<double>(b) / 1e6);
     return std::string(text);
   };
-  require(free >= needed, dir.string(),
-          "no room for " + what + ": it needs about " + mb(needed) + " and the file system has " + mb(free) +
+  require(free >= bytes, dir.string(),
+          "no room for " + what + ": it needs about " + mb(bytes) + " and the file system has " + mb(free) +
               " free");
 }
 

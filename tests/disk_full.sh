@@ -11,6 +11,7 @@
 #   np2_unchecked:     the same in a collective (MPI-IO) write: the rank that fails ends the job
 #                      (with a serial HDF5 build, rank 0 writes as on one rank).
 set -u
+source "$(dirname "${BASH_SOURCE[0]}")/run_helpers.sh"
 mpiexec=$1 driver=$2 deck=$3 work=$4
 rm -rf "$work" && mkdir -p "$work/full" && cd "$work" || exit 1
 mount -t tmpfs -o size=480k proteus_disk_full "$PWD/full" 2>/dev/null || { echo "cannot mount a tmpfs: skipped"; exit 77; }
@@ -18,8 +19,7 @@ trap 'umount "$work/full"' EXIT
 common=(--set checkpoint.interval_chunks=4 --set checkpoint.keep_last=1 --set output.progress_seconds=0)
 "$driver" -q "$deck" "${common[@]}" --set output.directory=whole --set checkpoint.directory=whole/ck >whole.log 2>&1 ||
   { cat whole.log; echo "uninterrupted run failed"; exit 1; }
-key() { grep -E "DNA caught|candidates|needles found|output norm" "$1"; }
-key whole.log >whole.key
+summary_key whole.log >whole.key
 failures=0
 run_case() {  # name ranks skip-space-check expected-message
   local name=$1 ranks=$2 skip=$3 expect=$4
@@ -45,7 +45,7 @@ run_case() {  # name ranks skip-space-check expected-message
       --set checkpoint.directory="$name.resumed/ck" --restart "$last" >"$name.resumed.log" 2>&1 ||
       why="restart from $last failed: $(tail -2 "$name.resumed.log")"
   fi
-  [ -z "$why" ] && ! diff <(key "$name.resumed.log") whole.key >/dev/null && why="restart differs from the uninterrupted run"
+  [ -z "$why" ] && ! diff <(summary_key "$name.resumed.log") whole.key >/dev/null && why="restart differs from the uninterrupted run"
   if [ -n "$why" ]; then
     echo "FAIL $name: $why"
     sed 's/^/    /' "$name.log" | grep -v "^     *#\|major:\|minor:" | head -20

@@ -7,15 +7,15 @@
 # checksums right), and a restart from the newest (or a fresh run when none was written) must end
 # with the summary of the whole run. An empty launcher ("") runs the driver directly.
 set -u
+source "$(dirname "${BASH_SOURCE[0]}")/run_helpers.sh"
 launcher=($1) driver=$2 inspect=$3 deck=$4 work=$5 trials=$6 seed=$7
 rm -rf "$work" && mkdir -p "$work" && cd "$work" || exit 1
 common=(--set checkpoint.interval_chunks=2 --set checkpoint.keep_last=2 --set output.progress_seconds=0)
-key() { grep -E "DNA caught|candidates|needles found|output norm" "$1"; }
 started=$(date +%s%N)
 "${launcher[@]}" "$driver" -q "$deck" "${common[@]}" --set output.directory=whole --set checkpoint.directory=whole/ck \
   >whole.log 2>&1 || { cat whole.log; echo "uninterrupted run failed"; exit 1; }
 whole_ms=$((($(date +%s%N) - started) / 1000000))
-key whole.log >whole.key
+summary_key whole.log >whole.key
 RANDOM=$seed
 killed=0 failures=0
 for trial in $(seq 1 "$trials"); do
@@ -41,7 +41,7 @@ for trial in $(seq 1 "$trials"); do
       --set checkpoint.directory="$dir.resumed/ck" "${restart[@]}" >"trial$trial.resumed.log" 2>&1 ||
       why="restart failed: $(tail -2 "trial$trial.resumed.log")"
   fi
-  [ -z "$why" ] && ! diff <(key "trial$trial.resumed.log") whole.key >/dev/null && why="restart differs from the whole run"
+  [ -z "$why" ] && ! diff <(summary_key "trial$trial.resumed.log") whole.key >/dev/null && why="restart differs from the whole run"
   from=${newest:+$(basename "$newest")}
   if [ -n "$why" ]; then
     echo "FAIL trial $trial ($how at ${delay_ms} ms): $why"

@@ -5,6 +5,7 @@
 # non-zero (exactly 128 + 15 without a launcher: mpirun reports its own code); a second run with
 # --restart from that checkpoint must finish with the summary of an uninterrupted run.
 set -u
+source "$(dirname "${BASH_SOURCE[0]}")/run_helpers.sh"
 launcher=()
 while [ "$1" != "--" ]; do launcher+=("$1"); shift; done
 [ ${#launcher[@]} -eq 0 ] && launcher=(env)  # "env DRIVER": no launcher, and pkill still finds the driver
@@ -38,6 +39,6 @@ ckpt=${line##*--restart }
   --restart "$ckpt" >resumed.log 2>&1 || { cat resumed.log; echo "restart failed"; exit 1; }
 "${launcher[@]}" "$driver" -q "$deck" "${common[@]}" --set output.directory=whole --set checkpoint.directory=whole/ck \
   >whole.log 2>&1 || { cat whole.log; echo "uninterrupted run failed"; exit 1; }
-for f in resumed whole; do grep -E "DNA caught|candidates|needles found|output norm" $f.log >$f.key; done
+for f in resumed whole; do summary_key $f.log >$f.key; done
 diff resumed.key whole.key || { echo "restart differs from the uninterrupted run"; exit 1; }
 echo "stop, checkpoint and restart: ok ($(wc -l <whole.key) summary lines equal)"
