@@ -24,7 +24,7 @@ struct Options {
   std::vector<long> tokens{1024, 4096, 16384, 65536};
   std::vector<double> alphas{0.0, 0.3, 1.0};
   int embed = 128, heads = 8, gates = 0, batch = 1, warmup = 1, repeat = 5;
-  bool dna_update = false, token_sparse = false, profile = false, tf32 = false;
+  bool dna_update = false, token_sparse = false, profile = false, tf32 = false, memory = false;
   double budget_seconds = 60.0;  // skip a row predicted to take longer than this
   std::string csv;
   bool backward = false;
@@ -62,8 +62,10 @@ int main(int argc, char** argv) {
     app.add_flag("--backward", o.backward,
                   "time a training step of the module: run_training + backward (dy = 1e-3), instead of forward");
     app.add_flag("--profile", o.profile, "time every Kokkos kernel of the timed runs (adds fences)");
+    app.add_flag("--memory", o.memory, "list the allocations alive at the peak (bytes per token)");
     CLI11_PARSE(app, argc, argv);
     proteus::detail::track_memory();
+    if (o.memory) proteus::detail::record_live_allocations();
     if (o.profile) proteus::perf::install_kernel_timer();
     std::printf("# proteus %s (%s), %s, E=%d H=%d B=%d, dna_update=%d token_sparse=%d tf32=%d%s\n",
                 PROTEUS_VERSION_STRING, PROTEUS_GIT_COMMIT, proteus::ExecSpace::name(), o.embed, o.heads, o.batch,
@@ -149,6 +151,13 @@ int main(int argc, char** argv) {
         std::printf("%9ld %6.2f %10s %4d %8ld %12.3f %12.4g %10.1f %10.1f %6.3f\n", T, alpha, st.mode.c_str(),
                     st.heads_k, st.plan.budget, median * 1e3, o.batch * T / median, peak, st.mean_candidates, kept);
         std::fflush(stdout);
+        if (o.memory) {
+          std::printf("    alive at the peak (bytes per token, the timed input excluded):\n");
+          double const per_token = 1.0 / (static_cast<double>(o.batch) * T);
+          for (auto const& a : proteus::detail::allocations_at_peak())
+            if (a.bytes * per_token >= 16 && a.label != "bench::x")
+              std::printf("      %10.0f  %s\n", a.bytes * per_token, a.label.c_str());
+        }
         if (o.profile) {
           double total = 0;
           for (auto const& [sec, name] : proteus::perf::kernel_report()) total += sec;

@@ -3,8 +3,11 @@
 
 #include <Kokkos_Core.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <map>
+#include <mutex>
 
 #include "proteus/types.hpp"
 
@@ -14,19 +17,46 @@ namespace {
 std::atomic<long long> current{0}, peak{0}, allocations{0};
 bool tracking = false;
 
+// Optional: the live allocations (by address) and a copy of them at the peak, for diagnosis.
+struct LiveSet {
+  std::mutex lock;
+  bool on = false;
+  std::map<void const*, Allocation> live;
+  std::vector<Allocation> at_peak;
+};
+LiveSet& live_set() {
+  static LiveSet set;
+  return set;
+}
+
+void record(void const* ptr, char const* label, long long size, bool new_peak) {
+  LiveSet& set = live_set();
+  std::lock_guard<std::mutex> guard(set.lock);
+  if (!set.on) return;
+  if (size > 0) set.live[ptr] = {label, size};
+  else set.live.erase(ptr);
+  if (!new_peak) return;
+  set.at_peak.clear();
+  for (auto const& [p, a] : set.live) set.at_peak.push_back(a);
+}
+
 bool ours(Kokkos::Tools::SpaceHandle const handle) { return std::strcmp(handle.name, MemSpace::name()) == 0; }
 
-void on_allocate(Kokkos::Tools::SpaceHandle const handle, char const*, void const*, std::uint64_t size) {
+void on_allocate(Kokkos::Tools::SpaceHandle const handle, char const* label, void const* ptr, std::uint64_t size) {
   if (!ours(handle)) return;
   ++allocations;
   long long const now = current += static_cast<long long>(size);
   long long seen = peak.load();
-  while (now > seen && !peak.compare_exchange_weak(seen, now)) {
+  bool new_peak = false;
+  while (now > seen && !(new_peak = peak.compare_exchange_weak(seen, now))) {
   }
+  record(ptr, label, static_cast<long long>(size), new_peak);
 }
 
-void on_deallocate(Kokkos::Tools::SpaceHandle const handle, char const*, void const*, std::uint64_t size) {
-  if (ours(handle)) current -= static_cast<long long>(size);
+void on_deallocate(Kokkos::Tools::SpaceHandle const handle, char const*, void const* ptr, std::uint64_t size) {
+  if (!ours(handle)) return;
+  current -= static_cast<long long>(size);
+  record(ptr, "", 0, false);
 }
 }  // namespace
 
@@ -39,7 +69,27 @@ void track_memory() {
 
 double peak_memory_mb() { return static_cast<double>(peak.load()) / (1 << 20); }
 double current_memory_mb() { return static_cast<double>(current.load()) / (1 << 20); }
-void reset_peak_memory() { peak = current.load(); }
+void reset_peak_memory() {
+  peak = current.load();
+  LiveSet& set = live_set();
+  std::lock_guard<std::mutex> guard(set.lock);
+  set.at_peak.clear();
+  for (auto const& [p, a] : set.live) set.at_peak.push_back(a);
+}
+
+void record_live_allocations() {
+  LiveSet& set = live_set();
+  std::lock_guard<std::mutex> guard(set.lock);
+  set.on = true;
+}
+
+std::vector<Allocation> allocations_at_peak() {
+  LiveSet& set = live_set();
+  std::lock_guard<std::mutex> guard(set.lock);
+  std::vector<Allocation> out = set.at_peak;
+  std::sort(out.begin(), out.end(), [](Allocation const& a, Allocation const& b) { return a.bytes > b.bytes; });
+  return out;
+}
 long long allocation_count() { return allocations.load(); }
 
 }  // namespace proteus::detail

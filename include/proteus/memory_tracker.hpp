@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace proteus::detail {
 
@@ -15,5 +16,14 @@ double current_memory_mb();
 void reset_peak_memory();
 // Allocations in that memory space so far (each is a device malloc and free on GPUs).
 long long allocation_count();
+
+// Diagnosis: from record_live_allocations() on, the allocations alive at the latest peak (since the
+// last reset_peak_memory), largest first. Costs a map update per allocation; off by default.
+struct Allocation {
+  std::string label;
+  long long bytes = 0;
+};
+void record_live_allocations();
+std::vector<Allocation> allocations_at_peak();
 
 }  // namespace proteus::detail

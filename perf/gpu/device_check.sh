@@ -141,6 +141,22 @@ for step in "$@"; do
         rm -f $runs/facts_$n/tokens.h5
       done
       tar czf "$out/facts.tar.gz" -C /tmp runs ;;
+    training_profile)
+      # Upstream's tinytoy shape: every Kokkos kernel of a forward and of a training step timed, and the
+      # allocations alive at each one's peak memory.
+      for mode in "" "--backward"; do
+        "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 32768 524288 --alphas 1.0 --warmup 1 \
+          --repeat 3 --token-sparse --profile --memory $mode
+      done | tee "$out/training_profile.txt" ;;
+    train_ddp)
+      # issue 19: the curriculum (proteus) under torchrun on every GPU of the machine (NCCL data parallel).
+      runs=/tmp/runs; mkdir -p $runs
+      PYTHONPATH=$bin/python python3 -m torch.distributed.run --standalone --nproc_per_node "$(nvidia-smi -L | wc -l)" \
+        "$root/examples/train_sliding_ctx.py" --attention proteus --steps "${TRAIN_STEPS:-2000}" \
+        --max-minutes "${TRAIN_MINUTES:-4.5}" --eval-every 250 --log-every 100 --dna-every 250 \
+        --checkpoint-every 100000 --corpus-pack "$root/.gpu/corpus.npz" --out $runs/ddp >$runs/ddp.log 2>&1
+      tail -6 $runs/ddp.log
+      tar czf "$out/ddp.tar.gz" --exclude=checkpoint.pt -C /tmp runs ;;
     training_small)
       # The shape of the curriculum's first phase (d 192, 8 heads, 512 tokens, batch 32, alpha 0):
       # a training step with every Kokkos kernel timed.
