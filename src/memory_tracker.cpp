@@ -20,7 +20,7 @@ bool tracking = false;
 // Optional: the live allocations (by address) and a copy of them at the peak, for diagnosis.
 struct LiveSet {
   std::mutex lock;
-  bool on = false;
+  std::atomic<bool> on{false};
   std::map<void const*, Allocation> live;
   std::vector<Allocation> at_peak;
 };
@@ -31,8 +31,8 @@ LiveSet& live_set() {
 
 void record(void const* ptr, char const* label, long long size, bool new_peak) {
   LiveSet& set = live_set();
+  if (!set.on) return;  // the common case: no lock taken
   std::lock_guard<std::mutex> guard(set.lock);
-  if (!set.on) return;
   if (size > 0) set.live[ptr] = {label, size};
   else set.live.erase(ptr);
   if (!new_peak) return;
