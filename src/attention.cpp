@@ -193,17 +193,18 @@ struct Blocks {
   Kokkos::View<long*, MemSpace> block_start, row_token, row_query;
   IndexVector row_head;
   Kokkos::View<int*, MemSpace> candidate_count;
+  RowSoftmax softmax;
   int heads, embed, d;
   long tokens, q_stride, stride, dna_blocks;
   float scale;
-  bool count, biased;
+  bool count, biased, with_softmax;
 
   Blocks(ShortlistPlan const& plan, TokenMatrix const& q_, TokenMatrix const& kv_, TokenVector const& value_bias_,
          ActiveRows const& rows, CandidateLists const& lists, int heads_, TokenMatrix const& ctx_,
-         Kokkos::View<int*, MemSpace> const& counts)
+         Kokkos::View<int*, MemSpace> const& counts, RowSoftmax const& softmax_)
       : p(plan), q(q_), kv(kv_), ctx(ctx_), value_bias(value_bias_), dna_lists(lists), block_start(rows.block_start),
-        row_token(rows.token), row_query(rows.query), row_head(rows.head), candidate_count(counts), heads(heads_),
-        embed(static_cast<int>(q_.extent(1))), d(embed / heads_) {
+        row_token(rows.token), row_query(rows.query), row_head(rows.head), candidate_count(counts), softmax(softmax_),
+        heads(heads_), embed(static_cast<int>(q_.extent(1))), d(embed / heads_) {
     long const batch = static_cast<long>(rows.head_start.extent(0) - 1) / heads;
     tokens = static_cast<long>(kv.extent(0)) / batch;
     q_stride = static_cast<long>(q.stride(0));
@@ -212,6 +213,7 @@ struct Blocks {
     scale = 1.0f / std::sqrt(static_cast<float>(d));
     count = counts.extent(0) > 0;
     biased = value_bias.extent(0) > 0;
+    with_softmax = softmax.max.extent(0) > 0;
   }
 
   // Block `block`: rows r0 .. r0 + n - 1, all of batch b and head h.
@@ -257,6 +259,10 @@ struct Blocks {
   template <int D>
   KOKKOS_INLINE_FUNCTION void finish(long r, long qrow, long h, detail::SoftmaxState<D> const& s) const {
     if (count) candidate_count(r) = s.seen;
+    if (with_softmax) {
+      softmax.max(r) = s.m;
+      softmax.sum(r) = s.l;
+    }
     float const inv = 1.0f / s.l;
     for (int j = 0; j < D; ++j)
       if (j < d) ctx(qrow, h * d + j) = s.acc[j] * inv + (biased ? value_bias(h * d + j) : 0.0f);
@@ -406,7 +412,7 @@ void attend_union(ExecSpace const& space, Blocks const& a, long blocks) {
 
 void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
             TokenVector const& value_bias, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
-            TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count) {
+            TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count, RowSoftmax const& softmax) {
   if (rows.blocks == 0) return;
   int const d = static_cast<int>(q.extent(1)) / heads;
   // 16-byte loads need rows of exactly D floats at 16-byte aligned addresses.
@@ -416,7 +422,7 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const
   bool const aligned_rows = d % 4 == 0 && aligned(q) && aligned(kv);
   auto run = [&](auto width) {
     constexpr int D = decltype(width)::value;
-    Blocks const blocks(plan, q, kv, value_bias, rows, dna_lists, heads, ctx, candidate_count);
+    Blocks const blocks(plan, q, kv, value_bias, rows, dna_lists, heads, ctx, candidate_count, softmax);
     if (aligned_rows && d == D) {
       attend_own_windows<D, true>(space, blocks, rows.blocks);
       attend_union<D, true>(space, blocks, rows.blocks);

@@ -1,17 +1,19 @@
 // Stage 6b backward: gradients of the shortlist attention with respect to queries, keys, values
-// and the value bias, for the rows, plan and candidate lists the forward used. Two passes, each
-// element owned by one thread (deterministic, no atomics):
-//   rows: per active (head, row) i, over its candidates c (the forward's rule), in two passes
-//         (an online softmax for m_i, l_i and D_i, then dq_i):
-//         p_c = softmax(s)_c, s_c = q_i.k_c / sqrt(D);  D_i = sum_c p_c dO_i.v_c;
-//         dq_i = sum_c p_c (dO_i.v_c - D_i) k_c / sqrt(D); keeps m_i, l_i, D_i;
+// and the value bias, for the rows, plan and candidate lists the forward used. With the forward's
+// softmax statistics m_i, l_i of each active (head, row) i and its context O_i (value bias b
+// included), D_i = dO_i.(O_i - b) = sum_c p_c dO_i.v_c first, then two passes, each element owned
+// by one thread (deterministic, no atomics):
+//   rows: per active (head, row) i, over its candidates c (the forward's rule), in one pass:
+//         p_c = exp(s_c - m_i) / l_i, s_c = (q_i / sqrt(D)).k_c (the forward's score);
+//         dq_i = sum_c p_c (dO_i.v_c - D_i) k_c / sqrt(D);
 //   keys: per (head, key) j, over the rows i whose candidate set holds j (walked from the key
 //         side: the local window after j, the rows j anchors, every row after a global prefix
 //         key, the blocks whose DNA list names j; each pair counted under candidate_piece only):
 //         dv_j = sum_i p_ij dO_i;  dk_j = sum_i p_ij (dO_i.v_j - D_i) q_i / sqrt(D).
 // For head widths 8-64 the rows pass keeps a row's vectors in registers and the keys pass stages
-// the local piece's rows in team scratch (keys_pass_tiled); other widths run plain loops over
-// global memory. Every version adds the same terms in the same order.
+// the local piece's rows in team scratch (keys_pass_tiled), and reads a key's own k and v only,
+// before it writes its dk and dv: those may overwrite k and v (in place). Other widths run plain
+// loops over global memory. Every version adds the same terms in the same order.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -19,6 +21,7 @@
 #include "proteus/attention.hpp"
 #include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/error.hpp"
 #include "proteus/projection.hpp"
 
 namespace proteus::detail {
@@ -45,10 +48,11 @@ struct Grad {
   KOKKOS_INLINE_FUNCTION Position const* dna_of(long b, long t) const {
     return p.dna_cap > 0 ? &dna_lists(b * dna_blocks + t / p.dna_block, 0) : nullptr;
   }
+  // The forward's score: the query scaled first.
   KOKKOS_INLINE_FUNCTION float score(long qrow, long h, long key_row) const {
     float s = 0.0f;
-    for (int j = 0; j < d; ++j) s += q(qrow, h * d + j) * kv(key_row, h * d + j);
-    return s * scale;
+    for (int j = 0; j < d; ++j) s += q(qrow, h * d + j) * scale * kv(key_row, h * d + j);
+    return s;
   }
   // dO_i . v_c
   KOKKOS_INLINE_FUNCTION float dout_value(long qrow, long h, long key_row) const {
@@ -58,48 +62,41 @@ struct Grad {
   }
 };
 
-// One candidate of the online softmax: running max m, sum l of exp(s - m), and sum of
-// exp(s - m) dO.v, rescaled when the max grows.
-KOKKOS_INLINE_FUNCTION void online_step(float s, float dv, float& m, float& l, float& dsum) {
-  if (s > m) {
-    float const f = kmath::exp(m - s);
-    l = l * f + 1.0f;
-    dsum = dsum * f + dv;
-    m = s;
-  } else {
-    float const e = kmath::exp(s - m);
-    l += e;
-    dsum += e * dv;
-  }
+// D_i = dO_i.(O_i - b) over the head's columns of every active row.
+void row_dots(ExecSpace const& space, Grad const& g, AttendedRows const& out, long rows) {
+  auto ctx = out.ctx;
+  auto bias = out.value_bias;
+  bool const biased = bias.extent(0) > 0;
+  Kokkos::parallel_for(
+      "proteus::attention::backward::row_dots", Kokkos::RangePolicy<ExecSpace>(space, 0, rows), KOKKOS_LAMBDA(long r) {
+        long const qrow = g.row_query(r), h = g.row_head(r) % g.heads;
+        float sum = 0.0f;
+        for (int j = 0; j < g.d; ++j) {
+          long const col = h * g.d + j;
+          sum += g.dctx(qrow, col) * (ctx(qrow, col) - (biased ? bias(col) : 0.0f));
+        }
+        g.dsum(r) = sum;
+      });
 }
 
-// Softmax statistics and dq of every active row.
+// dq of every active row.
 void rows_pass(ExecSpace const& space, Grad const& g, long rows) {
   Kokkos::parallel_for(
       "proteus::attention::backward::rows", Kokkos::RangePolicy<ExecSpace>(space, 0, rows), KOKKOS_LAMBDA(long r) {
         long const t = g.row_token(r), qrow = g.row_query(r);
         int const bh = g.row_head(r);
         long const b = bh / g.heads, h = bh % g.heads, base = b * g.tokens;
-        Position const* dna = g.dna_of(b, t);
-        // One online pass (running max, rescaled sums) for m, l and D_i, then one for dq.
-        float m = -3.0e38f, l = 0.0f, dsum = 0.0f;
-        for_each_candidate(g.p, t, dna, [&](long c) {
-          online_step(g.score(qrow, h, base + c), g.dout_value(qrow, h, base + c), m, l, dsum);
-        });
-        dsum /= l;
-        for_each_candidate(g.p, t, dna, [&](long c) {
+        float const m = g.m(r), l = g.l(r), dsum = g.dsum(r);
+        for_each_candidate(g.p, t, g.dna_of(b, t), [&](long c) {
           float const p = kmath::exp(g.score(qrow, h, base + c) - m) / l;
           float const w = p * (g.dout_value(qrow, h, base + c) - dsum) * g.scale;
           for (int j = 0; j < g.d; ++j) g.dq(qrow, h * g.d + j) += w * g.kv(base + c, h * g.d + j);
         });
-        g.m(r) = m;
-        g.l(r) = l;
-        g.dsum(r) = dsum;
       });
 }
 
 // rows_pass for head width D known at compile time: the row's query and dO, and its dq, live in
-// registers (the generic loops above read them from global memory for every candidate). The same
+// registers (the generic loop above reads them from global memory for every candidate). The same
 // operations in the same order: bit for bit the generic pass's results.
 template <int D>
 void rows_pass_fixed(ExecSpace const& space, Grad const& g, long rows) {
@@ -109,37 +106,21 @@ void rows_pass_fixed(ExecSpace const& space, Grad const& g, long rows) {
         int const bh = g.row_head(r);
         long const b = bh / g.heads, h = bh % g.heads, base = b * g.tokens;
         int const e = g.embed;
-        Position const* dna = g.dna_of(b, t);
         float qi[D], doi[D], dq[D];
         for (int j = 0; j < D; ++j) {
-          qi[j] = g.q(qrow, h * D + j);
+          qi[j] = g.q(qrow, h * D + j) * g.scale;
           doi[j] = g.dctx(qrow, h * D + j);
           dq[j] = 0.0f;
         }
-        auto score_and_dv = [&](long key, float& s, float& dv) {
-          s = 0.0f;
-          dv = 0.0f;
-          for (int j = 0; j < D; ++j) s += qi[j] * g.kv(key, h * D + j);
-          for (int j = 0; j < D; ++j) dv += doi[j] * g.kv(key, e + h * D + j);
-          s *= g.scale;
-        };
-        float m = -3.0e38f, l = 0.0f, dsum = 0.0f;
-        for_each_candidate(g.p, t, dna, [&](long c) {
-          float s, dv;
-          score_and_dv(base + c, s, dv);
-          online_step(s, dv, m, l, dsum);
-        });
-        dsum /= l;
-        for_each_candidate(g.p, t, dna, [&](long c) {
-          float s, dv;
-          score_and_dv(base + c, s, dv);
+        float const m = g.m(r), l = g.l(r), dsum = g.dsum(r);
+        for_each_candidate(g.p, t, g.dna_of(b, t), [&](long c) {
+          float s = 0.0f, dv = 0.0f;
+          for (int j = 0; j < D; ++j) s += qi[j] * g.kv(base + c, h * D + j);
+          for (int j = 0; j < D; ++j) dv += doi[j] * g.kv(base + c, e + h * D + j);
           float const w = kmath::exp(s - m) / l * (dv - dsum) * g.scale;
           for (int j = 0; j < D; ++j) dq[j] += w * g.kv(base + c, h * D + j);
         });
         for (int j = 0; j < D; ++j) g.dq(qrow, h * D + j) = dq[j];
-        g.m(r) = m;
-        g.l(r) = l;
-        g.dsum(r) = dsum;
       });
 }
 
@@ -156,38 +137,45 @@ KOKKOS_INLINE_FUNCTION long first_row_from(Grad const& g, long bh, long j) {
   return lo;
 }
 
+// Calls f(i, r) for the active rows r of head bh whose tokens i lie in [lo, hi), in token order.
+template <class F>
+KOKKOS_INLINE_FUNCTION void for_each_active_row(Grad const& g, long bh, long lo, long hi, F&& f) {
+  for (long r = first_row_from(g, bh, lo); r < g.head_start(bh + 1) && g.row_token(r) < hi; ++r)
+    f(g.row_token(r), static_cast<int>(r));
+}
+
 // Calls f(i, r) for every row i whose candidate set holds key j of batch row b and that is active
 // (as row r) for head bh, once each; the local piece's rows first, in token order, unless
-// with_local is false.
+// with_local is false. Ranges of rows are walked over the head's active rows (K of H heads are
+// active per token, so most rows of a range are inactive for a given head); the exact anchors,
+// a strided set, are looked up in row_index.
 template <class F>
 KOKKOS_INLINE_FUNCTION void for_each_row_of_key(Grad const& g, long b, long bh, long j, F&& f, bool with_local = true) {
   ShortlistPlan const& p = g.p;
   long const T = g.tokens;
-  auto take = [&](long i, int piece) {
-    int const r = g.row_index(bh, i);  // most rows are inactive for a given head: test that first
-    if (r >= 0 && candidate_piece(p, i, j, g.dna_of(b, i)) == piece) f(i, r);
+  auto in_piece = [&](int piece) {
+    return [&, piece](long i, int r) {
+      if (candidate_piece(p, i, j, g.dna_of(b, i)) == piece) f(i, r);
+    };
   };
-  if (with_local && j >= p.local_floor) {
-    // Rows of the local piece: the active rows of this head from token j on, found by bisection,
-    // so that inactive rows cost nothing (K of H heads are active per token).
-    for (long r = first_row_from(g, bh, j); r < g.head_start(bh + 1) && g.row_token(r) < j + p.local_width; ++r) {
-      long const i = g.row_token(r);
-      if (candidate_piece(p, i, j, g.dna_of(b, i)) == piece_local) f(i, static_cast<int>(r));
-    }
-  }
+  if (with_local && j >= p.local_floor) for_each_active_row(g, bh, j, j + p.local_width, in_piece(piece_local));
   long const s = p.anchor_stride, a = p.anchor_cap;
   if (s > 0 && a > 0) {
-    for (long k = 1; k <= a && j + k * s < T; ++k) take(j + k * s, piece_anchor);
+    for (long k = 1; k <= a && j + k * s < T; ++k) {
+      long const i = j + k * s;
+      int const r = g.row_index(bh, i);
+      if (r >= 0 && candidate_piece(p, i, j, g.dna_of(b, i)) == piece_anchor) f(i, r);
+    }
     if (j == 0)  // rows whose anchors run below 0 (clamped to 0), other than the exact ones above
-      for (long i = 1; i < T && i < a * s; ++i)
-        if (!(i % s == 0 && i / s >= 1 && i / s <= a)) take(i, piece_anchor);
+      for_each_active_row(g, bh, 1, a * s, [&](long i, int r) {
+        if (!(i % s == 0 && i / s >= 1 && i / s <= a)) in_piece(piece_anchor)(i, r);
+      });
   }
-  if (j < p.prefix)
-    for (long i = j + 1; i < T; ++i) take(i, piece_prefix);
+  if (j < p.prefix) for_each_active_row(g, bh, j + 1, T, in_piece(piece_prefix));
   if (p.dna_cap > 0)
     for (long n = g.dna_start(b * T + j); n < g.dna_start(b * T + j + 1); ++n) {
       long const first = g.dna_block(n) * p.dna_block;
-      for (long i = first; i < T && i < first + p.dna_block; ++i) take(i, piece_dna);
+      for_each_active_row(g, bh, first, first + p.dna_block, in_piece(piece_dna));
     }
 }
 
@@ -236,15 +224,15 @@ KOKKOS_INLINE_FUNCTION void load_key(Grad const& g, long key_row, long h, Scratc
 }
 
 // One row of a key: with the row's query q and dO (D contiguous floats) and its m, l, D_i,
-// p = exp(q.k / sqrt(D) - m) / l;  dk += p (dO.v - D_i) q / sqrt(D);  dv += p dO.
+// p = exp((q / sqrt(D)).k - m) / l;  dk += p (dO.v - D_i) q / sqrt(D);  dv += p dO.
 template <int D>
 KOKKOS_INLINE_FUNCTION void add_row_to_key(float const* q, float const* dout, float m, float l, float dsum,
                                            float scale, float const (&kj)[D], float const (&vj)[D], float (&dk)[D],
                                            float (&dv)[D]) {
   float s = 0.0f, dov = 0.0f;
-  for (int c = 0; c < D; ++c) s += q[c] * kj[c];
+  for (int c = 0; c < D; ++c) s += q[c] * scale * kj[c];
   for (int c = 0; c < D; ++c) dov += dout[c] * vj[c];
-  float const pr = kmath::exp(s * scale - m) / l;
+  float const pr = kmath::exp(s - m) / l;
   float const w = pr * (dov - dsum) * scale;
   for (int c = 0; c < D; ++c) {
     dk[c] += w * q[c];
@@ -427,10 +415,23 @@ void value_bias_gradient(ExecSpace const& space, ActiveRows const& rows, TokenMa
 
 }  // namespace
 
+bool backward_in_place(int head_dim) {
+  switch (head_dim) {
+    case 8: case 16: case 24: case 32: case 48: case 64: return true;
+    default: return false;
+  }
+}
+
 void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
-                     ActiveRows const& rows, CandidateLists const& dna_lists, int heads, TokenMatrix const& dctx,
-                     TokenMatrix const& dq, TokenMatrix const& dkv, TokenVector const& dvalue_bias) {
+                     ActiveRows const& rows, CandidateLists const& dna_lists, int heads, AttendedRows const& out,
+                     TokenMatrix const& dctx, TokenMatrix const& dq, TokenMatrix const& dkv,
+                     TokenVector const& dvalue_bias) {
   ScopedRegion region("proteus::attention::backward");
+  require(dkv.data() != kv.data() || backward_in_place(static_cast<int>(q.extent(1)) / heads), "dkv",
+          "may be kv itself only for head widths 8, 16, 24, 32, 48 and 64");
+  require(out.softmax.max.extent(0) == static_cast<size_t>(rows.rows) &&
+              out.softmax.sum.extent(0) == static_cast<size_t>(rows.rows),
+          "out.softmax", "needs one entry per active row (attend's statistics)");
   long const batch = static_cast<long>(rows.head_start.extent(0) - 1) / heads;
   Grad g{};
   g.p = plan;
@@ -450,9 +451,10 @@ void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMat
   g.tokens = static_cast<long>(kv.extent(0)) / batch;
   g.dna_blocks = (g.tokens + plan.dna_block - 1) / plan.dna_block;
   g.scale = 1.0f / std::sqrt(static_cast<float>(g.d));
-  g.m = TokenVector("proteus::attention::backward::row_max", rows.rows);
-  g.l = TokenVector("proteus::attention::backward::row_sum", rows.rows);
-  g.dsum = TokenVector("proteus::attention::backward::row_dot", rows.rows);
+  g.m = out.softmax.max;
+  g.l = out.softmax.sum;
+  g.dsum = TokenVector(Kokkos::view_alloc("proteus::attention::backward::row_dot", Kokkos::WithoutInitializing), rows.rows);
+  row_dots(space, g, out, rows.rows);
   g.row_index = index_rows(space, rows, static_cast<int>(batch * heads), g.tokens);
   invert_dna_lists(space, dna_lists, batch, g.tokens, g);
   Kokkos::deep_copy(space, dq, 0.0f);  // columns of inactive heads stay zero

@@ -470,6 +470,8 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
     project_kv(space, x, weights_, kv, c.tf32_projections ? GemmPrecision::tf32 : GemmPrecision::fp32);
     TokenVector const bias_k = Kokkos::subview(weights_.qkv_bias, std::make_pair(e, 2 * e));
     bias_and_rope(space, kv, bias_k, positions, e, c.num_heads, 1, c.rope, c.rope_base);  // V's bias: in attend
+    // The backward can use this K|V while no other call has overwritten it (FP32 only: it recomputes in FP32).
+    work_.kv_call = state && !c.tf32_projections ? (state->call = ++work_.training_calls) : 0;
     long const block =
         std::max(1L, std::min(row_end - options.row_begin, static_cast<long>(c.query_block_rows) / batch));
     std::vector<bool> used(c.num_heads, false);

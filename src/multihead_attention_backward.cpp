@@ -9,6 +9,7 @@
 #include "proteus/router.hpp"
 #include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/detail/workspace.hpp"
 #include "proteus/error.hpp"
 #include "proteus/multihead_attention.hpp"
 #include "proteus/rope.hpp"
@@ -57,6 +58,39 @@ void copy_part(ExecSpace const& space, TokenVector const& from, long from_begin,
 
 }  // namespace
 
+// Keys and values of every token in the module's K|V buffer (still there from the training
+// forward unless another call came between), the kept rows' queries, and their contexts with the
+// rows' softmax statistics, as the training forward computed them (FP32).
+detail::AttendedRows CausalGeneticMultiheadAttention::recompute(ExecSpace const& space, TrainingState const& state,
+                                                                detail::ActiveRows const& rows, TokenMatrix& q) {
+  Config const& c = config_;
+  int const e = c.embed_dim, heads = c.num_heads;
+  long const n = static_cast<long>(state.x.extent(0)), nq = rows.queries;
+  TokenVector const bias_q = Kokkos::subview(weights_.qkv_bias, std::make_pair(0, e));
+  TokenVector const bias_k = Kokkos::subview(weights_.qkv_bias, std::make_pair(e, 2 * e));
+  bool const kept = state.call > 0 && work_.kv_call == state.call && static_cast<long>(work_.kv.extent(0)) == n;
+  TokenMatrix const& kv = detail::reuse(work_.kv, "proteus::kv", n, 2 * e);
+  if (!kept) {  // another call overwrote the forward's K|V since
+    project_kv(space, state.x, weights_, kv, GemmPrecision::fp32);
+    bias_and_rope(space, kv, bias_k, state.positions, e, heads, 1, c.rope, c.rope_base);
+  }
+  detail::AttendedRows out;
+  out.value_bias = Kokkos::subview(weights_.qkv_bias, std::make_pair(2 * e, 3 * e));
+  out.ctx = detail::first_rows(work_.ctx, "proteus::context", nq, e);
+  out.softmax.max = TokenVector("proteus::backward::row_max", rows.rows);
+  out.softmax.sum = TokenVector("proteus::backward::row_sum", rows.rows);
+  q = detail::first_rows(work_.q, "proteus::q", nq, e);
+  if (nq == 0) return out;
+  TokenMatrix const xq = detail::first_rows(work_.gathered, "proteus::kept_rows", nq, e);
+  PositionVector const pos_q = detail::first_rows(work_.kept_positions, "proteus::kept_positions", nq);
+  detail::gather_rows(space, state.x, rows.query_source, xq, state.positions, pos_q);
+  project_q(space, xq, weights_, q, GemmPrecision::fp32);
+  bias_and_rope(space, q, bias_q, pos_q, e, heads, 1, c.rope, c.rope_base);
+  Kokkos::deep_copy(space, out.ctx, 0.0f);  // columns of inactive heads stay zero
+  detail::attend(space, state.plan, q, kv, out.value_bias, rows, state.dna_lists, heads, out.ctx, {}, out.softmax);
+  return out;
+}
+
 void CausalGeneticMultiheadAttention::backward(ExecSpace const& space, TrainingState& state, TokenMatrix const& dy,
                                                TokenMatrix const& dx, Gradients const& grads) {
   detail::ScopedRegion region("proteus::module::backward");
@@ -74,68 +108,58 @@ void CausalGeneticMultiheadAttention::backward(ExecSpace const& space, TrainingS
   require(grads.qkv_weight.extent(0) == weights_.qkv_weight.extent(0) &&
               grads.router_weight.extent(0) == weights_.router_weight.extent(0),
           "grads", "must be Gradients::allocate(embed_dim, num_gates)");
-  check_finite(space, dy, "dy");
-  state.ready = false;
-
-  // Recompute the forward's queries (kept rows of [row_begin, row_end)), keys, values, contexts.
-  detail::ActiveRows const rows = detail::compact_active_rows(space, state.head_mask, state.keep, state.every_head,
-                                                              batch, tokens, state.row_begin, state.row_end);
-  long const nq = rows.queries;
-  TokenVector const bias_q = Kokkos::subview(weights_.qkv_bias, std::make_pair(0, e));
-  TokenVector const bias_k = Kokkos::subview(weights_.qkv_bias, std::make_pair(e, 2 * e));
-  TokenVector const bias_v = Kokkos::subview(weights_.qkv_bias, std::make_pair(2 * e, 3 * e));
-  TokenMatrix xq("proteus::backward::xq", nq, e), q("proteus::backward::q", nq, e);
-  PositionVector pos_q("proteus::backward::positions", nq);
-  detail::gather_rows(space, x, rows.query_source, xq, state.positions, pos_q);
-  TokenMatrix kv("proteus::backward::kv", n, 2 * e), ctx("proteus::backward::context", nq, e);
-  project_kv(space, x, weights_, kv, GemmPrecision::fp32);
-  bias_and_rope(space, kv, bias_k, state.positions, e, heads, 1, c.rope, c.rope_base);
-  if (nq > 0) {
-    project_q(space, xq, weights_, q, GemmPrecision::fp32);
-    bias_and_rope(space, q, bias_q, pos_q, e, heads, 1, c.rope, c.rope_base);
-    detail::attend(space, state.plan, q, kv, bias_v, rows, state.dna_lists, heads, ctx, {});
-  }
-
-  // Router gradient: the output projection read the contexts scaled by the heads' weights.
   bool const routed = c.router_gradient;
   require(!routed || state.head_weight.extent(0) == x.extent(0), "backward",
           "the training forward ran without Config::router_gradient");
-  TokenMatrix ctx_out = ctx;
-  if (routed) {
+  check_finite(space, dy, "dy");
+  state.ready = false;
+
+  // Buffers: K|V, then dK|dV in place (head widths 8-64); the context, then dq; the kept rows of
+  // x, then of dy, then of x again; dcontext, then the kept rows' dx.
+  detail::ActiveRows const rows = detail::compact_active_rows(space, state.head_mask, state.keep, state.every_head,
+                                                              batch, tokens, state.row_begin, state.row_end, work_.rows);
+  long const nq = rows.queries;
+  TokenMatrix q;
+  detail::AttendedRows const attended = recompute(space, state, rows, q);
+  TokenMatrix const& kv = work_.kv;
+
+  // Output projection: every row's dy reaches the output bias; rows with a query reach W_out (which
+  // read the contexts scaled by the heads' weights under the router gradient).
+  TokenMatrix ctx_out = attended.ctx;
+  if (routed && nq > 0) {
     ctx_out = TokenMatrix("proteus::backward::context_scaled", nq, e);
-    Kokkos::deep_copy(space, ctx_out, ctx);
+    Kokkos::deep_copy(space, ctx_out, attended.ctx);
     detail::scale_active_heads(space, rows, state.head_weight, ctx_out, tokens);
   }
-
-  // Output projection: every row's dy reaches the output bias; rows with a query reach W_out.
   column_sums(space, dy, grads.out_bias);
-  TokenMatrix dyq("proteus::backward::dy_rows", nq, e), dctx("proteus::backward::dcontext", nq, e);
+  TokenMatrix const dyq = detail::first_rows(work_.gathered, "proteus::kept_rows", nq, e);
+  TokenMatrix const dctx(Kokkos::view_alloc("proteus::backward::dcontext", Kokkos::WithoutInitializing), nq, e);
   detail::gather_rows(space, dy, rows.query_source, dyq);
   if (nq > 0)
     project_output_backward(space, ctx_out, dyq, weights_, dctx, grads);
   else
     Kokkos::deep_copy(space, grads.out_weight, 0.0f);
+  ctx_out = TokenMatrix();
   GateMatrix dweight;
   if (routed) {
     dweight = GateMatrix("proteus::backward::dhead_weight", n, heads);
-    head_weight_gradient(space, rows, state.head_weight, ctx, dctx, dweight, tokens);
+    head_weight_gradient(space, rows, state.head_weight, attended.ctx, dctx, dweight, tokens);
   }
 
   // Attention, then RoPE turned back, then the Q/K/V projections.
-  TokenMatrix dq("proteus::backward::dq", nq, e), dkv("proteus::backward::dkv", n, 2 * e);
+  TokenMatrix const dq = attended.ctx;  // attend_backward reads the context before it writes dq
+  TokenMatrix dkv = kv;
+  if (!detail::backward_in_place(e / heads)) dkv = TokenMatrix("proteus::backward::dkv", n, 2 * e);
   TokenVector dbias("proteus::backward::dbias", 3 * e), dvalue_bias = Kokkos::subview(dbias, std::make_pair(2 * e, 3 * e));
-  detail::attend_backward(space, state.plan, q, kv, rows, state.dna_lists, heads, dctx, dq, dkv, dvalue_bias);
-  rope_backward(space, dq, pos_q, e, heads, 1, c.rope, c.rope_base);
-  rope_backward(space, dkv, state.positions, e, heads, 1, c.rope, c.rope_base);
-  TokenVector sums_q("proteus::backward::sums_q", e), sums_kv("proteus::backward::sums_kv", 2 * e);
-  column_sums(space, dq, sums_q);
-  column_sums(space, dkv, sums_kv);
-  copy_part(space, sums_q, 0, grads.qkv_bias, 0, e);
-  copy_part(space, sums_kv, 0, grads.qkv_bias, e, e);
-  copy_part(space, dbias, 2 * e, grads.qkv_bias, 2 * e, e);  // V's bias: the sum of dO over active rows
+  detail::attend_backward(space, state.plan, q, kv, rows, state.dna_lists, heads, attended, dctx, dq, dkv,
+                          dvalue_bias);
+  work_.kv_call = 0;  // K|V now holds their gradients (in place) or the next call's
+  bias_gradients(space, state, rows, dq, dkv, dbias, grads);
   project_kv_backward(space, x, dkv, weights_, dx, grads);
   if (nq > 0) {
-    TokenMatrix dxq("proteus::backward::dxq", nq, e);
+    TokenMatrix const xq = detail::first_rows(work_.gathered, "proteus::kept_rows", nq, e);
+    detail::gather_rows(space, x, rows.query_source, xq);
+    TokenMatrix const dxq = dctx;  // dcontext is spent
     project_q_backward(space, xq, dq, weights_, dxq, grads);
     scatter_add_rows(space, dxq, rows.query_source, dx);
   } else {
@@ -145,14 +169,43 @@ void CausalGeneticMultiheadAttention::backward(ExecSpace const& space, TrainingS
     Kokkos::deep_copy(space, grads.router_weight, 0.0f);  // routing only selects: no gradient
     return;
   }
-  // Head weights -> gate probabilities -> the router's probabilities -> its logits, x and W_router.
+  router_backward(space, state, dweight, dx, grads);
+}
+
+// RoPE turned back on dq and dK|dV, then the Q/K/V biases' gradients: the column sums of dq and
+// dK, and for V the sum of dO over the active rows (dbias' last part, from attend_backward).
+void CausalGeneticMultiheadAttention::bias_gradients(ExecSpace const& space, TrainingState const& state,
+                                                     detail::ActiveRows const& rows, TokenMatrix const& dq,
+                                                     TokenMatrix const& dkv, TokenVector const& dbias,
+                                                     Gradients const& grads) const {
+  Config const& c = config_;
+  int const e = c.embed_dim, heads = c.num_heads;
+  long const nq = rows.queries;
+  PositionVector const pos_q = detail::first_rows(work_.kept_positions, "proteus::kept_positions", nq);
+  rope_backward(space, dq, pos_q, e, heads, 1, c.rope, c.rope_base);
+  rope_backward(space, dkv, state.positions, e, heads, 1, c.rope, c.rope_base);
+  TokenVector sums_q("proteus::backward::sums_q", e), sums_kv("proteus::backward::sums_kv", 2 * e);
+  column_sums(space, dq, sums_q);
+  column_sums(space, dkv, sums_kv);
+  copy_part(space, sums_q, 0, grads.qkv_bias, 0, e);
+  copy_part(space, sums_kv, 0, grads.qkv_bias, e, e);
+  copy_part(space, dbias, 2 * e, grads.qkv_bias, 2 * e, e);
+}
+
+// Head weights -> gate probabilities -> the router's probabilities -> its logits, x and W_router.
+void CausalGeneticMultiheadAttention::router_backward(ExecSpace const& space, TrainingState const& state,
+                                                      GateMatrix const& dweight, TokenMatrix const& dx,
+                                                      Gradients const& grads) const {
+  Config const& c = config_;
+  long const n = static_cast<long>(state.x.extent(0));
   GateMatrix dgate("proteus::backward::dgate_probs", n, c.num_gates), drouter("proteus::backward::drouter", n, c.num_gates);
   head_weights_backward(space, dweight, state.head_weight, state.head_total, gate_to_head_, dgate);
   Routing routing;
   routing.gate_probs = state.gate_probs;
   routing.beta = state.beta;
   hybrid_route_backward(space, c, routing, dgate, drouter);
-  router_probabilities_backward(space, x, weights_.router_weight, state.router_probs, drouter, dx, grads.router_weight);
+  router_probabilities_backward(space, state.x, weights_.router_weight, state.router_probs, drouter, dx,
+                                grads.router_weight);
 }
 
 }  // namespace proteus

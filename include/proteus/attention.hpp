@@ -57,23 +57,43 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
 // be empty: none) is added once to the context instead of to every value. Entries of ctx of
 // inactive (token, head) pairs are left untouched (callers zero ctx first).
 // candidate_count [rows] (optional, may be empty) receives each row's count.
+// Softmax statistics of each active row r: max(r) = m, the largest of its scores q.k / sqrt(D)
+// (the query scaled first), and sum(r) = l, the sum of exp(score - m) over its candidates. attend
+// writes them when the views are not empty; attend_backward reads them.
+struct RowSoftmax {
+  TokenVector max, sum;
+};
 void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
             TokenVector const& value_bias, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
-            TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count);
+            TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count,
+            RowSoftmax const& softmax = {});
 
 // Router gradient (Config::router_gradient): the context of each active row, ctx(query, head h's
 // columns), times weight(b*T + token, h).
 void scale_active_heads(ExecSpace const& space, ActiveRows const& rows, GateMatrix const& weight,
                         TokenMatrix const& ctx, long tokens);
 
+// What attend produced for the rows, as its backward reads it: the context (value bias included),
+// the value bias and the rows' softmax statistics.
+struct AttendedRows {
+  TokenMatrix ctx;
+  TokenVector value_bias;
+  RowSoftmax softmax;
+};
+
 // Backward of attend for the same rows, plan and lists (what forward chose is a constant here).
 // dctx [queries x E] is the gradient of the context rows (columns of inactive heads are not
-// read); q, kv as in attend. Writes dq [queries x E] (zero in inactive heads' columns), dkv
-// [B*T x 2E] (gradients of every token's keys | values, zero where no row used them) and
-// dvalue_bias [E] (may be empty). Deterministic: every output element is summed by one thread in
-// a fixed order (rows walk their candidates; keys walk the rows that chose them), no atomics.
+// read); q, kv as in attend, `out` what attend wrote for them. Writes dq [queries x E] (zero in
+// inactive heads' columns), dkv [B*T x 2E] (gradients of every token's keys | values, zero where
+// no row used them) and dvalue_bias [E] (may be empty). dkv may be kv itself (the keys pass reads
+// a key's own row only, before it writes it) for head widths 8-64. Deterministic: every output
+// element is summed by one thread in a fixed order (rows walk their candidates; keys walk the rows
+// that chose them), no atomics.
 void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
-                     ActiveRows const& rows, CandidateLists const& dna_lists, int heads, TokenMatrix const& dctx,
-                     TokenMatrix const& dq, TokenMatrix const& dkv, TokenVector const& dvalue_bias);
+                     ActiveRows const& rows, CandidateLists const& dna_lists, int heads, AttendedRows const& out,
+                     TokenMatrix const& dctx, TokenMatrix const& dq, TokenMatrix const& dkv,
+                     TokenVector const& dvalue_bias);
+// Whether attend_backward may write dkv over kv for this head width.
+bool backward_in_place(int head_dim);
 
 }  // namespace proteus::detail

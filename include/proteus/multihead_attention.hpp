@@ -68,6 +68,7 @@ struct TrainingState {
   ShortlistPlan plan;
   bool every_head = false;
   CandidateLists dna_lists;
+  long call = 0;            // which training forward this is (the module's K|V buffer may still hold its K|V)
   // Config::router_gradient only (copies): the router's and the blended gate probabilities, the
   // blend strength, and the heads' weights.
   GateMatrix router_probs, gate_probs, head_weight;
@@ -96,6 +97,8 @@ struct ModuleWorkspace {
   TokenVector head_total;        // [B*T] (router_gradient)
   PositionVector positions;      // forward's, [B*T]
   TokenMatrix kv;                // [B*T x 2E]
+  long training_calls = 0;       // training forwards so far
+  long kv_call = 0;              // the training forward whose FP32 K|V kv holds (0: none)
   TokenMatrix q, ctx, gathered;  // [query rows of a block x E]
   PositionVector kept_positions;
   Kokkos::View<int*, MemSpace> candidate_count;
@@ -195,6 +198,14 @@ class CausalGeneticMultiheadAttention {
   long attend_block(ExecSpace const& space, detail::CallPlan const& call, TokenMatrix const& x, int batch,
                     PositionVector const& positions, TokenMatrix const& y, long t0, long len, ForwardStats& st,
                     std::vector<bool>& used_heads);
+  // Backward helpers (multihead_attention_backward.cpp).
+  detail::AttendedRows recompute(ExecSpace const& space, TrainingState const& state, detail::ActiveRows const& rows,
+                                 TokenMatrix& q);
+  void bias_gradients(ExecSpace const& space, TrainingState const& state, detail::ActiveRows const& rows,
+                      TokenMatrix const& dq, TokenMatrix const& dkv, TokenVector const& dbias,
+                      Gradients const& grads) const;
+  void router_backward(ExecSpace const& space, TrainingState const& state, GateMatrix const& dweight,
+                       TokenMatrix const& dx, Gradients const& grads) const;
 };
 
 // A module with `config` (its own token sparsity, alpha, DNA switches) that shares the weights
