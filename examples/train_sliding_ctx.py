@@ -55,7 +55,8 @@ def parse_phases(text):
 
 def arguments(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--attention", choices=["proteus", "dense"], required=True)
+    ap.add_argument("--attention", choices=["proteus", "dense", "dense-rope"], required=True,
+                    help="dense-rope: the dense baseline with proteus' rotary embedding on q and k")
     ap.add_argument("--steps", type=int, default=20000)
     ap.add_argument("--phases", type=parse_phases, default=parse_phases("512:0.70:32,4096:0.20:12,16384:0.10:4"))
     ap.add_argument("--d-model", type=int, default=192)
@@ -94,16 +95,19 @@ class DenseAttention(nn.Module):
     materialises the [B*H, T, T] scores in eval mode (32 GiB at T 16384, batch 4): that is not the
     baseline a user would train. PyTorch before 2.0 (no SDPA) uses the masked softmax instead."""
 
-    def __init__(self, d_model, heads):
+    def __init__(self, d_model, heads, rope=False):
         super().__init__()
         self.mha = nn.MultiheadAttention(d_model, heads, batch_first=True)
         self.heads = heads
+        self.rope = rope
 
     def forward(self, x):
         b, t, e = x.shape
         m = self.mha
         q, k, v = F.linear(x, m.in_proj_weight, m.in_proj_bias).view(b, t, 3, self.heads, e // self.heads) \
             .permute(2, 0, 3, 1, 4)
+        if self.rope:
+            q, k = rotary(q), rotary(k)
         if hasattr(F, "scaled_dot_product_attention"):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
@@ -111,6 +115,16 @@ class DenseAttention(nn.Module):
             mask = torch.triu(torch.ones(t, t, dtype=torch.bool, device=x.device), 1)
             y = torch.softmax(scores.masked_fill(mask, float("-inf")), dim=-1) @ v
         return m.out_proj(y.transpose(1, 2).reshape(b, t, e))
+
+
+def rotary(x, base=10000.0):
+    """proteus' RoPE on [B, H, T, D]: pair (2i, 2i+1) of each head turned by t * base^(-2i/D)."""
+    t, d = x.shape[-2], x.shape[-1]
+    inv = base ** (-torch.arange(0, d, 2, dtype=torch.float64, device=x.device) / d)
+    angle = torch.arange(t, dtype=torch.float64, device=x.device)[:, None] * inv[None, :]
+    cs, sn = torch.cos(angle).to(x.dtype), torch.sin(angle).to(x.dtype)
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack((even * cs - odd * sn, odd * cs + even * sn), dim=-1).flatten(-2)
 
 
 class ProteusAttention(nn.Module):
@@ -150,7 +164,7 @@ class ByteGPT(nn.Module):
         self.token_emb = nn.Embedding(256, d)
         self.pos_emb = nn.Embedding(max(contexts), d)
         make = (lambda i: ProteusAttention(d, args.heads, args.seed * 1000 + i, args, contexts)) \
-            if args.attention == "proteus" else (lambda i: DenseAttention(d, args.heads))
+            if args.attention == "proteus" else (lambda i: DenseAttention(d, args.heads, args.attention == "dense-rope"))
         self.blocks = nn.ModuleList(Block(d, make(i)) for i in range(args.layers))
         self.ln_f = nn.LayerNorm(d)
         self.head = nn.Linear(d, 256, bias=False)
@@ -361,6 +375,9 @@ def main(argv=None):
 
 
 def finish(args, log, step, tokens, started, peak_mb, lead, stopped=None):
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
     if not lead:
         return 0
     summary = {"attention": args.attention, "steps": step, "tokens": tokens, "seconds": time.time() - started,

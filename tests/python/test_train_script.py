@@ -8,6 +8,7 @@ import sys
 
 import h5py
 import pytest
+import torch
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
 sys.path.insert(0, EXAMPLES)
@@ -60,6 +61,22 @@ def test_dense_baseline_learns(tmp_path):
     first, last = evals(summary)[0], evals(summary)[-1]
     assert last["val_bpb_128"] < first["val_bpb_128"] - 0.3
     assert not list(tmp_path.glob("dna_layer*.h5"))
+
+
+def test_dense_rope_baseline_is_causal_attention_with_proteus_rope():
+    """The dense-rope baseline's attention equals conftest's independent causal attention with RoPE
+    (the rotation proteus applies) in double precision."""
+    import train_sliding_ctx as script
+    from conftest import reference_attention
+    torch.manual_seed(3)
+    attention = script.DenseAttention(32, 4, rope=True).double()
+    x = torch.randn(2, 37, 32, dtype=torch.float64)
+    m = attention.mha
+    ref = reference_attention(x, m.in_proj_weight, m.in_proj_bias, m.out_proj.weight, m.out_proj.bias, 4)
+    assert torch.allclose(attention(x), ref, rtol=1e-10, atol=1e-12)
+    plain = script.DenseAttention(32, 4).double()
+    plain.load_state_dict(attention.state_dict())
+    assert not torch.allclose(plain(x), ref, atol=1e-3)  # the rotation changes the result
 
 
 def test_corpus_refuses_files_that_differ_from_the_manifest(tmp_path):
