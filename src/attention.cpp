@@ -169,20 +169,6 @@ KOKKOS_INLINE_FUNCTION void load_row(float const* src, int d, float (&dst)[D]) {
   }
 }
 
-// The first of c0, c0 + 1, ... that lane `lane` of `lanes` takes (key c goes to lane c % lanes).
-KOKKOS_INLINE_FUNCTION long first_of_lane(long c0, int lane, int lanes) {
-  return c0 + ((lane - c0 % lanes) % lanes + lanes) % lanes;
-}
-
-// Lanes per row: on GPUs a row's candidates are dealt out to a vector of lanes, so that a block
-// of 32 rows keeps 32 x lanes threads busy (rows alone are too few below ~1M tokens); the wider
-// the row state, the fewer lanes. Host backends use one lane.
-template <int D>
-constexpr int lanes_per_row() {
-  if (on_host) return 1;
-  return D <= 32 ? 8 : D <= 64 ? 4 : 1;
-}
-
 // What both attention kernels read: the blocks of active rows, where a head's queries, keys and
 // values lie, and where a row's context goes.
 struct Blocks {

@@ -21,6 +21,7 @@
 #include "proteus/attention.hpp"
 #include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/detail/softmax_state.hpp"
 #include "proteus/error.hpp"
 #include "proteus/projection.hpp"
 
@@ -28,7 +29,6 @@ namespace proteus::detail {
 
 namespace {
 
-using RowIndex = Kokkos::View<int**, Kokkos::LayoutRight, MemSpace>;  // [B*H x T] active row or -1
 using LongVector = Kokkos::View<long*, MemSpace>;
 
 // What both passes read.
@@ -39,7 +39,9 @@ struct Grad {
   LongVector row_token, row_query, head_start;
   IndexVector row_head;
   TokenVector m, l, dsum;  // per active row: softmax max and sum, D_i
-  RowIndex row_index;
+  // Each head's active rows grouped by token modulo the anchor stride s, in token order: the rows
+  // of (bh, residue q) are residue_rows[residue_start(bh s + q) .. residue_start(bh s + q + 1)).
+  LongVector residue_start, residue_rows;
   LongVector dna_start, dna_block;  // blocks whose list names key (b, j): [dna_start(b T + j), dna_start(.. + 1))
   int heads, embed, d;
   long tokens, dna_blocks;
@@ -95,32 +97,56 @@ void rows_pass(ExecSpace const& space, Grad const& g, long rows) {
       });
 }
 
-// rows_pass for head width D known at compile time: the row's query and dO, and its dq, live in
-// registers (the generic loop above reads them from global memory for every candidate). The same
-// operations in the same order: bit for bit the generic pass's results.
+// rows_pass for head width D known at compile time, laid out as the forward's attention: a team
+// takes a block of rows of one head, and on GPUs each row deals its candidates out to a vector of
+// lanes (window key c to lane c % lanes, the extra candidates in turn), whose parts of dq are
+// summed at the end; the row's query, dO and each lane's dq live in registers. Host backends run
+// one lane: the generic pass's operations in its order, bit for bit its results.
 template <int D>
-void rows_pass_fixed(ExecSpace const& space, Grad const& g, long rows) {
+void rows_pass_fixed(ExecSpace const& space, Grad const& g, ActiveRows const& rows) {
+  constexpr int lanes = lanes_per_row<D>();
+  using Policy = Kokkos::TeamPolicy<ExecSpace>;
+  using Member = typename Policy::member_type;
+  auto block_start = rows.block_start;
   Kokkos::parallel_for(
-      "proteus::attention::backward::rows", Kokkos::RangePolicy<ExecSpace>(space, 0, rows), KOKKOS_LAMBDA(long r) {
-        long const t = g.row_token(r), qrow = g.row_query(r);
-        int const bh = g.row_head(r);
-        long const b = bh / g.heads, h = bh % g.heads, base = b * g.tokens;
-        int const e = g.embed;
-        float qi[D], doi[D], dq[D];
-        for (int j = 0; j < D; ++j) {
-          qi[j] = g.q(qrow, h * D + j) * g.scale;
-          doi[j] = g.dctx(qrow, h * D + j);
-          dq[j] = 0.0f;
-        }
-        float const m = g.m(r), l = g.l(r), dsum = g.dsum(r);
-        for_each_candidate(g.p, t, g.dna_of(b, t), [&](long c) {
-          float s = 0.0f, dv = 0.0f;
-          for (int j = 0; j < D; ++j) s += qi[j] * g.kv(base + c, h * D + j);
-          for (int j = 0; j < D; ++j) dv += doi[j] * g.kv(base + c, e + h * D + j);
-          float const w = kmath::exp(s - m) / l * (dv - dsum) * g.scale;
-          for (int j = 0; j < D; ++j) dq[j] += w * g.kv(base + c, h * D + j);
+      "proteus::attention::backward::rows", Policy(space, rows.blocks, on_host ? 1 : attention_block_rows, lanes),
+      KOKKOS_LAMBDA(Member const& team) {
+        long const r0 = block_start(team.league_rank());
+        int const n = static_cast<int>(block_start(team.league_rank() + 1) - r0);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int i) {
+          long const r = r0 + i, t = g.row_token(r), qrow = g.row_query(r);
+          int const bh = g.row_head(r);
+          long const b = bh / g.heads, h = bh % g.heads, base = b * g.tokens, from = local_begin(g.p, t);
+          int const e = g.embed;
+          Position const* dna = g.dna_of(b, t);
+          float qi[D], doi[D];
+          for (int j = 0; j < D; ++j) {
+            qi[j] = g.q(qrow, h * D + j) * g.scale;
+            doi[j] = g.dctx(qrow, h * D + j);
+          }
+          float const m = g.m(r), l = g.l(r), dsum = g.dsum(r);
+          LaneSum<D> dq;
+          Kokkos::parallel_reduce(
+              Kokkos::ThreadVectorRange(team, lanes),
+              [&](int lane, LaneSum<D>& part) {
+                auto add = [&](long c) {
+                  float s = 0.0f, dv = 0.0f;
+                  for (int j = 0; j < D; ++j) s += qi[j] * g.kv(base + c, h * D + j);
+                  for (int j = 0; j < D; ++j) dv += doi[j] * g.kv(base + c, e + h * D + j);
+                  float const w = kmath::exp(s - m) / l * (dv - dsum) * g.scale;
+                  for (int j = 0; j < D; ++j) part.v[j] += w * g.kv(base + c, h * D + j);
+                };
+                for (long c = first_of_lane(from, lane, lanes); c <= t; c += lanes) add(c);
+                int extra = 0;
+                for_each_extra_candidate(g.p, t, dna, [&](long c) {
+                  if (extra++ % lanes == lane) add(c);
+                });
+              },
+              MergeLanes<LaneSum<D>>(dq));
+          Kokkos::single(Kokkos::PerThread(team), [&]() {
+            for (int j = 0; j < D; ++j) g.dq(qrow, h * D + j) = dq.v[j];
+          });
         });
-        for (int j = 0; j < D; ++j) g.dq(qrow, h * D + j) = dq[j];
       });
 }
 
@@ -144,11 +170,30 @@ KOKKOS_INLINE_FUNCTION void for_each_active_row(Grad const& g, long bh, long lo,
     f(g.row_token(r), static_cast<int>(r));
 }
 
+// Calls f(i, r) for the active rows r of head bh whose token i is an exact anchor of key j (i = j +
+// k s, k = 1 .. a, i < T), in token order: a range of the rows with j's residue modulo s.
+template <class F>
+KOKKOS_INLINE_FUNCTION void for_each_anchor_row(Grad const& g, long bh, long j, F&& f) {
+  long const s = g.p.anchor_stride, bucket = bh * s + j % s, last = j + g.p.anchor_cap * s;
+  long lo = g.residue_start(bucket), hi = g.residue_start(bucket + 1);
+  while (lo < hi) {  // the first row of the bucket from token j + s on
+    long const mid = (lo + hi) / 2;
+    if (g.row_token(g.residue_rows(mid)) < j + s)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  for (long n = lo; n < g.residue_start(bucket + 1); ++n) {
+    long const r = g.residue_rows(n), i = g.row_token(r);
+    if (i > last) break;
+    f(i, static_cast<int>(r));
+  }
+}
+
 // Calls f(i, r) for every row i whose candidate set holds key j of batch row b and that is active
 // (as row r) for head bh, once each; the local piece's rows first, in token order, unless
-// with_local is false. Ranges of rows are walked over the head's active rows (K of H heads are
-// active per token, so most rows of a range are inactive for a given head); the exact anchors,
-// a strided set, are looked up in row_index.
+// with_local is false. Every piece walks the head's active rows only (K of H heads are active per
+// token, so most rows of a range are inactive for a given head).
 template <class F>
 KOKKOS_INLINE_FUNCTION void for_each_row_of_key(Grad const& g, long b, long bh, long j, F&& f, bool with_local = true) {
   ShortlistPlan const& p = g.p;
@@ -161,11 +206,7 @@ KOKKOS_INLINE_FUNCTION void for_each_row_of_key(Grad const& g, long b, long bh, 
   if (with_local && j >= p.local_floor) for_each_active_row(g, bh, j, j + p.local_width, in_piece(piece_local));
   long const s = p.anchor_stride, a = p.anchor_cap;
   if (s > 0 && a > 0) {
-    for (long k = 1; k <= a && j + k * s < T; ++k) {
-      long const i = j + k * s;
-      int const r = g.row_index(bh, i);
-      if (r >= 0 && candidate_piece(p, i, j, g.dna_of(b, i)) == piece_anchor) f(i, r);
-    }
+    for_each_anchor_row(g, bh, j, in_piece(piece_anchor));
     if (j == 0)  // rows whose anchors run below 0 (clamped to 0), other than the exact ones above
       for_each_active_row(g, bh, 1, a * s, [&](long i, int r) {
         if (!(i % s == 0 && i / s >= 1 && i / s <= a)) in_piece(piece_anchor)(i, r);
@@ -323,11 +364,11 @@ void keys_pass_tiled(ExecSpace const& space, Grad const& g, long batch) {
 }
 
 // The passes for the head width: register versions for common widths, the generic loops otherwise.
-void both_passes(ExecSpace const& space, Grad const& g, long rows, long batch) {
+void both_passes(ExecSpace const& space, Grad const& g, ActiveRows const& rows, long batch) {
   switch (g.d) {
 #define PROTEUS_BACKWARD_WIDTH(D)      \
   case D:                              \
-    rows_pass_fixed<D>(space, g, rows); \
+    rows_pass_fixed<D>(space, g, rows);  \
     keys_pass_tiled<D>(space, g, batch); \
     return;
     PROTEUS_BACKWARD_WIDTH(8)
@@ -338,21 +379,45 @@ void both_passes(ExecSpace const& space, Grad const& g, long rows, long batch) {
     PROTEUS_BACKWARD_WIDTH(64)
 #undef PROTEUS_BACKWARD_WIDTH
     default:
-      rows_pass(space, g, rows);
+      rows_pass(space, g, rows.rows);
       keys_pass(space, g, batch);
   }
 }
 
-// Active row of each (batch*head, token), or -1.
-RowIndex index_rows(ExecSpace const& space, ActiveRows const& rows, int bh_count, long tokens) {
-  RowIndex index("proteus::attention::backward::row_index", bh_count, tokens);
-  Kokkos::deep_copy(space, index, -1);
-  auto head = rows.head;
-  auto token = rows.token;
+// Grad::residue_start and residue_rows (anchors only): one thread per (head, residue) walks the
+// head's rows twice, to count and then to place its rows (in token order, no atomics).
+void group_by_residue(ExecSpace const& space, long bh_count, Grad& g) {
+  long const s = g.p.anchor_stride > 0 && g.p.anchor_cap > 0 ? g.p.anchor_stride : 0;
+  g.residue_start = LongVector("proteus::attention::backward::residue_start", bh_count * s + 1);
+  g.residue_rows = LongVector(Kokkos::view_alloc("proteus::attention::backward::residue_rows", Kokkos::WithoutInitializing),
+                              s > 0 ? static_cast<long>(g.row_token.extent(0)) : 0);
+  if (s == 0) return;
+  auto start = g.residue_start;
+  auto placed = g.residue_rows;
+  auto head_start = g.head_start;
+  auto row_token = g.row_token;
   Kokkos::parallel_for(
-      "proteus::attention::backward::index_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, rows.rows),
-      KOKKOS_LAMBDA(long r) { index(head(r), token(r)) = static_cast<int>(r); });
-  return index;
+      "proteus::attention::backward::residue_count", Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count * s),
+      KOKKOS_LAMBDA(long item) {
+        long const bh = item / s, q = item % s;
+        long n = 0;
+        for (long r = head_start(bh); r < head_start(bh + 1); ++r) n += row_token(r) % s == q;
+        start(item + 1) = n;
+      });
+  Kokkos::parallel_scan(
+      "proteus::attention::backward::residue_start", Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count * s + 1),
+      KOKKOS_LAMBDA(long i, long& sum, bool final) {
+        sum += start(i);
+        if (final) start(i) = sum;
+      });
+  Kokkos::parallel_for(
+      "proteus::attention::backward::residue_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count * s),
+      KOKKOS_LAMBDA(long item) {
+        long const bh = item / s, q = item % s;
+        long n = start(item);
+        for (long r = head_start(bh); r < head_start(bh + 1); ++r)
+          if (row_token(r) % s == q) placed(n++) = r;
+      });
 }
 
 // The DNA lists inverted: for each key (b, j), the blocks of batch row b whose list names it, in
@@ -455,10 +520,10 @@ void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMat
   g.l = out.softmax.sum;
   g.dsum = TokenVector(Kokkos::view_alloc("proteus::attention::backward::row_dot", Kokkos::WithoutInitializing), rows.rows);
   row_dots(space, g, out, rows.rows);
-  g.row_index = index_rows(space, rows, static_cast<int>(batch * heads), g.tokens);
+  group_by_residue(space, batch * heads, g);
   invert_dna_lists(space, dna_lists, batch, g.tokens, g);
   Kokkos::deep_copy(space, dq, 0.0f);  // columns of inactive heads stay zero
-  both_passes(space, g, rows.rows, batch);
+  both_passes(space, g, rows, batch);
   if (dvalue_bias.extent(0) > 0) value_bias_gradient(space, rows, dctx, heads, batch, g.tokens, dvalue_bias);
 }
 

@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/types.hpp"
 
 namespace proteus::detail {
 
@@ -54,18 +55,47 @@ struct SoftmaxState {
   }
 };
 
-// A Kokkos reducer over SoftmaxState, for parallel_reduce over a ThreadVectorRange.
-template <int D>
-struct MergeSoftmax {
-  using reducer = MergeSoftmax;
-  using value_type = SoftmaxState<D>;
+// A Kokkos reducer over a state with clear() and merge() (SoftmaxState, LaneSum), for
+// parallel_reduce over a ThreadVectorRange: the lanes' states of one row merged into one.
+template <class State>
+struct MergeLanes {
+  using reducer = MergeLanes;
+  using value_type = State;
   using result_view_type = Kokkos::View<value_type, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>;
   value_type& value;
-  KOKKOS_INLINE_FUNCTION MergeSoftmax(value_type& v) : value(v) {}
+  KOKKOS_INLINE_FUNCTION MergeLanes(value_type& v) : value(v) {}
   KOKKOS_INLINE_FUNCTION void init(value_type& s) const { s.clear(); }
   KOKKOS_INLINE_FUNCTION void join(value_type& dst, value_type const& src) const { dst.merge(src); }
   KOKKOS_INLINE_FUNCTION value_type& reference() const { return value; }
   KOKKOS_INLINE_FUNCTION result_view_type view() const { return result_view_type(&value); }
 };
+template <int D>
+using MergeSoftmax = MergeLanes<SoftmaxState<D>>;
+
+// D floats summed over lanes (a row's gradient, one part per lane).
+template <int D>
+struct LaneSum {
+  float v[D];
+  KOKKOS_INLINE_FUNCTION void clear() {
+    for (int j = 0; j < D; ++j) v[j] = 0.0f;
+  }
+  KOKKOS_INLINE_FUNCTION void merge(LaneSum const& other) {
+    for (int j = 0; j < D; ++j) v[j] += other.v[j];
+  }
+};
+
+// Lanes per row: on GPUs a row's candidates are dealt out to a vector of lanes, so that a block
+// of 32 rows keeps 32 x lanes threads busy (rows alone are too few below ~1M tokens); the wider
+// the row state, the fewer lanes. Host backends use one lane.
+template <int D>
+constexpr int lanes_per_row() {
+  if (on_host) return 1;
+  return D <= 32 ? 8 : D <= 64 ? 4 : 1;
+}
+
+// The first of c0, c0 + 1, ... that lane `lane` of `lanes` takes (key c goes to lane c % lanes).
+KOKKOS_INLINE_FUNCTION long first_of_lane(long c0, int lane, int lanes) {
+  return c0 + ((lane - c0 % lanes) % lanes + lanes) % lanes;
+}
 
 }  // namespace proteus::detail
