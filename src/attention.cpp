@@ -210,15 +210,11 @@ struct Blocks {
     b = bh / heads;
     h = bh % heads;
   }
-  // The union of the block's local windows, and whether its rows walk it in step: when it is
-  // short enough, every row steps through all of it together (the threads of a warp read the
-  // same key at once), and the keys can be staged in team scratch. Rows far apart (sparse heads,
-  // dropped tokens) would idle through most of a long union: those walk their own windows. A
-  // step of the second kind measured ~4x the cost of one of the first on an H100, hence 4.
+  // The union [lo, hi] of the block's local windows, and whether its rows walk it in step.
   KOKKOS_INLINE_FUNCTION bool walks_union(long r0, int n, long& lo, long& hi) const {
     lo = local_begin(p, row_token(r0));
     hi = row_token(r0 + n - 1);
-    return hi - lo + 1 <= 4 * p.local_width;
+    return proteus::walks_union(p, row_token(r0), hi);
   }
   // Keys of batch b, head h: key of token t at keys(b, h) + t * stride, its value embed further.
   KOKKOS_INLINE_FUNCTION float const* keys(long b, long h) const { return kv.data() + b * tokens * stride + h * d; }

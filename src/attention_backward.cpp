@@ -98,13 +98,14 @@ void rows_pass(ExecSpace const& space, Grad const& g, long rows) {
 }
 
 // rows_pass for head width D known at compile time, laid out as the forward's attention: a team
-// takes a block of rows of one head, and on GPUs each row deals its candidates out to a vector of
+// takes a block of rows of one head, and each row deals its candidates out to a vector of `lanes`
 // lanes (window key c to lane c % lanes, the extra candidates in turn), whose parts of dq are
-// summed at the end; the row's query, dO and each lane's dq live in registers. Host backends run
+// summed at the end; the row's query, dO and each lane's dq live in registers. Blocks whose rows
+// walk the union of their windows in step (walks_union) run one lane per row, so that the rows of
+// a warp read the same keys at once; the others run lanes_per_row lanes (GPUs). Host backends run
 // one lane: the generic pass's operations in its order, bit for bit its results.
-template <int D>
-void rows_pass_fixed(ExecSpace const& space, Grad const& g, ActiveRows const& rows) {
-  constexpr int lanes = lanes_per_row<D>();
+template <int D, int lanes>
+void rows_pass_fixed(ExecSpace const& space, Grad const& g, ActiveRows const& rows, bool in_step) {
   using Policy = Kokkos::TeamPolicy<ExecSpace>;
   using Member = typename Policy::member_type;
   auto block_start = rows.block_start;
@@ -113,6 +114,7 @@ void rows_pass_fixed(ExecSpace const& space, Grad const& g, ActiveRows const& ro
       KOKKOS_LAMBDA(Member const& team) {
         long const r0 = block_start(team.league_rank());
         int const n = static_cast<int>(block_start(team.league_rank() + 1) - r0);
+        if (walks_union(g.p, g.row_token(r0), g.row_token(r0 + n - 1)) != in_step) return;
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int i) {
           long const r = r0 + i, t = g.row_token(r), qrow = g.row_query(r);
           int const bh = g.row_head(r);
@@ -366,10 +368,11 @@ void keys_pass_tiled(ExecSpace const& space, Grad const& g, long batch) {
 // The passes for the head width: register versions for common widths, the generic loops otherwise.
 void both_passes(ExecSpace const& space, Grad const& g, ActiveRows const& rows, long batch) {
   switch (g.d) {
-#define PROTEUS_BACKWARD_WIDTH(D)      \
-  case D:                              \
-    rows_pass_fixed<D>(space, g, rows);  \
-    keys_pass_tiled<D>(space, g, batch); \
+#define PROTEUS_BACKWARD_WIDTH(D)                                  \
+  case D:                                                          \
+    rows_pass_fixed<D, 1>(space, g, rows, true);                   \
+    rows_pass_fixed<D, lanes_per_row<D>()>(space, g, rows, false); \
+    keys_pass_tiled<D>(space, g, batch);                           \
     return;
     PROTEUS_BACKWARD_WIDTH(8)
     PROTEUS_BACKWARD_WIDTH(16)

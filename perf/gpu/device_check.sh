@@ -11,7 +11,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # The PyTorch extension too, where python3 has torch and pybind11 (it needs a Kokkos built with -fPIC).
 python=()
 python3 -c "import torch, pybind11, h5py, pytest" 2>/dev/null && python=(-- -DPROTEUS_ENABLE_PYTHON=ON)
-if ! bash "$root/perf/gpu/build.sh" --kokkos-root /tmp/kinstall --build /tmp/bgpu --jobs 16 "${python[@]}" >"$out/build.log" 2>&1; then
+if [ -n "${SKIP_BUILD:-}" ]; then :  # another call of this script in the same run built it
+elif ! bash "$root/perf/gpu/build.sh" --kokkos-root /tmp/kinstall --build /tmp/bgpu --jobs 16 "${python[@]}" >"$out/build.log" 2>&1; then
   grep -E "error" -A3 "$out/build.log" | head -60
   exit 1
 fi
@@ -124,6 +125,15 @@ for step in "$@"; do
       wait
       tail -4 $runs/proteus.log $runs/dense.log
       tar czf "$out/runs.tar.gz" --exclude=checkpoint.pt -C /tmp runs ;;
+    train_one)
+      # One curriculum run (TRAIN_ATTENTION: proteus, dense or dense-rope; TRAIN_STEPS, TRAIN_MINUTES) on
+      # the first visible GPU.
+      a=${TRAIN_ATTENTION:-proteus}; runs=/tmp/runs_$a; mkdir -p $runs
+      PYTHONPATH=$bin/python python3 "$root/examples/train_sliding_ctx.py" --attention $a --steps "${TRAIN_STEPS:-2000}" \
+        --max-minutes "${TRAIN_MINUTES:-4.5}" --eval-every 250 --log-every 100 --dna-every 250 --checkpoint-every 100000 \
+        --corpus-pack "$root/.gpu/corpus.npz" --out $runs/$a >$runs/$a.log 2>&1
+      tail -3 $runs/$a.log
+      tar czf "$out/train_$a.tar.gz" --exclude=checkpoint.pt -C /tmp runs_$a ;;
     facts)
       # issue 19, item 5: train proteus (TRAIN_STEPS, TRAIN_MINUTES), then run its last layer with the
       # driver on 1,000,000 and 10,000,000 bytes with planted facts, trained against random weights,
