@@ -126,14 +126,14 @@ for step in "$@"; do
       tail -4 $runs/proteus.log $runs/dense.log
       tar czf "$out/runs.tar.gz" --exclude=checkpoint.pt -C /tmp runs ;;
     train_one)
-      # One curriculum run (TRAIN_ATTENTION: proteus, dense or dense-rope; TRAIN_STEPS, TRAIN_MINUTES) on
-      # the first visible GPU.
-      a=${TRAIN_ATTENTION:-proteus}; runs=/tmp/runs_$a; mkdir -p $runs
+      # One curriculum run (TRAIN_ATTENTION: proteus, dense or dense-rope; TRAIN_STEPS, TRAIN_MINUTES; more
+      # options in TRAIN_ARGS, a name for its files in TRAIN_NAME) on the first visible GPU.
+      a=${TRAIN_ATTENTION:-proteus}; name=${TRAIN_NAME:-$a}; runs=/tmp/runs_$name; mkdir -p $runs
       PYTHONPATH=$bin/python python3 "$root/examples/train_sliding_ctx.py" --attention $a --steps "${TRAIN_STEPS:-2000}" \
         --max-minutes "${TRAIN_MINUTES:-4.5}" --eval-every 250 --log-every 100 --dna-every 250 --checkpoint-every 100000 \
-        --corpus-pack "$root/.gpu/corpus.npz" --out $runs/$a >$runs/$a.log 2>&1
-      tail -3 $runs/$a.log
-      tar czf "$out/train_$a.tar.gz" --exclude=checkpoint.pt -C /tmp runs_$a ;;
+        --corpus-pack "$root/.gpu/corpus.npz" --out $runs/$name ${TRAIN_ARGS:-} >$runs/$name.log 2>&1
+      tail -3 $runs/$name.log
+      tar czf "$out/train_$name.tar.gz" --exclude=checkpoint.pt -C /tmp runs_$name ;;
     facts)
       # issue 19, item 5: train proteus (TRAIN_STEPS, TRAIN_MINUTES), then run its last layer with the
       # driver on 1,000,000 and 10,000,000 bytes with planted facts, trained against random weights,
