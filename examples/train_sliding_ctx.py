@@ -68,6 +68,8 @@ def arguments(argv=None):
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--router-gradient", action="store_true", help="proteus: the opt-in differentiable routing")
     ap.add_argument("--token-sparse", type=int, default=1, help="proteus: token sparsity (upstream: keep 0.85)")
+    ap.add_argument("--heads-active", default="2:6", metavar="MIN:MAX",
+                    help="proteus: range of active heads per token (upstream's curriculum: 2:6)")
     ap.add_argument("--head-controller", type=float, default=0.0, metavar="DENSITY",
                     help="proteus: the sparse-head controller with this target density (0 = off; upstream's "
                          "example uses 0.28), tolerance 0.03, cooldown 4 steps, heads 2..6")
@@ -84,6 +86,12 @@ def arguments(argv=None):
     for name in ("steps", "eval_every", "log_every", "dna_every", "checkpoint_every", "eval_windows"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    try:
+        args.heads_min, args.heads_max = (int(v) for v in args.heads_active.split(":"))
+    except ValueError:
+        ap.error(f"--heads-active {args.heads_active!r}: expected MIN:MAX, e.g. 2:6")
+    if not 1 <= args.heads_min <= args.heads_max:
+        ap.error(f"--heads-active {args.heads_active}: needs 1 <= MIN <= MAX (MAX above --heads means every head)")
     return args
 
 
@@ -135,7 +143,8 @@ class ProteusAttention(nn.Module):
         import proteus_kokkos as pk
         low, high = min(contexts), max(contexts)
         self.attn = pk.CausalGeneticMultiheadAttention(
-            d_model, heads, batch_first=True, seed=seed, num_gates=16, heads_active_min=2, heads_active_max=6,
+            d_model, heads, batch_first=True, seed=seed, num_gates=16, heads_active_min=args.heads_min,
+            heads_active_max=args.heads_max,
             seq_low=low, seq_high=max(high, low + 1), switch_ctx=max(high, low + 1), force_dense_threshold=0.25,
             token_sparse=bool(args.token_sparse), token_keep_ratio=0.85, token_keep_min=16, token_keep_guard=8,
             router_gradient=args.router_gradient, head_controller=args.head_controller > 0,

@@ -108,9 +108,13 @@ for step in "$@"; do
       # A training step (run_training + backward) at upstream's tinytoy shape with token sparsity,
       # next to the forward alone, in one call.
       for mode in "" "--backward"; do
-        "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 524288 --alphas 1.0 \
-          --warmup 1 --repeat 3 --token-sparse --budget 20 $mode --csv "$out/training${mode:+_step}.csv"
+        "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 524288 1048576 \
+          --alphas 1.0 --warmup 1 --repeat 3 --token-sparse --budget 20 $mode --csv "$out/training${mode:+_step}.csv"
       done | tee "$out/training.txt" ;;
+    upstream_training)
+      # Upstream's trainable path (its PyTorch fallback, Triton off) at the tinytoy shape: forward + backward.
+      python3 "$root/perf/gpu/upstream_training.py" --upstream "$root/.gpu/upstream/src" \
+        --tokens 4096 32768 131072 524288 --budget 40 --csv "$out/upstream_training.csv" | tee "$out/upstream_training.txt" ;;
     train_curriculum)
       # examples/train_sliding_ctx.py with proteus and with dense attention side by side, one GPU
       # each (TRAIN_STEPS, TRAIN_MINUTES), on the pinned corpus carried as .gpu/corpus.npz.
