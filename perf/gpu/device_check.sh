@@ -114,7 +114,7 @@ for step in "$@"; do
     upstream_training)
       # Upstream's trainable path (its PyTorch fallback, Triton off) at the tinytoy shape: forward + backward.
       python3 "$root/perf/gpu/upstream_training.py" --upstream "$root/.gpu/upstream/src" \
-        --tokens 4096 32768 131072 524288 --budget 40 --csv "$out/upstream_training.csv" | tee "$out/upstream_training.txt" ;;
+        --tokens 4096 32768 131072 524288 --repeat 2 --budget 15 --csv "$out/upstream_training.csv" | tee "$out/upstream_training.txt" ;;
     train_curriculum)
       # examples/train_sliding_ctx.py with proteus and with dense attention side by side, one GPU
       # each (TRAIN_STEPS, TRAIN_MINUTES), on the pinned corpus carried as .gpu/corpus.npz.
