@@ -157,6 +157,9 @@ int main(int argc, char** argv) {
           for (auto const& a : proteus::detail::allocations_at_peak())
             if (a.bytes * per_token >= 16 && a.label != "bench::x")
               std::printf("      %10.0f  %s\n", a.bytes * per_token, a.label.c_str());
+          std::printf("    allocations per call (warm-up and timed calls, by label):\n");
+          for (auto const& [label, count] : proteus::detail::allocations_made())
+            std::printf("      %6.1f  %s\n", static_cast<double>(count) / (o.warmup + o.repeat), label.c_str());
         }
         if (o.profile) {
           double total = 0;

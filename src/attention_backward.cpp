@@ -22,6 +22,7 @@
 #include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/detail/softmax_state.hpp"
+#include "proteus/detail/workspace.hpp"
 #include "proteus/error.hpp"
 #include "proteus/projection.hpp"
 
@@ -389,12 +390,12 @@ void both_passes(ExecSpace const& space, Grad const& g, ActiveRows const& rows, 
 
 // Grad::residue_start and residue_rows (anchors only): one thread per (head, residue) walks the
 // head's rows twice, to count and then to place its rows (in token order, no atomics).
-void group_by_residue(ExecSpace const& space, long bh_count, Grad& g) {
+void group_by_residue(ExecSpace const& space, long bh_count, Grad& g, BackwardBuffers& buffers) {
   long const s = g.p.anchor_stride > 0 && g.p.anchor_cap > 0 ? g.p.anchor_stride : 0;
-  g.residue_start = LongVector("proteus::attention::backward::residue_start", bh_count * s + 1);
-  g.residue_rows = LongVector(Kokkos::view_alloc("proteus::attention::backward::residue_rows", Kokkos::WithoutInitializing),
-                              s > 0 ? static_cast<long>(g.row_token.extent(0)) : 0);
   if (s == 0) return;
+  g.residue_start = first_rows(buffers.residue_start, "proteus::attention::backward::residue_start", bh_count * s + 1);
+  g.residue_rows = first_rows(buffers.residue_rows, "proteus::attention::backward::residue_rows",
+                              static_cast<long>(g.row_token.extent(0)));
   auto start = g.residue_start;
   auto placed = g.residue_rows;
   auto head_start = g.head_start;
@@ -406,6 +407,7 @@ void group_by_residue(ExecSpace const& space, long bh_count, Grad& g) {
         long n = 0;
         for (long r = head_start(bh); r < head_start(bh + 1); ++r) n += row_token(r) % s == q;
         start(item + 1) = n;
+        if (item == 0) start(0) = 0;
       });
   Kokkos::parallel_scan(
       "proteus::attention::backward::residue_start", Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count * s + 1),
@@ -425,12 +427,10 @@ void group_by_residue(ExecSpace const& space, long bh_count, Grad& g) {
 
 // The DNA lists inverted: for each key (b, j), the blocks of batch row b whose list names it, in
 // block order (built on the host: the lists hold batch * blocks * dna_cap entries).
-void invert_dna_lists(ExecSpace const& space, CandidateLists const& lists, long batch, long tokens, Grad& g) {
-  g.dna_start = LongVector("proteus::attention::backward::dna_start", batch * tokens + 1);
-  if (lists.extent(0) == 0) {
-    g.dna_block = LongVector("proteus::attention::backward::dna_block", 0);
-    return;
-  }
+void invert_dna_lists(ExecSpace const& space, CandidateLists const& lists, long batch, long tokens, Grad& g,
+                      BackwardBuffers& buffers) {
+  if (g.p.dna_cap == 0) return;  // nothing reads them
+  g.dna_start = first_rows(buffers.dna_start, "proteus::attention::backward::dna_start", batch * tokens + 1);
   auto h = Kokkos::create_mirror_view_and_copy(HostSpace(), lists);
   long const blocks = g.dna_blocks;
   std::vector<long> count(batch * tokens + 1, 0);
@@ -440,7 +440,7 @@ void invert_dna_lists(ExecSpace const& space, CandidateLists const& lists, long 
   for (size_t i = 1; i < count.size(); ++i) count[i] += count[i - 1];
   auto start = Kokkos::create_mirror_view(g.dna_start);
   for (size_t i = 0; i < count.size(); ++i) start(i) = count[i];
-  g.dna_block = LongVector("proteus::attention::backward::dna_block", count.back());
+  g.dna_block = first_rows(buffers.dna_block, "proteus::attention::backward::dna_block", count.back());
   auto block = Kokkos::create_mirror_view(g.dna_block);
   for (long b = 0; b < batch; ++b)
     for (long k = 0; k < blocks; ++k)
@@ -454,13 +454,13 @@ void invert_dna_lists(ExecSpace const& space, CandidateLists const& lists, long 
 // in blocks summed in row order, then the blocks in (batch row, block) order (deterministic; one
 // thread per column walking every row left the GPU idle).
 void value_bias_gradient(ExecSpace const& space, ActiveRows const& rows, TokenMatrix const& dctx, int heads,
-                         long batch, long tokens, TokenVector const& dvalue_bias) {
+                         long batch, long tokens, TokenVector const& dvalue_bias, BackwardBuffers& buffers) {
   int const d = static_cast<int>(dctx.extent(1)) / heads;
   long const block = ordered_sum_block(tokens), blocks = (tokens + block - 1) / block;
   auto head_start = rows.head_start;
   auto row_query = rows.query;
-  TokenMatrix partial(Kokkos::view_alloc("proteus::attention::backward::value_bias_partials", Kokkos::WithoutInitializing),
-                      batch * heads * blocks, d);
+  TokenMatrix const partial = first_rows(buffers.value_bias_partials, "proteus::attention::backward::value_bias_partials",
+                                         batch * heads * blocks, d);
   for_each_element(
       space, "proteus::attention::backward::value_bias_partials", batch * heads * blocks, d,
       KOKKOS_LAMBDA(long item, long j) {
@@ -494,6 +494,14 @@ void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMat
                      ActiveRows const& rows, CandidateLists const& dna_lists, int heads, AttendedRows const& out,
                      TokenMatrix const& dctx, TokenMatrix const& dq, TokenMatrix const& dkv,
                      TokenVector const& dvalue_bias) {
+  BackwardBuffers own;
+  attend_backward(space, plan, q, kv, rows, dna_lists, heads, out, dctx, dq, dkv, dvalue_bias, own);
+}
+
+void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
+                     ActiveRows const& rows, CandidateLists const& dna_lists, int heads, AttendedRows const& out,
+                     TokenMatrix const& dctx, TokenMatrix const& dq, TokenMatrix const& dkv,
+                     TokenVector const& dvalue_bias, BackwardBuffers& buffers) {
   ScopedRegion region("proteus::attention::backward");
   require(dkv.data() != kv.data() || backward_in_place(static_cast<int>(q.extent(1)) / heads), "dkv",
           "may be kv itself only for head widths 8, 16, 24, 32, 48 and 64");
@@ -521,13 +529,13 @@ void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMat
   g.scale = 1.0f / std::sqrt(static_cast<float>(g.d));
   g.m = out.softmax.max;
   g.l = out.softmax.sum;
-  g.dsum = TokenVector(Kokkos::view_alloc("proteus::attention::backward::row_dot", Kokkos::WithoutInitializing), rows.rows);
+  g.dsum = first_rows(buffers.row_dot, "proteus::attention::backward::row_dot", rows.rows);
   row_dots(space, g, out, rows.rows);
-  group_by_residue(space, batch * heads, g);
-  invert_dna_lists(space, dna_lists, batch, g.tokens, g);
+  group_by_residue(space, batch * heads, g, buffers);
+  invert_dna_lists(space, dna_lists, batch, g.tokens, g, buffers);
   Kokkos::deep_copy(space, dq, 0.0f);  // columns of inactive heads stay zero
   both_passes(space, g, rows, batch);
-  if (dvalue_bias.extent(0) > 0) value_bias_gradient(space, rows, dctx, heads, batch, g.tokens, dvalue_bias);
+  if (dvalue_bias.extent(0) > 0) value_bias_gradient(space, rows, dctx, heads, batch, g.tokens, dvalue_bias, buffers);
 }
 
 }  // namespace proteus::detail

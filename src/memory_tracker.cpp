@@ -23,6 +23,7 @@ struct LiveSet {
   std::atomic<bool> on{false};
   std::map<void const*, Allocation> live;
   std::vector<Allocation> at_peak;
+  std::map<std::string, long long> made;  // allocations by label since the last reset
 };
 LiveSet& live_set() {
   static LiveSet set;
@@ -33,8 +34,12 @@ void record(void const* ptr, char const* label, long long size, bool new_peak) {
   LiveSet& set = live_set();
   if (!set.on) return;  // the common case: no lock taken
   std::lock_guard<std::mutex> guard(set.lock);
-  if (size > 0) set.live[ptr] = {label, size};
-  else set.live.erase(ptr);
+  if (size > 0) {
+    set.live[ptr] = {label, size};
+    ++set.made[label];
+  } else {
+    set.live.erase(ptr);
+  }
   if (!new_peak) return;
   set.at_peak.clear();
   for (auto const& [p, a] : set.live) set.at_peak.push_back(a);
@@ -75,12 +80,19 @@ void reset_peak_memory() {
   std::lock_guard<std::mutex> guard(set.lock);
   set.at_peak.clear();
   for (auto const& [p, a] : set.live) set.at_peak.push_back(a);
+  set.made.clear();
 }
 
 void record_live_allocations() {
   LiveSet& set = live_set();
   std::lock_guard<std::mutex> guard(set.lock);
   set.on = true;
+}
+
+std::vector<std::pair<std::string, long long>> allocations_made() {
+  LiveSet& set = live_set();
+  std::lock_guard<std::mutex> guard(set.lock);
+  return {set.made.begin(), set.made.end()};
 }
 
 std::vector<Allocation> allocations_at_peak() {

@@ -77,8 +77,8 @@ detail::AttendedRows CausalGeneticMultiheadAttention::recompute(ExecSpace const&
   detail::AttendedRows out;
   out.value_bias = Kokkos::subview(weights_.qkv_bias, std::make_pair(2 * e, 3 * e));
   out.ctx = detail::first_rows(work_.ctx, "proteus::context", nq, e);
-  out.softmax.max = TokenVector("proteus::backward::row_max", rows.rows);
-  out.softmax.sum = TokenVector("proteus::backward::row_sum", rows.rows);
+  out.softmax.max = detail::first_rows(work_.row_max, "proteus::backward::row_max", rows.rows);
+  out.softmax.sum = detail::first_rows(work_.row_sum, "proteus::backward::row_sum", rows.rows);
   q = detail::first_rows(work_.q, "proteus::q", nq, e);
   if (nq == 0) return out;
   TokenMatrix const xq = detail::first_rows(work_.gathered, "proteus::kept_rows", nq, e);
@@ -131,9 +131,9 @@ void CausalGeneticMultiheadAttention::backward(ExecSpace const& space, TrainingS
     Kokkos::deep_copy(space, ctx_out, attended.ctx);
     detail::scale_active_heads(space, rows, state.head_weight, ctx_out, tokens);
   }
-  column_sums(space, dy, grads.out_bias);
+  column_sums(space, dy, grads.out_bias, work_.column_partials);
   TokenMatrix const dyq = detail::first_rows(work_.gathered, "proteus::kept_rows", nq, e);
-  TokenMatrix const dctx(Kokkos::view_alloc("proteus::backward::dcontext", Kokkos::WithoutInitializing), nq, e);
+  TokenMatrix const dctx = detail::first_rows(work_.dcontext, "proteus::backward::dcontext", nq, e);
   detail::gather_rows(space, dy, rows.query_source, dyq);
   if (nq > 0)
     project_output_backward(space, ctx_out, dyq, weights_, dctx, grads);
@@ -150,9 +150,10 @@ void CausalGeneticMultiheadAttention::backward(ExecSpace const& space, TrainingS
   TokenMatrix const dq = attended.ctx;  // attend_backward reads the context before it writes dq
   TokenMatrix dkv = kv;
   if (!detail::backward_in_place(e / heads)) dkv = TokenMatrix("proteus::backward::dkv", n, 2 * e);
-  TokenVector dbias("proteus::backward::dbias", 3 * e), dvalue_bias = Kokkos::subview(dbias, std::make_pair(2 * e, 3 * e));
+  TokenVector const dbias = detail::reuse(work_.dbias, "proteus::backward::dbias", 3 * e);
+  TokenVector const dvalue_bias = Kokkos::subview(dbias, std::make_pair(2 * e, 3 * e));
   detail::attend_backward(space, state.plan, q, kv, rows, state.dna_lists, heads, attended, dctx, dq, dkv,
-                          dvalue_bias);
+                          dvalue_bias, work_.backward);
   work_.kv_call = 0;  // K|V now holds their gradients (in place) or the next call's
   bias_gradients(space, state, rows, dq, dkv, dbias, grads);
   project_kv_backward(space, x, dkv, weights_, dx, grads);
@@ -184,9 +185,10 @@ void CausalGeneticMultiheadAttention::bias_gradients(ExecSpace const& space, Tra
   PositionVector const pos_q = detail::first_rows(work_.kept_positions, "proteus::kept_positions", nq);
   rope_backward(space, dq, pos_q, e, heads, 1, c.rope, c.rope_base);
   rope_backward(space, dkv, state.positions, e, heads, 1, c.rope, c.rope_base);
-  TokenVector sums_q("proteus::backward::sums_q", e), sums_kv("proteus::backward::sums_kv", 2 * e);
-  column_sums(space, dq, sums_q);
-  column_sums(space, dkv, sums_kv);
+  TokenVector const sums_q = detail::reuse(work_.sums_q, "proteus::backward::sums_q", e);
+  TokenVector const sums_kv = detail::reuse(work_.sums_kv, "proteus::backward::sums_kv", 2 * e);
+  column_sums(space, dq, sums_q, work_.column_partials);
+  column_sums(space, dkv, sums_kv, work_.column_partials);
   copy_part(space, sums_q, 0, grads.qkv_bias, 0, e);
   copy_part(space, sums_kv, 0, grads.qkv_bias, e, e);
   copy_part(space, dbias, 2 * e, grads.qkv_bias, 2 * e, e);

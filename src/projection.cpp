@@ -6,6 +6,7 @@
 
 #include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/detail/workspace.hpp"
 #include "proteus/error.hpp"
 #include "proteus/random.hpp"
 
@@ -120,14 +121,19 @@ void project_kv_backward(ExecSpace const& space, TokenMatrix const& x, TokenMatr
 }
 
 void column_sums(ExecSpace const& space, TokenMatrix const& m, TokenVector const& out) {
+  TokenVector partials;
+  column_sums(space, m, out, partials);
+}
+
+void column_sums(ExecSpace const& space, TokenMatrix const& m, TokenVector const& out, TokenVector& partials) {
   long const rows = static_cast<long>(m.extent(0)), cols = static_cast<long>(m.extent(1));
   long const block = ordered_sum_block(rows);
   long const blocks = (rows + block - 1) / block;
   // Stage 1: each block of rows, in row order (blocks x cols threads, neighbours read neighbouring
   // columns); stage 2: the blocks, in block order. A fixed association: the same sums on every
   // device and in every run (one thread per column walking every row left all but cols threads idle).
-  TokenMatrix partial(Kokkos::view_alloc("proteus::projection::column_partials", Kokkos::WithoutInitializing),
-                      blocks, cols);
+  TokenVector const flat = detail::first_rows(partials, "proteus::projection::column_partials", blocks * cols);
+  Kokkos::View<float**, Kokkos::LayoutRight, MemSpace, Kokkos::MemoryUnmanaged> const partial(flat.data(), blocks, cols);
   detail::for_each_element(
       space, "proteus::projection::column_partials", blocks, cols, KOKKOS_LAMBDA(long k, long j) {
         long const end = (k + 1) * block < rows ? (k + 1) * block : rows;

@@ -93,6 +93,18 @@ void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMat
                      ActiveRows const& rows, CandidateLists const& dna_lists, int heads, AttendedRows const& out,
                      TokenMatrix const& dctx, TokenMatrix const& dq, TokenMatrix const& dkv,
                      TokenVector const& dvalue_bias);
+// Allocations behind attend_backward's scratch (D_i of each row, the anchor groups, the inverted
+// DNA lists, the value bias' partial sums), kept by callers that run it again and again (the
+// module keeps one set): each is the first part of one of these, grown when too short.
+struct BackwardBuffers {
+  TokenVector row_dot;
+  Kokkos::View<long*, MemSpace> residue_start, residue_rows, dna_start, dna_block;
+  TokenMatrix value_bias_partials;
+};
+void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
+                     ActiveRows const& rows, CandidateLists const& dna_lists, int heads, AttendedRows const& out,
+                     TokenMatrix const& dctx, TokenMatrix const& dq, TokenMatrix const& dkv,
+                     TokenVector const& dvalue_bias, BackwardBuffers& buffers);
 // Whether attend_backward may write dkv over kv for this head width.
 bool backward_in_place(int head_dim);
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace proteus::detail {
@@ -25,5 +26,7 @@ struct Allocation {
 };
 void record_live_allocations();
 std::vector<Allocation> allocations_at_peak();
+// Diagnosis: allocations by label since the last reset_peak_memory (after record_live_allocations()).
+std::vector<std::pair<std::string, long long>> allocations_made();
 
 }  // namespace proteus::detail

@@ -103,6 +103,11 @@ struct ModuleWorkspace {
   PositionVector kept_positions;
   Kokkos::View<int*, MemSpace> candidate_count;
   ActiveRowsBuffers rows;
+  // The backward's: softmax statistics of the active rows, dcontext, bias gradients, and the
+  // attention backward's scratch.
+  TokenVector row_max, row_sum, dbias, sums_q, sums_kv, column_partials;
+  TokenMatrix dcontext;
+  BackwardBuffers backward;
 };
 
 // out(i, :) = m(source(i), :), and out_positions(i) = positions(source(i)) when given: the rows of

@@ -52,6 +52,9 @@ void project_kv_backward(ExecSpace const& space, TokenMatrix const& x, TokenMatr
 // out(j) = sum over rows of m(row, j): blocks of ordered_sum_block(rows) rows summed in row order,
 // then the blocks in order (deterministic: the association depends on the shape only).
 void column_sums(ExecSpace const& space, TokenMatrix const& m, TokenVector const& out);
+// The same with the partial sums in `partials` (grown when too short; callers that sum again and
+// again keep it).
+void column_sums(ExecSpace const& space, TokenMatrix const& m, TokenVector const& out, TokenVector& partials);
 
 // Rows per block of a two-stage ordered sum over n rows: about sqrt(n), at least 64, so that both
 // stages are short loops with many threads.
