@@ -5,6 +5,7 @@
 
 #include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/detail/workspace.hpp"
 #include "proteus/random.hpp"
 
 namespace proteus {
@@ -75,8 +76,16 @@ void row_norms(ExecSpace const& space, GateByEmbed const& m, TokenVector const& 
 
 void dna_similarity(ExecSpace const& space, TokenMatrix const& x, GateByEmbed const& prototypes,
                     GateMatrix const& sim) {
-  TokenVector xn("proteus::dna::token_norm", x.extent(0));
-  GateVector pn("proteus::dna::prototype_norm", prototypes.extent(0));
+  TokenVector token_norms;
+  GateVector prototype_norms;
+  dna_similarity(space, x, prototypes, sim, token_norms, prototype_norms);
+}
+
+void dna_similarity(ExecSpace const& space, TokenMatrix const& x, GateByEmbed const& prototypes,
+                    GateMatrix const& sim, TokenVector& token_norms, GateVector& prototype_norms) {
+  TokenVector const xn = detail::first_rows(token_norms, "proteus::dna::token_norm", static_cast<long>(x.extent(0)));
+  GateVector const pn =
+      detail::first_rows(prototype_norms, "proteus::dna::prototype_norm", static_cast<long>(prototypes.extent(0)));
   row_norms(space, x, xn, "proteus::dna::token_norm");
   row_norms(space, prototypes, pn, "proteus::dna::prototype_norm");
   detail::gemm(space, "N", "T", 1.0f, x, prototypes, 0.0f, sim);

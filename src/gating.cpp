@@ -7,6 +7,7 @@
 
 #include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/detail/workspace.hpp"
 #include "proteus/detail/sort_keys.hpp"
 #include "proteus/error.hpp"
 
@@ -29,6 +30,13 @@ long tokens_to_keep(Config const& cfg, long tokens, double alpha) {
 
 long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance,
                    int batch, long tokens, double alpha, MaskVector const& keep) {
+  Kokkos::View<std::uint64_t*, MemSpace> key_buffer;
+  return select_tokens(space, cfg, importance, batch, tokens, alpha, keep, key_buffer);
+}
+
+long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance,
+                   int batch, long tokens, double alpha, MaskVector const& keep,
+                   Kokkos::View<std::uint64_t*, MemSpace>& key_buffer) {
   double const r = token_keep_ratio(cfg, tokens, alpha);
   bool const all = !cfg.token_sparse || (r >= 0.999 && cfg.token_keep_threshold <= 0.0f);
   if (all) {
@@ -39,7 +47,7 @@ long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const&
   long const guard = std::min<long>(cfg.token_keep_guard, tokens);
   float const threshold = cfg.token_keep_threshold;
   Kokkos::deep_copy(space, keep, std::uint8_t(0));
-  Kokkos::View<std::uint64_t*, MemSpace> keys("proteus::gating::token_keys", tokens);
+  Kokkos::View<std::uint64_t*, MemSpace> const keys = detail::first_rows(key_buffer, "proteus::gating::token_keys", tokens);
   for (int b = 0; b < batch; ++b) {
     long const offset = b * tokens;
     Kokkos::parallel_for(

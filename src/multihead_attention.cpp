@@ -227,10 +227,11 @@ void CausalGeneticMultiheadAttention::route_into(ExecSpace const& space, TokenMa
   GateMatrix sim;
   if (config_.dna_enable) {
     sim = reuse(work_.sim, "proteus::dna::similarity", n, config_.num_gates);
-    dna_similarity(space, x, dna_.prototypes, sim);
+    dna_similarity(space, x, dna_.prototypes, sim, work_.token_norms, work_.prototype_norms);
   }
   hybrid_route(space, config_, router_probs, sim, dna_, r.routing);
-  r.tokens_kept = select_tokens(space, config_, r.routing.importance, batch, tokens, r.alpha, r.keep);
+  r.tokens_kept =
+      select_tokens(space, config_, r.routing.importance, batch, tokens, r.alpha, r.keep, work_.token_keys);
 }
 
 detail::CallPlan CausalGeneticMultiheadAttention::plan_call(ExecSpace const& space, TokenMatrix const& x, int batch,

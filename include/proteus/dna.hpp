@@ -33,6 +33,10 @@ struct Routing {
 // sim [N x G] = cos(x[t], P[g]) with norms clamped at 1e-6.
 void dna_similarity(ExecSpace const& space, TokenMatrix const& x, GateByEmbed const& prototypes,
                     GateMatrix const& sim);
+// The same with the norms in buffers that grow when too short (callers that route again and again
+// keep them: no allocation per call).
+void dna_similarity(ExecSpace const& space, TokenMatrix const& x, GateByEmbed const& prototypes,
+                    GateMatrix const& sim, TokenVector& token_norms, GateVector& prototype_norms);
 
 // Blends router_probs with the prototype distribution (SPEC stage 2, steps 2-4) and computes
 // salience, beta and importance. Without DNA (cfg.dna_enable false) gate_probs = router_probs.

@@ -23,6 +23,11 @@ long tokens_to_keep(Config const& cfg, long tokens, double alpha);
 // tokens. With token sparsity off every token is kept. Returns the total number kept.
 long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance,
                    int batch, long tokens, double alpha, MaskVector const& keep);
+// The same with the sort keys in a buffer that grows when too short (kept by callers that select
+// again and again).
+long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance,
+                   int batch, long tokens, double alpha, MaskVector const& keep,
+                   Kokkos::View<std::uint64_t*, MemSpace>& key_buffer);
 
 // head_probs[t, h] = sum of gate_probs[t, g] over the gates g with gate_to_head[g] == h.
 void head_probabilities(ExecSpace const& space, GateMatrix const& gate_probs,

@@ -89,6 +89,9 @@ namespace detail {
 // (and chunks) do not pay for allocation and first touch again.
 struct ModuleWorkspace {
   GateMatrix router_probs, sim;
+  TokenVector token_norms;       // DNA similarity's scratch
+  GateVector prototype_norms;
+  Kokkos::View<std::uint64_t*, MemSpace> token_keys;  // token selection's sort keys
   Routing routing;               // of the current call
   MaskVector keep;
   GateMatrix head_probs;         // [B*T x H]
