@@ -19,12 +19,10 @@
 #include <vector>
 
 #include "proteus/attention.hpp"
-#include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/detail/softmax_state.hpp"
 #include "proteus/detail/workspace.hpp"
 #include "proteus/error.hpp"
-#include "proteus/projection.hpp"
 
 namespace proteus::detail {
 
@@ -450,37 +448,6 @@ void invert_dna_lists(ExecSpace const& space, CandidateLists const& lists, long 
   space.fence();  // the host mirrors are freed on return
 }
 
-// dvalue_bias(col) = sum of dO over the active rows of col's head: each (batch row, head)'s rows
-// in blocks summed in row order, then the blocks in (batch row, block) order (deterministic; one
-// thread per column walking every row left the GPU idle).
-void value_bias_gradient(ExecSpace const& space, ActiveRows const& rows, TokenMatrix const& dctx, int heads,
-                         long batch, long tokens, TokenVector const& dvalue_bias, BackwardBuffers& buffers) {
-  int const d = static_cast<int>(dctx.extent(1)) / heads;
-  long const block = ordered_sum_block(tokens), blocks = (tokens + block - 1) / block;
-  auto head_start = rows.head_start;
-  auto row_query = rows.query;
-  TokenMatrix const partial = first_rows(buffers.value_bias_partials, "proteus::attention::backward::value_bias_partials",
-                                         batch * heads * blocks, d);
-  for_each_element(
-      space, "proteus::attention::backward::value_bias_partials", batch * heads * blocks, d,
-      KOKKOS_LAMBDA(long item, long j) {
-        long const bh = item / blocks, k = item % blocks, h = bh % heads;
-        long const first = head_start(bh) + k * block, last = head_start(bh + 1);
-        float sum = 0.0f;
-        for (long r = first; r < last && r < first + block; ++r) sum += dctx(row_query(r), h * d + j);
-        partial(item, j) = sum;
-      });
-  Kokkos::parallel_for(
-      "proteus::attention::backward::value_bias", Kokkos::RangePolicy<ExecSpace>(space, 0, dvalue_bias.extent(0)),
-      KOKKOS_LAMBDA(long col) {
-        long const h = col / d, j = col % d;
-        float sum = 0.0f;
-        for (long b = 0; b < batch; ++b)
-          for (long k = 0; k < blocks; ++k) sum += partial((b * heads + h) * blocks + k, j);
-        dvalue_bias(col) = sum;
-      });
-}
-
 }  // namespace
 
 bool backward_in_place(int head_dim) {
@@ -493,15 +460,7 @@ bool backward_in_place(int head_dim) {
 void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
                      ActiveRows const& rows, CandidateLists const& dna_lists, int heads, AttendedRows const& out,
                      TokenMatrix const& dctx, TokenMatrix const& dq, TokenMatrix const& dkv,
-                     TokenVector const& dvalue_bias) {
-  BackwardBuffers own;
-  attend_backward(space, plan, q, kv, rows, dna_lists, heads, out, dctx, dq, dkv, dvalue_bias, own);
-}
-
-void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
-                     ActiveRows const& rows, CandidateLists const& dna_lists, int heads, AttendedRows const& out,
-                     TokenMatrix const& dctx, TokenMatrix const& dq, TokenMatrix const& dkv,
-                     TokenVector const& dvalue_bias, BackwardBuffers& buffers) {
+                     BackwardBuffers& buffers) {
   ScopedRegion region("proteus::attention::backward");
   require(dkv.data() != kv.data() || backward_in_place(static_cast<int>(q.extent(1)) / heads), "dkv",
           "may be kv itself only for head widths 8, 16, 24, 32, 48 and 64");
@@ -535,7 +494,6 @@ void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMat
   invert_dna_lists(space, dna_lists, batch, g.tokens, g, buffers);
   Kokkos::deep_copy(space, dq, 0.0f);  // columns of inactive heads stay zero
   both_passes(space, g, rows, batch);
-  if (dvalue_bias.extent(0) > 0) value_bias_gradient(space, rows, dctx, heads, batch, g.tokens, dvalue_bias, buffers);
 }
 
 }  // namespace proteus::detail

@@ -30,6 +30,12 @@ LiveSet& live_set() {
   return set;
 }
 
+// The live allocations become the peak's (the caller holds the lock).
+void snapshot_peak(LiveSet& set) {
+  set.at_peak.clear();
+  for (auto const& [p, a] : set.live) set.at_peak.push_back(a);
+}
+
 void record(void const* ptr, char const* label, long long size, bool new_peak) {
   LiveSet& set = live_set();
   if (!set.on) return;  // the common case: no lock taken
@@ -40,9 +46,7 @@ void record(void const* ptr, char const* label, long long size, bool new_peak) {
   } else {
     set.live.erase(ptr);
   }
-  if (!new_peak) return;
-  set.at_peak.clear();
-  for (auto const& [p, a] : set.live) set.at_peak.push_back(a);
+  if (new_peak) snapshot_peak(set);
 }
 
 bool ours(Kokkos::Tools::SpaceHandle const handle) { return std::strcmp(handle.name, MemSpace::name()) == 0; }
@@ -78,8 +82,7 @@ void reset_peak_memory() {
   peak = current.load();
   LiveSet& set = live_set();
   std::lock_guard<std::mutex> guard(set.lock);
-  set.at_peak.clear();
-  for (auto const& [p, a] : set.live) set.at_peak.push_back(a);
+  snapshot_peak(set);
   set.made.clear();
 }
 

@@ -49,13 +49,6 @@ void head_weight_gradient(ExecSpace const& space, detail::ActiveRows const& rows
       });
 }
 
-template <class Vector>
-void copy_part(ExecSpace const& space, TokenVector const& from, long from_begin, Vector const& to, long to_begin,
-               long n) {
-  Kokkos::deep_copy(space, Kokkos::subview(to, std::make_pair(to_begin, to_begin + n)),
-                    Kokkos::subview(from, std::make_pair(from_begin, from_begin + n)));
-}
-
 }  // namespace
 
 // Keys and values of every token in the module's K|V buffer (still there from the training
@@ -150,12 +143,10 @@ void CausalGeneticMultiheadAttention::backward(ExecSpace const& space, TrainingS
   TokenMatrix const dq = attended.ctx;  // attend_backward reads the context before it writes dq
   TokenMatrix dkv = kv;
   if (!detail::backward_in_place(e / heads)) dkv = TokenMatrix("proteus::backward::dkv", n, 2 * e);
-  TokenVector const dbias = detail::reuse(work_.dbias, "proteus::backward::dbias", 3 * e);
-  TokenVector const dvalue_bias = Kokkos::subview(dbias, std::make_pair(2 * e, 3 * e));
   detail::attend_backward(space, state.plan, q, kv, rows, state.dna_lists, heads, attended, dctx, dq, dkv,
-                          dvalue_bias, work_.backward);
+                          work_.backward);
   work_.kv_call = 0;  // K|V now holds their gradients (in place) or the next call's
-  bias_gradients(space, state, rows, dq, dkv, dbias, grads);
+  bias_gradients(space, state, rows, dq, dkv, grads);
   project_kv_backward(space, x, dkv, weights_, dx, grads);
   if (nq > 0) {
     TokenMatrix const xq = detail::first_rows(work_.gathered, "proteus::kept_rows", nq, e);
@@ -173,25 +164,20 @@ void CausalGeneticMultiheadAttention::backward(ExecSpace const& space, TrainingS
   router_backward(space, state, dweight, dx, grads);
 }
 
-// RoPE turned back on dq and dK|dV, then the Q/K/V biases' gradients: the column sums of dq and
-// dK, and for V the sum of dO over the active rows (dbias' last part, from attend_backward).
+// RoPE turned back on dq and dK|dV, then the Q/K/V biases' gradients: the column sums of dq and of
+// dK|dV (V's bias was added once per row, after the softmax: its gradient, sum_i dO_i over the
+// active rows, is the column sum of dV because each row's weights sum to one).
 void CausalGeneticMultiheadAttention::bias_gradients(ExecSpace const& space, TrainingState const& state,
                                                      detail::ActiveRows const& rows, TokenMatrix const& dq,
-                                                     TokenMatrix const& dkv, TokenVector const& dbias,
-                                                     Gradients const& grads) const {
+                                                     TokenMatrix const& dkv, Gradients const& grads) const {
   Config const& c = config_;
   int const e = c.embed_dim, heads = c.num_heads;
   long const nq = rows.queries;
   PositionVector const pos_q = detail::first_rows(work_.kept_positions, "proteus::kept_positions", nq);
   rope_backward(space, dq, pos_q, e, heads, 1, c.rope, c.rope_base);
   rope_backward(space, dkv, state.positions, e, heads, 1, c.rope, c.rope_base);
-  TokenVector const sums_q = detail::reuse(work_.sums_q, "proteus::backward::sums_q", e);
-  TokenVector const sums_kv = detail::reuse(work_.sums_kv, "proteus::backward::sums_kv", 2 * e);
-  column_sums(space, dq, sums_q, work_.column_partials);
-  column_sums(space, dkv, sums_kv, work_.column_partials);
-  copy_part(space, sums_q, 0, grads.qkv_bias, 0, e);
-  copy_part(space, sums_kv, 0, grads.qkv_bias, e, e);
-  copy_part(space, dbias, 2 * e, grads.qkv_bias, 2 * e, e);
+  column_sums(space, dq, Kokkos::subview(grads.qkv_bias, std::make_pair(0, e)), work_.column_partials);
+  column_sums(space, dkv, Kokkos::subview(grads.qkv_bias, std::make_pair(e, 3 * e)), work_.column_partials);
 }
 
 // Head weights -> gate probabilities -> the router's probabilities -> its logits, x and W_router.

@@ -84,27 +84,21 @@ struct AttendedRows {
 // Backward of attend for the same rows, plan and lists (what forward chose is a constant here).
 // dctx [queries x E] is the gradient of the context rows (columns of inactive heads are not
 // read); q, kv as in attend, `out` what attend wrote for them. Writes dq [queries x E] (zero in
-// inactive heads' columns), dkv [B*T x 2E] (gradients of every token's keys | values, zero where
-// no row used them) and dvalue_bias [E] (may be empty). dkv may be kv itself (the keys pass reads
-// a key's own row only, before it writes it) for head widths 8-64. Deterministic: every output
-// element is summed by one thread in a fixed order (rows walk their candidates; keys walk the rows
-// that chose them), no atomics.
-void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
-                     ActiveRows const& rows, CandidateLists const& dna_lists, int heads, AttendedRows const& out,
-                     TokenMatrix const& dctx, TokenMatrix const& dq, TokenMatrix const& dkv,
-                     TokenVector const& dvalue_bias);
-// Allocations behind attend_backward's scratch (D_i of each row, the anchor groups, the inverted
-// DNA lists, the value bias' partial sums), kept by callers that run it again and again (the
-// module keeps one set): each is the first part of one of these, grown when too short.
+// inactive heads' columns) and dkv [B*T x 2E] (gradients of every token's keys | values, zero
+// where no row used them; the value bias' gradient, sum_i dO_i over the active rows, equals the
+// column sums of dV, since each row's softmax weights sum to one). dkv may be kv itself (the keys
+// pass reads a key's own row only, before it writes it) for head widths 8-64. Deterministic: every
+// output element is summed by one thread in a fixed order (rows walk their candidates; keys walk
+// the rows that chose them), no atomics. `buffers` holds the scratch (D_i of each row, the anchor
+// groups, the inverted DNA lists) between calls: each is the first part of one of these, grown
+// when too short.
 struct BackwardBuffers {
   TokenVector row_dot;
   Kokkos::View<long*, MemSpace> residue_start, residue_rows, dna_start, dna_block;
-  TokenMatrix value_bias_partials;
 };
 void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
                      ActiveRows const& rows, CandidateLists const& dna_lists, int heads, AttendedRows const& out,
-                     TokenMatrix const& dctx, TokenMatrix const& dq, TokenMatrix const& dkv,
-                     TokenVector const& dvalue_bias, BackwardBuffers& buffers);
+                     TokenMatrix const& dctx, TokenMatrix const& dq, TokenMatrix const& dkv, BackwardBuffers& buffers);
 // Whether attend_backward may write dkv over kv for this head width.
 bool backward_in_place(int head_dim);
 

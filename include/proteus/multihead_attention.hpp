@@ -106,9 +106,9 @@ struct ModuleWorkspace {
   PositionVector kept_positions;
   Kokkos::View<int*, MemSpace> candidate_count;
   ActiveRowsBuffers rows;
-  // The backward's: softmax statistics of the active rows, dcontext, bias gradients, and the
-  // attention backward's scratch.
-  TokenVector row_max, row_sum, dbias, sums_q, sums_kv, column_partials;
+  // The backward's: softmax statistics of the active rows, dcontext, the column sums' partial sums,
+  // and the attention backward's scratch.
+  TokenVector row_max, row_sum, column_partials;
   TokenMatrix dcontext;
   BackwardBuffers backward;
 };
@@ -210,8 +210,7 @@ class CausalGeneticMultiheadAttention {
   detail::AttendedRows recompute(ExecSpace const& space, TrainingState const& state, detail::ActiveRows const& rows,
                                  TokenMatrix& q);
   void bias_gradients(ExecSpace const& space, TrainingState const& state, detail::ActiveRows const& rows,
-                      TokenMatrix const& dq, TokenMatrix const& dkv, TokenVector const& dbias,
-                      Gradients const& grads) const;
+                      TokenMatrix const& dq, TokenMatrix const& dkv, Gradients const& grads) const;
   void router_backward(ExecSpace const& space, TrainingState const& state, GateMatrix const& dweight,
                        TokenMatrix const& dx, Gradients const& grads) const;
 };
