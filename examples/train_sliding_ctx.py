@@ -22,6 +22,7 @@ it). Under torchrun with more than one process: distributed data parallel (NCCL 
     python3 examples/train_sliding_ctx.py --attention proteus --steps 20000 --out runs/proteus
 """
 import argparse
+import ast
 import contextlib
 import json
 import math
@@ -73,6 +74,9 @@ def arguments(argv=None):
     ap.add_argument("--head-controller", type=float, default=0.0, metavar="DENSITY",
                     help="proteus: the sparse-head controller with this target density (0 = off; upstream's "
                          "example uses 0.28), tolerance 0.03, cooldown 4 steps, heads 2..6")
+    ap.add_argument("--proteus", action="append", default=[], metavar="KEY=VALUE",
+                    help="proteus: set a field of proteus::Config (repeatable; it overrides the curriculum's "
+                         "knobs), e.g. --proteus linear_head_k=8")
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--eval-windows", type=int, default=8, help="validation windows per context")
     ap.add_argument("--log-every", type=int, default=50)
@@ -92,6 +96,15 @@ def arguments(argv=None):
         ap.error(f"--heads-active {args.heads_active!r}: expected MIN:MAX, e.g. 2:6")
     if not 1 <= args.heads_min <= args.heads_max:
         ap.error(f"--heads-active {args.heads_active}: needs 1 <= MIN <= MAX (MAX above --heads means every head)")
+    args.proteus_config = {}
+    for item in args.proteus:
+        key, sep, text = item.partition("=")
+        if not sep or not key.isidentifier():
+            ap.error(f"--proteus {item!r}: expected KEY=VALUE, e.g. linear_head_k=8")
+        try:
+            args.proteus_config[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            args.proteus_config[key] = text  # a word, e.g. mode=fixed
     return args
 
 
@@ -142,13 +155,16 @@ class ProteusAttention(nn.Module):
         super().__init__()
         import proteus_kokkos as pk
         low, high = min(contexts), max(contexts)
-        self.attn = pk.CausalGeneticMultiheadAttention(
-            d_model, heads, batch_first=True, seed=seed, num_gates=16, heads_active_min=args.heads_min,
-            heads_active_max=args.heads_max,
-            seq_low=low, seq_high=max(high, low + 1), switch_ctx=max(high, low + 1), force_dense_threshold=0.25,
-            token_sparse=bool(args.token_sparse), token_keep_ratio=0.85, token_keep_min=16, token_keep_guard=8,
-            router_gradient=args.router_gradient, head_controller=args.head_controller > 0,
-            head_target_density=args.head_controller or 0.28, head_controller_min=2, head_controller_max=6)
+        knobs = dict(num_gates=16, heads_active_min=args.heads_min, heads_active_max=args.heads_max,
+                     seq_low=low, seq_high=max(high, low + 1), switch_ctx=max(high, low + 1), force_dense_threshold=0.25,
+                     token_sparse=bool(args.token_sparse), token_keep_ratio=0.85, token_keep_min=16,
+                     token_keep_guard=8, router_gradient=args.router_gradient, head_controller=args.head_controller > 0,
+                     head_target_density=args.head_controller or 0.28, head_controller_min=2, head_controller_max=6)
+        try:
+            self.attn = pk.CausalGeneticMultiheadAttention(d_model, heads, batch_first=True, seed=seed,
+                                                           **(knobs | args.proteus_config))
+        except (TypeError, ValueError) as e:
+            sys.exit(f"train_sliding_ctx.py: error: --proteus: {e}")
 
     def forward(self, x):
         return self.attn(x, need_weights=False)[0]

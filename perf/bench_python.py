@@ -23,6 +23,12 @@ ap.add_argument("--gates", type=int, default=64)
 ap.add_argument("--repeat", type=int, default=5)
 ap.add_argument("--sdpa-fp32-max", type=int, default=131072)
 ap.add_argument("--side-stream", action="store_true", help="run on a torch.cuda.Stream() instead of the default")
+ap.add_argument("--cases", nargs="+", choices=["forward", "training-forward", "step", "step-one-thread", "core-step", "sdpa"],
+                default=["forward", "training-forward", "step", "sdpa"],
+                help="what to time (default: all but step-one-thread, the autograd step with the backward on the "
+                     "calling thread, and core-step, the step through the compiled module without autograd, as "
+                     "C++ calls it)")
+ap.add_argument("--torch-profile", metavar="FILE", help="also write torch.profiler's table of one step per T")
 ap.add_argument("--csv")
 args = ap.parse_args()
 cuda = pk.device() == "cuda"
@@ -85,9 +91,32 @@ for T in args.tokens:
         y, _ = m(x, x, x, need_weights=False)
         y.backward(dy)
 
-    cases = [("proteus forward", forward), ("proteus training forward", training_forward),
-             ("proteus forward+backward", training_step)]
-    if cuda:
+    core, x_rows = m._core, x.detach().view(T, args.embed)
+    positions = torch.arange(T, device=device, dtype=torch.int64)
+    weights = m.attention.tensors()
+    grads = {k: torch.empty_like(weights[k]) for k in
+             ("qkv_weight", "qkv_bias", "out_weight", "out_bias", "router_weight")}
+    y_rows, dx_rows, dy_rows = torch.empty_like(x_rows), torch.empty_like(x_rows), dy.view(T, args.embed)
+    stream = pk._runtime.stream_handle(x_rows)
+
+    def core_step():
+        state = pk._core.TrainingState()
+        core.bind(weights)
+        core.forward_training(stream, x_rows, 1, positions, y_rows, state, False, True)
+        core.backward(stream, state, dy_rows, dx_rows, grads)
+
+    def step_one_thread():  # PyTorch >= 2.0 (CPU backwards always run on the calling thread)
+        with torch.autograd.set_multithreading_enabled(False):
+            training_step()
+
+    cases = [(name, step) for key, name, step in (("forward", "proteus forward", forward),
+                                                  ("training-forward", "proteus training forward", training_forward),
+                                                  ("step", "proteus forward+backward", training_step),
+                                                  ("step-one-thread", "f+b, one thread", step_one_thread),
+                                                  ("core-step", "compiled module f+b", core_step))
+             if key in args.cases
+             and (key != "step-one-thread" or hasattr(torch.autograd, "set_multithreading_enabled"))]
+    if cuda and "sdpa" in args.cases:
         for dtype in (torch.bfloat16, torch.float32):
             if dtype == torch.float32 and T > args.sdpa_fp32_max:
                 continue
@@ -105,6 +134,18 @@ for T in args.tokens:
         mb = peak_mb(step)
         print(f"{T:>9} {name:>24} {ms:>10.3f} {mb:>9.1f}", flush=True)
         rows.append({"tokens": T, "what": name, "median_ms": ms, "peak_mb": mb})
+    if args.torch_profile:
+        from torch.profiler import ProfilerActivity, profile
+        for what, step in (("through autograd", training_step), ("through the compiled module", core_step)):
+            step()
+            sync()
+            with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+                step()
+                sync()
+            with open(args.torch_profile, "a") as f:
+                f.write(f"# T {T}: one proteus forward+backward {what}\n")
+                f.write(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30,
+                                                  max_name_column_width=60))
     del m, x, dy
     if cuda:
         torch.cuda.empty_cache()

@@ -184,6 +184,23 @@ for step in "$@"; do
         --csv "$out/python_bench_side.csv" | tee -a "$out/python_bench.txt"
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 524288 --alphas 1.0 \
         --warmup 1 --repeat 5 --token-sparse --backward --csv "$out/cpp_training.csv" | tee -a "$out/python_bench.txt" ;;
+    python_profile)
+      # issue 18: where the Python step's extra time goes. The step through autograd, the same calls
+      # into the compiled module without autograd, and the C++ step, at 4k and 32k in one call;
+      # torch.profiler's tables (CPU and CUDA) of one autograd step per T.
+      PYTHONPATH=$bin/python python3 "$root/perf/bench_python.py" --tokens 4096 32768 --cases step step-one-thread core-step \
+        --repeat 21 --torch-profile "$out/torch_profile.txt" --csv "$out/python_profile.csv" | tee "$out/python_profile.txt"
+      "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 --alphas 1.0 --warmup 1 \
+        --repeat 21 --token-sparse --backward | tee -a "$out/python_profile.txt" ;;
+    train_step)
+      # issue 19: the curriculum model's training step at each phase's context and batch, dense with
+      # RoPE against proteus configurations (perf/bench_train_step.py), in one process. STEP_CONFIGS
+      # (NAME=ARGS items separated by ';') replaces the proteus configurations.
+      configs=("--config" "dense-rope=--attention dense-rope")
+      IFS=';' read -ra items <<<"${STEP_CONFIGS:-proteus=--attention proteus;k8-all=--attention proteus --heads-active 8:8 --proteus linear_head_k=8 --token-sparse 0;k8-sparse=--attention proteus --heads-active 8:8 --proteus linear_head_k=8;k4-all=--attention proteus --heads-active 8:8 --proteus linear_head_k=4 --token-sparse 0}"
+      for item in "${items[@]}"; do configs+=("--config" "$item"); done
+      PYTHONPATH=$bin/python python3 "$root/perf/bench_train_step.py" --csv "$out/train_step.csv" "${configs[@]}" \
+        | tee "$out/train_step.txt" ;;
     sdpa_training)
       python3 "$root/perf/gpu/sdpa.py" --backward --tokens 4096 32768 131072 524288 --csv "$out/sdpa_training.csv" \
         | tee "$out/sdpa_training.txt" ;;

@@ -79,6 +79,25 @@ def test_dense_rope_baseline_is_causal_attention_with_proteus_rope():
     assert not torch.allclose(plain(x), ref, atol=1e-3)  # the rotation changes the result
 
 
+def test_proteus_option_sets_config_fields():
+    """--proteus KEY=VALUE reaches proteus::Config over the curriculum's knobs; a bad key or value
+    stops the script with an error naming it."""
+    import train_sliding_ctx as script
+    args = script.arguments(["--attention", "proteus", "--out", "x", "--proteus", "linear_head_k=8",
+                             "--proteus", "token_sparse=False", "--proteus", "mode=fixed"])
+    assert args.proteus_config == {"linear_head_k": 8, "token_sparse": False, "mode": "fixed"}
+    layer = script.ProteusAttention(32, 4, 1, args, [64, 128]).attn
+    assert (layer.config.linear_head_k, layer.config.token_sparse, layer.config.mode) == (8, False, "fixed")
+    assert layer.config.force_dense_threshold == pytest.approx(0.25)  # the curriculum's knob stays
+    for bad, named in (("nonsense=1", "nonsense"), ("linear_head_k=0", "linear_head_k"),
+                       ("linear_head_k=abc", "--proteus")):
+        with pytest.raises(SystemExit, match=named):
+            script.ProteusAttention(32, 4, 1, script.arguments(["--attention", "proteus", "--out", "x",
+                                                                "--proteus", bad]), [64, 128])
+    with pytest.raises(SystemExit):
+        script.arguments(["--attention", "proteus", "--out", "x", "--proteus", "no_equals_sign"])
+
+
 def test_corpus_refuses_files_that_differ_from_the_manifest(tmp_path):
     entries = corpus.read_manifest()
     assert len(entries) == 682
