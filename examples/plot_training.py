@@ -38,17 +38,21 @@ def contexts(run):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("summaries", nargs="+", help="OUT/summary.json of each run")
+    ap.add_argument("--labels", nargs="+", help="a legend label per summary (default: each run's --attention)")
     ap.add_argument("--out", required=True, help="PNG to write")
     args = ap.parse_args()
+    if args.labels and len(args.labels) != len(args.summaries):
+        ap.error(f"--labels: {len(args.labels)} labels for {len(args.summaries)} summaries")
     runs = [load(p) for p in args.summaries]
+    labels = args.labels or [run["attention"] for run in runs]
     ctxs = sorted({c for run in runs for c in contexts(run)})
     if not ctxs:
         sys.exit("plot_training.py: no evaluations in the summaries")
     fig, axes = plt.subplots(1, len(ctxs), figsize=(5 * len(ctxs), 4), squeeze=False)
     for ax, ctx in zip(axes[0], ctxs):
-        for run in runs:
+        for run, label in zip(runs, labels):
             points = [(r["step"], r[f"val_bpb_{ctx}"]) for r in evaluations(run) if f"val_bpb_{ctx}" in r]
-            ax.plot([s for s, _ in points], [v for _, v in points], marker="o", ms=3, label=run["attention"])
+            ax.plot([s for s, _ in points], [v for _, v in points], marker="o", ms=3, label=label)
         for r in runs[0]["log"]:
             if r["kind"] == "phase":
                 ax.axvline(r["step"], color="grey", lw=0.6, ls=":")
@@ -59,10 +63,10 @@ def main():
         ax.legend()
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)
-    for run in runs:
+    for run, label in zip(runs, labels):
         last = evaluations(run)[-1]
         bpb = ", ".join(f"{c}: {last[f'val_bpb_{c}']:.4f}" for c in ctxs if f"val_bpb_{c}" in last)
-        print(f"{run['attention']}: {run['steps']} steps in {run['seconds']:.1f} s; step {last['step']} val bpb {bpb}")
+        print(f"{label}: {run['steps']} steps in {run['seconds']:.1f} s; step {last['step']} val bpb {bpb}")
         for r in run["log"]:
             if r["kind"] == "phase":
                 print(f"  phase to step {r['step']} at context {r['context']}: {r['seconds']:.1f} s, "

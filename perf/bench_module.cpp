@@ -28,6 +28,7 @@ struct Options {
   double budget_seconds = 60.0;  // skip a row predicted to take longer than this
   std::string csv;
   bool backward = false;
+  int heads_active_min = 0, linear_head_k = 0, linear_L = 0;  // 0: Config's default
 };
 
 void fill(proteus::BatchTensor const& x, std::uint64_t seed) {
@@ -61,6 +62,11 @@ int main(int argc, char** argv) {
     app.add_option("--csv", o.csv, "write the table as CSV here");
     app.add_flag("--backward", o.backward,
                   "time a training step of the module: run_training + backward (dy = 1e-3), instead of forward");
+    app.add_option("--heads-active-min", o.heads_active_min, "Config::heads_active_min (every head: --heads)")
+        ->check(CLI::PositiveNumber);
+    app.add_option("--linear-head-k", o.linear_head_k, "Config::linear_head_k, heads per token at alpha 1")
+        ->check(CLI::PositiveNumber);
+    app.add_option("--linear-L", o.linear_L, "Config::linear_L, candidates per query at alpha 1")->check(CLI::PositiveNumber);
     app.add_flag("--profile", o.profile, "time every Kokkos kernel of the timed runs (adds fences)");
     app.add_flag("--memory", o.memory, "list the allocations alive at the peak (bytes per token)");
     CLI11_PARSE(app, argc, argv);
@@ -96,6 +102,9 @@ int main(int argc, char** argv) {
         cfg.token_sparse = o.token_sparse;
         cfg.tf32_projections = o.tf32;
         cfg.seed = 1;
+        if (o.heads_active_min > 0) cfg.heads_active_min = o.heads_active_min;
+        if (o.linear_head_k > 0) cfg.linear_head_k = o.linear_head_k;
+        if (o.linear_L > 0) cfg.linear_L = o.linear_L;
         proteus::BatchTensor x("bench::x", o.batch, T, o.embed);
         fill(x, 5);
         proteus::detail::reset_peak_memory();
