@@ -39,17 +39,20 @@ class _Attention(nn.Module):
             self.register_buffer("_zero_proj_bias", torch.zeros(embed_dim, device=device), persistent=False)
 
     def tensors(self):
-        """What the kernels compute with, by the names _core expects."""
-        bias = self.qkv.bias is not None
+        """What the kernels compute with, by the names _core expects. (Read from the modules'
+        parameter and buffer dicts: nn.Module's attribute lookup costs more than the lookups.)"""
+        qkv, proj = self.qkv._parameters, self.proj._parameters
+        buffers = self._buffers
+        bias = qkv["bias"] is not None
         return {
-            "qkv_weight": self.qkv.weight,
-            "qkv_bias": self.qkv.bias if bias else self._zero_qkv_bias,
-            "out_weight": self.proj.weight,
-            "out_bias": self.proj.bias if bias else self._zero_proj_bias,
-            "router_weight": self.head_router.linear.weight,
-            "prototypes": self.routing_prototypes,
-            "usage": self.routing_usage_ema,
-            "confidence": self.routing_confidence,
+            "qkv_weight": qkv["weight"],
+            "qkv_bias": qkv["bias"] if bias else buffers["_zero_qkv_bias"],
+            "out_weight": proj["weight"],
+            "out_bias": proj["bias"] if bias else buffers["_zero_proj_bias"],
+            "router_weight": self.head_router.linear._parameters["weight"],
+            "prototypes": buffers["routing_prototypes"],
+            "usage": buffers["routing_usage_ema"],
+            "confidence": buffers["routing_confidence"],
         }
 
 
@@ -62,7 +65,7 @@ class _ProteusFunction(torch.autograd.Function):
                 router_w):
         state = _core.TrainingState()
         y = torch.empty_like(x)
-        owner._core.bind(tensors)
+        owner._bind(tensors)
         owner._last_stats = owner._core.forward_training(_runtime.stream_handle(x), x, batch, positions, y, state,
                                                          update_dna, adapt_heads)
         ctx.owner, ctx.state = owner, state
@@ -77,7 +80,7 @@ class _ProteusFunction(torch.autograd.Function):
         grads = {k: torch.empty_like(weights[k]) for k in
                  ("qkv_weight", "qkv_bias", "out_weight", "out_bias", "router_weight")}
         grad_input = torch.empty_like(x)
-        owner._core.bind(weights)
+        owner._bind(weights)
         owner._core.backward(_runtime.stream_handle(x), ctx.state, grad_output.contiguous(), grad_input, grads)
         ctx.state = None
         bias = attention.qkv.bias is not None
@@ -146,6 +149,7 @@ class CausalGeneticMultiheadAttention(nn.Module):
         self.embed_dim, self.num_heads, self.batch_first = embed_dim, num_heads, batch_first
         self.head_dim = embed_dim // num_heads
         self._core = _core.Module(cfg)
+        self._bound = None  # what _core computes with: (tensor, data_ptr, shape, strides) of each
         self._positions = {}
         self._last_stats = None
         self._dna_update = resolved.dna_enable and resolved.dna_update
@@ -171,8 +175,18 @@ class CausalGeneticMultiheadAttention(nn.Module):
         """Statistics of the most recent forward (a dict), as upstream's property of that name."""
         return self._last_stats
 
-    def _bind(self):
-        self._core.bind(self.attention.tensors())
+    def _bind(self, tensors=None):
+        """Points the kernels at `tensors` (default: the module's parameters and buffers). A full
+        bind checks every tensor's dtype, device, shape and layout; when the same tensors with the
+        same storage, shape and strides are bound already, nothing needs checking again."""
+        tensors = self.attention.tensors() if tensors is None else tensors
+        key = tuple((t, t.data_ptr(), t.shape, t.stride()) for t in tensors.values())
+        if self._bound is not None and len(key) == len(self._bound) and all(
+                a[0] is b[0] and a[1:] == b[1:] for a, b in zip(key, self._bound)):
+            return
+        self._bound = None
+        self._core.bind(tensors)
+        self._bound = key
 
     def _positions_for(self, batch, tokens, device):
         key = (batch, tokens, device)
@@ -228,7 +242,7 @@ class CausalGeneticMultiheadAttention(nn.Module):
         pad = self._padding(key_padding_mask, batch, tokens, query.device)
         if pad is not None:
             x = x.masked_fill(pad.unsqueeze(-1), 0.0)
-        rows = x.contiguous().view(batch * tokens, embed)
+        rows = x.contiguous()  # [B, T, E]: the kernels read it as [B*T x E]
         positions = self._positions_for(batch, tokens, query.device)
         update_dna = bool(self.training) and self._dna_update
         adapt = bool(self.training)  # the head controller (if on) learns in training mode only
@@ -239,10 +253,9 @@ class CausalGeneticMultiheadAttention(nn.Module):
             y = _ProteusFunction.apply(self, params, rows, positions, batch, update_dna, adapt, *trainable)
         else:
             y = torch.empty_like(rows)
-            self._core.bind(params)
+            self._bind(params)
             self._last_stats = self._core.forward(_runtime.stream_handle(rows), rows, batch, positions, y, update_dna,
                                                   adapt)
-        y = y.view(batch, tokens, embed)
         if pad is not None:
             y = y.masked_fill(pad.unsqueeze(-1), 0.0)
         if not self.batch_first:
@@ -275,6 +288,7 @@ class CausalGeneticMultiheadAttention(nn.Module):
         with torch.no_grad():
             own = self.attention.tensors()
             staged = {k: torch.empty_like(v) for k, v in own.items()}
+            self._bound = None
             self._core.bind(staged)
             try:
                 self._core.load(_runtime.stream_handle(own["qkv_weight"]), str(path))

@@ -149,6 +149,19 @@ TokenMatrix matrix(py::handle t, std::string const& name, long rows, long cols) 
   Tensor<float> const m = tensor<float>(t, name, "torch.float32", {rows, cols});
   return TokenMatrix(m.data, m.shape[0], m.shape[1]);
 }
+// A contiguous [..., cols] tensor (2 or more dimensions) as its rows: [B, T, E] -> [B*T x E], no copy.
+TokenMatrix row_matrix(py::handle t, std::string const& name, long cols) {
+  long const ndim = py::len(t.attr("shape"));
+  if (ndim < 2)
+    throw py::value_error(name + ": " + std::to_string(ndim) + " dimension(s), expected [..., " +
+                          std::to_string(cols) + "]");
+  std::vector<long> shape(static_cast<size_t>(ndim), -1);
+  shape.back() = cols;
+  Tensor<float> const m = tensor<float>(t, name, "torch.float32", shape);
+  long rows = 1;
+  for (long i = 0; i + 1 < ndim; ++i) rows *= m.shape[static_cast<size_t>(i)];
+  return TokenMatrix(m.data, rows, cols);
+}
 TokenVector vector(py::handle t, std::string const& name, long n) {
   return TokenVector(tensor<float>(t, name, "torch.float32", {n}).data, n);
 }
@@ -227,7 +240,7 @@ class Module : public Held {
     get().share_dna(tensor_dna(tensors));
   }
 
-  // y = attention(x) for x [B*T x E] (batch rows stacked) at `positions`; the DNA EMA runs when
+  // y = attention(x) for x [B*T x E] (batch rows stacked; or [B, T, E]) at `positions`; the DNA EMA runs when
   // update_dna (the Python module passes training mode and Config::dna_update) and the head
   // controller observes the call when adapt_heads (training mode).
   py::dict forward(std::uintptr_t stream, py::handle x, int batch, py::handle positions, py::handle y,
@@ -252,8 +265,12 @@ class Module : public Held {
     ExecSpace const space = space_on(stream);
     TrainingState& s = state.get();
     long const n = static_cast<long>(s.x.extent(0)), e = embed();
-    get().backward(space, s, matrix(dy, "grad_output", n, e), matrix(dx, "grad_input", n, e),
-                   tensor_weights(grads, "grad of "));
+    TokenMatrix const dyr = row_matrix(dy, "grad_output", e), dxr = row_matrix(dx, "grad_input", e);
+    require(static_cast<long>(dyr.extent(0)) == n, "grad_output", "has " + std::to_string(dyr.extent(0)) +
+                                                                       " rows, the forward had " + std::to_string(n));
+    require(static_cast<long>(dxr.extent(0)) == n, "grad_input", "has " + std::to_string(dxr.extent(0)) +
+                                                                      " rows, the forward had " + std::to_string(n));
+    get().backward(space, s, dyr, dxr, tensor_weights(grads, "grad of "));
   }
 
   // The C++ drop-in forward (CausalGeneticMultiheadAttention::forward) on a [B, T, E] or [T, B, E]
@@ -319,10 +336,11 @@ class Module : public Held {
   Inputs inputs(py::handle x, int batch, py::handle positions, py::handle y) const {
     long const e = embed();
     Inputs in;
-    in.x = matrix(x, "query", -1, e);
+    in.x = row_matrix(x, "query", e);
     long const n = static_cast<long>(in.x.extent(0));
     require(batch > 0 && n % batch == 0, "batch", "must divide the number of query rows");
-    in.y = matrix(y, "output", n, e);
+    in.y = row_matrix(y, "output", e);
+    require(static_cast<long>(in.y.extent(0)) == n, "output", "must have the query's rows");
     in.positions = PositionVector(tensor<std::int64_t>(positions, "positions", "torch.int64", {n}).data, n);
     return in;
   }

@@ -72,6 +72,26 @@ def test_parameters_on_another_device_or_dtype_are_refused(m):
             call(m.float().cuda(), x.cuda())
 
 
+def test_weights_are_rechecked_whenever_their_storage_or_layout_changes(m):
+    """The module skips re-checking tensors it has bound already; any new storage, shape or strides
+    (and new values in place) must still reach the kernels or be refused."""
+    x = inputs((1, 16, 32))
+    y0, _ = call(m, x)
+    w = m.attention.proj.weight
+    with torch.no_grad():
+        w.mul_(2.0)  # same storage, new values: read in place
+    y1, _ = call(m, x)
+    assert not torch.equal(y1, y0)
+    twin = make().eval()
+    twin.load_state_dict(m.state_dict())
+    assert torch.equal(call(twin, x)[0], y1)
+    w.data = w.data.clone() / 2.0  # new storage
+    assert torch.equal(call(m, x)[0], y0)
+    w.data = w.data.t()  # the same storage and shape (E x E), transposed strides
+    with pytest.raises(ValueError, match="attention.proj.weight: not contiguous"):
+        call(m, x)
+
+
 def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="dropout=0.1"):
         pk.CausalGeneticMultiheadAttention(32, 4, dropout=0.1)
