@@ -8,12 +8,12 @@ Shape and config as bench_module's tinytoy runs: E 512, 32 heads of 16, 64 gates
 token sparsity on, DNA frozen, batch 1, dy = 1e-3."""
 import argparse
 import csv
-import time
 
 import torch
 import torch.nn.functional as F
 
 import proteus_kokkos as pk
+from timing import median_ms, synchronize as sync
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--tokens", type=int, nargs="+", default=[4096, 32768, 131072])
@@ -34,23 +34,6 @@ args = ap.parse_args()
 cuda = pk.device() == "cuda"
 device = torch.device("cuda") if cuda else torch.device("cpu")
 torch.backends.cuda.matmul.allow_tf32 = False
-
-
-def sync():
-    if cuda:
-        torch.cuda.synchronize()
-
-
-def median_ms(step, repeat):
-    step()  # warm-up
-    times = []
-    for _ in range(repeat):
-        sync()
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[len(times) // 2]
 
 
 def peak_mb(step):

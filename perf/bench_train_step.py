@@ -15,13 +15,13 @@ import csv
 import os
 import shlex
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 import train_sliding_ctx as script  # noqa: E402
+from timing import median_ms  # noqa: E402
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("--config", action="append", required=True, metavar="NAME=ARGS",
@@ -33,24 +33,6 @@ ap.add_argument("--csv")
 args = ap.parse_args()
 cuda = torch.cuda.is_available()
 device = torch.device("cuda" if cuda else "cpu")
-
-
-def sync():
-    if cuda:
-        torch.cuda.synchronize()
-
-
-def median_ms(step, repeat):
-    step()
-    step()  # warm-up (kernels, workspaces, the optimiser's state)
-    times = []
-    for _ in range(repeat):
-        sync()
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[len(times) // 2]
 
 
 phases = script.parse_phases(args.phases)
@@ -89,9 +71,9 @@ for spec in args.config:
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        step_ms = median_ms(train_step, args.repeat)
+        step_ms = median_ms(train_step, args.repeat, warmup=2)
         peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")
-        attn_ms = median_ms(attention_step, args.repeat)
+        attn_ms = median_ms(attention_step, args.repeat, warmup=2)
         rate = size * context / step_ms * 1e3
         print(f"{name:>14} {context:>8} {size:>6} {step_ms:>9.2f} {attn_ms:>11.2f} {rate:>13,.0f} {peak:>9.0f}",
               flush=True)
