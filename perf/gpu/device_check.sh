@@ -201,6 +201,15 @@ for step in "$@"; do
       for item in "${items[@]}"; do configs+=("--config" "$item"); done
       PYTHONPATH=$bin/python python3 "$root/perf/bench_train_step.py" --csv "$out/train_step.csv" "${configs[@]}" \
         | tee "$out/train_step.txt" ;;
+    k8_profile)
+      # issue 19/20: the curriculum's phase-3 attention with every head and token (k8) at L 512 and
+      # 128: every kernel of a forward and of a training step timed (what does not shrink with L).
+      for L in 512 128; do
+        for mode in "" "--backward"; do
+          "$bin/perf/bench_module" --embed 192 --heads 8 --gates 16 --tokens 16384 --batch 4 --alphas 1.0 \
+            --heads-active-min 8 --linear-head-k 8 --linear-L $L --warmup 1 --repeat 3 --profile $mode
+        done
+      done | tee "$out/k8_profile.txt" ;;
     sdpa_training)
       python3 "$root/perf/gpu/sdpa.py" --backward --tokens 4096 32768 131072 524288 --csv "$out/sdpa_training.csv" \
         | tee "$out/sdpa_training.txt" ;;
