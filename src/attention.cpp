@@ -413,10 +413,14 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const
       attend_union<D, false>(space, blocks, rows.blocks);
     }
   };
-  // The smallest supported width that holds d (Config::resolved() refuses d > 256).
+  // The smallest supported width that holds d (Config::resolved() refuses d > 256). 24 and 48
+  // (E 192 or 384 over 8 heads, E 768 over 16) would waste a quarter of every load and product
+  // at 32 and 64.
   if (d <= 8) run(std::integral_constant<int, 8>());
   else if (d <= 16) run(std::integral_constant<int, 16>());
+  else if (d <= 24) run(std::integral_constant<int, 24>());
   else if (d <= 32) run(std::integral_constant<int, 32>());
+  else if (d <= 48) run(std::integral_constant<int, 48>());
   else if (d <= 64) run(std::integral_constant<int, 64>());
   else if (d <= 128) run(std::integral_constant<int, 128>());
   else run(std::integral_constant<int, 256>());

@@ -22,7 +22,10 @@ using detail::compact_active_rows;
 using test::brute_candidates;
 
 PROTEUS_TEST_CASE("shortlist attention equals softmax over the candidate set in double", "[shortlist][attention]") {
-  int const heads = 3, d = 8, batch = 2;
+  // Head widths with kernels of their own (8, 24, 48) and one padded up to the next (20 -> 24).
+  int const heads = 3, batch = 2;
+  int const d = GENERATE(8, 20, 24, 48);
+  CAPTURE(d);
   long const T = 333;
   Config c;
   c.embed_dim = heads * d;

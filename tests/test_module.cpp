@@ -60,7 +60,9 @@ Matrix dense_reference(CausalGeneticMultiheadAttention const& mha, Matrix const&
 
 PROTEUS_TEST_CASE("alpha = 0 equals naive double-precision causal attention with RoPE", "[module][dense]") {
   // Odd T, E not a power of two, B > 1; token sparsity off (the default).
-  for (Shape s : {Shape{1, 37, 24, 3}, Shape{2, 65, 48, 4}, Shape{3, 129, 40, 5}, Shape{1, 200, 64, 8}}) {
+  // Head widths 8, 12 (padded to 16), 8, 8, 24 and 48 (kernels of their own).
+  for (Shape s : {Shape{1, 37, 24, 3}, Shape{2, 65, 48, 4}, Shape{3, 129, 40, 5}, Shape{1, 200, 64, 8},
+                  Shape{2, 90, 72, 3}, Shape{1, 70, 96, 2}}) {
     Config cfg;
     cfg.mode = AlphaMode::subquad;
     cfg.seed = 11;
