@@ -238,7 +238,7 @@ class CausalGeneticMultiheadAttention(nn.Module):
                 average_attn_weights=True, is_causal=None):
         self._check_call(query, key, value, attn_mask, is_causal)
         x = query if self.batch_first else query.transpose(0, 1)
-        batch, tokens, embed = x.shape
+        batch, tokens, _ = x.shape
         pad = self._padding(key_padding_mask, batch, tokens, query.device)
         if pad is not None:
             x = x.masked_fill(pad.unsqueeze(-1), 0.0)
