@@ -288,6 +288,64 @@ PROTEUS_TEST_CASE("gradients of the input and every parameter equal finite diffe
   }
 }
 
+namespace {
+// The loss' derivative along a unit direction u of `values`, by central differences.
+double directional_difference(Problem& pb, std::vector<double*> const& values, std::vector<double> const& u) {
+  double const step = 1e-5;
+  auto move = [&](double by) {
+    for (size_t i = 0; i < values.size(); ++i) *values[i] += by * u[i];
+  };
+  move(step);
+  double const up = loss(pb);
+  move(-2.0 * step);
+  double const down = loss(pb);
+  move(step);
+  return (up - down) / (2.0 * step);
+}
+
+std::vector<double> unit_direction(size_t n, std::uint64_t seed) {
+  std::vector<double> u = flat(test::random_matrix(1, n, seed));
+  double norm = 0.0;
+  for (double v : u) norm += v * v;
+  for (double& v : u) v /= std::sqrt(norm);
+  return u;
+}
+
+// |<g, u> - D_u loss| against |g| (= |g| |u|): a projection can cancel, the gradient's norm cannot.
+double projection_gap(std::vector<double> const& g, std::vector<double> const& u, double directional) {
+  double dot = 0.0, norm = 0.0;
+  for (size_t i = 0; i < g.size(); ++i) {
+    dot += g[i] * u[i];
+    norm += g[i] * g[i];
+  }
+  return std::fabs(dot - directional) / std::sqrt(norm);
+}
+}  // namespace
+
+PROTEUS_TEST_CASE("head widths 24 and 48: gradients projected on random directions equal directional differences",
+                  "[backward][gradcheck]") {
+  // Widths with attention kernels of their own (d 24 and 48); every entry's differences would
+  // cost thousands of double forwards at these widths, a direction costs two per tensor.
+  for (int const embed : {48, 96})
+    for (double const alpha : {0.0, 1.0}) {
+      TEST_EXECSPACE space;
+      Config c = small_config(alpha);
+      c.embed_dim = embed;
+      Run run(space, c, 2, 40, 29);
+      INFO("embed " << embed << " (head width " << embed / 2 << "), alpha " << alpha);
+      CHECK(test::relative_error(test::to_host_matrix(run.y), reference_forward(run.pb)) < 1e-5);
+      auto const got = run.backward(space);
+      Problem& pb = run.pb;
+      std::vector<double> const dx = flat(got.dx), dq = flat(test::to_host_matrix(got.grads.qkv_weight)),
+                                dout = flat(test::to_host_matrix(got.grads.out_weight));
+      std::vector<double> const ux = unit_direction(dx.size(), 31), uq = unit_direction(dq.size(), 37),
+                                uo = unit_direction(dout.size(), 41);
+      CHECK(projection_gap(dx, ux, directional_difference(pb, entries(pb.x), ux)) < 1e-4);
+      CHECK(projection_gap(dq, uq, directional_difference(pb, entries(pb.wqkv), uq)) < 1e-4);
+      CHECK(projection_gap(dout, uo, directional_difference(pb, entries(pb.wout), uo)) < 1e-4);
+    }
+}
+
 PROTEUS_TEST_CASE("with the opt-in router gradient the router learns too: every gradient against finite differences",
                   "[backward][gradcheck][router]") {
   struct Case {
