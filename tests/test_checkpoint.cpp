@@ -140,8 +140,10 @@ PROTEUS_TEST_CASE("bad checkpoints give errors naming the file and dataset", "[c
   CHECK(error_of([&] { load_model(TEST_EXECSPACE(), type, model); }) ==
         type + ":/weights/out_bias: wrong type: expected floating point data");
   // Values a model cannot run with: NaN, Inf, absurd magnitudes, in weights or DNA.
-  for (auto const& [dataset, value] : std::vector<std::pair<std::string, float>>{
+  for (auto const& bad : std::vector<std::pair<std::string, float>>{
            {"/weights/out_bias", std::nanf("")}, {"/weights/qkv_weight", INFINITY}, {"/dna/prototypes", 3e38f}}) {
+    std::string const& dataset = bad.first;  // named, not a structured binding: lambdas capture it (C++17)
+    float const value = bad.second;
     std::string const p = edited("values.h5", [&](detail::H5File& f) {
       std::vector<float> v;
       auto const dims = f.read(dataset, std::vector<hsize_t>(dataset == "/weights/out_bias" ? 1 : 2, 0), v);

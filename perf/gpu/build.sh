@@ -11,6 +11,8 @@
 #   perf/gpu/build.sh --kokkos-root PREFIX [--build DIR]      # use an existing install
 #   --kokkos-url URL --kokkos-sha256 HEX, --kernels-url URL --kernels-sha256 HEX: another release or
 #   a mirror (file:// works too).
+#   --cxx COMPILER: the host C++ compiler (default g++; nvcc_wrapper's host compiler with CUDA). GCC
+#   12.2-12.4 miscompile Kokkos develop before July 2025 (kokkos/kokkos#8187): clang++ there.
 #   --compile-only: without the vendor libraries (no cuBLAS/rocBLAS, no rocThrust) and without
 #   Kokkos Kernels' explicit instantiations: a build that proves the code compiles for the backend
 #   on a machine with the compiler but not the GPU stack (e.g. Debian 12's hipcc 5.2).
@@ -21,7 +23,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 kokkos_src="" kernels_src="" prefix="$root/.gpu/install" build="$root/build-gpu" backend=cuda arch=""
-kokkos_root="" jobs=$(nproc) extra=() compile_only=0 fetch_dir="$root/.gpu/src"
+kokkos_root="" jobs=$(nproc) extra=() compile_only=0 fetch_dir="$root/.gpu/src" cxx=g++
 # Pinned releases (the SHA-256 of each release tarball as published with the release).
 kokkos_version=4.7.01 kernels_version=4.7.01
 kokkos_url="https://github.com/kokkos/kokkos/releases/download/$kokkos_version/kokkos-$kokkos_version.tar.gz"
@@ -40,6 +42,7 @@ while [ $# -gt 0 ]; do
     --jobs) jobs=$2; shift 2 ;;
     --compile-only) compile_only=1; shift ;;
     --fetch-dir) fetch_dir=$2; shift 2 ;;
+    --cxx) cxx=$2; shift 2 ;;
     --kokkos-url) kokkos_url=$2; shift 2 ;;
     --kokkos-sha256) kokkos_sha256=$2; shift 2 ;;
     --kernels-url) kernels_url=$2; shift 2 ;;
@@ -49,6 +52,7 @@ while [ $# -gt 0 ]; do
     *) echo "build.sh: unknown argument $1 (--help lists them)" >&2; exit 2 ;;
   esac
 done
+[ "$cxx" = g++ ] || export NVCC_WRAPPER_DEFAULT_COMPILER="$cxx"  # nvcc_wrapper's host compiler
 if [ -z "$arch" ]; then
   case "$backend" in cuda) arch=HOPPER90 ;; hip) arch=AMD_GFX90A ;; *) arch=none ;; esac
 fi
@@ -147,7 +151,7 @@ PY
       sm=$(echo "$arch" | sed 's/[^0-9]//g')
       sed -i "s/^default_arch=\"sm_[0-9]*\"/default_arch=\"sm_${sm}\"/" "$kokkos_src/bin/nvcc_wrapper"
     fi
-    compiler=g++
+    compiler=$cxx
     [ "$backend" = cuda ] && compiler="$kokkos_src/bin/nvcc_wrapper"
     [ "$backend" = hip ] && compiler=hipcc
     echo "== Kokkos ($backend, $arch) -> $prefix"
@@ -166,7 +170,7 @@ PY
   fi
 fi
 
-compiler=g++
+compiler=$cxx
 [ "$backend" = cuda ] && [ -x "$kokkos_root/bin/nvcc_wrapper" ] && compiler="$kokkos_root/bin/nvcc_wrapper"
 [ "$backend" = hip ] && compiler=hipcc
 hdf5=()
