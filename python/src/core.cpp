@@ -150,7 +150,8 @@ TokenMatrix matrix(py::handle t, std::string const& name, long rows, long cols) 
   return TokenMatrix(m.data, m.shape[0], m.shape[1]);
 }
 // A contiguous [..., cols] tensor (2 or more dimensions) as its rows: [B, T, E] -> [B*T x E], no copy.
-TokenMatrix row_matrix(py::handle t, std::string const& name, long cols) {
+// rows = -1: any number of rows.
+TokenMatrix row_matrix(py::handle t, std::string const& name, long rows, long cols) {
   long const ndim = py::len(t.attr("shape"));
   if (ndim < 2)
     throw py::value_error(name + ": " + std::to_string(ndim) + " dimension(s), expected [..., " +
@@ -158,9 +159,12 @@ TokenMatrix row_matrix(py::handle t, std::string const& name, long cols) {
   std::vector<long> shape(static_cast<size_t>(ndim), -1);
   shape.back() = cols;
   Tensor<float> const m = tensor<float>(t, name, "torch.float32", shape);
-  long rows = 1;
-  for (long i = 0; i + 1 < ndim; ++i) rows *= m.shape[static_cast<size_t>(i)];
-  return TokenMatrix(m.data, rows, cols);
+  long n = 1;
+  for (long i = 0; i + 1 < ndim; ++i) n *= m.shape[static_cast<size_t>(i)];
+  if (rows >= 0 && n != rows)
+    throw py::value_error(name + ": shape " + shape_text(m.shape) + " holds " + std::to_string(n) + " rows of " +
+                          std::to_string(cols) + ", expected " + std::to_string(rows));
+  return TokenMatrix(m.data, n, cols);
 }
 TokenVector vector(py::handle t, std::string const& name, long n) {
   return TokenVector(tensor<float>(t, name, "torch.float32", {n}).data, n);
@@ -265,12 +269,8 @@ class Module : public Held {
     ExecSpace const space = space_on(stream);
     TrainingState& s = state.get();
     long const n = static_cast<long>(s.x.extent(0)), e = embed();
-    TokenMatrix const dyr = row_matrix(dy, "grad_output", e), dxr = row_matrix(dx, "grad_input", e);
-    require(static_cast<long>(dyr.extent(0)) == n, "grad_output", "has " + std::to_string(dyr.extent(0)) +
-                                                                       " rows, the forward had " + std::to_string(n));
-    require(static_cast<long>(dxr.extent(0)) == n, "grad_input", "has " + std::to_string(dxr.extent(0)) +
-                                                                      " rows, the forward had " + std::to_string(n));
-    get().backward(space, s, dyr, dxr, tensor_weights(grads, "grad of "));
+    get().backward(space, s, row_matrix(dy, "grad_output", n, e), row_matrix(dx, "grad_input", n, e),
+                   tensor_weights(grads, "grad of "));
   }
 
   // The C++ drop-in forward (CausalGeneticMultiheadAttention::forward) on a [B, T, E] or [T, B, E]
@@ -336,11 +336,10 @@ class Module : public Held {
   Inputs inputs(py::handle x, int batch, py::handle positions, py::handle y) const {
     long const e = embed();
     Inputs in;
-    in.x = row_matrix(x, "query", e);
+    in.x = row_matrix(x, "query", -1, e);
     long const n = static_cast<long>(in.x.extent(0));
     require(batch > 0 && n % batch == 0, "batch", "must divide the number of query rows");
-    in.y = row_matrix(y, "output", e);
-    require(static_cast<long>(in.y.extent(0)) == n, "output", "must have the query's rows");
+    in.y = row_matrix(y, "output", n, e);
     in.positions = PositionVector(tensor<std::int64_t>(positions, "positions", "torch.int64", {n}).data, n);
     return in;
   }
