@@ -3,6 +3,7 @@
 #if PROTEUS_CATCH2_V3
 #include <catch2/catch_approx.hpp>
 #include <catch2/catch_test_macros.hpp>
+#include <catch2/generators/catch_generators.hpp>
 #include <catch2/matchers/catch_matchers_string.hpp>
 using Catch::Approx;
 #define PROTEUS_CONTAINS(text) Catch::Matchers::ContainsSubstring(text)
