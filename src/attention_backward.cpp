@@ -42,6 +42,10 @@ struct Grad {
   // of (bh, residue q) are residue_rows[residue_start(bh s + q) .. residue_start(bh s + q + 1)).
   LongVector residue_start, residue_rows;
   LongVector dna_start, dna_block;  // blocks whose list names key (b, j): [dna_start(b T + j), dna_start(.. + 1))
+  // Key 0's clamped-anchor rows summed chunk by chunk: row bh * clamp_chunks + c holds chunk c's dk
+  // (columns [0, d)) and dv (columns [d, 2 d)) for head bh.
+  TokenMatrix clamp_part;
+  long clamp_chunks = 0;
   int heads, embed, d;
   long tokens, dna_blocks;
   float scale;
@@ -192,9 +196,10 @@ KOKKOS_INLINE_FUNCTION void for_each_anchor_row(Grad const& g, long bh, long j, 
 }
 
 // Calls f(i, r) for every row i whose candidate set holds key j of batch row b and that is active
-// (as row r) for head bh, once each; the local piece's rows first, in token order, unless
-// with_local is false. Every piece walks the head's active rows only (K of H heads are active per
-// token, so most rows of a range are inactive for a given head).
+// (as row r) for head bh, once each, except key 0's clamped-anchor rows (clamped_partials); the
+// local piece's rows first, in token order, unless with_local is false. Every piece walks the
+// head's active rows only (K of H heads are active per token, so most rows of a range are inactive
+// for a given head).
 template <class F>
 KOKKOS_INLINE_FUNCTION void for_each_row_of_key(Grad const& g, long b, long bh, long j, F&& f, bool with_local = true) {
   ShortlistPlan const& p = g.p;
@@ -206,19 +211,56 @@ KOKKOS_INLINE_FUNCTION void for_each_row_of_key(Grad const& g, long b, long bh, 
   };
   if (with_local && j >= p.local_floor) for_each_active_row(g, bh, j, j + p.local_width, in_piece(piece_local));
   long const s = p.anchor_stride, a = p.anchor_cap;
-  if (s > 0 && a > 0) {
-    for_each_anchor_row(g, bh, j, in_piece(piece_anchor));
-    if (j == 0)  // rows whose anchors run below 0 (clamped to 0), other than the exact ones above
-      for_each_active_row(g, bh, 1, a * s, [&](long i, int r) {
-        if (!(i % s == 0 && i / s >= 1 && i / s <= a)) in_piece(piece_anchor)(i, r);
-      });
-  }
+  // (Key 0 is also the clamped anchor of up to T rows: clamped_partials sums those.)
+  if (s > 0 && a > 0) for_each_anchor_row(g, bh, j, in_piece(piece_anchor));
   if (j < p.prefix) for_each_active_row(g, bh, j + 1, T, in_piece(piece_prefix));
   if (p.dna_cap > 0)
     for (long n = g.dna_start(b * T + j); n < g.dna_start(b * T + j + 1); ++n) {
       long const first = g.dna_block(n) * p.dna_block;
       for_each_active_row(g, bh, first, first + p.dna_block, in_piece(piece_dna));
     }
+}
+
+// Key 0's clamped-anchor rows: every row i < a s other than the exact anchors (i = k s) whose
+// anchors run below 0 and are clamped to key 0, whose candidate piece is the anchors. Up to T rows
+// for the one thread that owns key 0, so threads of their own sum them in chunks of clamp_chunk
+// tokens beforehand (k and v are intact then: the keys pass may overwrite them), and key 0's
+// thread adds the chunks in order. Same operations per row as keys_pass.
+constexpr long clamp_chunk = 256;
+
+void clamped_partials(ExecSpace const& space, Grad& g, long bh_count, BackwardBuffers& buffers) {
+  long const s = g.p.anchor_stride, a = g.p.anchor_cap, end = std::min(a * s, g.tokens);
+  g.clamp_chunks = s > 0 && a > 0 && end > 1 ? (end - 1 + clamp_chunk - 1) / clamp_chunk : 0;
+  if (g.clamp_chunks == 0) return;
+  g.clamp_part = first_rows(buffers.clamp_part, "proteus::attention::backward::clamp_part", bh_count * g.clamp_chunks,
+                            2 * g.d);
+  Grad const& gc = g;
+  Kokkos::parallel_for(
+      "proteus::attention::backward::clamped_anchors",
+      Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count * g.clamp_chunks), KOKKOS_LAMBDA(long item) {
+        long const bh = item / gc.clamp_chunks, lo = 1 + (item % gc.clamp_chunks) * clamp_chunk;
+        long const b = bh / gc.heads, h = bh % gc.heads, key_row = b * gc.tokens;
+        int const d = gc.d;
+        for (int c = 0; c < 2 * d; ++c) gc.clamp_part(item, c) = 0.0f;
+        for_each_active_row(gc, bh, lo, lo + clamp_chunk < end ? lo + clamp_chunk : end, [&](long i, int r) {
+          if (i % s == 0 && i / s >= 1 && i / s <= a) return;  // an exact anchor: for_each_anchor_row's
+          if (candidate_piece(gc.p, i, 0, gc.dna_of(b, i)) != piece_anchor) return;
+          long const qrow = gc.row_query(r);
+          float const p = kmath::exp(gc.score(qrow, h, key_row) - gc.m(r)) / gc.l(r);
+          float const w = p * (gc.dout_value(qrow, h, key_row) - gc.dsum(r)) * gc.scale;
+          for (int c = 0; c < d; ++c) {
+            gc.clamp_part(item, c) += w * gc.q(qrow, h * d + c);
+            gc.clamp_part(item, d + c) += p * gc.dctx(qrow, h * d + c);
+          }
+        });
+      });
+}
+
+// Calls f(c, dk_c, dv_c) for every column c of every chunk of head bh's clamped_partials, in order.
+template <class F>
+KOKKOS_INLINE_FUNCTION void for_each_clamped_chunk(Grad const& g, long bh, F&& f) {
+  for (long n = bh * g.clamp_chunks; n < (bh + 1) * g.clamp_chunks; ++n)
+    for (int c = 0; c < g.d; ++c) f(c, g.clamp_part(n, c), g.clamp_part(n, g.d + c));
 }
 
 // dk and dv of every (head, key).
@@ -240,6 +282,11 @@ void keys_pass(ExecSpace const& space, Grad const& g, long batch) {
             g.dkv(key_row, e + h * d + c) += p * g.dctx(qrow, h * d + c);
           }
         });
+        if (j == 0)
+          for_each_clamped_chunk(g, bh, [&](int c, float k_part, float v_part) {
+            g.dkv(key_row, h * d + c) += k_part;
+            g.dkv(key_row, e + h * d + c) += v_part;
+          });
       });
 }
 
@@ -356,6 +403,11 @@ void keys_pass_tiled(ExecSpace const& space, Grad const& g, long batch) {
                                dk, dv);
               },
               false);
+          if (j == 0)
+            for_each_clamped_chunk(g, bh, [&](int c, float k_part, float v_part) {
+              dk[c] += k_part;
+              dv[c] += v_part;
+            });
           for (int c = 0; c < D; ++c) {
             g.dkv(key_row, h * D + c) = dk[c];
             g.dkv(key_row, e + h * D + c) = dv[c];
@@ -386,40 +438,36 @@ void both_passes(ExecSpace const& space, Grad const& g, ActiveRows const& rows, 
   }
 }
 
-// Grad::residue_start and residue_rows (anchors only): one thread per (head, residue) walks the
-// head's rows twice, to count and then to place its rows (in token order, no atomics).
-void group_by_residue(ExecSpace const& space, long bh_count, Grad& g, BackwardBuffers& buffers) {
+// Grad::residue_start and residue_rows (anchors only): each head's rows ordered by (token mod s,
+// token), a compaction over slots laid out residue by residue (token t of head bh in slot
+// (bh s + t mod s) per + t / s, per = ceil(T / s)): the rows scatter their index to their slot, and
+// one scan over the slots places them and marks where each (head, residue) starts.
+void group_by_residue(ExecSpace const& space, long bh_count, long rows, Grad& g, BackwardBuffers& buffers) {
   long const s = g.p.anchor_stride > 0 && g.p.anchor_cap > 0 ? g.p.anchor_stride : 0;
   if (s == 0) return;
+  long const per = (g.tokens + s - 1) / s, slots = bh_count * s * per;
   g.residue_start = first_rows(buffers.residue_start, "proteus::attention::backward::residue_start", bh_count * s + 1);
-  g.residue_rows = first_rows(buffers.residue_rows, "proteus::attention::backward::residue_rows",
-                              static_cast<long>(g.row_token.extent(0)));
+  g.residue_rows = first_rows(buffers.residue_rows, "proteus::attention::backward::residue_rows", rows);
+  auto slot_row = first_rows(buffers.residue_slot, "proteus::attention::backward::residue_slot", slots);
   auto start = g.residue_start;
   auto placed = g.residue_rows;
-  auto head_start = g.head_start;
   auto row_token = g.row_token;
+  auto row_head = g.row_head;
+  Kokkos::deep_copy(space, slot_row, -1);
   Kokkos::parallel_for(
-      "proteus::attention::backward::residue_count", Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count * s),
-      KOKKOS_LAMBDA(long item) {
-        long const bh = item / s, q = item % s;
-        long n = 0;
-        for (long r = head_start(bh); r < head_start(bh + 1); ++r) n += row_token(r) % s == q;
-        start(item + 1) = n;
-        if (item == 0) start(0) = 0;
+      "proteus::attention::backward::residue_slots", Kokkos::RangePolicy<ExecSpace>(space, 0, rows),
+      KOKKOS_LAMBDA(long r) {
+        long const t = row_token(r);
+        slot_row((row_head(r) * s + t % s) * per + t / s) = static_cast<int>(r);
       });
   Kokkos::parallel_scan(
-      "proteus::attention::backward::residue_start", Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count * s + 1),
-      KOKKOS_LAMBDA(long i, long& sum, bool final) {
-        sum += start(i);
-        if (final) start(i) = sum;
-      });
-  Kokkos::parallel_for(
-      "proteus::attention::backward::residue_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count * s),
-      KOKKOS_LAMBDA(long item) {
-        long const bh = item / s, q = item % s;
-        long n = start(item);
-        for (long r = head_start(bh); r < head_start(bh + 1); ++r)
-          if (row_token(r) % s == q) placed(n++) = r;
+      "proteus::attention::backward::residue_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, slots),
+      KOKKOS_LAMBDA(long i, long& before, bool final) {
+        int const r = slot_row(i);
+        if (final && i % per == 0) start(i / per) = before;
+        if (final && r >= 0) placed(before) = r;
+        before += r >= 0 ? 1 : 0;
+        if (final && i == slots - 1) start(slots / per) = before;
       });
 }
 
@@ -490,8 +538,9 @@ void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMat
   g.l = out.softmax.sum;
   g.dsum = first_rows(buffers.row_dot, "proteus::attention::backward::row_dot", rows.rows);
   row_dots(space, g, out, rows.rows);
-  group_by_residue(space, batch * heads, g, buffers);
+  group_by_residue(space, batch * heads, rows.rows, g, buffers);
   invert_dna_lists(space, dna_lists, batch, g.tokens, g, buffers);
+  clamped_partials(space, g, batch * heads, buffers);
   Kokkos::deep_copy(space, dq, 0.0f);  // columns of inactive heads stay zero
   both_passes(space, g, rows, batch);
 }

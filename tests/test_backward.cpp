@@ -346,6 +346,30 @@ PROTEUS_TEST_CASE("head widths 24 and 48: gradients projected on random directio
     }
 }
 
+PROTEUS_TEST_CASE("key 0 as the clamped anchor of hundreds of rows: its gradient sums every one of them",
+                  "[backward][gradcheck]") {
+  // Rows 1 .. 599 (other than the exact anchor 300) have anchors below 0, clamped to key 0: the
+  // backward sums those rows in chunks of 256 tokens (three here) apart from key 0's own pass.
+  // Head width 4 runs the generic keys pass, 8 the tiled one.
+  for (int const embed : {8, 16}) {
+    TEST_EXECSPACE space;
+    Config c = small_config(1.0);
+    c.embed_dim = embed;
+    c.anchor_stride = 300;
+    Run run(space, c, 1, 700, 43);
+    INFO("embed " << embed << ", anchors " << run.state.plan.anchor_cap << " of stride "
+                  << run.state.plan.anchor_stride);
+    REQUIRE(run.state.plan.anchor_cap * run.state.plan.anchor_stride >= 600);
+    CHECK(test::relative_error(test::to_host_matrix(run.y), reference_forward(run.pb)) < 1e-5);
+    auto const got = run.backward(space);
+    Problem& pb = run.pb;
+    // Token 0's input gradient carries key 0's dk and dv: every entry against finite differences.
+    CHECK(relative_gap(got.dx[0], finite_differences(pb, entries(pb.x[0]))) < 1e-4);
+    std::vector<double> const dx = flat(got.dx), ux = unit_direction(dx.size(), 47);
+    CHECK(projection_gap(dx, ux, directional_difference(pb, entries(pb.x), ux)) < 1e-4);
+  }
+}
+
 PROTEUS_TEST_CASE("with the opt-in router gradient the router learns too: every gradient against finite differences",
                   "[backward][gradcheck][router]") {
   struct Case {

@@ -95,6 +95,8 @@ struct AttendedRows {
 struct BackwardBuffers {
   TokenVector row_dot;
   Kokkos::View<long*, MemSpace> residue_start, residue_rows, dna_start, dna_block;
+  IndexVector residue_slot;
+  TokenMatrix clamp_part;
 };
 void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
                      ActiveRows const& rows, CandidateLists const& dna_lists, int heads, AttendedRows const& out,
