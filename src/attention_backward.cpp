@@ -42,10 +42,6 @@ struct Grad {
   // of (bh, residue q) are residue_rows[residue_start(bh s + q) .. residue_start(bh s + q + 1)).
   LongVector residue_start, residue_rows;
   LongVector dna_start, dna_block;  // blocks whose list names key (b, j): [dna_start(b T + j), dna_start(.. + 1))
-  // Key 0's clamped-anchor rows summed chunk by chunk: row bh * clamp_chunks + c holds chunk c's dk
-  // (columns [0, d)) and dv (columns [d, 2 d)) for head bh.
-  TokenMatrix clamp_part;
-  long clamp_chunks = 0;
   int heads, embed, d;
   long tokens, dna_blocks;
   float scale;
@@ -224,43 +220,63 @@ KOKKOS_INLINE_FUNCTION void for_each_row_of_key(Grad const& g, long b, long bh, 
 // Key 0's clamped-anchor rows: every row i < a s other than the exact anchors (i = k s) whose
 // anchors run below 0 and are clamped to key 0, whose candidate piece is the anchors. Up to T rows
 // for the one thread that owns key 0, so threads of their own sum them in chunks of clamp_chunk
-// tokens beforehand (k and v are intact then: the keys pass may overwrite them), and key 0's
-// thread adds the chunks in order. Same operations per row as keys_pass.
-constexpr long clamp_chunk = 256;
+// tokens beforehand (k and v are intact then: the keys pass may overwrite them), and
+// add_clamped_partials adds the chunks to key 0's gradients in order after the keys pass. Same
+// operations per row as keys_pass.
+constexpr long clamp_chunk = 64;
 
-void clamped_partials(ExecSpace const& space, Grad& g, long bh_count, BackwardBuffers& buffers) {
+// Key 0's clamped-anchor rows summed chunk by chunk: row bh * chunks + c of `part` holds chunk c's
+// dk (columns [0, d)) and dv (columns [d, 2 d)) for head bh.
+struct ClampedPartials {
+  TokenMatrix part;
+  long chunks = 0;
+};
+
+ClampedPartials clamped_partials(ExecSpace const& space, Grad const& g, long bh_count, BackwardBuffers& buffers) {
   long const s = g.p.anchor_stride, a = g.p.anchor_cap, end = std::min(a * s, g.tokens);
-  g.clamp_chunks = s > 0 && a > 0 && end > 1 ? (end - 1 + clamp_chunk - 1) / clamp_chunk : 0;
-  if (g.clamp_chunks == 0) return;
-  g.clamp_part = first_rows(buffers.clamp_part, "proteus::attention::backward::clamp_part", bh_count * g.clamp_chunks,
-                            2 * g.d);
-  Grad const& gc = g;
+  long const chunks = s > 0 && a > 0 && end > 1 ? (end - 1 + clamp_chunk - 1) / clamp_chunk : 0;
+  if (chunks == 0) return {};
+  auto part = first_rows(buffers.clamp_part, "proteus::attention::backward::clamp_part", bh_count * chunks, 2 * g.d);
   Kokkos::parallel_for(
-      "proteus::attention::backward::clamped_anchors",
-      Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count * g.clamp_chunks), KOKKOS_LAMBDA(long item) {
-        long const bh = item / gc.clamp_chunks, lo = 1 + (item % gc.clamp_chunks) * clamp_chunk;
-        long const b = bh / gc.heads, h = bh % gc.heads, key_row = b * gc.tokens;
-        int const d = gc.d;
-        for (int c = 0; c < 2 * d; ++c) gc.clamp_part(item, c) = 0.0f;
-        for_each_active_row(gc, bh, lo, lo + clamp_chunk < end ? lo + clamp_chunk : end, [&](long i, int r) {
+      "proteus::attention::backward::clamped_anchors", Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count * chunks),
+      KOKKOS_LAMBDA(long item) {
+        long const bh = item / chunks, lo = 1 + (item % chunks) * clamp_chunk;
+        long const b = bh / g.heads, h = bh % g.heads, key_row = b * g.tokens;
+        int const d = g.d;
+        for (int c = 0; c < 2 * d; ++c) part(item, c) = 0.0f;
+        for_each_active_row(g, bh, lo, lo + clamp_chunk < end ? lo + clamp_chunk : end, [&](long i, int r) {
           if (i % s == 0 && i / s >= 1 && i / s <= a) return;  // an exact anchor: for_each_anchor_row's
-          if (candidate_piece(gc.p, i, 0, gc.dna_of(b, i)) != piece_anchor) return;
-          long const qrow = gc.row_query(r);
-          float const p = kmath::exp(gc.score(qrow, h, key_row) - gc.m(r)) / gc.l(r);
-          float const w = p * (gc.dout_value(qrow, h, key_row) - gc.dsum(r)) * gc.scale;
+          if (candidate_piece(g.p, i, 0, g.dna_of(b, i)) != piece_anchor) return;
+          long const qrow = g.row_query(r);
+          float const p = kmath::exp(g.score(qrow, h, key_row) - g.m(r)) / g.l(r);
+          float const w = p * (g.dout_value(qrow, h, key_row) - g.dsum(r)) * g.scale;
           for (int c = 0; c < d; ++c) {
-            gc.clamp_part(item, c) += w * gc.q(qrow, h * d + c);
-            gc.clamp_part(item, d + c) += p * gc.dctx(qrow, h * d + c);
+            part(item, c) += w * g.q(qrow, h * d + c);
+            part(item, d + c) += p * g.dctx(qrow, h * d + c);
           }
         });
       });
+  return {part, chunks};
 }
 
-// Calls f(c, dk_c, dv_c) for every column c of every chunk of head bh's clamped_partials, in order.
-template <class F>
-KOKKOS_INLINE_FUNCTION void for_each_clamped_chunk(Grad const& g, long bh, F&& f) {
-  for (long n = bh * g.clamp_chunks; n < (bh + 1) * g.clamp_chunks; ++n)
-    for (int c = 0; c < g.d; ++c) f(c, g.clamp_part(n, c), g.clamp_part(n, g.d + c));
+// After the keys pass: key 0's dk and dv of every head plus its clamped chunks, in chunk order.
+void add_clamped_partials(ExecSpace const& space, Grad const& g, ClampedPartials const& clamped, long bh_count) {
+  long const chunks = clamped.chunks;
+  if (chunks == 0) return;
+  auto part = clamped.part;
+  Kokkos::parallel_for(
+      "proteus::attention::backward::add_clamped", Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count * g.d),
+      KOKKOS_LAMBDA(long item) {
+        long const bh = item / g.d, c = item % g.d;
+        long const key_row = (bh / g.heads) * g.tokens, col = (bh % g.heads) * g.d + c;
+        float dk = g.dkv(key_row, col), dv = g.dkv(key_row, g.embed + col);
+        for (long n = bh * chunks; n < (bh + 1) * chunks; ++n) {
+          dk += part(n, c);
+          dv += part(n, g.d + c);
+        }
+        g.dkv(key_row, col) = dk;
+        g.dkv(key_row, g.embed + col) = dv;
+      });
 }
 
 // dk and dv of every (head, key).
@@ -282,11 +298,6 @@ void keys_pass(ExecSpace const& space, Grad const& g, long batch) {
             g.dkv(key_row, e + h * d + c) += p * g.dctx(qrow, h * d + c);
           }
         });
-        if (j == 0)
-          for_each_clamped_chunk(g, bh, [&](int c, float k_part, float v_part) {
-            g.dkv(key_row, h * d + c) += k_part;
-            g.dkv(key_row, e + h * d + c) += v_part;
-          });
       });
 }
 
@@ -403,11 +414,6 @@ void keys_pass_tiled(ExecSpace const& space, Grad const& g, long batch) {
                                dk, dv);
               },
               false);
-          if (j == 0)
-            for_each_clamped_chunk(g, bh, [&](int c, float k_part, float v_part) {
-              dk[c] += k_part;
-              dv[c] += v_part;
-            });
           for (int c = 0; c < D; ++c) {
             g.dkv(key_row, h * D + c) = dk[c];
             g.dkv(key_row, e + h * D + c) = dv[c];
@@ -540,9 +546,10 @@ void attend_backward(ExecSpace const& space, ShortlistPlan const& plan, TokenMat
   row_dots(space, g, out, rows.rows);
   group_by_residue(space, batch * heads, rows.rows, g, buffers);
   invert_dna_lists(space, dna_lists, batch, g.tokens, g, buffers);
-  clamped_partials(space, g, batch * heads, buffers);
+  ClampedPartials const clamped = clamped_partials(space, g, batch * heads, buffers);
   Kokkos::deep_copy(space, dq, 0.0f);  // columns of inactive heads stay zero
   both_passes(space, g, rows, batch);
+  add_clamped_partials(space, g, clamped, batch * heads);
 }
 
 }  // namespace proteus::detail

@@ -349,7 +349,7 @@ PROTEUS_TEST_CASE("head widths 24 and 48: gradients projected on random directio
 PROTEUS_TEST_CASE("key 0 as the clamped anchor of hundreds of rows: its gradient sums every one of them",
                   "[backward][gradcheck]") {
   // Rows 1 .. 599 (other than the exact anchor 300) have anchors below 0, clamped to key 0: the
-  // backward sums those rows in chunks of 256 tokens (three here) apart from key 0's own pass.
+  // backward sums those rows in chunks of 64 tokens (ten here) apart from key 0's own pass.
   // Head width 4 runs the generic keys pass, 8 the tiled one.
   for (int const embed : {8, 16}) {
     TEST_EXECSPACE space;
