@@ -10,10 +10,11 @@
 //         side: the local window after j, the rows j anchors, every row after a global prefix
 //         key, the blocks whose DNA list names j; each pair counted under candidate_piece only):
 //         dv_j = sum_i p_ij dO_i;  dk_j = sum_i p_ij (dO_i.v_j - D_i) q_i / sqrt(D).
-// For head widths 8-64 the rows pass keeps a row's vectors in registers and the keys pass stages
-// the local piece's rows in team scratch (keys_pass_tiled), and reads a key's own k and v only,
-// before it writes its dk and dv: those may overwrite k and v (in place). Other widths run plain
-// loops over global memory. Every version adds the same terms in the same order.
+// For head widths 8-64 the rows pass keeps a row's vectors in registers and stages the union of a
+// block's windows in team scratch where its rows lie close together (rows_pass_union), and the
+// keys pass stages the local piece's rows in team scratch (keys_pass_tiled), and reads a key's own
+// k and v only, before it writes its dk and dv: those may overwrite k and v (in place). Other
+// widths run plain loops over global memory. Every version adds the same terms in the same order.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -96,15 +97,51 @@ void rows_pass(ExecSpace const& space, Grad const& g, long rows) {
       });
 }
 
+// One candidate of a row for the register passes: with the row's scaled query qi, its dO and its
+// m, l, D_i, and the key's k(j) and v(j): dq += exp(qi.k - m) / l (dO.v - D_i) k / sqrt(D).
+template <int D, class Key, class Value>
+KOKKOS_INLINE_FUNCTION void add_key_to_row(float const (&qi)[D], float const (&doi)[D], float m, float l, float dsum,
+                                           float scale, Key const& k, Value const& v, LaneSum<D>& part) {
+  float s = 0.0f, dv = 0.0f;
+  for (int j = 0; j < D; ++j) s += qi[j] * k(j);
+  for (int j = 0; j < D; ++j) dv += doi[j] * v(j);
+  float const w = kmath::exp(s - m) / l * (dv - dsum) * scale;
+  for (int j = 0; j < D; ++j) part.v[j] += w * k(j);
+}
+
+// A row's query (scaled) and dO into registers.
+template <int D>
+KOKKOS_INLINE_FUNCTION void load_row(Grad const& g, long qrow, long h, float (&qi)[D], float (&doi)[D]) {
+  for (int j = 0; j < D; ++j) {
+    qi[j] = g.q(qrow, h * D + j) * g.scale;
+    doi[j] = g.dctx(qrow, h * D + j);
+  }
+}
+
+// Lane `lane`'s extra candidates of row r (anchors, DNA: every lanes-th in turn), from global memory.
+template <int D>
+KOKKOS_INLINE_FUNCTION void add_extra_candidates(Grad const& g, long r, int lane, int lanes, float const (&qi)[D],
+                                                 float const (&doi)[D], LaneSum<D>& part) {
+  long const t = g.row_token(r), b = g.row_head(r) / g.heads, h = g.row_head(r) % g.heads, base = b * g.tokens;
+  int extra = 0;
+  for_each_extra_candidate(g.p, t, g.dna_of(b, t), [&](long c) {
+    if (extra++ % lanes != lane) return;
+    add_key_to_row(
+        qi, doi, g.m(r), g.l(r), g.dsum(r), g.scale, [&](int j) { return g.kv(base + c, h * D + j); },
+        [&](int j) { return g.kv(base + c, g.embed + h * D + j); }, part);
+  });
+}
+
 // rows_pass for head width D known at compile time, laid out as the forward's attention: a team
 // takes a block of rows of one head, and each row deals its candidates out to a vector of `lanes`
 // lanes (window key c to lane c % lanes, the extra candidates in turn), whose parts of dq are
-// summed at the end; the row's query, dO and each lane's dq live in registers. Blocks whose rows
-// walk the union of their windows in step (walks_union) run one lane per row, so that the rows of
-// a warp read the same keys at once; the others run lanes_per_row lanes (GPUs). Host backends run
-// one lane: the generic pass's operations in its order, bit for bit its results.
-template <int D, int lanes>
-void rows_pass_fixed(ExecSpace const& space, Grad const& g, ActiveRows const& rows, bool in_step) {
+// summed at the end; the row's query and dO and each lane's dq live in registers. This kernel
+// takes the blocks whose rows walk their own windows (from global memory); rows_pass_union the
+// others. Host backends run one lane: the generic pass's operations in its order, bit for bit its
+// results.
+template <int D>
+void rows_pass_own_windows(ExecSpace const& space, Grad const& g, ActiveRows const& rows) {
+  constexpr int lanes = lanes_per_row<D>();
   using Policy = Kokkos::TeamPolicy<ExecSpace>;
   using Member = typename Policy::member_type;
   auto block_start = rows.block_start;
@@ -113,35 +150,102 @@ void rows_pass_fixed(ExecSpace const& space, Grad const& g, ActiveRows const& ro
       KOKKOS_LAMBDA(Member const& team) {
         long const r0 = block_start(team.league_rank());
         int const n = static_cast<int>(block_start(team.league_rank() + 1) - r0);
-        if (walks_union(g.p, g.row_token(r0), g.row_token(r0 + n - 1)) != in_step) return;
+        if (walks_union(g.p, g.row_token(r0), g.row_token(r0 + n - 1))) return;
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int i) {
           long const r = r0 + i, t = g.row_token(r), qrow = g.row_query(r);
-          int const bh = g.row_head(r);
-          long const b = bh / g.heads, h = bh % g.heads, base = b * g.tokens, from = local_begin(g.p, t);
-          int const e = g.embed;
-          Position const* dna = g.dna_of(b, t);
+          long const h = g.row_head(r) % g.heads, base = (g.row_head(r) / g.heads) * g.tokens;
+          long const from = local_begin(g.p, t);
           float qi[D], doi[D];
-          for (int j = 0; j < D; ++j) {
-            qi[j] = g.q(qrow, h * D + j) * g.scale;
-            doi[j] = g.dctx(qrow, h * D + j);
-          }
-          float const m = g.m(r), l = g.l(r), dsum = g.dsum(r);
+          load_row(g, qrow, h, qi, doi);
           LaneSum<D> dq;
           Kokkos::parallel_reduce(
               Kokkos::ThreadVectorRange(team, lanes),
               [&](int lane, LaneSum<D>& part) {
-                auto add = [&](long c) {
-                  float s = 0.0f, dv = 0.0f;
-                  for (int j = 0; j < D; ++j) s += qi[j] * g.kv(base + c, h * D + j);
-                  for (int j = 0; j < D; ++j) dv += doi[j] * g.kv(base + c, e + h * D + j);
-                  float const w = kmath::exp(s - m) / l * (dv - dsum) * g.scale;
-                  for (int j = 0; j < D; ++j) part.v[j] += w * g.kv(base + c, h * D + j);
-                };
-                for (long c = first_of_lane(from, lane, lanes); c <= t; c += lanes) add(c);
-                int extra = 0;
-                for_each_extra_candidate(g.p, t, dna, [&](long c) {
-                  if (extra++ % lanes == lane) add(c);
-                });
+                for (long c = first_of_lane(from, lane, lanes); c <= t; c += lanes)
+                  add_key_to_row(
+                      qi, doi, g.m(r), g.l(r), g.dsum(r), g.scale, [&](int j) { return g.kv(base + c, h * D + j); },
+                      [&](int j) { return g.kv(base + c, g.embed + h * D + j); }, part);
+                add_extra_candidates(g, r, lane, lanes, qi, doi, part);
+              },
+              MergeLanes<LaneSum<D>>(dq));
+          Kokkos::single(Kokkos::PerThread(team), [&]() {
+            for (int j = 0; j < D; ++j) g.dq(qrow, h * D + j) = dq.v[j];
+          });
+        });
+      });
+}
+
+// The blocks whose rows walk the union of their windows (walks_union: rows close together), with
+// the union's keys and values staged in team scratch tile by tile, as the forward's attend_union:
+// each row reads its window's keys from there (neighbouring rows, neighbouring keys: other banks,
+// the pitch being odd). A lane's part of dq waits in scratch between tiles; then each lane adds its
+// extra candidates from global memory and the lanes merge. Per lane the keys and their order are
+// rows_pass_own_windows's: bit for bit its results.
+template <int D>
+void rows_pass_union(ExecSpace const& space, Grad const& g, ActiveRows const& rows) {
+  constexpr int lanes = lanes_per_row<D>();
+  constexpr int tile = 1024 / D;  // keys per tile: 8 KB of keys and values
+  constexpr int pitch = D + 1;    // odd: neighbouring keys in other banks
+  using Floats = Kokkos::View<float*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
+  using Parts = Kokkos::View<LaneSum<D>*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
+  using Policy = Kokkos::TeamPolicy<ExecSpace>;
+  using Member = typename Policy::member_type;
+  Policy policy(space, rows.blocks, on_host ? 1 : attention_block_rows, lanes);
+  policy.set_scratch_size(
+      0, Kokkos::PerTeam(2 * Floats::shmem_size(tile * pitch) + Parts::shmem_size(attention_block_rows * lanes)));
+  auto block_start = rows.block_start;
+  Kokkos::parallel_for(
+      "proteus::attention::backward::rows_union", policy, KOKKOS_LAMBDA(Member const& team) {
+        long const r0 = block_start(team.league_rank());
+        int const n = static_cast<int>(block_start(team.league_rank() + 1) - r0);
+        long const lo = local_begin(g.p, g.row_token(r0)), hi = g.row_token(r0 + n - 1);
+        if (!walks_union(g.p, g.row_token(r0), hi)) return;
+        long const h = g.row_head(r0) % g.heads, base = (g.row_head(r0) / g.heads) * g.tokens;
+        Floats tile_k(team.team_scratch(0), tile * pitch), tile_v(team.team_scratch(0), tile * pitch);
+        Parts parts(team.team_scratch(0), attention_block_rows * lanes);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int i) {
+          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, lanes),
+                               [&](int lane) { parts(i * lanes + lane).clear(); });
+        });
+        for (long c0 = lo; c0 <= hi; c0 += tile) {
+          int const len = static_cast<int>(hi - c0 + 1 < tile ? hi - c0 + 1 : tile);
+          team.team_barrier();  // every lane is done with the previous tile
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, len), [&](int k) {
+            Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, D), [&](int j) {
+              tile_k(k * pitch + j) = g.kv(base + c0 + k, h * D + j);
+              tile_v(k * pitch + j) = g.kv(base + c0 + k, g.embed + h * D + j);
+            });
+          });
+          team.team_barrier();
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int i) {
+            long const r = r0 + i, t = g.row_token(r), from = local_begin(g.p, t);
+            float qi[D], doi[D];
+            load_row(g, g.row_query(r), h, qi, doi);
+            Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, lanes), [&](int lane) {
+              // The row's window within the tile: keys [max(from, c0), min(t, c0 + len - 1)].
+              LaneSum<D> part = parts(i * lanes + lane);
+              int const end = static_cast<int>(t - c0 + 1 < len ? t - c0 + 1 : len);
+              for (int k = static_cast<int>(first_of_lane(from > c0 ? from : c0, lane, lanes) - c0); k < end;
+                   k += lanes) {
+                add_key_to_row(
+                    qi, doi, g.m(r), g.l(r), g.dsum(r), g.scale, [&](int j) { return tile_k(k * pitch + j); },
+                    [&](int j) { return tile_v(k * pitch + j); }, part);
+              }
+              parts(i * lanes + lane) = part;
+            });
+          });
+        }
+        team.team_barrier();
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int i) {
+          long const r = r0 + i, qrow = g.row_query(r);
+          float qi[D], doi[D];
+          load_row(g, qrow, h, qi, doi);
+          LaneSum<D> dq;
+          Kokkos::parallel_reduce(
+              Kokkos::ThreadVectorRange(team, lanes),
+              [&](int lane, LaneSum<D>& part) {
+                part.merge(parts(i * lanes + lane));
+                add_extra_candidates(g, r, lane, lanes, qi, doi, part);
               },
               MergeLanes<LaneSum<D>>(dq));
           Kokkos::single(Kokkos::PerThread(team), [&]() {
@@ -425,11 +529,11 @@ void keys_pass_tiled(ExecSpace const& space, Grad const& g, long batch) {
 // The passes for the head width: register versions for common widths, the generic loops otherwise.
 void both_passes(ExecSpace const& space, Grad const& g, ActiveRows const& rows, long batch) {
   switch (g.d) {
-#define PROTEUS_BACKWARD_WIDTH(D)                                  \
-  case D:                                                          \
-    rows_pass_fixed<D, 1>(space, g, rows, true);                   \
-    rows_pass_fixed<D, lanes_per_row<D>()>(space, g, rows, false); \
-    keys_pass_tiled<D>(space, g, batch);                           \
+#define PROTEUS_BACKWARD_WIDTH(D)             \
+  case D:                                     \
+    rows_pass_union<D>(space, g, rows);       \
+    rows_pass_own_windows<D>(space, g, rows); \
+    keys_pass_tiled<D>(space, g, batch);      \
     return;
     PROTEUS_BACKWARD_WIDTH(8)
     PROTEUS_BACKWARD_WIDTH(16)
