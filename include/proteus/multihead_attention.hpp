@@ -58,6 +58,9 @@ struct RunOptions {
 // the shortlist plan, DNA candidate lists) is a constant of the backward, as a top-k is in
 // autograd; keys, values, queries and contexts are recomputed (cheaper than keeping them: see
 // docs/training.md). Held beyond x: N bytes of keep mask, N*H of head mask, the DNA lists.
+// A state passed to run_training again keeps its copies' allocations when the shapes match (no
+// device allocation per step); as the module's own buffers, it assumes that the previous backward
+// with it was issued on the same execution space instance, or has finished.
 struct TrainingState {
   TokenMatrix x;            // [B*T x E]
   PositionVector positions; // [B*T]

@@ -63,11 +63,14 @@ class _ProteusFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, owner, tensors, x, positions, batch, update_dna, adapt_heads, qkv_w, qkv_b, out_w, out_b,
                 router_w):
-        state = _core.TrainingState()
+        stream = _runtime.stream_handle(x)
+        # The state of a finished backward on this stream is reused: its copies keep their memory.
+        spare, owner._spare_state = owner._spare_state, None
+        state = spare[1] if spare is not None and spare[0] == stream else _core.TrainingState()
         y = torch.empty_like(x)
         owner._bind(tensors)
-        owner._last_stats = owner._core.forward_training(_runtime.stream_handle(x), x, batch, positions, y, state,
-                                                         update_dna, adapt_heads)
+        owner._last_stats = owner._core.forward_training(stream, x, batch, positions, y, state, update_dna,
+                                                         adapt_heads)
         ctx.owner, ctx.state = owner, state
         ctx.save_for_backward(x, positions)  # the state reads them in place: kept alive, checked unchanged
         return y
@@ -81,8 +84,9 @@ class _ProteusFunction(torch.autograd.Function):
                  ("qkv_weight", "qkv_bias", "out_weight", "out_bias", "router_weight")}
         grad_input = torch.empty_like(x)
         owner._bind(weights)
-        owner._core.backward(_runtime.stream_handle(x), ctx.state, grad_output.contiguous(), grad_input, grads)
-        ctx.state = None
+        stream = _runtime.stream_handle(x)
+        owner._core.backward(stream, ctx.state, grad_output.contiguous(), grad_input, grads)
+        owner._spare_state, ctx.state = (stream, ctx.state), None
         bias = attention.qkv.bias is not None
         router = grads["router_weight"] if owner._router_gradient else None
         return (None, None, grad_input, None, None, None, None, grads["qkv_weight"], grads["qkv_bias"] if bias else None,
@@ -152,6 +156,7 @@ class CausalGeneticMultiheadAttention(nn.Module):
         self._bound = None  # what _core computes with: (tensor, data_ptr, shape, strides) of each
         self._positions = {}
         self._last_stats = None
+        self._spare_state = None  # (stream, TrainingState) a finished backward gave back
         self._dna_update = resolved.dna_enable and resolved.dna_update
         self._router_gradient = resolved.router_gradient
         self.attention = _Attention(embed_dim, resolved.num_gates, bias, list(resolved.gate_to_head),

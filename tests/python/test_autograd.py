@@ -115,6 +115,25 @@ def test_two_backward_calls_are_bit_identical():
     assert len(first) == 6 and all(torch.equal(a, b) for a, b in zip(first, second))
 
 
+def test_states_go_round_and_pending_forwards_keep_their_own():
+    """A finished backward's state serves the next forward (its copies keep their memory); two
+    forwards before their backwards each keep their own, and give each input's gradients alone."""
+    m = make(**SPARSE).eval()
+    xa, xb = inputs((1, 80, 32)), inputs((1, 80, 32), seed=5)
+    dya, dyb = inputs((1, 80, 32), seed=6), inputs((1, 80, 32), seed=7)
+    alone = [gradients(m, xa, dya)[0], gradients(m, xb, dyb)[0]]
+    spare = m._spare_state
+    assert spare is not None
+    gradients(m, xa, dya)
+    assert m._spare_state[1] is spare[1]
+    a, b = xa.clone().requires_grad_(), xb.clone().requires_grad_()
+    ya, _ = m(a, a, a)
+    yb, _ = m(b, b, b)
+    yb.backward(dyb)
+    ya.backward(dya)
+    assert torch.equal(a.grad, alone[0]) and torch.equal(b.grad, alone[1])
+
+
 def test_gradients_are_causal():
     """With dL/dy zero from token t0 on, dL/dx is exactly zero from t0 on."""
     m = make(**SPARSE).eval()
