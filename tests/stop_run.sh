@@ -15,8 +15,11 @@ rm -rf "$work" && mkdir -p "$work" && cd "$work" || exit 1
 common=(--set sequence.tokens=1048576 --set pipeline.chunk_tokens=8192 --set output.progress_seconds=0.2
         --set checkpoint.interval_chunks=0 --set checkpoint.at_end=true)
 # Absolute directories: pkill finds this job's processes by them (tests may run side by side).
+# The log exists before the job starts (the job's own redirection happens after the fork, and
+# tail -f would otherwise race it); the job appends to it.
+: >stopped.log
 "${launcher[@]}" "$driver" "$deck" "${common[@]}" --set output.directory="$PWD/stopped" --set checkpoint.directory="$PWD/stopped/ck" \
-  >stopped.log 2>&1 &
+  >>stopped.log 2>&1 &
 job=$!
 # Every rank handles the signal once rank 0 has printed the deck. The signal goes out within
 # milliseconds of that line (tail -f follows the log by inotify), well before the last chunk even on

@@ -194,10 +194,12 @@ for step in "$@"; do
         --repeat 21 --token-sparse --backward | tee -a "$out/python_profile.txt" ;;
     train_step)
       # issue 19: the curriculum model's training step at each phase's context and batch, dense with
-      # RoPE against proteus configurations (perf/bench_train_step.py), in one process. STEP_CONFIGS
-      # (NAME=ARGS items separated by ';') replaces the proteus configurations.
+      # RoPE against proteus configurations (perf/bench_train_step.py), in one process: the script's
+      # defaults and every head and token (k8) at L 512, 256 and 192. STEP_CONFIGS (NAME=ARGS items
+      # separated by ';') replaces the proteus configurations.
       configs=("--config" "dense-rope=--attention dense-rope")
-      IFS=';' read -ra items <<<"${STEP_CONFIGS:-proteus=--attention proteus;k8-all=--attention proteus --heads-active 8:8 --proteus linear_head_k=8 --token-sparse 0;k8-sparse=--attention proteus --heads-active 8:8 --proteus linear_head_k=8;k4-all=--attention proteus --heads-active 8:8 --proteus linear_head_k=4 --token-sparse 0}"
+      k8="--attention proteus --heads-active 8:8 --proteus linear_head_k=8 --token-sparse 0"
+      IFS=';' read -ra items <<<"${STEP_CONFIGS:-proteus=--attention proteus;k8-L512=$k8;k8-L256=$k8 --proteus linear_L=256;k8-L192=$k8 --proteus linear_L=192}"
       for item in "${items[@]}"; do configs+=("--config" "$item"); done
       PYTHONPATH=$bin/python python3 "$root/perf/bench_train_step.py" --csv "$out/train_step.csv" "${configs[@]}" \
         | tee "$out/train_step.txt" ;;
