@@ -56,6 +56,18 @@ class _Attention(nn.Module):
         }
 
 
+class _RunState:
+    """What a module keeps between calls: a plain object (nn.Module's attribute machinery costs
+    microseconds per access, several times per training step)."""
+    __slots__ = ("bound", "positions", "last_stats", "spare")
+
+    def __init__(self):
+        self.bound = None  # what _core computes with: (tensor, data_ptr, shape, strides) of each
+        self.positions = {}  # (batch, tokens, device) -> the positions tensor
+        self.last_stats = None
+        self.spare = None  # (stream, TrainingState) a finished backward gave back
+
+
 class _ProteusFunction(torch.autograd.Function):
     """y = attention(x) with proteus' backward. What the forward selected (kept tokens, active
     heads, candidates) is a constant of the backward, as a top-k is in autograd."""
@@ -63,34 +75,32 @@ class _ProteusFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, owner, tensors, x, positions, batch, update_dna, adapt_heads, qkv_w, qkv_b, out_w, out_b,
                 router_w):
-        stream = _runtime.stream_handle(x)
+        stream, run = _runtime.stream_handle(x), owner._run
         # The state of a finished backward on this stream is reused: its copies keep their memory.
-        spare, owner._spare_state = owner._spare_state, None
+        spare, run.spare = run.spare, None
         state = spare[1] if spare is not None and spare[0] == stream else _core.TrainingState()
         y = torch.empty_like(x)
         owner._bind(tensors)
-        owner._last_stats = owner._core.forward_training(stream, x, batch, positions, y, state, update_dna,
-                                                         adapt_heads)
-        ctx.owner, ctx.state = owner, state
+        run.last_stats = owner._core.forward_training(stream, x, batch, positions, y, state, update_dna, adapt_heads)
+        ctx.owner, ctx.state, ctx.tensors, ctx.bias = owner, state, tensors, qkv_b is not None
         ctx.save_for_backward(x, positions)  # the state reads them in place: kept alive, checked unchanged
         return y
 
     @staticmethod
     def backward(ctx, grad_output):
         x, _ = ctx.saved_tensors
-        owner, attention = ctx.owner, ctx.owner.attention
-        weights = attention.tensors()
+        owner, weights = ctx.owner, ctx.tensors  # the tensors the forward computed with
         grads = {k: torch.empty_like(weights[k]) for k in
                  ("qkv_weight", "qkv_bias", "out_weight", "out_bias", "router_weight")}
         grad_input = torch.empty_like(x)
         owner._bind(weights)
         stream = _runtime.stream_handle(x)
         owner._core.backward(stream, ctx.state, grad_output.contiguous(), grad_input, grads)
-        owner._spare_state, ctx.state = (stream, ctx.state), None
-        bias = attention.qkv.bias is not None
+        owner._run.spare, ctx.state = (stream, ctx.state), None
         router = grads["router_weight"] if owner._router_gradient else None
-        return (None, None, grad_input, None, None, None, None, grads["qkv_weight"], grads["qkv_bias"] if bias else None,
-                grads["out_weight"], grads["out_bias"] if bias else None, router)
+        return (None, None, grad_input, None, None, None, None, grads["qkv_weight"],
+                grads["qkv_bias"] if ctx.bias else None, grads["out_weight"], grads["out_bias"] if ctx.bias else None,
+                router)
 
 
 class CausalGeneticMultiheadAttention(nn.Module):
@@ -153,10 +163,7 @@ class CausalGeneticMultiheadAttention(nn.Module):
         self.embed_dim, self.num_heads, self.batch_first = embed_dim, num_heads, batch_first
         self.head_dim = embed_dim // num_heads
         self._core = _core.Module(cfg)
-        self._bound = None  # what _core computes with: (tensor, data_ptr, shape, strides) of each
-        self._positions = {}
-        self._last_stats = None
-        self._spare_state = None  # (stream, TrainingState) a finished backward gave back
+        self._run = _RunState()
         self._dna_update = resolved.dna_enable and resolved.dna_update
         self._router_gradient = resolved.router_gradient
         self.attention = _Attention(embed_dim, resolved.num_gates, bias, list(resolved.gate_to_head),
@@ -178,26 +185,27 @@ class CausalGeneticMultiheadAttention(nn.Module):
     @property
     def last_runtime_stats(self):
         """Statistics of the most recent forward (a dict), as upstream's property of that name."""
-        return self._last_stats
+        return self._run.last_stats
 
     def _bind(self, tensors=None):
         """Points the kernels at `tensors` (default: the module's parameters and buffers). A full
         bind checks every tensor's dtype, device, shape and layout; when the same tensors with the
         same storage, shape and strides are bound already, nothing needs checking again."""
         tensors = self.attention.tensors() if tensors is None else tensors
+        run = self._run
         key = tuple((t, t.data_ptr(), t.shape, t.stride()) for t in tensors.values())
-        if self._bound is not None and len(key) == len(self._bound) and all(
-                a[0] is b[0] and a[1:] == b[1:] for a, b in zip(key, self._bound)):
+        if run.bound is not None and len(key) == len(run.bound) and all(
+                a[0] is b[0] and a[1:] == b[1:] for a, b in zip(key, run.bound)):
             return
-        self._bound = None
+        run.bound = None
         self._core.bind(tensors)
-        self._bound = key
+        run.bound = key
 
     def _positions_for(self, batch, tokens, device):
-        key = (batch, tokens, device)
-        if key not in self._positions:
-            self._positions = {key: torch.arange(tokens, device=device, dtype=torch.int64).repeat(batch)}
-        return self._positions[key]
+        key, run = (batch, tokens, device), self._run
+        if key not in run.positions:
+            run.positions = {key: torch.arange(tokens, device=device, dtype=torch.int64).repeat(batch)}
+        return run.positions[key]
 
     def _check_call(self, query, key, value, attn_mask, is_causal):
         if not isinstance(query, torch.Tensor):
@@ -259,13 +267,13 @@ class CausalGeneticMultiheadAttention(nn.Module):
         else:
             y = torch.empty_like(rows)
             self._bind(params)
-            self._last_stats = self._core.forward(_runtime.stream_handle(rows), rows, batch, positions, y, update_dna,
+            self._run.last_stats = self._core.forward(_runtime.stream_handle(rows), rows, batch, positions, y, update_dna,
                                                   adapt)
         if pad is not None:
             y = y.masked_fill(pad.unsqueeze(-1), 0.0)
         if not self.batch_first:
             y = y.transpose(0, 1)
-        return y, (dict(self._last_stats) if need_weights else None)
+        return y, (dict(self._run.last_stats) if need_weights else None)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -293,7 +301,7 @@ class CausalGeneticMultiheadAttention(nn.Module):
         with torch.no_grad():
             own = self.attention.tensors()
             staged = {k: torch.empty_like(v) for k, v in own.items()}
-            self._bound = None
+            self._run.bound = None
             self._core.bind(staged)
             try:
                 self._core.load(_runtime.stream_handle(own["qkv_weight"]), str(path))

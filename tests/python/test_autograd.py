@@ -40,6 +40,25 @@ def test_alpha0_equals_plain_causal_attention_with_rope(batch_first, batch, toke
     assert m.attention.head_router.linear.weight.grad is None  # upstream: routing only selects
 
 
+def test_without_bias_equals_plain_attention_and_returns_no_bias_gradient():
+    m = make(bias=False, **dense_config())
+    x = inputs((1, 24, 32), requires_grad=True)
+    y, _ = m(x, x, x)
+    w_qkv = parameter(m, "qkv.weight").detach().double().clone().requires_grad_()
+    w_out = parameter(m, "proj.weight").detach().double().clone().requires_grad_()
+    xr = x.detach().double().requires_grad_()
+    yr = reference_attention(xr, w_qkv, torch.zeros(96, dtype=torch.float64, device=x.device), w_out,
+                             torch.zeros(32, dtype=torch.float64, device=x.device), 4)
+    assert scaled_error(y, yr) < 1e-5
+    w = inputs((1, 24, 32), seed=1)
+    (y * w).sum().backward()
+    (yr * w.double()).sum().backward()
+    assert scaled_error(x.grad, xr.grad) < 1e-4
+    assert scaled_error(parameter(m, "qkv.weight").grad, w_qkv.grad) < 1e-4
+    assert scaled_error(parameter(m, "proj.weight").grad, w_out.grad) < 1e-4
+    assert m.attention.qkv.bias is None and m.attention.proj.bias is None
+
+
 def loss_and_selection(m, x, w):
     with torch.no_grad():
         y, stats = m(x, x, x)
@@ -122,10 +141,10 @@ def test_states_go_round_and_pending_forwards_keep_their_own():
     xa, xb = inputs((1, 80, 32)), inputs((1, 80, 32), seed=5)
     dya, dyb = inputs((1, 80, 32), seed=6), inputs((1, 80, 32), seed=7)
     alone = [gradients(m, xa, dya)[0], gradients(m, xb, dyb)[0]]
-    spare = m._spare_state
+    spare = m._run.spare
     assert spare is not None
     gradients(m, xa, dya)
-    assert m._spare_state[1] is spare[1]
+    assert m._run.spare[1] is spare[1]
     a, b = xa.clone().requires_grad_(), xb.clone().requires_grad_()
     ya, _ = m(a, a, a)
     yb, _ = m(b, b, b)
