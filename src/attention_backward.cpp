@@ -132,6 +132,25 @@ KOKKOS_INLINE_FUNCTION void add_extra_candidates(Grad const& g, long r, int lane
   });
 }
 
+// Row r's dq written out: lane by lane, `own(lane, part)` adds the lane's window keys, then the
+// lane's extra candidates follow and the lanes merge (a fixed tree).
+template <int D, class Member, class Own>
+KOKKOS_INLINE_FUNCTION void finish_row(Member const& team, Grad const& g, long r, long h, int lanes,
+                                       float const (&qi)[D], float const (&doi)[D], Own const& own) {
+  LaneSum<D> dq;
+  Kokkos::parallel_reduce(
+      Kokkos::ThreadVectorRange(team, lanes),
+      [&](int lane, LaneSum<D>& part) {
+        own(lane, part);
+        add_extra_candidates(g, r, lane, lanes, qi, doi, part);
+      },
+      MergeLanes<LaneSum<D>>(dq));
+  long const qrow = g.row_query(r);
+  Kokkos::single(Kokkos::PerThread(team), [&]() {
+    for (int j = 0; j < D; ++j) g.dq(qrow, h * D + j) = dq.v[j];
+  });
+}
+
 // rows_pass for head width D known at compile time, laid out as the forward's attention: a team
 // takes a block of rows of one head, and each row deals its candidates out to a vector of `lanes`
 // lanes (window key c to lane c % lanes, the extra candidates in turn), whose parts of dq are
@@ -157,19 +176,11 @@ void rows_pass_own_windows(ExecSpace const& space, Grad const& g, ActiveRows con
           long const from = local_begin(g.p, t);
           float qi[D], doi[D];
           load_row(g, qrow, h, qi, doi);
-          LaneSum<D> dq;
-          Kokkos::parallel_reduce(
-              Kokkos::ThreadVectorRange(team, lanes),
-              [&](int lane, LaneSum<D>& part) {
-                for (long c = first_of_lane(from, lane, lanes); c <= t; c += lanes)
-                  add_key_to_row(
-                      qi, doi, g.m(r), g.l(r), g.dsum(r), g.scale, [&](int j) { return g.kv(base + c, h * D + j); },
-                      [&](int j) { return g.kv(base + c, g.embed + h * D + j); }, part);
-                add_extra_candidates(g, r, lane, lanes, qi, doi, part);
-              },
-              MergeLanes<LaneSum<D>>(dq));
-          Kokkos::single(Kokkos::PerThread(team), [&]() {
-            for (int j = 0; j < D; ++j) g.dq(qrow, h * D + j) = dq.v[j];
+          finish_row(team, g, r, h, lanes, qi, doi, [&](int lane, LaneSum<D>& part) {
+            for (long c = first_of_lane(from, lane, lanes); c <= t; c += lanes)
+              add_key_to_row(
+                  qi, doi, g.m(r), g.l(r), g.dsum(r), g.scale, [&](int j) { return g.kv(base + c, h * D + j); },
+                  [&](int j) { return g.kv(base + c, g.embed + h * D + j); }, part);
           });
         });
       });
@@ -237,20 +248,11 @@ void rows_pass_union(ExecSpace const& space, Grad const& g, ActiveRows const& ro
         }
         team.team_barrier();
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int i) {
-          long const r = r0 + i, qrow = g.row_query(r);
+          long const r = r0 + i;
           float qi[D], doi[D];
-          load_row(g, qrow, h, qi, doi);
-          LaneSum<D> dq;
-          Kokkos::parallel_reduce(
-              Kokkos::ThreadVectorRange(team, lanes),
-              [&](int lane, LaneSum<D>& part) {
-                part.merge(parts(i * lanes + lane));
-                add_extra_candidates(g, r, lane, lanes, qi, doi, part);
-              },
-              MergeLanes<LaneSum<D>>(dq));
-          Kokkos::single(Kokkos::PerThread(team), [&]() {
-            for (int j = 0; j < D; ++j) g.dq(qrow, h * D + j) = dq.v[j];
-          });
+          load_row(g, g.row_query(r), h, qi, doi);
+          finish_row(team, g, r, h, lanes, qi, doi,
+                     [&](int lane, LaneSum<D>& part) { part.merge(parts(i * lanes + lane)); });
         });
       });
 }
