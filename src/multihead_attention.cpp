@@ -305,12 +305,29 @@ void bias_outside_rows(ExecSpace const& space, TokenVector const& out_bias, Toke
       });
 }
 
-long sum_of(ExecSpace const& space, Kokkos::View<int*, MemSpace> const& counts) {
-  long total = 0;
+// A block's statistics in one copy to the host (the block's only read for them): each head's
+// active rows summed over the batch marks the heads used, and the candidates of every active row
+// are returned. The reduction writes into device memory, so nothing waits before the copy.
+long block_statistics(ExecSpace const& space, detail::ActiveRows const& rows,
+                      Kokkos::View<int*, MemSpace> const& counts, int heads, int batch, detail::ModuleWorkspace& work,
+                      std::vector<bool>& used_heads) {
+  auto const stats = first_rows(work.block_stats, "proteus::stats::block", heads + 1L);
+  auto const host = first_rows(work.block_stats_host, "proteus::stats::block_host", heads + 1L);
+  auto const head_start = rows.head_start;
+  Kokkos::parallel_for(
+      "proteus::stats::head_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, heads), KOKKOS_LAMBDA(int h) {
+        long n = 0;
+        for (int b = 0; b < batch; ++b) n += head_start(b * heads + h + 1) - head_start(b * heads + h);
+        stats(h) = n;
+      });
   Kokkos::parallel_reduce(
-      "proteus::stats::candidates", Kokkos::RangePolicy<ExecSpace>(space, 0, counts.extent(0)),
-      KOKKOS_LAMBDA(long i, long& s) { s += counts(i); }, total);
-  return total;
+      "proteus::stats::candidates", Kokkos::RangePolicy<ExecSpace>(space, 0, rows.rows),
+      KOKKOS_LAMBDA(long i, long& sum) { sum += counts(i); }, Kokkos::subview(stats, heads));
+  Kokkos::deep_copy(space, host, stats);
+  space.fence();
+  for (int h = 0; h < heads; ++h)
+    if (host(h) > 0) used_heads[h] = true;
+  return host(heads);
 }
 
 // Entropy, salience and beta of the routing (SPEC stage 7's statistics) into st.
@@ -416,9 +433,6 @@ long CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
     project_q(space, gathered, weights_, qb, precision);
     bias_and_rope(space, qb, bias_q, pos, e, heads, 1, c.rope, c.rope_base);
   }
-  auto head_rows = Kokkos::create_mirror_view_and_copy(HostSpace(), rows.head_start);
-  for (int bh = 0; bh < batch * heads; ++bh)
-    if (head_rows(bh + 1) > head_rows(bh)) used_heads[bh % heads] = true;
   st.active_rows += rows.rows;
   Kokkos::deep_copy(space, cb, 0.0f);  // rows of inactive heads stay zero
   Kokkos::View<int*, MemSpace> const counts = first_rows(work_.candidate_count, "proteus::candidate_count", rows.rows);
@@ -431,7 +445,7 @@ long CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
     if (nq > 0) project_output(space, cb, weights_, gathered, precision);
     scatter_kept_outputs(space, gathered, rows.query_of, weights_.out_bias, y, batch, tokens, t0, len);
   }
-  return sum_of(space, counts);
+  return block_statistics(space, rows, counts, heads, batch, work_, used_heads);
 }
 
 ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenMatrix const& x, int batch,

@@ -169,6 +169,11 @@ PROTEUS_TEST_CASE("query blocks bound memory without changing any output", "[mod
     CHECK(sw->active_rows == sb->active_rows);
     CHECK(sw->mean_candidates == Approx(sb->mean_candidates).epsilon(1e-12));
     CHECK(sw->distinct_heads == sb->distinct_heads);
+    if (alpha == 0.0f) {  // dense: every head of every token, row t attends to t + 1 keys
+      CHECK(sb->active_rows == static_cast<long>(s.batch) * s.tokens * s.heads);
+      CHECK(sb->mean_candidates == Approx((s.tokens + 1) / 2.0).epsilon(1e-12));
+      CHECK(sb->distinct_heads == s.heads);
+    }
     double worst = 0.0;
     for (int b = 0; b < s.batch; ++b) {
       Matrix const w = batch_row(yw, b), k = batch_row(yb, b);

@@ -108,6 +108,8 @@ struct ModuleWorkspace {
   TokenMatrix q, ctx, gathered;  // [query rows of a block x E]
   PositionVector kept_positions;
   Kokkos::View<int*, MemSpace> candidate_count;
+  Kokkos::View<long*, MemSpace> block_stats;  // a query block's statistics (rows per head, candidates)
+  Kokkos::View<long*, HostSpace> block_stats_host;
   ActiveRowsBuffers rows;
   // The backward's: softmax statistics of the active rows, dcontext, the column sums' partial sums,
   // and the attention backward's scratch.
