@@ -205,11 +205,12 @@ for step in "$@"; do
         | tee "$out/train_step.txt" ;;
     k8_profile)
       # issue 19/20: the curriculum's phase-3 attention with every head and token (k8) at L 512 and
-      # 128: every kernel of a forward and of a training step timed (what does not shrink with L).
+      # 128: every kernel of a forward and of a training step timed (what does not shrink with L),
+      # with the allocations made per call by label (what still allocates and fences every step).
       for L in 512 128; do
         for mode in "" "--backward"; do
           "$bin/perf/bench_module" --embed 192 --heads 8 --gates 16 --tokens 16384 --batch 4 --alphas 1.0 \
-            --heads-active-min 8 --linear-head-k 8 --linear-L $L --warmup 1 --repeat 3 --profile $mode
+            --heads-active-min 8 --linear-head-k 8 --linear-L $L --warmup 1 --repeat 3 --profile --memory $mode
         done
       done | tee "$out/k8_profile.txt" ;;
     sdpa_training)
