@@ -267,8 +267,8 @@ class CausalGeneticMultiheadAttention(nn.Module):
         else:
             y = torch.empty_like(rows)
             self._bind(params)
-            self._run.last_stats = self._core.forward(_runtime.stream_handle(rows), rows, batch, positions, y, update_dna,
-                                                  adapt)
+            self._run.last_stats = self._core.forward(_runtime.stream_handle(rows), rows, batch, positions, y,
+                                                      update_dna, adapt)
         if pad is not None:
             y = y.masked_fill(pad.unsqueeze(-1), 0.0)
         if not self.batch_first:
