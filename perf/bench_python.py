@@ -29,6 +29,9 @@ ap.add_argument("--cases", nargs="+", choices=["forward", "training-forward", "s
                      "calling thread, and core-step, the step through the compiled module without autograd, as "
                      "C++ calls it)")
 ap.add_argument("--torch-profile", metavar="FILE", help="also write torch.profiler's table of one step per T")
+ap.add_argument("--torch-trace", metavar="PREFIX",
+                help="also write torch.profiler's Chrome traces of five steps through autograd and through the "
+                     "compiled module per T, as PREFIX_T_step.json and PREFIX_T_core-step.json")
 ap.add_argument("--csv")
 args = ap.parse_args()
 cuda = pk.device() == "cuda"
@@ -119,6 +122,17 @@ for T in args.tokens:
         mb = peak_mb(step)
         print(f"{T:>9} {name:>24} {ms:>10.3f} {mb:>9.1f}", flush=True)
         rows.append({"tokens": T, "what": name, "median_ms": ms, "peak_mb": mb})
+    if args.torch_trace:
+        from torch.profiler import ProfilerActivity, profile
+        for what, step in (("step", training_step), ("core-step", core_step)):
+            for _ in range(3):
+                step()
+            sync()
+            with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+                for _ in range(5):
+                    step()
+                    sync()
+            prof.export_chrome_trace(f"{args.torch_trace}_{T}_{what}.json")
     if args.torch_profile:
         from torch.profiler import ProfilerActivity, profile
         for what, step in (("through autograd", training_step), ("through the compiled module", core_step)):

@@ -36,13 +36,15 @@ void snapshot_peak(LiveSet& set) {
   for (auto const& [p, a] : set.live) set.at_peak.push_back(a);
 }
 
-void record(void const* ptr, char const* label, long long size, bool new_peak) {
+// An allocation (allocate) or a deallocation. An empty view's allocation is counted too, as
+// "label (empty)": on a GPU it still allocates a header and fences after copying it there.
+void record(void const* ptr, char const* label, long long size, bool allocate, bool new_peak) {
   LiveSet& set = live_set();
   if (!set.on) return;  // the common case: no lock taken
   std::lock_guard<std::mutex> guard(set.lock);
-  if (size > 0) {
-    set.live[ptr] = {label, size};
-    ++set.made[label];
+  if (allocate) {
+    if (size > 0) set.live[ptr] = {label, size};
+    ++set.made[size > 0 ? std::string(label) : std::string(label) + " (empty)"];
   } else {
     set.live.erase(ptr);
   }
@@ -59,13 +61,13 @@ void on_allocate(Kokkos::Tools::SpaceHandle const handle, char const* label, voi
   bool new_peak = false;
   while (now > seen && !(new_peak = peak.compare_exchange_weak(seen, now))) {
   }
-  record(ptr, label, static_cast<long long>(size), new_peak);
+  record(ptr, label, static_cast<long long>(size), true, new_peak);
 }
 
 void on_deallocate(Kokkos::Tools::SpaceHandle const handle, char const*, void const* ptr, std::uint64_t size) {
   if (!ours(handle)) return;
   current -= static_cast<long long>(size);
-  record(ptr, "", 0, false);
+  record(ptr, "", 0, false, false);
 }
 }  // namespace
 

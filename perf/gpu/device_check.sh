@@ -196,6 +196,12 @@ for step in "$@"; do
         --repeat 21 --torch-profile "$out/torch_profile.txt" --csv "$out/python_profile.csv" | tee "$out/python_profile.txt"
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 --alphas 1.0 --warmup 1 \
         --repeat 21 --token-sparse --backward | tee -a "$out/python_profile.txt" ;;
+    python_trace)
+      # issue 18: torch.profiler's Chrome traces (CPU ops, CUDA runtime calls, kernels) of five steps
+      # through autograd and through the compiled module at 4k and 32k, gzipped, to find the GPU's idle gaps.
+      PYTHONPATH=$bin/python python3 "$root/perf/bench_python.py" --tokens 4096 32768 \
+        --cases step step-one-thread core-step --repeat 21 --torch-trace "$out/trace" | tee "$out/python_trace.txt"
+      tar czf "$out/traces.tar.gz" -C "$out" $(cd "$out" && ls trace_*.json) && rm -f "$out"/trace_*.json ;;
     train_step)
       # issue 19: the curriculum model's training step at each phase's context and batch, dense with
       # RoPE against proteus configurations (perf/bench_train_step.py), in one process: the script's
