@@ -27,7 +27,7 @@ struct Options {
   bool dna_update = false, token_sparse = false, profile = false, tf32 = false, memory = false;
   double budget_seconds = 60.0;  // skip a row predicted to take longer than this
   std::string csv;
-  bool backward = false;
+  bool backward = false, defer_statistics = false;
   int heads_active_min = 0, linear_head_k = 0, linear_L = 0;  // 0: Config's default
 };
 
@@ -62,6 +62,9 @@ int main(int argc, char** argv) {
     app.add_option("--csv", o.csv, "write the table as CSV here");
     app.add_flag("--backward", o.backward,
                   "time a training step of the module: run_training + backward (dy = 1e-3), instead of forward");
+    app.add_flag("--defer-statistics", o.defer_statistics,
+                 "with --backward: the forward leaves its statistics on the device (RunOptions::defer_statistics), "
+                 "read after the timed step, as the Python extension does");
     app.add_option("--heads-active-min", o.heads_active_min, "Config::heads_active_min (every head: --heads)")
         ->check(CLI::PositiveNumber);
     app.add_option("--linear-head-k", o.linear_head_k, "Config::linear_head_k, heads per token at alpha 1")
@@ -137,13 +140,16 @@ int main(int argc, char** argv) {
           auto const t0 = std::chrono::steady_clock::now();
           std::optional<proteus::ForwardStats> stats;
           if (o.backward) {
-            stats = mha.run_training(proteus::ExecSpace(), xt, o.batch, positions, yt, state);
+            proteus::RunOptions run;
+            run.defer_statistics = o.defer_statistics;
+            stats = mha.run_training(proteus::ExecSpace(), xt, o.batch, positions, yt, state, run);
             mha.backward(proteus::ExecSpace(), state, dy, dx, grads);
           } else {
             stats = mha.forward(proteus::ExecSpace(), x, {}, {}, {}, true).second;
           }
           proteus::perf::untimed_fence();
           double const s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          mha.complete_statistics(proteus::ExecSpace(), *stats);
           if (i >= o.warmup) {
             times.push_back(s);
             allocations += proteus::detail::allocation_count() - allocated;

@@ -36,12 +36,16 @@ struct RoutingSums {
   double entropy, salience, beta, caught;
 };
 
+// Sums of RoutingSums, into a host value or (as Kokkos::Sum) into a view in Space.
+template <class Space>
 struct SumRouting {
   using reducer = SumRouting;
   using value_type = RoutingSums;
-  using result_view_type = Kokkos::View<value_type, Kokkos::HostSpace, Kokkos::MemoryUnmanaged>;
-  value_type& value;
-  KOKKOS_INLINE_FUNCTION SumRouting(value_type& v) : value(v) {}
+  using result_view_type = Kokkos::View<value_type, Space, Kokkos::MemoryUnmanaged>;
+  result_view_type value;
+  bool references_scalar_v;
+  KOKKOS_INLINE_FUNCTION SumRouting(value_type& v) : value(&v), references_scalar_v(true) {}
+  KOKKOS_INLINE_FUNCTION SumRouting(result_view_type const& v) : value(v), references_scalar_v(false) {}
   KOKKOS_INLINE_FUNCTION void init(value_type& s) const { s = {0.0, 0.0, 0.0, 0.0}; }
   KOKKOS_INLINE_FUNCTION void join(value_type& dst, value_type const& src) const {
     dst.entropy += src.entropy;
@@ -49,8 +53,9 @@ struct SumRouting {
     dst.beta += src.beta;
     dst.caught += src.caught;
   }
-  KOKKOS_INLINE_FUNCTION value_type& reference() const { return value; }
-  KOKKOS_INLINE_FUNCTION result_view_type view() const { return result_view_type(&value); }
+  KOKKOS_INLINE_FUNCTION value_type& reference() const { return *value.data(); }
+  KOKKOS_INLINE_FUNCTION result_view_type view() const { return value; }
+  KOKKOS_INLINE_FUNCTION bool references_scalar() const { return references_scalar_v; }
 };
 // The drop-in's argument checks: shapes, self-attention only, the causal mask, padding shape.
 void check_forward_inputs(ExecSpace const& space, Config const& c, BatchTensor const& query, BatchTensor const& key,
@@ -305,39 +310,34 @@ void bias_outside_rows(ExecSpace const& space, TokenVector const& out_bias, Toke
       });
 }
 
-// A block's statistics in one copy to the host (the block's only read for them): each head's
-// active rows summed over the batch marks the heads used, and the candidates of every active row
-// are returned. The reduction writes into device memory, so nothing waits before the copy.
-long block_statistics(ExecSpace const& space, detail::ActiveRows const& rows,
-                      Kokkos::View<int*, MemSpace> const& counts, int heads, int batch, detail::ModuleWorkspace& work,
-                      std::vector<bool>& used_heads) {
-  auto const stats = first_rows(work.block_stats, "proteus::stats::block", heads + 1L);
-  auto const host = first_rows(work.block_stats_host, "proteus::stats::block_host", heads + 1L);
+// Adds a block's statistics to the call's on the device (work.call_counts: rows of each head summed
+// over the batch, then the candidates of every active row); nothing waits for them.
+void add_block_statistics(ExecSpace const& space, detail::ActiveRows const& rows,
+                          Kokkos::View<int*, MemSpace> const& counts, int heads, int batch,
+                          detail::ModuleWorkspace const& work) {
+  auto const stats = work.call_counts;
   auto const head_start = rows.head_start;
+  Kokkos::parallel_reduce(
+      "proteus::stats::candidates", Kokkos::RangePolicy<ExecSpace>(space, 0, rows.rows),
+      KOKKOS_LAMBDA(long i, long& sum) { sum += counts(i); }, Kokkos::subview(stats, heads + 1));
   Kokkos::parallel_for(
       "proteus::stats::head_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, heads), KOKKOS_LAMBDA(int h) {
         long n = 0;
         for (int b = 0; b < batch; ++b) n += head_start(b * heads + h + 1) - head_start(b * heads + h);
-        stats(h) = n;
+        stats(h) += n;
+        if (h == 0) stats(heads) += stats(heads + 1);
       });
-  Kokkos::parallel_reduce(
-      "proteus::stats::candidates", Kokkos::RangePolicy<ExecSpace>(space, 0, rows.rows),
-      KOKKOS_LAMBDA(long i, long& sum) { sum += counts(i); }, Kokkos::subview(stats, heads));
-  Kokkos::deep_copy(space, host, stats);
-  space.fence();
-  for (int h = 0; h < heads; ++h)
-    if (host(h) > 0) used_heads[h] = true;
-  return host(heads);
 }
 
-// Entropy, salience and beta of the routing (SPEC stage 7's statistics) into st.
-void routing_statistics(ExecSpace const& space, Routing const& rt, ForwardStats& st) {
+// Entropy, salience and beta sums of the routing (SPEC stage 7's statistics) into work.routing_sums.
+void routing_statistics(ExecSpace const& space, Routing const& rt, detail::ModuleWorkspace const& work) {
   auto const gp = rt.gate_probs;
   auto const sal = rt.salience;
   auto const beta = rt.beta;
   long const n = static_cast<long>(gp.extent(0));
   int const gates = static_cast<int>(gp.extent(1));
-  RoutingSums sums{};
+  Kokkos::View<RoutingSums, MemSpace, Kokkos::MemoryUnmanaged> const sums(
+      reinterpret_cast<RoutingSums*>(work.routing_sums.data()));
   Kokkos::parallel_reduce(
       "proteus::stats::routing", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
       KOKKOS_LAMBDA(long t, RoutingSums& s) {
@@ -349,12 +349,7 @@ void routing_statistics(ExecSpace const& space, Routing const& rt, ForwardStats&
         s.beta += beta(t);
         s.caught += beta(t) > 0.0f ? 1.0 : 0.0;
       },
-      SumRouting(sums));
-  double const per_token = n > 0 ? 1.0 / static_cast<double>(n) : 0.0;
-  st.router_entropy = sums.entropy * per_token;
-  st.mean_salience = sums.salience * per_token;
-  st.mean_beta = sums.beta * per_token;
-  st.tokens_caught = static_cast<long>(std::lround(sums.caught));
+      SumRouting<MemSpace>(sums));
 }
 
 // v copied into out, which keeps its allocation when it has v's shape and no other owner: a state
@@ -399,10 +394,9 @@ void keep_for_backward(ExecSpace const& space, detail::CallPlan const& call, Tok
 
 }  // namespace
 
-long CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detail::CallPlan const& call,
+void CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detail::CallPlan const& call,
                                                    TokenMatrix const& x, int batch, PositionVector const& positions,
-                                                   TokenMatrix const& y, long t0, long len, ForwardStats& st,
-                                                   std::vector<bool>& used_heads) {
+                                                   TokenMatrix const& y, long t0, long len, ForwardStats& st) {
   Config const& c = config_;
   long const tokens = static_cast<long>(x.extent(0)) / batch;
   int const e = c.embed_dim, heads = c.num_heads;
@@ -445,7 +439,7 @@ long CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
     if (nq > 0) project_output(space, cb, weights_, gathered, precision);
     scatter_kept_outputs(space, gathered, rows.query_of, weights_.out_bias, y, batch, tokens, t0, len);
   }
-  return block_statistics(space, rows, counts, heads, batch, work_, used_heads);
+  add_block_statistics(space, rows, counts, heads, batch, work_);
 }
 
 ForwardStats CausalGeneticMultiheadAttention::run(ExecSpace const& space, TokenMatrix const& x, int batch,
@@ -477,6 +471,7 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
   ForwardStats st;
   st.batch = batch;
   st.tokens = tokens;
+  start_statistics(space, st);
   detail::CallPlan const call = plan_call(space, x, batch, options, st);
   if (state) {
     keep_for_backward(space, call, x, batch, positions, options.row_begin, row_end, *state);
@@ -495,14 +490,10 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
     work_.kv_call = state && !c.tf32_projections ? (state->call = ++work_.training_calls) : 0;
     long const block =
         std::max(1L, std::min(row_end - options.row_begin, static_cast<long>(c.query_block_rows) / batch));
-    std::vector<bool> used(c.num_heads, false);
-    long candidates = 0;  // summed over the active rows of every block
     for (long t0 = options.row_begin; t0 < row_end; t0 += block)
-      candidates += attend_block(space, call, x, batch, positions, y, t0, std::min(block, row_end - t0), st, used);
+      attend_block(space, call, x, batch, positions, y, t0, std::min(block, row_end - t0), st);
     if (options.row_begin > 0 || row_end < tokens)
       bias_outside_rows(space, weights_.out_bias, y, tokens, options.row_begin, row_end);
-    st.distinct_heads = static_cast<int>(std::count(used.begin(), used.end(), true));
-    st.mean_candidates = st.active_rows > 0 ? candidates / static_cast<double>(st.active_rows) : 0.0;
     st.mean_active_heads = static_cast<double>(st.active_rows) / std::max(1L, st.tokens_kept);
   }
   if (options.update_dna.value_or(c.dna_update) && c.dna_enable) {
@@ -512,12 +503,45 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
     st.gates_updated = dna_ema_update(space, c.dna_decay, stats, dna_);
   }
   detail::ScopedRegion region("proteus::module::statistics");
-  routing_statistics(space, call.routed.routing, st);
+  routing_statistics(space, call.routed.routing, work_);
+  st.pending = true;
+  if (!options.defer_statistics || controller_) complete_statistics(space, st);
   if (controller_) {
     st.max_head_density = busiest_head_fraction(space, call.head_mask, call.routed.keep, call.every_head, batch);
     if (options.adapt_heads.value_or(true)) adapt_heads(st);
   }
   return st;
+}
+
+// A new call's statistics: zeroed on the device, numbered.
+void CausalGeneticMultiheadAttention::start_statistics(ExecSpace const& space, ForwardStats& st) {
+  int const heads = config_.num_heads;
+  Kokkos::deep_copy(space, first_rows(work_.call_counts, "proteus::stats::call", heads + 2L), 0L);
+  Kokkos::deep_copy(space, first_rows(work_.routing_sums, "proteus::stats::routing", 4L), 0.0);
+  st.call = work_.stats_call = ++work_.calls;
+}
+
+void CausalGeneticMultiheadAttention::complete_statistics(ExecSpace const& space, ForwardStats& st) const {
+  if (!st.pending) return;
+  require(st.call == work_.stats_call, "statistics",
+          "call " + std::to_string(st.call) + "'s were replaced by call " + std::to_string(work_.stats_call) +
+              " of the module (complete deferred statistics before the next call)");
+  int const heads = config_.num_heads;
+  auto const counts = first_rows(work_.call_counts_host, "proteus::stats::call_host", heads + 2L);
+  auto const sums = first_rows(work_.routing_sums_host, "proteus::stats::routing_host", 4L);
+  Kokkos::deep_copy(space, counts, Kokkos::subview(work_.call_counts, std::make_pair(0, heads + 2)));
+  Kokkos::deep_copy(space, sums, Kokkos::subview(work_.routing_sums, std::make_pair(0, 4)));
+  space.fence();
+  st.distinct_heads = 0;
+  for (int h = 0; h < heads; ++h) st.distinct_heads += counts(h) > 0 ? 1 : 0;
+  st.mean_candidates = st.active_rows > 0 ? counts(heads) / static_cast<double>(st.active_rows) : 0.0;
+  long const n = st.batch * st.tokens;
+  double const per_token = n > 0 ? 1.0 / static_cast<double>(n) : 0.0;
+  st.router_entropy = sums(0) * per_token;
+  st.mean_salience = sums(1) * per_token;
+  st.mean_beta = sums(2) * per_token;
+  st.tokens_caught = static_cast<long>(std::lround(sums(3)));
+  st.pending = false;
 }
 
 std::pair<BatchTensor, std::optional<ForwardStats>> CausalGeneticMultiheadAttention::forward(

@@ -184,6 +184,66 @@ PROTEUS_TEST_CASE("query blocks bound memory without changing any output", "[mod
   }
 }
 
+PROTEUS_TEST_CASE("deferred statistics: the routing's sums from an independent host computation, read later",
+                  "[module][statistics]") {
+  // A call with RunOptions::defer_statistics returns the statistics computed on the device as
+  // pending; complete_statistics gives what an undeferred call gives, and the routing's entropy,
+  // salience, beta and tokens caught equal sums over route()'s per-token values taken here in double.
+  // A later call replaces a pending call's statistics: completing them then is an error.
+  Shape const s{2, 150, 32, 4};
+  Config cfg = short_windows(0.6f, 5);
+  cfg.dna_update = false;
+  CausalGeneticMultiheadAttention mha(TEST_EXECSPACE(), s.embed, s.heads, true, cfg);
+  BatchTensor const input = make_input(s, 21);
+  long const n = static_cast<long>(s.batch) * s.tokens;
+  TokenMatrix const x(input.data(), n, s.embed);
+  TokenMatrix const y("test::y", n, s.embed);
+  PositionVector const positions("test::positions", n);
+  Kokkos::parallel_for(
+      "test::positions", Kokkos::RangePolicy<ExecSpace>(TEST_EXECSPACE(), 0, n),
+      KOKKOS_LAMBDA(long r) { positions(r) = r % s.tokens; });
+  ForwardStats const now = mha.run(TEST_EXECSPACE(), x, s.batch, positions, y);
+  RunOptions deferred;
+  deferred.defer_statistics = true;
+  ForwardStats later = mha.run(TEST_EXECSPACE(), x, s.batch, positions, y, deferred);
+  CHECK_FALSE(now.pending);
+  CHECK(later.pending);
+  CHECK(later.active_rows == now.active_rows);
+  mha.complete_statistics(TEST_EXECSPACE(), later);
+  CHECK_FALSE(later.pending);
+  CHECK(later.distinct_heads == now.distinct_heads);
+  CHECK(later.mean_candidates == Approx(now.mean_candidates).epsilon(1e-12));
+  CHECK(later.router_entropy == Approx(now.router_entropy).epsilon(1e-12));
+  CHECK(later.tokens_caught == now.tokens_caught);
+  CHECK(now.distinct_heads == s.heads);
+
+  RoutingResult const r = mha.route(TEST_EXECSPACE(), x, s.batch);
+  auto const gp = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), r.routing.gate_probs);
+  auto const sal = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), r.routing.salience);
+  auto const beta = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), r.routing.beta);
+  double entropy = 0.0, salience = 0.0, blend = 0.0;
+  long caught = 0;
+  for (long t = 0; t < n; ++t) {
+    for (size_t g = 0; g < gp.extent(1); ++g)
+      if (gp(t, g) > 0.0f) entropy -= gp(t, g) * std::log(static_cast<double>(gp(t, g)));
+    salience += sal(t);
+    blend += beta(t);
+    caught += beta(t) > 0.0f ? 1 : 0;
+  }
+  // Per token the device takes float logarithms (relative error ~1e-7), summed in double.
+  CHECK(later.router_entropy == Approx(entropy / n).epsilon(1e-6));
+  CHECK(later.mean_salience == Approx(salience / n).epsilon(1e-6));
+  CHECK(later.mean_beta == Approx(blend / n).epsilon(1e-6));
+  CHECK(later.tokens_caught == caught);
+  INFO("entropy " << entropy / n << ", salience " << salience / n << ", beta " << blend / n << ", caught " << caught);
+  CHECK(entropy > 0.0);
+  CHECK(caught > 0);
+
+  ForwardStats stale = mha.run(TEST_EXECSPACE(), x, s.batch, positions, y, deferred);
+  mha.run(TEST_EXECSPACE(), x, s.batch, positions, y);
+  CHECK_THROWS_AS(mha.complete_statistics(TEST_EXECSPACE(), stale), Error);
+}
+
 PROTEUS_TEST_CASE("token sparsity: kept tokens output what the all-kept module gives, dropped ones the bias",
           "[module][sparse]") {
   // Keys are every token either way and a kept token's heads do not depend on the others being

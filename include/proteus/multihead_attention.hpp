@@ -42,6 +42,10 @@ struct ForwardStats {
   // decision when this call completed a cooldown window (applied to the next calls).
   double max_head_density = 0.0;
   std::optional<HeadDecision> controller;
+  // RunOptions::defer_statistics: distinct_heads, mean_candidates, router_entropy, mean_salience,
+  // mean_beta and tokens_caught are still on the device (complete_statistics reads them).
+  bool pending = false;
+  long call = 0;  // the module call these statistics are of
 };
 
 // Options of the token-level entry point (used by the drop-in forward and the pipelines).
@@ -51,6 +55,10 @@ struct RunOptions {
   std::optional<bool> update_dna;  // default: Config::dna_update
   std::optional<ShortlistPlan> plan;  // replaces the alpha budget law (e.g. the second pass)
   std::optional<bool> adapt_heads;    // the head controller observes this call (default: yes)
+  // Return without reading the statistics computed on the device (ForwardStats::pending): the call
+  // then ends without waiting for its last kernels, so that the caller's host work overlaps them.
+  // Ignored when the head controller is on (it decides from them).
+  bool defer_statistics = false;
 };
 
 // What a training forward keeps for its backward. x and positions are references: the caller keeps
@@ -108,8 +116,14 @@ struct ModuleWorkspace {
   TokenMatrix q, ctx, gathered;  // [query rows of a block x E]
   PositionVector kept_positions;
   Kokkos::View<int*, MemSpace> candidate_count;
-  Kokkos::View<long*, MemSpace> block_stats;  // a query block's statistics (rows per head, candidates)
-  Kokkos::View<long*, HostSpace> block_stats_host;
+  // The call's statistics on the device, summed over its query blocks and read once per call:
+  // [H + 2] rows of each head, candidates, one block's candidates; routing's [4] entropy, salience,
+  // beta and tokens caught. stats_call: the call they belong to.
+  Kokkos::View<long*, MemSpace> call_counts;
+  Kokkos::View<long*, HostSpace> call_counts_host;
+  Kokkos::View<double*, MemSpace> routing_sums;
+  Kokkos::View<double*, HostSpace> routing_sums_host;
+  long calls = 0, stats_call = 0;
   ActiveRowsBuffers rows;
   // The backward's: softmax statistics of the active rows, dcontext, the column sums' partial sums,
   // and the attention backward's scratch.
@@ -165,6 +179,11 @@ class CausalGeneticMultiheadAttention {
   ForwardStats run_training(ExecSpace const& space, TokenMatrix const& x, int batch, PositionVector const& positions,
                             TokenMatrix const& y, TrainingState& state, RunOptions const& options = {});
 
+  // Reads the statistics of a call made with RunOptions::defer_statistics into st (waits for that
+  // call's kernels); nothing to do when st is complete. Throws when a later call of the module has
+  // replaced them.
+  void complete_statistics(ExecSpace const& space, ForwardStats& st) const;
+
   // Gradients of a loss L given dy = dL/dy [B*T x E] for the forward recorded in `state`: writes
   // dx = dL/dx [B*T x E] and every parameter's gradient into grads (written, not accumulated).
   // The router gets no gradient (upstream's behaviour: routing is a selection); its gradient is
@@ -201,16 +220,16 @@ class CausalGeneticMultiheadAttention {
   void adapt_heads(ForwardStats& st);
   // Stages 1-3 into r.routing and r.keep, which must have one entry per row of x.
   void route_into(ExecSpace const& space, TokenMatrix const& x, int batch, RoutingResult& r) const;
+  void start_statistics(ExecSpace const& space, ForwardStats& st);
   ForwardStats run_impl(ExecSpace const& space, TokenMatrix const& x, int batch, PositionVector const& positions,
                         TokenMatrix const& y, RunOptions const& options, TrainingState* state);
   // Stages 1-4 and 6a of one call, with their statistics in st.
   detail::CallPlan plan_call(ExecSpace const& space, TokenMatrix const& x, int batch, RunOptions const& options,
                              ForwardStats& st);
-  // Stages 5-7 for query rows [t0, t0 + len) of every batch row (K|V in work_.kv); returns the
-  // candidates summed over the block's active rows and marks the heads it used.
-  long attend_block(ExecSpace const& space, detail::CallPlan const& call, TokenMatrix const& x, int batch,
-                    PositionVector const& positions, TokenMatrix const& y, long t0, long len, ForwardStats& st,
-                    std::vector<bool>& used_heads);
+  // Stages 5-7 for query rows [t0, t0 + len) of every batch row (K|V in work_.kv); adds the block's
+  // rows per head and candidates to the call's statistics on the device.
+  void attend_block(ExecSpace const& space, detail::CallPlan const& call, TokenMatrix const& x, int batch,
+                    PositionVector const& positions, TokenMatrix const& y, long t0, long len, ForwardStats& st);
   // Backward helpers (multihead_attention_backward.cpp).
   detail::AttendedRows recompute(ExecSpace const& space, TrainingState const& state, detail::ActiveRows const& rows,
                                  TokenMatrix& q);

@@ -59,12 +59,11 @@ class _Attention(nn.Module):
 class _RunState:
     """What a module keeps between calls: a plain object (nn.Module's attribute machinery costs
     microseconds per access, several times per training step)."""
-    __slots__ = ("bound", "positions", "last_stats", "spare")
+    __slots__ = ("bound", "positions", "spare")
 
     def __init__(self):
         self.bound = None  # what _core computes with: (tensor, data_ptr, shape, strides) of each
         self.positions = {}  # (batch, tokens, device) -> the positions tensor
-        self.last_stats = None
         self.spare = None  # (stream, TrainingState) a finished backward gave back
 
 
@@ -81,7 +80,9 @@ class _ProteusFunction(torch.autograd.Function):
         state = spare[1] if spare is not None and spare[0] == stream else _core.TrainingState()
         y = torch.empty_like(x)
         owner._bind(tensors)
-        run.last_stats = owner._core.forward_training(stream, x, batch, positions, y, state, update_dna, adapt_heads)
+        # The statistics are read when asked (last_runtime_stats): the forward returns without waiting
+        # for its last kernels, and autograd's host work overlaps them.
+        owner._core.forward_training(stream, x, batch, positions, y, state, update_dna, adapt_heads, True)
         ctx.owner, ctx.state, ctx.tensors, ctx.bias = owner, state, tensors, qkv_b is not None
         ctx.save_for_backward(x, positions)  # the state reads them in place: kept alive, checked unchanged
         return y
@@ -184,8 +185,9 @@ class CausalGeneticMultiheadAttention(nn.Module):
 
     @property
     def last_runtime_stats(self):
-        """Statistics of the most recent forward (a dict), as upstream's property of that name."""
-        return self._run.last_stats
+        """Statistics of the most recent forward (a dict, None before the first), as upstream's property
+        of that name. Reading them waits for that forward's kernels."""
+        return self._core.last_statistics()
 
     def _bind(self, tensors=None):
         """Points the kernels at `tensors` (default: the module's parameters and buffers). A full
@@ -267,13 +269,12 @@ class CausalGeneticMultiheadAttention(nn.Module):
         else:
             y = torch.empty_like(rows)
             self._bind(params)
-            self._run.last_stats = self._core.forward(_runtime.stream_handle(rows), rows, batch, positions, y,
-                                                      update_dna, adapt)
+            self._core.forward(_runtime.stream_handle(rows), rows, batch, positions, y, update_dna, adapt, True)
         if pad is not None:
             y = y.masked_fill(pad.unsqueeze(-1), 0.0)
         if not self.batch_first:
             y = y.transpose(0, 1)
-        return y, (dict(self._run.last_stats) if need_weights else None)
+        return y, (self._core.last_statistics() if need_weights else None)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):

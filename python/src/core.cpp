@@ -247,22 +247,32 @@ class Module : public Held {
   // y = attention(x) for x [B*T x E] (batch rows stacked; or [B, T, E]) at `positions`; the DNA EMA runs when
   // update_dna (the Python module passes training mode and Config::dna_update) and the head
   // controller observes the call when adapt_heads (training mode).
-  py::dict forward(std::uintptr_t stream, py::handle x, int batch, py::handle positions, py::handle y,
-                   bool update_dna, bool adapt_heads) {
+  // With defer, returns None without waiting for the call's last kernels: last_statistics() reads
+  // its statistics when asked (PyTorch's host work meanwhile overlaps the GPU's).
+  py::object forward(std::uintptr_t stream, py::handle x, int batch, py::handle positions, py::handle y,
+                     bool update_dna, bool adapt_heads, bool defer) {
     ExecSpace const space = space_on(stream);
     Inputs const in = inputs(x, batch, positions, y);
     check_finite(space, in.x, "query");
-    return stats_dict(get().run(space, in.x, batch, in.positions, in.y, options(update_dna, adapt_heads)));
+    return keep_statistics(stream, get().run(space, in.x, batch, in.positions, in.y,
+                                             options(update_dna, adapt_heads, defer)));
   }
 
   // forward() that also records what backward() needs in `state`.
-  py::dict forward_training(std::uintptr_t stream, py::handle x, int batch, py::handle positions, py::handle y,
-                            State& state, bool update_dna, bool adapt_heads) {
+  py::object forward_training(std::uintptr_t stream, py::handle x, int batch, py::handle positions, py::handle y,
+                              State& state, bool update_dna, bool adapt_heads, bool defer) {
     ExecSpace const space = space_on(stream);
     Inputs const in = inputs(x, batch, positions, y);
     check_finite(space, in.x, "query");
-    return stats_dict(
-        get().run_training(space, in.x, batch, in.positions, in.y, state.get(), options(update_dna, adapt_heads)));
+    return keep_statistics(stream, get().run_training(space, in.x, batch, in.positions, in.y, state.get(),
+                                                      options(update_dna, adapt_heads, defer)));
+  }
+
+  // The latest forward's statistics (None before the first), completed if it deferred them.
+  py::object last_statistics() {
+    if (!last_) return py::none();
+    get().complete_statistics(space_on(last_stream_), *last_);
+    return stats_dict(*last_);
   }
 
   void backward(std::uintptr_t stream, State& state, py::handle dy, py::handle dx, py::dict const& grads) {
@@ -322,11 +332,20 @@ class Module : public Held {
   }
   long embed() const { return config().embed_dim; }
 
-  static RunOptions options(bool update_dna, bool adapt_heads) {
+  std::optional<ForwardStats> last_;  // the latest forward's statistics, and its stream
+  std::uintptr_t last_stream_ = 0;
+
+  static RunOptions options(bool update_dna, bool adapt_heads, bool defer) {
     RunOptions o;
     o.update_dna = update_dna;
     o.adapt_heads = adapt_heads;
+    o.defer_statistics = defer;
     return o;
+  }
+  py::object keep_statistics(std::uintptr_t stream, ForwardStats const& st) {
+    last_ = st;
+    last_stream_ = stream;
+    return st.pending ? py::object(py::none()) : py::object(stats_dict(st));
   }
 
   struct Inputs {
@@ -420,8 +439,12 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("config", &Module::config)
       .def("copy_initial", &Module::copy_initial)
       .def("bind", &Module::bind)
-      .def("forward", &Module::forward)
-      .def("forward_training", &Module::forward_training)
+      .def("forward", &Module::forward, py::arg("stream"), py::arg("x"), py::arg("batch"), py::arg("positions"),
+           py::arg("y"), py::arg("update_dna"), py::arg("adapt_heads"), py::arg("defer") = false)
+      .def("forward_training", &Module::forward_training, py::arg("stream"), py::arg("x"), py::arg("batch"),
+           py::arg("positions"), py::arg("y"), py::arg("state"), py::arg("update_dna"), py::arg("adapt_heads"),
+           py::arg("defer") = false)
+      .def("last_statistics", &Module::last_statistics)
       .def("backward", &Module::backward)
       .def("forward_module", &Module::forward_module)
       .def("dump_dna", &Module::dump_dna)

@@ -188,3 +188,33 @@ def test_dna_ema_runs_once_per_training_step_and_never_in_eval():
         m.eval()(x, x, x)
     assert all(torch.equal(a, b) for a, b in zip(after_forward, dna()))
     assert m.attention.routing_prototypes.grad is None and not m.attention.routing_prototypes.requires_grad
+
+
+def test_statistics_read_after_the_call_equal_those_read_at_once():
+    """The module leaves a forward's device statistics to be read when asked (need_weights,
+    last_runtime_stats): they equal the compiled module's undeferred call on the same input, in
+    inference and through autograd, and last_runtime_stats is the latest call's."""
+    config = dict(SPARSE, dna_update=False)
+    m = make(**config)
+    x = inputs((2, 40, 32), seed=3)
+    rows = x.contiguous()
+    positions = torch.arange(40, device=x.device, dtype=torch.int64).repeat(2)
+    m._bind()
+    at_once = m._core.forward(pk_stream(x), rows, 2, positions, torch.empty_like(rows), False, False, False)
+    assert at_once["distinct_heads"] > 0 and at_once["router_entropy"] > 0 and at_once["mean_candidates"] > 0
+    with torch.no_grad():
+        _, asked = m.eval()(x, x, x, need_weights=True)
+    assert asked == at_once
+    assert m.last_runtime_stats == at_once
+    xg = x.clone().requires_grad_()
+    y, none = m.train()(xg, xg, xg, need_weights=False)
+    assert none is None
+    y.sum().backward()
+    assert m.last_runtime_stats == at_once
+    m(inputs((1, 24, 32), seed=4), need_weights=False)
+    assert m.last_runtime_stats["tokens"] == 24 and m.last_runtime_stats["batch"] == 1
+
+
+def pk_stream(tensor):
+    from proteus_kokkos import _runtime
+    return _runtime.stream_handle(tensor)
