@@ -118,21 +118,40 @@ struct Tensor {
   std::vector<long> shape;
 };
 
+// torch.Tensor and a dtype by name ("torch.float32"), looked up once per process. They are never
+// released: Python objects held in statics would be freed after the interpreter's finalisation.
+py::handle torch_attr(std::string const& name) {
+  static auto* cache = new std::map<std::string, py::object>();
+  auto found = cache->find(name);
+  if (found == cache->end())
+    found = cache->emplace(name, py::module_::import("torch").attr(name.substr(6).c_str())).first;
+  return found->second;
+}
+
+// The tensor's device, checked against this build's (a CUDA build: torch's CUDA device that Kokkos
+// runs on). Two attribute reads on the common path; the error texts are built on failure only.
+void check_device(py::handle t, std::string const& name) {
+  bool const cuda_build = build_device() == "cuda";
+  bool const is_cuda = t.attr("is_cuda").cast<bool>();
+  bool const right = cuda_build ? is_cuda && t.attr("get_device")().cast<int>() == kokkos_device()
+                                : t.attr("is_cpu").cast<bool>();
+  if (right) return;
+  std::string const device = py::str(t.attr("device"));
+  if (is_cuda != cuda_build || !cuda_build)
+    throw py::value_error(name + ": tensor on " + device + ", but this proteus_kokkos build runs on " +
+                          build_device() + " (tensors are never copied between devices)");
+  throw py::value_error(name + ": tensor on " + device + ", but proteus runs on cuda:" +
+                        std::to_string(kokkos_device()) + " in this process");
+}
+
 template <class T>
 Tensor<T> tensor(py::handle t, std::string const& name, char const* dtype, std::vector<long> const& shape) {
-  if (t.is_none() || !py::hasattr(t, "data_ptr") || !py::hasattr(t, "is_contiguous"))
+  if (!py::isinstance(t, torch_attr("torch.Tensor")))
     throw py::type_error(name + ": expected a torch.Tensor, got " + std::string(py::str(py::type::handle_of(t))));
-  std::string const got_dtype = py::str(t.attr("dtype"));
-  if (got_dtype != dtype) throw py::type_error(name + ": dtype " + got_dtype + ", expected " + dtype);
-  py::object const device = t.attr("device");
-  std::string const type = py::str(device.attr("type"));
-  if (type != build_device())
-    throw py::value_error(name + ": tensor on " + std::string(py::str(device)) +
-                          ", but this proteus_kokkos build runs on " + build_device() +
-                          " (tensors are never copied between devices)");
-  if (type == "cuda" && device.attr("index").cast<int>() != kokkos_device())
-    throw py::value_error(name + ": tensor on " + std::string(py::str(device)) + ", but proteus runs on cuda:" +
-                          std::to_string(kokkos_device()) + " in this process");
+  py::object const got_dtype = t.attr("dtype");
+  if (!got_dtype.is(torch_attr(dtype)))
+    throw py::type_error(name + ": dtype " + std::string(py::str(got_dtype)) + ", expected " + dtype);
+  check_device(t, name);
   Tensor<T> out;
   for (auto d : t.attr("shape")) out.shape.push_back(d.cast<long>());
   bool same = out.shape.size() == shape.size();
