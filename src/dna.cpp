@@ -198,13 +198,21 @@ void hybrid_route_backward(ExecSpace const& space, Config const& cfg, Routing co
 
 void dna_statistics(ExecSpace const& space, TokenMatrix const& x, GateMatrix const& gate_probs,
                     DnaStatistics const& stats) {
+  DnaStatisticsScratch scratch;
+  dna_statistics(space, x, gate_probs, stats, scratch);
+}
+
+void dna_statistics(ExecSpace const& space, TokenMatrix const& x, GateMatrix const& gate_probs,
+                    DnaStatistics const& stats, DnaStatisticsScratch& scratch) {
+  long const n = static_cast<long>(gate_probs.extent(0));
   int const gates = static_cast<int>(gate_probs.extent(1));
   int const embed = static_cast<int>(x.extent(1));
-  GateByEmbed sums(Kokkos::view_alloc("proteus::dna::weighted_sums", Kokkos::WithoutInitializing), gates, embed);
+  GateByEmbed const sums = detail::first_rows(scratch.sums, "proteus::dna::weighted_sums", gates, embed);
   detail::gemm(space, "T", "N", 1.0f, gate_probs, x, 0.0f, sums);
-  GateVector ones("proteus::dna::ones", gate_probs.extent(0));
+  GateVector const ones = detail::first_rows(scratch.ones, "proteus::dna::ones", n);
   Kokkos::deep_copy(space, ones, 1.0f);
-  GateVector count("proteus::dna::count_f", gates);
+  GateVector const count = detail::first_rows(scratch.count, "proteus::dna::count_f", gates);
+  Kokkos::deep_copy(space, count, 0.0f);  // gemv with beta 0 is not trusted to ignore what count held
   detail::gemv(space, "T", 1.0f, gate_probs, ones, 0.0f, count);
   auto c = stats.count;
   auto s = stats.sums;
@@ -216,6 +224,16 @@ void dna_statistics(ExecSpace const& space, TokenMatrix const& x, GateMatrix con
 }
 
 int dna_ema_update(ExecSpace const& space, float decay, DnaStatistics const& stats, DnaState const& dna) {
+  Kokkos::View<long, MemSpace> const updated("proteus::dna::updated");
+  dna_ema_update(space, decay, stats, dna, updated);
+  long n = 0;
+  Kokkos::deep_copy(space, n, updated);
+  space.fence();
+  return static_cast<int>(n);
+}
+
+void dna_ema_update(ExecSpace const& space, float decay, DnaStatistics const& stats, DnaState const& dna,
+                    Kokkos::View<long, MemSpace> const& updated) {
   int const gates = static_cast<int>(dna.prototypes.extent(0));
   int const embed = static_cast<int>(dna.prototypes.extent(1));
   auto p = dna.prototypes;
@@ -228,16 +246,14 @@ int dna_ema_update(ExecSpace const& space, float decay, DnaStatistics const& sta
       space, "proteus::dna::ema_update", gates, embed, KOKKOS_LAMBDA(long g, long j) {
         if (dna_gate_hit(c(g))) p(g, j) = static_cast<float>(dna_ema_prototype(d, p(g, j), s(g, j), c(g)));
       });
-  int updated = 0;
   Kokkos::parallel_reduce(
       "proteus::dna::ema_usage", Kokkos::RangePolicy<ExecSpace>(space, 0, gates),
-      KOKKOS_LAMBDA(int g, int& n) {
+      KOKKOS_LAMBDA(int g, long& n) {
         usage(g) = static_cast<float>(dna_ema_usage(d, usage(g), c(g)));
         conf(g) = static_cast<float>(dna_ema_confidence(d, conf(g), c(g)));
         n += dna_gate_hit(c(g)) ? 1 : 0;
       },
       updated);
-  return updated;
 }
 
 }  // namespace proteus

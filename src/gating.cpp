@@ -130,7 +130,7 @@ HeadCount choose_head_count(ExecSpace const& space, Config const& cfg, long toke
   return hc;
 }
 
-long select_heads(ExecSpace const& space, Config const& cfg, GateMatrix const& head_probs,
+void select_heads(ExecSpace const& space, Config const& cfg, GateMatrix const& head_probs,
                   HeadCount const& hc, double alpha, MaskVector const& keep,
                   MaskMatrix const& head_mask) {
   int const heads = static_cast<int>(head_probs.extent(1));
@@ -177,11 +177,25 @@ long select_heads(ExecSpace const& space, Config const& cfg, GateMatrix const& h
         Kokkos::parallel_for(lanes, [&](int r) { head_mask(t, order(r)) = kept && r < k ? 1 : 0; });
       },
       heads);
-  long active = 0;
+}
+
+namespace {
+template <class Result>
+void count_pairs_into(ExecSpace const& space, MaskMatrix const& head_mask, Result&& pairs) {
   Kokkos::parallel_reduce(
       "proteus::gating::count_heads", Kokkos::RangePolicy<ExecSpace>(space, 0, head_mask.size()),
-      KOKKOS_LAMBDA(long i, long& n) { n += head_mask.data()[i]; }, active);
-  return active;
+      KOKKOS_LAMBDA(long i, long& n) { n += head_mask.data()[i]; }, pairs);
+}
+}  // namespace
+
+long count_active_pairs(ExecSpace const& space, MaskMatrix const& head_mask) {
+  long pairs = 0;
+  count_pairs_into(space, head_mask, pairs);
+  return pairs;
+}
+
+void count_active_pairs(ExecSpace const& space, MaskMatrix const& head_mask, Kokkos::View<long, MemSpace> const& pairs) {
+  count_pairs_into(space, head_mask, pairs);
 }
 
 void head_weights(ExecSpace const& space, GateMatrix const& head_probs, MaskMatrix const& head_mask,

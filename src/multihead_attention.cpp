@@ -263,8 +263,8 @@ detail::CallPlan CausalGeneticMultiheadAttention::plan_call(ExecSpace const& spa
   st.heads_by_length = hc.by_length;
   st.heads_nucleus = hc.nucleus;
   call.head_mask = reuse(work_.head_mask, "proteus::head_mask", n, heads);
-  long const pairs = select_heads(space, c, head_probs, hc, st.alpha, call.routed.keep, call.head_mask);
-  st.density = static_cast<double>(pairs) / (static_cast<double>(heads) * std::max(1L, st.tokens_kept));
+  select_heads(space, c, head_probs, hc, st.alpha, call.routed.keep, call.head_mask);
+  count_active_pairs(space, call.head_mask, Kokkos::subview(work_.call_counts, heads + 3));  // the density
 
   call.shortlist = options.plan.value_or(plan_call_shortlist(c, tokens, st.alpha, static_cast<double>(hc.k) / heads));
   call.every_head = call.shortlist.dense || attends_every_head(c, st.alpha);
@@ -498,9 +498,10 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
   }
   if (options.update_dna.value_or(c.dna_update) && c.dna_enable) {
     detail::ScopedRegion region("proteus::module::dna_update");
-    DnaStatistics stats = DnaStatistics::allocate(c.num_gates, c.embed_dim);
-    dna_statistics(space, x, call.routed.routing.gate_probs, stats);
-    st.gates_updated = dna_ema_update(space, c.dna_decay, stats, dna_);
+    if (work_.dna_stats.sums.extent(0) != static_cast<size_t>(c.num_gates))
+      work_.dna_stats = DnaStatistics::allocate(c.num_gates, c.embed_dim);
+    dna_statistics(space, x, call.routed.routing.gate_probs, work_.dna_stats, work_.dna_scratch);
+    dna_ema_update(space, c.dna_decay, work_.dna_stats, dna_, Kokkos::subview(work_.call_counts, c.num_heads + 2));
   }
   detail::ScopedRegion region("proteus::module::statistics");
   routing_statistics(space, call.routed.routing, work_);
@@ -516,7 +517,7 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
 // A new call's statistics: zeroed on the device, numbered.
 void CausalGeneticMultiheadAttention::start_statistics(ExecSpace const& space, ForwardStats& st) {
   int const heads = config_.num_heads;
-  Kokkos::deep_copy(space, first_rows(work_.call_counts, "proteus::stats::call", heads + 2L), 0L);
+  Kokkos::deep_copy(space, first_rows(work_.call_counts, "proteus::stats::call", heads + 4L), 0L);
   Kokkos::deep_copy(space, first_rows(work_.routing_sums, "proteus::stats::routing", 4L), 0.0);
   st.call = work_.stats_call = ++work_.calls;
 }
@@ -527,14 +528,16 @@ void CausalGeneticMultiheadAttention::complete_statistics(ExecSpace const& space
           "call " + std::to_string(st.call) + "'s were replaced by call " + std::to_string(work_.stats_call) +
               " of the module (complete deferred statistics before the next call)");
   int const heads = config_.num_heads;
-  auto const counts = first_rows(work_.call_counts_host, "proteus::stats::call_host", heads + 2L);
+  auto const counts = first_rows(work_.call_counts_host, "proteus::stats::call_host", heads + 4L);
   auto const sums = first_rows(work_.routing_sums_host, "proteus::stats::routing_host", 4L);
-  Kokkos::deep_copy(space, counts, Kokkos::subview(work_.call_counts, std::make_pair(0, heads + 2)));
+  Kokkos::deep_copy(space, counts, Kokkos::subview(work_.call_counts, std::make_pair(0, heads + 4)));
   Kokkos::deep_copy(space, sums, Kokkos::subview(work_.routing_sums, std::make_pair(0, 4)));
   space.fence();
   st.distinct_heads = 0;
   for (int h = 0; h < heads; ++h) st.distinct_heads += counts(h) > 0 ? 1 : 0;
   st.mean_candidates = st.active_rows > 0 ? counts(heads) / static_cast<double>(st.active_rows) : 0.0;
+  st.gates_updated = static_cast<int>(counts(heads + 2));
+  st.density = static_cast<double>(counts(heads + 3)) / (static_cast<double>(heads) * std::max(1L, st.tokens_kept));
   long const n = st.batch * st.tokens;
   double const per_token = n > 0 ? 1.0 / static_cast<double>(n) : 0.0;
   st.router_entropy = sums(0) * per_token;

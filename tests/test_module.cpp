@@ -212,6 +212,9 @@ PROTEUS_TEST_CASE("deferred statistics: the routing's sums from an independent h
   mha.complete_statistics(TEST_EXECSPACE(), later);
   CHECK_FALSE(later.pending);
   CHECK(later.distinct_heads == now.distinct_heads);
+  CHECK(later.density == now.density);
+  // Every active row is one active (token, head) pair: density = active rows / (H x kept tokens).
+  CHECK(now.density == Approx(static_cast<double>(now.active_rows) / (s.heads * now.tokens_kept)).epsilon(1e-12));
   CHECK(later.mean_candidates == Approx(now.mean_candidates).epsilon(1e-12));
   CHECK(later.router_entropy == Approx(now.router_entropy).epsilon(1e-12));
   CHECK(later.tokens_caught == now.tokens_caught);
@@ -238,6 +241,27 @@ PROTEUS_TEST_CASE("deferred statistics: the routing's sums from an independent h
   INFO("entropy " << entropy / n << ", salience " << salience / n << ", beta " << blend / n << ", caught " << caught);
   CHECK(entropy > 0.0);
   CHECK(caught > 0);
+
+  // With the DNA EMA on: the gates updated are those whose routed mass (from route(), before the
+  // update) exceeds dna_gate_hit's threshold, deferred or not.
+  Config with_dna = cfg;
+  with_dna.dna_update = true;
+  CausalGeneticMultiheadAttention a(TEST_EXECSPACE(), s.embed, s.heads, true, with_dna);
+  CausalGeneticMultiheadAttention b(TEST_EXECSPACE(), s.embed, s.heads, true, with_dna);
+  RoutingResult const before = a.route(TEST_EXECSPACE(), x, s.batch);
+  auto const gpa = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), before.routing.gate_probs);
+  int hit = 0;
+  for (size_t g = 0; g < gpa.extent(1); ++g) {
+    double mass = 0.0;
+    for (long t = 0; t < n; ++t) mass += gpa(t, g);
+    hit += dna_gate_hit(mass) ? 1 : 0;
+  }
+  ForwardStats const at_once = a.run(TEST_EXECSPACE(), x, s.batch, positions, y);
+  ForwardStats read_later = b.run(TEST_EXECSPACE(), x, s.batch, positions, y, deferred);
+  b.complete_statistics(TEST_EXECSPACE(), read_later);
+  CHECK(hit > 0);
+  CHECK(at_once.gates_updated == hit);
+  CHECK(read_later.gates_updated == hit);
 
   ForwardStats stale = mha.run(TEST_EXECSPACE(), x, s.batch, positions, y, deferred);
   mha.run(TEST_EXECSPACE(), x, s.batch, positions, y);

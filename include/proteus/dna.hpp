@@ -59,6 +59,14 @@ struct DnaStatistics {
 };
 void dna_statistics(ExecSpace const& space, TokenMatrix const& x, GateMatrix const& gate_probs,
                     DnaStatistics const& stats);
+// dna_statistics' temporaries, kept by a caller that updates the DNA on every call (the module):
+// sized on first use, then no device allocation per call.
+struct DnaStatisticsScratch {
+  GateByEmbed sums;        // [G x E] the float GEMM's result
+  GateVector ones, count;  // [N] ones, [G] routed mass
+};
+void dna_statistics(ExecSpace const& space, TokenMatrix const& x, GateMatrix const& gate_probs,
+                    DnaStatistics const& stats, DnaStatisticsScratch& scratch);
 // The EMA rule of one gate, one step: the device update below and the host chain of the chunk
 // stage (dna_chain.hpp) both call these, so the two cannot drift apart. A gate is updated when
 // the routed mass `count` exceeds 1e-6; usage and confidence decay on every step.
@@ -77,5 +85,8 @@ KOKKOS_INLINE_FUNCTION double dna_ema_confidence(double decay, double confidence
 // Returns the number of gates updated.
 int dna_ema_update(ExecSpace const& space, float decay, DnaStatistics const& stats,
                    DnaState const& dna);
+// The same, writing the number of gates updated into `updated` on the device (nothing waits).
+void dna_ema_update(ExecSpace const& space, float decay, DnaStatistics const& stats, DnaState const& dna,
+                    Kokkos::View<long, MemSpace> const& updated);
 
 }  // namespace proteus

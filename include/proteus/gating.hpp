@@ -64,9 +64,13 @@ void head_weights(ExecSpace const& space, GateMatrix const& head_probs, MaskMatr
 void head_weights_backward(ExecSpace const& space, GateMatrix const& dweight, GateMatrix const& weight,
                            TokenVector const& total, IndexVector const& gate_to_head, GateMatrix const& dgate_probs);
 
-long select_heads(ExecSpace const& space, Config const& cfg, GateMatrix const& head_probs,
+void select_heads(ExecSpace const& space, Config const& cfg, GateMatrix const& head_probs,
                   HeadCount const& hc, double alpha, MaskVector const& keep,
                   MaskMatrix const& head_mask);
+// Active (token, head) pairs of a head mask: returned (waits for the device), or written into
+// `pairs` on the device (nothing waits).
+long count_active_pairs(ExecSpace const& space, MaskMatrix const& head_mask);
+void count_active_pairs(ExecSpace const& space, MaskMatrix const& head_mask, Kokkos::View<long, MemSpace> const& pairs);
 
 // The busiest (batch row, head)'s fraction of the T rows that attend with that head (kept tokens
 // with the head active; every kept token when every_head): upstream's max_active_density, what the

@@ -42,8 +42,9 @@ struct ForwardStats {
   // decision when this call completed a cooldown window (applied to the next calls).
   double max_head_density = 0.0;
   std::optional<HeadDecision> controller;
-  // RunOptions::defer_statistics: distinct_heads, mean_candidates, router_entropy, mean_salience,
-  // mean_beta and tokens_caught are still on the device (complete_statistics reads them).
+  // RunOptions::defer_statistics: density, distinct_heads, mean_candidates, gates_updated,
+  // router_entropy, mean_salience, mean_beta and tokens_caught are still on the device
+  // (complete_statistics reads them).
   bool pending = false;
   long call = 0;  // the module call these statistics are of
 };
@@ -116,9 +117,12 @@ struct ModuleWorkspace {
   TokenMatrix q, ctx, gathered;  // [query rows of a block x E]
   PositionVector kept_positions;
   Kokkos::View<int*, MemSpace> candidate_count;
+  DnaStatistics dna_stats;          // the DNA EMA's routed sums of the current call
+  DnaStatisticsScratch dna_scratch;
   // The call's statistics on the device, summed over its query blocks and read once per call:
-  // [H + 2] rows of each head, candidates, one block's candidates; routing's [4] entropy, salience,
-  // beta and tokens caught. stats_call: the call they belong to.
+  // [H + 4] rows of each head, candidates, one block's candidates, gates updated, active (token,
+  // head) pairs; routing's [4] entropy, salience, beta and tokens caught. stats_call: the call they
+  // belong to.
   Kokkos::View<long*, MemSpace> call_counts;
   Kokkos::View<long*, HostSpace> call_counts_host;
   Kokkos::View<double*, MemSpace> routing_sums;

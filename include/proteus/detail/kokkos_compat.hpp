@@ -57,7 +57,8 @@ void gemm(Space const& space, char const* trans_a, char const* trans_b, float al
 #endif
 }
 
-// y = alpha op(A) x + beta y.
+// y = alpha op(A) x + beta y. Callers zero y even with beta 0: with Kokkos Kernels 3.4 an
+// uninitialised y changed the DNA update's results (a driver restart test diverged until zeroed).
 template <class Space, class AView, class XView, class YView>
 void gemv(Space const& space, char const* trans, float alpha, AView const& a, XView const& x,
           float beta, YView const& y) {
