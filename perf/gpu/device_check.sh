@@ -3,7 +3,7 @@
 # when /tmp/kinstall is missing), run the whole ctest suite, then the benchmarks given as
 # arguments ("module", "pipeline"). Logs go to $OUT. The build goes to GPU_BUILD (default /tmp/bgpu); a
 # folder under the repository (build_gpu/, ignored by git) outlives the call on a machine kept warm, so
-# that the next call can pass SKIP_BUILD=1.
+# that the next call can pass SKIP_BUILD=1. PACK=1 packs $OUT into one results.tgz at the end.
 set -uo pipefail
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 out=${OUT:-/tmp/out}
@@ -233,5 +233,10 @@ for step in "$@"; do
       mkdir -p /tmp/run && cd /tmp/run && "$bin/drivers/proteus_driver" -q "$root/inputs/ctx10m.in" \
         --set checkpoint.at_end=false --set checkpoint.interval_chunks=0 | tee "$out/ctx10m.txt"
       cp /tmp/run/ctx10m_out/summary.json "$out/ctx10m_summary.json" 2>/dev/null ;;
+    *) echo "device_check: unknown step '$step'" >&2; exit 2 ;;
   esac
 done
+# PACK=1: everything in $OUT as one results.tgz (the device tool brings back at most 8 files).
+if [ -n "${PACK:-}" ]; then
+  (cd "$out" && tar czf /tmp/results.tgz . && find . -mindepth 1 -delete && mv /tmp/results.tgz .)
+fi
