@@ -28,15 +28,62 @@ struct Span {
   long tokens, row_begin, span;
 };
 
+// Whether slot i stands for an active row: a kept token whose head is on (or every head).
+struct ActiveSlot {
+  MaskMatrix head_mask;
+  MaskVector keep;
+  bool all_heads;
+  Span s;
+  KOKKOS_INLINE_FUNCTION bool operator()(long i) const {
+    long const bh = i / s.span, t = s.row_begin + i % s.span;
+    long const row = (bh / s.heads) * s.tokens + t;
+    if (!keep(row)) return false;
+    return all_heads || head_mask(row, bh % s.heads) != 0;
+  }
+};
+
+// The compaction's sizes, counted on the device and read in one copy (one wait for the device):
+// kept query tokens, each head's first row (head_start, its last entry the rows in all), and the
+// blocks (each head's rows in runs of attention_block_rows).
+void count_active(ExecSpace const& space, MaskVector const& keep, ActiveSlot const& active, ActiveRowsBuffers& buf,
+                  ActiveRows& r) {
+  Span const s = active.s;
+  long const span = s.span, tokens = s.tokens, row_begin = s.row_begin;
+  long const bh_count = static_cast<long>(s.batch) * s.heads, slots = bh_count * span;
+  auto const sizes = first_rows(buf.sizes, "proteus::attention::sizes", 3);
+  auto const head_start = r.head_start;
+  Kokkos::parallel_reduce(
+      "proteus::attention::count_queries", Kokkos::RangePolicy<ExecSpace>(space, 0, s.batch * span),
+      KOKKOS_LAMBDA(long i, long& n) { n += keep((i / span) * tokens + row_begin + i % span) ? 1 : 0; },
+      Kokkos::subview(sizes, 0));
+  Kokkos::parallel_scan(
+      "proteus::attention::count_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, slots),
+      KOKKOS_LAMBDA(long i, long& offset, bool final) {
+        bool const a = active(i);
+        if (final && i % span == 0) head_start(i / span) = offset;
+        if (final && i == slots - 1) head_start(bh_count) = offset + (a ? 1 : 0);
+        offset += a ? 1 : 0;
+      });
+  constexpr long block_rows = attention_block_rows;
+  Kokkos::parallel_reduce(
+      "proteus::attention::count_blocks", Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count),
+      KOKKOS_LAMBDA(long bh, long& n) { n += (head_start(bh + 1) - head_start(bh) + block_rows - 1) / block_rows; },
+      Kokkos::subview(sizes, 1));
+  Kokkos::deep_copy(space, Kokkos::subview(sizes, 2), Kokkos::subview(head_start, bh_count));
+  auto const host = first_rows(buf.sizes_host, "proteus::attention::sizes_host", 3);
+  Kokkos::deep_copy(space, host, Kokkos::subview(sizes, std::make_pair(0, 3)));
+  space.fence();
+  r.queries = host(0);
+  r.blocks = host(1);
+  r.rows = host(2);
+}
+
 // Query rows: the kept tokens of the range, in (batch, token) order.
 void pack_queries(ExecSpace const& space, MaskVector const& keep, Span const& s, ActiveRowsBuffers& buf,
                   ActiveRows& r) {
   long const span = s.span, tokens = s.tokens, row_begin = s.row_begin;
   long const range = static_cast<long>(s.batch) * span;
   auto token_row = KOKKOS_LAMBDA(long i)->long { return (i / span) * tokens + row_begin + i % span; };
-  Kokkos::parallel_reduce(
-      "proteus::attention::count_queries", Kokkos::RangePolicy<ExecSpace>(space, 0, range),
-      KOKKOS_LAMBDA(long i, long& n) { n += keep(token_row(i)) ? 1 : 0; }, r.queries);
   r.query_source = first_rows(buf.query_source, "proteus::attention::query_source", r.queries);
   r.query_of = first_rows(buf.query_of, "proteus::attention::query_of", range);
   auto query_source = r.query_source;
@@ -53,33 +100,16 @@ void pack_queries(ExecSpace const& space, MaskVector const& keep, Span const& s,
       });
 }
 
-// Active (head, token) rows in (batch*head, token) order, each head's first row, and each row's
-// query row.
-void pack_rows(ExecSpace const& space, MaskMatrix const& head_mask, MaskVector const& keep, bool all_heads,
-               Span const& s, ActiveRowsBuffers& buf, ActiveRows& r) {
-  long const span = s.span, tokens = s.tokens, row_begin = s.row_begin;
+// Active (head, token) rows in (batch*head, token) order and each row's query row (head_start
+// is counted already).
+void pack_rows(ExecSpace const& space, ActiveSlot const& active, ActiveRowsBuffers& buf, ActiveRows& r) {
+  Span const s = active.s;
+  long const span = s.span, row_begin = s.row_begin;
   int const heads = s.heads;
   long const slots = static_cast<long>(s.batch) * heads * span;
-  auto head_start = r.head_start;
-  auto active = KOKKOS_LAMBDA(long i)->bool {
-    long const bh = i / span, t = row_begin + i % span;
-    long const row = (bh / heads) * tokens + t;
-    if (!keep(row)) return false;
-    return all_heads || head_mask(row, bh % heads) != 0;
-  };
-  long total = 0;
-  Kokkos::parallel_scan(
-      "proteus::attention::count_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, slots),
-      KOKKOS_LAMBDA(long i, long& offset, bool final) {
-        if (final && i % span == 0) head_start(i / span) = offset;
-        offset += active(i) ? 1 : 0;
-      },
-      total);
-  r.rows = total;
-  Kokkos::deep_copy(space, Kokkos::subview(head_start, s.batch * heads), total);
-  r.head = first_rows(buf.head, "proteus::attention::row_head", total);
-  r.token = first_rows(buf.token, "proteus::attention::row_token", total);
-  r.query = first_rows(buf.query, "proteus::attention::row_query", total);
+  r.head = first_rows(buf.head, "proteus::attention::row_head", r.rows);
+  r.token = first_rows(buf.token, "proteus::attention::row_token", r.rows);
+  r.query = first_rows(buf.query, "proteus::attention::row_query", r.rows);
   auto row_head = r.head;
   auto row_token = r.token;
   auto row_query = r.query;
@@ -97,18 +127,13 @@ void pack_rows(ExecSpace const& space, MaskMatrix const& head_mask, MaskVector c
       });
 }
 
-// Blocks: runs of up to attention_block_rows rows of one head.
+// Blocks: runs of up to attention_block_rows rows of one head (counted already).
 void pack_blocks(ExecSpace const& space, ActiveRowsBuffers& buf, ActiveRows& r) {
   constexpr long block_rows = attention_block_rows;
   auto head_start = r.head_start;
   auto row_head = r.head;
   auto starts_block = KOKKOS_LAMBDA(long row)->bool { return (row - head_start(row_head(row))) % block_rows == 0; };
-  long blocks = 0;
-  Kokkos::parallel_scan(
-      "proteus::attention::count_blocks", Kokkos::RangePolicy<ExecSpace>(space, 0, r.rows),
-      KOKKOS_LAMBDA(long row, long& n, bool) { n += starts_block(row) ? 1 : 0; }, blocks);
-  r.blocks = blocks;
-  r.block_start = first_rows(buf.block_start, "proteus::attention::block_start", blocks + 1);
+  r.block_start = first_rows(buf.block_start, "proteus::attention::block_start", r.blocks + 1);
   auto block_start = r.block_start;
   Kokkos::parallel_scan(
       "proteus::attention::pack_blocks", Kokkos::RangePolicy<ExecSpace>(space, 0, r.rows),
@@ -117,7 +142,7 @@ void pack_blocks(ExecSpace const& space, ActiveRowsBuffers& buf, ActiveRows& r) 
         if (final && s) block_start(n) = row;
         n += s ? 1 : 0;
       });
-  Kokkos::deep_copy(space, Kokkos::subview(block_start, blocks), r.rows);
+  Kokkos::deep_copy(space, Kokkos::subview(block_start, r.blocks), r.rows);
 }
 
 }  // namespace
@@ -140,8 +165,10 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
     Kokkos::deep_copy(space, r.block_start, 0L);
     return r;
   }
+  ActiveSlot const active{head_mask, keep, all_heads, s};
+  count_active(space, keep, active, buf, r);
   pack_queries(space, keep, s, buf, r);
-  pack_rows(space, head_mask, keep, all_heads, s, buf, r);
+  pack_rows(space, active, buf, r);
   pack_blocks(space, buf, r);
   return r;
 }

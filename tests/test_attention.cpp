@@ -90,6 +90,22 @@ PROTEUS_TEST_CASE("shortlist attention equals softmax over the candidate set in 
   for (long r = 0; r < batch * T; ++r) kept += hk(r) ? 1 : 0;
   CHECK(rows.queries == kept);
   CHECK(kept < batch * T);  // some tokens are dropped, so query rows are compacted
+  {  // The sizes counted on the device against a count here: rows per (batch, head), their blocks.
+    auto head_start = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rows.head_start);
+    auto block_start = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rows.block_start);
+    long total = 0, blocks = 0;
+    for (int bh = 0; bh < batch * heads; ++bh) {
+      long n = 0;
+      for (long t = 0; t < T; ++t) n += hk((bh / heads) * T + t) && hm((bh / heads) * T + t, bh % heads) ? 1 : 0;
+      CHECK(head_start(bh) == total);
+      for (long first = 0; first < n; first += detail::attention_block_rows) CHECK(block_start(blocks++) == total + first);
+      total += n;
+    }
+    CHECK(rows.rows == total);
+    CHECK(head_start(batch * heads) == total);
+    CHECK(rows.blocks == blocks);
+    CHECK(block_start(blocks) == total);
+  }
   auto query_of = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rows.query_of);
   CandidateLists lists = dna_candidate_lists(TEST_EXECSPACE(), plan, sal, batch, T);
   TokenMatrix ctx("ctx", rows.queries, heads * d);

@@ -37,6 +37,8 @@ inline constexpr int attention_block_rows = 32;
 struct ActiveRowsBuffers {
   IndexVector head;
   Kokkos::View<long*, MemSpace> token, query, head_start, block_start, query_source, query_of;
+  Kokkos::View<long*, MemSpace> sizes;  // [3] queries, blocks, rows: read in one copy
+  Kokkos::View<long*, HostSpace> sizes_host;
 };
 
 // Rows of tokens t in [row_begin, row_end) with head_mask(b*T + t, h) set, or with keep set
