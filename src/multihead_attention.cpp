@@ -31,7 +31,12 @@ std::string shape_of(BatchTensor const& t) {
          "]";
 }
 
-// Sums over tokens of the routing statistics, reduced in one pass (one host round trip).
+// work_.call_counts holds each head's active rows (entries 0..H-1), then these, at H + slot.
+namespace call_count {
+constexpr int candidates = 0, block_candidates = 1, gates_updated = 2, head_pairs = 3, slots = 4;
+}
+
+// Sums over tokens of the routing statistics, reduced in one pass.
 struct RoutingSums {
   double entropy, salience, beta, caught;
 };
@@ -264,7 +269,7 @@ detail::CallPlan CausalGeneticMultiheadAttention::plan_call(ExecSpace const& spa
   st.heads_nucleus = hc.nucleus;
   call.head_mask = reuse(work_.head_mask, "proteus::head_mask", n, heads);
   select_heads(space, c, head_probs, hc, st.alpha, call.routed.keep, call.head_mask);
-  count_active_pairs(space, call.head_mask, Kokkos::subview(work_.call_counts, heads + 3));  // the density
+  count_active_pairs(space, call.head_mask, Kokkos::subview(work_.call_counts, heads + call_count::head_pairs));
 
   call.shortlist = options.plan.value_or(plan_call_shortlist(c, tokens, st.alpha, static_cast<double>(hc.k) / heads));
   call.every_head = call.shortlist.dense || attends_every_head(c, st.alpha);
@@ -319,13 +324,14 @@ void add_block_statistics(ExecSpace const& space, detail::ActiveRows const& rows
   auto const head_start = rows.head_start;
   Kokkos::parallel_reduce(
       "proteus::stats::candidates", Kokkos::RangePolicy<ExecSpace>(space, 0, rows.rows),
-      KOKKOS_LAMBDA(long i, long& sum) { sum += counts(i); }, Kokkos::subview(stats, heads + 1));
+      KOKKOS_LAMBDA(long i, long& sum) { sum += counts(i); },
+      Kokkos::subview(stats, heads + call_count::block_candidates));
   Kokkos::parallel_for(
       "proteus::stats::head_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, heads), KOKKOS_LAMBDA(int h) {
         long n = 0;
         for (int b = 0; b < batch; ++b) n += head_start(b * heads + h + 1) - head_start(b * heads + h);
         stats(h) += n;
-        if (h == 0) stats(heads) += stats(heads + 1);
+        if (h == 0) stats(heads + call_count::candidates) += stats(heads + call_count::block_candidates);
       });
 }
 
@@ -501,7 +507,7 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
     if (work_.dna_stats.sums.extent(0) != static_cast<size_t>(c.num_gates))
       work_.dna_stats = DnaStatistics::allocate(c.num_gates, c.embed_dim);
     dna_statistics(space, x, call.routed.routing.gate_probs, work_.dna_stats, work_.dna_scratch);
-    dna_ema_update(space, c.dna_decay, work_.dna_stats, dna_, Kokkos::subview(work_.call_counts, c.num_heads + 2));
+    dna_ema_update(space, c.dna_decay, work_.dna_stats, dna_, Kokkos::subview(work_.call_counts, c.num_heads + call_count::gates_updated));
   }
   detail::ScopedRegion region("proteus::module::statistics");
   routing_statistics(space, call.routed.routing, work_);
@@ -517,27 +523,28 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
 // A new call's statistics: zeroed on the device, numbered.
 void CausalGeneticMultiheadAttention::start_statistics(ExecSpace const& space, ForwardStats& st) {
   int const heads = config_.num_heads;
-  Kokkos::deep_copy(space, first_rows(work_.call_counts, "proteus::stats::call", heads + 4L), 0L);
+  Kokkos::deep_copy(space, first_rows(work_.call_counts, "proteus::stats::call", heads + call_count::slots), 0L);
   Kokkos::deep_copy(space, first_rows(work_.routing_sums, "proteus::stats::routing", 4L), 0.0);
-  st.call = work_.stats_call = ++work_.calls;
+  st.call = ++work_.calls;
 }
 
 void CausalGeneticMultiheadAttention::complete_statistics(ExecSpace const& space, ForwardStats& st) const {
   if (!st.pending) return;
-  require(st.call == work_.stats_call, "statistics",
-          "call " + std::to_string(st.call) + "'s were replaced by call " + std::to_string(work_.stats_call) +
+  require(st.call == work_.calls, "statistics",
+          "call " + std::to_string(st.call) + "'s were replaced by call " + std::to_string(work_.calls) +
               " of the module (complete deferred statistics before the next call)");
   int const heads = config_.num_heads;
-  auto const counts = first_rows(work_.call_counts_host, "proteus::stats::call_host", heads + 4L);
+  auto const counts = first_rows(work_.call_counts_host, "proteus::stats::call_host", heads + call_count::slots);
   auto const sums = first_rows(work_.routing_sums_host, "proteus::stats::routing_host", 4L);
-  Kokkos::deep_copy(space, counts, Kokkos::subview(work_.call_counts, std::make_pair(0, heads + 4)));
+  Kokkos::deep_copy(space, counts, Kokkos::subview(work_.call_counts, std::make_pair(0, heads + call_count::slots)));
   Kokkos::deep_copy(space, sums, Kokkos::subview(work_.routing_sums, std::make_pair(0, 4)));
   space.fence();
   st.distinct_heads = 0;
   for (int h = 0; h < heads; ++h) st.distinct_heads += counts(h) > 0 ? 1 : 0;
-  st.mean_candidates = st.active_rows > 0 ? counts(heads) / static_cast<double>(st.active_rows) : 0.0;
-  st.gates_updated = static_cast<int>(counts(heads + 2));
-  st.density = static_cast<double>(counts(heads + 3)) / (static_cast<double>(heads) * std::max(1L, st.tokens_kept));
+  st.mean_candidates = st.active_rows > 0 ? counts(heads + call_count::candidates) / static_cast<double>(st.active_rows) : 0.0;
+  st.gates_updated = static_cast<int>(counts(heads + call_count::gates_updated));
+  st.density = static_cast<double>(counts(heads + call_count::head_pairs)) /
+               (static_cast<double>(heads) * std::max(1L, st.tokens_kept));
   long const n = st.batch * st.tokens;
   double const per_token = n > 0 ? 1.0 / static_cast<double>(n) : 0.0;
   st.router_entropy = sums(0) * per_token;

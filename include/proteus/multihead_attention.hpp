@@ -121,13 +121,13 @@ struct ModuleWorkspace {
   DnaStatisticsScratch dna_scratch;
   // The call's statistics on the device, summed over its query blocks and read once per call:
   // [H + 4] rows of each head, candidates, one block's candidates, gates updated, active (token,
-  // head) pairs; routing's [4] entropy, salience, beta and tokens caught. stats_call: the call they
-  // belong to.
+  // head) pairs; routing's [4] entropy, salience, beta and tokens caught. calls: the module's calls
+  // so far (the statistics held are the last one's).
   Kokkos::View<long*, MemSpace> call_counts;
   Kokkos::View<long*, HostSpace> call_counts_host;
   Kokkos::View<double*, MemSpace> routing_sums;
   Kokkos::View<double*, HostSpace> routing_sums_host;
-  long calls = 0, stats_call = 0;
+  long calls = 0;
   ActiveRowsBuffers rows;
   // The backward's: softmax statistics of the active rows, dcontext, the column sums' partial sums,
   // and the attention backward's scratch.
