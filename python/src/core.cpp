@@ -137,7 +137,7 @@ void check_device(py::handle t, std::string const& name) {
                                 : t.attr("is_cpu").cast<bool>();
   if (right) return;
   std::string const device = py::str(t.attr("device"));
-  if (is_cuda != cuda_build || !cuda_build)
+  if (!(cuda_build && is_cuda))  // a tensor on another kind of device (else: another CUDA device)
     throw py::value_error(name + ": tensor on " + device + ", but this proteus_kokkos build runs on " +
                           build_device() + " (tensors are never copied between devices)");
   throw py::value_error(name + ": tensor on " + device + ", but proteus runs on cuda:" +
