@@ -82,6 +82,7 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
   Config const& cfg = scorer.config();
   TokenMatrix buffer("proteus::chunk::tokens", grid.chunk_tokens, cfg.embed_dim);
   DnaStatistics stats = DnaStatistics::allocate(cfg.num_gates, cfg.embed_dim);
+  DnaStatisticsScratch dna_scratch;  // allocated by the first chunk, reused by the others
   if (state.next_chunk < range.first) state.next_chunk = range.first;
   auto extent_of = [&](long c) { return std::make_pair(grid.begin(c), grid.extent(c)); };
   // Host-resident sources (files) are double-buffered twice over: chunk c + 2 is read on a helper
@@ -140,7 +141,7 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
         KOKKOS_LAMBDA(long i, long& n) { n += beta(i) > 0.0f ? 1 : 0; }, caught);
     state.chunk_log.push_back({c, static_cast<std::int64_t>(cand.size()), routed.tokens_kept, caught});
     if (cfg.dna_enable) {
-      dna_statistics(space, x, routed.routing.gate_probs, stats);
+      dna_statistics(space, x, routed.routing.gate_probs, stats, dna_scratch);
       state.dna.add(space, stats, cfg.dna_decay);
     }
     state.next_chunk = c + 1;
