@@ -26,6 +26,8 @@ namespace {
 struct Span {
   int batch, heads;
   long tokens, row_begin, span;
+  // The token row of query slot i of batch * span (batch i / span).
+  KOKKOS_INLINE_FUNCTION long token_row(long i) const { return (i / span) * tokens + row_begin + i % span; }
 };
 
 // Whether slot i stands for an active row: a kept token whose head is on (or every head).
@@ -48,13 +50,13 @@ struct ActiveSlot {
 void count_active(ExecSpace const& space, MaskVector const& keep, ActiveSlot const& active, ActiveRowsBuffers& buf,
                   ActiveRows& r) {
   Span const s = active.s;
-  long const span = s.span, tokens = s.tokens, row_begin = s.row_begin;
+  long const span = s.span;
   long const bh_count = static_cast<long>(s.batch) * s.heads, slots = bh_count * span;
   auto const sizes = first_rows(buf.sizes, "proteus::attention::sizes", 3);
   auto const head_start = r.head_start;
   Kokkos::parallel_reduce(
       "proteus::attention::count_queries", Kokkos::RangePolicy<ExecSpace>(space, 0, s.batch * span),
-      KOKKOS_LAMBDA(long i, long& n) { n += keep((i / span) * tokens + row_begin + i % span) ? 1 : 0; },
+      KOKKOS_LAMBDA(long i, long& n) { n += keep(s.token_row(i)) ? 1 : 0; },
       Kokkos::subview(sizes, 0));
   Kokkos::parallel_scan(
       "proteus::attention::count_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, slots),
@@ -81,9 +83,7 @@ void count_active(ExecSpace const& space, MaskVector const& keep, ActiveSlot con
 // Query rows: the kept tokens of the range, in (batch, token) order.
 void pack_queries(ExecSpace const& space, MaskVector const& keep, Span const& s, ActiveRowsBuffers& buf,
                   ActiveRows& r) {
-  long const span = s.span, tokens = s.tokens, row_begin = s.row_begin;
-  long const range = static_cast<long>(s.batch) * span;
-  auto token_row = KOKKOS_LAMBDA(long i)->long { return (i / span) * tokens + row_begin + i % span; };
+  long const range = static_cast<long>(s.batch) * s.span;
   r.query_source = first_rows(buf.query_source, "proteus::attention::query_source", r.queries);
   r.query_of = first_rows(buf.query_of, "proteus::attention::query_of", range);
   auto query_source = r.query_source;
@@ -91,10 +91,10 @@ void pack_queries(ExecSpace const& space, MaskVector const& keep, Span const& s,
   Kokkos::parallel_scan(
       "proteus::attention::pack_queries", Kokkos::RangePolicy<ExecSpace>(space, 0, range),
       KOKKOS_LAMBDA(long i, long& offset, bool final) {
-        bool const kept = keep(token_row(i)) != 0;
+        bool const kept = keep(s.token_row(i)) != 0;
         if (final) {
           query_of(i) = kept ? offset : -1;
-          if (kept) query_source(offset) = token_row(i);
+          if (kept) query_source(offset) = s.token_row(i);
         }
         offset += kept ? 1 : 0;
       });
