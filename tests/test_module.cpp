@@ -443,6 +443,34 @@ PROTEUS_TEST_CASE("bad input gives a clear error naming the argument", "[module]
             .find("attn_mask") != std::string::npos);
 }
 
+// check_finite counts every non-finite entry of a matrix and none outside it: a contiguous one in
+// one flat pass, a column block of a wider matrix (rows padded by the columns left out) by row.
+PROTEUS_TEST_CASE("check_finite counts NaN and Inf inside the matrix only", "[module][errors]") {
+  TokenMatrix wide("wide", 5, 7);
+  auto h = Kokkos::create_mirror_view(wide);
+  Kokkos::deep_copy(h, 1.0f);
+  h(0, 0) = std::nanf("");
+  h(2, 3) = INFINITY;
+  h(4, 6) = -INFINITY;
+  h(1, 5) = std::nanf("");  // outside the column block [0, 4) below
+  Kokkos::deep_copy(wide, h);
+  auto error = [](TokenMatrix const& m) {
+    try {
+      check_finite(TEST_EXECSPACE(), m, "m");
+    } catch (Error const& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  CHECK(wide.span_is_contiguous());
+  CHECK(error(wide) == "m: contains 4 NaN or Inf value(s)");
+  TokenMatrix const block = Kokkos::subview(wide, Kokkos::ALL, std::make_pair(0, 4));
+  REQUIRE_FALSE(block.span_is_contiguous());
+  CHECK(error(block) == "m: contains 2 NaN or Inf value(s)");
+  TokenMatrix const clean = Kokkos::subview(wide, std::make_pair(3, 4), std::make_pair(0, 6));
+  CHECK(error(clean) == "no error");
+}
+
 PROTEUS_TEST_CASE("the standard causal attn_mask and a key padding mask are accepted", "[module][masks]") {
   Shape const s{2, 12, 16, 2};
   Config cfg;
