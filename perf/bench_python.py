@@ -4,8 +4,10 @@ autograd, next to PyTorch's causal SDPA (BF16 and FP32) forward + backward on th
 process. Compare with `bench_module --backward` (the same training step from C++) run in the same
 device call: the difference is the Python / autograd overhead.
     PYTHONPATH=<build>/python python3 perf/bench_python.py --tokens 4096 32768 131072 --csv py.csv
-Shape and config as bench_module's tinytoy runs: E 512, 32 heads of 16, 64 gates, alpha 1 (fixed),
-token sparsity on, DNA frozen, batch 1, dy = 1e-3."""
+Shape, config, weights and input as bench_module's tinytoy runs: E 512, 32 heads of 16, 64 gates, alpha 1
+(fixed), token sparsity on, DNA frozen, batch 1, seed 1, x = bench_module's counter-based normals
+(perf/counter_random.py), dy = 1e-3: the kernels do the same work in both, and each T's first line
+prints the kept fraction and mean candidates to compare with bench_module's columns."""
 import argparse
 import csv
 
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import proteus_kokkos as pk
+from counter_random import standard_normal
 from timing import median_ms, synchronize as sync
 
 ap = argparse.ArgumentParser()
@@ -55,13 +58,15 @@ if args.side_stream:
     torch.cuda.set_stream(side)
 print(f"# torch {torch.__version__}, proteus_kokkos on {pk.device()}"
       f"{', ' + torch.cuda.get_device_name() if cuda else ''}{', side stream' if args.side_stream else ''}; E {args.embed}, {args.heads} heads, {args.gates} gates")
-print(f"{'T':>9} {'what':>24} {'median_ms':>10} {'peak_MB':>9}")
+print(f"{'T':>9} {'what':>30} {'median_ms':>10} {'peak_MB':>9}")
 for T in args.tokens:
     m = pk.CausalGeneticMultiheadAttention(args.embed, args.heads, batch_first=True, seed=1, mode="fixed", alpha=1.0,
                                            num_gates=args.gates, dna_update=False, token_sparse=True).train()
-    g = torch.Generator().manual_seed(5)
-    x = torch.randn(1, T, args.embed, generator=g).to(device).requires_grad_()
+    x = standard_normal(5, 9, T * args.embed, device=device).view(1, T, args.embed).requires_grad_()
     dy = torch.full_like(x, 1e-3)
+    with torch.no_grad():
+        st = m(x, x, x, need_weights=True)[1]
+    print(f"# T {T}: kept {st['tokens_kept'] / T:.3f}, mean candidates {st['mean_candidates']:.1f}")
 
     def forward():
         with torch.no_grad():
@@ -86,9 +91,9 @@ for T in args.tokens:
              ("qkv_weight", "qkv_bias", "out_weight", "out_bias", "router_weight")}
     y_rows, dx_rows, dy_rows = torch.empty_like(x_rows), torch.empty_like(x_rows), dy.view(T, args.embed)
     stream = pk._runtime.stream_handle(x_rows)
+    state = pk._core.TrainingState()  # reused by every step, as bench_module and the module reuse theirs
 
     def core_step():
-        state = pk._core.TrainingState()
         core.bind(weights)
         core.forward_training(stream, x_rows, 1, positions, y_rows, state, False, True)
         core.backward(stream, state, dy_rows, dx_rows, grads)
@@ -116,11 +121,28 @@ for T in args.tokens:
                 out.backward(torch.ones_like(out))
                 q.grad = k.grad = v.grad = None
 
-            cases.append((f"sdpa {str(dtype)[6:]} forward+backward", sdpa_step))
+            def sdpa_forward(q=q, k=k, v=v):
+                with torch.no_grad():
+                    F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+            # A dense layer as the module is one: Q/K/V projection, causal SDPA, output projection.
+            xd = torch.randn(1, T, args.embed, device=device, dtype=dtype)
+            w_qkv, w_out = (torch.randn(n * args.embed, args.embed, device=device, dtype=dtype) * args.embed ** -0.5
+                            for n in (3, 1))
+
+            def dense_forward(xd=xd, w_qkv=w_qkv, w_out=w_out):
+                with torch.no_grad():
+                    heads = F.linear(xd, w_qkv).view(1, T, 3, args.heads, -1).permute(2, 0, 3, 1, 4)
+                    out = F.scaled_dot_product_attention(heads[0], heads[1], heads[2], is_causal=True)
+                    F.linear(out.transpose(1, 2).reshape(1, T, args.embed), w_out)
+
+            name = str(dtype)[6:]
+            cases += [(f"sdpa {name} forward", sdpa_forward), (f"dense layer {name} forward", dense_forward),
+                      (f"sdpa {name} forward+backward", sdpa_step)]
     for name, step in cases:
         ms = median_ms(step, args.repeat)
         mb = peak_mb(step)
-        print(f"{T:>9} {name:>24} {ms:>10.3f} {mb:>9.1f}", flush=True)
+        print(f"{T:>9} {name:>30} {ms:>10.3f} {mb:>9.1f}", flush=True)
         rows.append({"tokens": T, "what": name, "median_ms": ms, "peak_mb": mb})
     if args.torch_trace:
         from torch.profiler import ProfilerActivity, profile

@@ -181,13 +181,26 @@ for step in "$@"; do
       "$bin/perf/bench_module" --embed 192 --heads 8 --gates 16 --tokens 512 --batch 32 --alphas 0.0 --warmup 1 \
         --repeat 3 --backward --profile | tee "$out/training_small.txt" ;;
     python_bench)
-      # The training step through the PyTorch extension (autograd) and from C++, with SDPA, in one call.
-      PYTHONPATH=$bin/python python3 "$root/perf/bench_python.py" --tokens 4096 32768 131072 524288 \
-        --csv "$out/python_bench.csv" | tee "$out/python_bench.txt"
-      PYTHONPATH=$bin/python python3 "$root/perf/bench_python.py" --tokens 4096 32768 --side-stream \
-        --csv "$out/python_bench_side.csv" | tee -a "$out/python_bench.txt"
-      "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 524288 --alphas 1.0 \
-        --warmup 1 --repeat 5 --token-sparse --backward --csv "$out/cpp_training.csv" | tee -a "$out/python_bench.txt" ;;
+      # issue 18: the training step through the PyTorch extension (autograd, one thread, the compiled module
+      # called as C++ calls it) and from C++ (bench_module, the same weights and input), in one call.
+      PYTHONPATH=$bin/python python3 "$root/perf/bench_python.py" --tokens 4096 32768 131072 524288 --repeat 11 \
+        --cases forward training-forward step step-one-thread core-step --csv "$out/python_bench.csv" | tee "$out/python_bench.txt"
+      PYTHONPATH=$bin/python python3 "$root/perf/bench_python.py" --tokens 4096 32768 --side-stream --repeat 11 \
+        --cases step core-step sdpa --sdpa-fp32-max 32768 --csv "$out/python_bench_side.csv" | tee -a "$out/python_bench.txt"
+      for defer in "" "--defer-statistics"; do
+        "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 524288 --alphas 1.0 \
+          --warmup 1 --repeat 11 --token-sparse --backward $defer
+      done | tee -a "$out/python_bench.txt" ;;
+    short)
+      # issue 20 item 3: T 512-4096, proteus against causal SDPA and a dense layer of the same precision
+      # (one timing method: wall clock between synchronisations), then the C++ forward and training step
+      # with their kernels, fences and allocations per call.
+      PYTHONPATH=$bin/python python3 "$root/perf/bench_python.py" --tokens 512 1024 2048 4096 --repeat 21 \
+        --cases forward step core-step sdpa --csv "$out/short_python.csv" | tee "$out/short.txt"
+      for mode in "" "--backward"; do
+        "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 512 1024 2048 4096 --alphas 1.0 \
+          --warmup 2 --repeat 21 --token-sparse --profile $mode
+      done | tee -a "$out/short.txt" ;;
     python_profile)
       # issue 18: where the Python step's extra time goes. The step through autograd, the same calls
       # into the compiled module without autograd, and the C++ step, at 4k and 32k in one call;

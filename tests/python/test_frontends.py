@@ -140,3 +140,18 @@ def test_driver_runs_python_weights_and_python_reads_its_checkpoint(tmp_path):
     reread.load_hdf5(checkpoint)
     assert torch.equal(reread.attention.qkv.weight, m.attention.qkv.weight)
     assert not torch.equal(final, m.attention.routing_prototypes.cpu())  # the run's EMA moved its DNA
+
+
+def test_benchmark_inputs_are_the_cpp_counter_normals():
+    """perf/counter_random.py (bench_python's input: bench_module's) reproduces include/proteus/random.hpp:
+    a module's initial DNA prototypes are dna_init_scale * standard_normal(seed, 6, g * E + j)."""
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "perf"))
+    from counter_random import standard_normal
+    for seed in (1, 7, 2**61 + 3):
+        m = make(embed=32, heads=4, seed=seed, num_gates=12)
+        want = m.attention.routing_prototypes.detach().cpu().to(torch.float64)
+        got = standard_normal(seed, 6, want.numel(), device=DEVICE).cpu().to(torch.float64).view_as(want)
+        scale = m.config.dna_init_scale
+        assert torch.allclose(got * scale, want, rtol=1e-6, atol=1e-9), (seed, (got * scale - want).abs().max())
+        assert abs(float(got.mean())) < 0.5 and 0.5 < float(got.std()) < 1.5  # normals, not a shifted copy
