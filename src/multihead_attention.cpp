@@ -383,6 +383,14 @@ void copy_into(ExecSpace const& space, View const& v, View& out, char const* lab
   Kokkos::deep_copy(space, out, v);
 }
 
+// out(i) = positions(source(i)): the positions of the query rows.
+void gather_positions(ExecSpace const& space, PositionVector const& positions,
+                      Kokkos::View<long*, MemSpace> const& source, PositionVector const& out) {
+  Kokkos::parallel_for(
+      "proteus::module::query_positions", Kokkos::RangePolicy<ExecSpace>(space, 0, out.extent(0)),
+      KOKKOS_LAMBDA(long i) { out(i) = positions(source(i)); });
+}
+
 // The forward's choices, copied out of the module's reusable buffers into `state`.
 void keep_for_backward(ExecSpace const& space, detail::CallPlan const& call, TokenMatrix const& x, int batch,
                        PositionVector const& positions, long row_begin, long row_end, TrainingState& state) {
@@ -409,7 +417,8 @@ void keep_for_backward(ExecSpace const& space, detail::CallPlan const& call, Tok
 
 void CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detail::CallPlan const& call,
                                                    TokenMatrix const& x, int batch, PositionVector const& positions,
-                                                   TokenMatrix const& y, long t0, long len, ForwardStats& st) {
+                                                   TokenMatrix const& y, long t0, long len, ForwardStats& st,
+                                                   bool keep_attended) {
   Config const& c = config_;
   long const tokens = static_cast<long>(x.extent(0)) / batch;
   int const e = c.embed_dim, heads = c.num_heads;
@@ -427,12 +436,17 @@ void CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
   TokenMatrix const cb = first_rows(work_.ctx, "proteus::context", nq, e);
   TokenMatrix gathered;  // [nq x E] kept rows of x, then their outputs
   if (every) {
-    for (int b = 0; b < batch; ++b) {
-      TokenMatrix const qr = rows_of(qb, b * len, len);
-      project_q(space, rows_of(x, b * tokens + t0, len), weights_, qr, precision);
-      PositionVector const pos = Kokkos::subview(positions, std::make_pair(b * tokens + t0, b * tokens + t0 + len));
+    // One GEMM where the block's rows of x are one range (as the backward's recompute projects them).
+    bool const one_range = batch == 1 || len == tokens;
+    long const m = one_range ? batch * len : len;
+    for (int b = 0; b < (one_range ? 1 : batch); ++b) {
+      TokenMatrix const qr = rows_of(qb, b * len, m);
+      project_q(space, rows_of(x, b * tokens + t0, m), weights_, qr, precision);
+      PositionVector const pos = Kokkos::subview(positions, std::make_pair(b * tokens + t0, b * tokens + t0 + m));
       bias_and_rope(space, qr, bias_q, pos, e, heads, 1, c.rope, c.rope_base);
     }
+    if (keep_attended)  // the backward turns RoPE back at the query rows' positions
+      gather_positions(space, positions, rows.query_source, first_rows(work_.kept_positions, "proteus::kept_positions", nq));
   } else if (nq > 0) {
     gathered = first_rows(work_.gathered, "proteus::kept_rows", nq, e);
     PositionVector const pos = first_rows(work_.kept_positions, "proteus::kept_positions", nq);
@@ -443,7 +457,13 @@ void CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
   st.active_rows += rows.rows;
   Kokkos::deep_copy(space, cb, 0.0f);  // rows of inactive heads stay zero
   Kokkos::View<int*, MemSpace> const counts = first_rows(work_.candidate_count, "proteus::candidate_count", rows.rows);
-  detail::attend(space, call.shortlist, qb, work_.kv, bias_v, rows, call.dna_lists, heads, cb, counts);
+  detail::RowSoftmax softmax;
+  if (keep_attended) {
+    softmax.max = first_rows(work_.row_max, "proteus::backward::row_max", rows.rows);
+    softmax.sum = first_rows(work_.row_sum, "proteus::backward::row_sum", rows.rows);
+    work_.attended_rows = rows;
+  }
+  detail::attend(space, call.shortlist, qb, work_.kv, bias_v, rows, call.dna_lists, heads, cb, counts, softmax);
   if (call.head_weight.extent(0) > 0) detail::scale_active_heads(space, rows, call.head_weight, cb, tokens);
   if (every) {
     for (int b = 0; b < batch; ++b)
@@ -503,8 +523,16 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
     work_.kv_call = state && !c.tf32_projections ? (state->call = ++work_.training_calls) : 0;
     long const block =
         std::max(1L, std::min(row_end - options.row_begin, static_cast<long>(c.query_block_rows) / batch));
+    // In one block whose query rows are one GEMM's, the block's queries, contexts and softmax
+    // statistics are the backward's, bit for bit (unless the router gradient scales the contexts
+    // in place).
+    bool const keep_attended = work_.kv_call != 0 && row_end > options.row_begin &&
+                               block == row_end - options.row_begin && (batch == 1 || block == tokens) &&
+                               call.head_weight.extent(0) == 0;
+    work_.attended_call = 0;
     for (long t0 = options.row_begin; t0 < row_end; t0 += block)
-      attend_block(space, call, x, batch, positions, y, t0, std::min(block, row_end - t0), st);
+      attend_block(space, call, x, batch, positions, y, t0, std::min(block, row_end - t0), st, keep_attended);
+    if (keep_attended) work_.attended_call = work_.kv_call;
     if (options.row_begin > 0 || row_end < tokens)
       bias_outside_rows(space, weights_.out_bias, y, tokens, options.row_begin, row_end);
     st.mean_active_heads = static_cast<double>(st.active_rows) / std::max(1L, st.tokens_kept);

@@ -51,11 +51,13 @@ void head_weight_gradient(ExecSpace const& space, detail::ActiveRows const& rows
 
 }  // namespace
 
-// Keys and values of every token in the module's K|V buffer (still there from the training
-// forward unless another call came between), the kept rows' queries, and their contexts with the
-// rows' softmax statistics, as the training forward computed them (FP32).
+// Keys and values of every token in the module's K|V buffer, the kept rows' queries, and their
+// contexts with the rows' softmax statistics, as the training forward computed them (FP32): what
+// the forward left in the module's buffers (`attended`: all of it; else K|V unless another call
+// came between), the rest computed again.
 detail::AttendedRows CausalGeneticMultiheadAttention::recompute(ExecSpace const& space, TrainingState const& state,
-                                                                detail::ActiveRows const& rows, TokenMatrix& q) {
+                                                                detail::ActiveRows const& rows, bool attended,
+                                                                TokenMatrix& q) {
   Config const& c = config_;
   int const e = c.embed_dim, heads = c.num_heads;
   long const n = static_cast<long>(state.x.extent(0)), nq = rows.queries;
@@ -73,7 +75,7 @@ detail::AttendedRows CausalGeneticMultiheadAttention::recompute(ExecSpace const&
   out.softmax.max = detail::first_rows(work_.row_max, "proteus::backward::row_max", rows.rows);
   out.softmax.sum = detail::first_rows(work_.row_sum, "proteus::backward::row_sum", rows.rows);
   q = detail::first_rows(work_.q, "proteus::q", nq, e);
-  if (nq == 0) return out;
+  if (nq == 0 || attended) return out;
   TokenMatrix const xq = detail::first_rows(work_.gathered, "proteus::kept_rows", nq, e);
   PositionVector const pos_q = detail::first_rows(work_.kept_positions, "proteus::kept_positions", nq);
   detail::gather_rows(space, state.x, rows.query_source, xq, state.positions, pos_q);
@@ -109,11 +111,14 @@ void CausalGeneticMultiheadAttention::backward(ExecSpace const& space, TrainingS
 
   // Buffers: K|V, then dK|dV in place (head widths 8-64); the context, then dq; the kept rows of
   // x, then of dy, then of x again; dcontext, then the kept rows' dx.
-  detail::ActiveRows const rows = detail::compact_active_rows(space, state.head_mask, state.keep, state.every_head,
-                                                              batch, tokens, state.row_begin, state.row_end, work_.rows);
+  bool const kept = state.call > 0 && work_.attended_call == state.call;  // the forward's attention is there
+  detail::ActiveRows const rows =
+      kept ? work_.attended_rows
+           : detail::compact_active_rows(space, state.head_mask, state.keep, state.every_head, batch, tokens,
+                                         state.row_begin, state.row_end, work_.rows);
   long const nq = rows.queries;
   TokenMatrix q;
-  detail::AttendedRows const attended = recompute(space, state, rows, q);
+  detail::AttendedRows const attended = recompute(space, state, rows, kept, q);
   TokenMatrix const& kv = work_.kv;
 
   // Output projection: every row's dy reaches the output bias; rows with a query reach W_out (which
@@ -145,7 +150,7 @@ void CausalGeneticMultiheadAttention::backward(ExecSpace const& space, TrainingS
   if (!detail::backward_in_place(e / heads)) dkv = TokenMatrix("proteus::backward::dkv", n, 2 * e);
   detail::attend_backward(space, state.plan, q, kv, rows, state.dna_lists, heads, attended, dctx, dq, dkv,
                           work_.backward);
-  work_.kv_call = 0;  // K|V now holds their gradients (in place) or the next call's
+  work_.kv_call = work_.attended_call = 0;  // K|V holds their gradients (in place) or the next call's, ctx dq
   bias_gradients(space, state, rows, dq, dkv, grads);
   project_kv_backward(space, x, dkv, weights_, dx, grads);
   if (nq > 0) {

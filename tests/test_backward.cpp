@@ -3,7 +3,9 @@
 // makes the same selections (kept tokens, active heads, candidate sets: constants of the
 // backward), causality and determinism of the gradients, batch = rows stacked, bad input, and a
 // small learning task that SGD through the backward must learn.
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <functional>
 #include <set>
 #include <string>
@@ -480,6 +482,61 @@ PROTEUS_TEST_CASE("a call between the training forward and its backward changes 
     straight.state = again;
     CHECK(straight.backward(space).dx == a.dx);
   }
+}
+
+namespace {
+// Kernels launched while counting, by label (Kokkos Tools' begin-kernel callbacks).
+std::vector<std::string>& launched() {
+  static std::vector<std::string> labels;
+  return labels;
+}
+void count_kernel(char const* name, std::uint32_t, std::uint64_t*) { launched().push_back(name); }
+
+// The labels of the kernels `f` launches.
+std::vector<std::string> kernels_of(std::function<void()> const& f) {
+  namespace kt = Kokkos::Tools::Experimental;
+  launched().clear();
+  kt::set_begin_parallel_for_callback(count_kernel);
+  kt::set_begin_parallel_scan_callback(count_kernel);
+  f();
+  kt::set_begin_parallel_for_callback(nullptr);
+  kt::set_begin_parallel_scan_callback(nullptr);
+  return launched();
+}
+
+long count_of(std::vector<std::string> const& labels, std::string const& label) {
+  return std::count(labels.begin(), labels.end(), label);
+}
+}  // namespace
+
+PROTEUS_TEST_CASE("the backward takes the forward's attention as it is when nothing came between",
+                  "[backward]") {
+  // One block in FP32 without the router gradient: no compaction and no attention pass again
+  // (the test above shows the bits equal the recomputed ones). A call in between, query blocks
+  // smaller than the call or the router gradient: the backward compacts and attends again.
+  TEST_EXECSPACE space;
+  Config c = small_config(1.0);
+  c.token_sparse = true;
+  long const T = 21;
+  auto attention_passes = [](std::vector<std::string> const& k) {
+    return count_of(k, "proteus::attention::own_windows") + count_of(k, "proteus::attention::union") +
+           count_of(k, "proteus::attention::pack_queries");
+  };
+  Run straight(space, c, 2, T, 8);
+  CHECK(attention_passes(kernels_of([&] { straight.backward(space); })) == 0);
+  Run interrupted(space, c, 2, T, 8);
+  TokenMatrix const other_y("other_y", T, c.embed_dim);
+  interrupted.module.run(space, test::to_device(test::random_matrix(T, c.embed_dim, 77)), 1,
+                         Kokkos::subview(interrupted.positions, std::make_pair(0L, T)), other_y);
+  CHECK(attention_passes(kernels_of([&] { interrupted.backward(space); })) > 0);
+  Config blocks = c;
+  blocks.query_block_rows = 16;  // two blocks of 8 tokens for batch 2
+  Run blocked(space, blocks, 2, T, 8);
+  CHECK(attention_passes(kernels_of([&] { blocked.backward(space); })) > 0);
+  Config routed = c;
+  routed.router_gradient = true;
+  Run scaled(space, routed, 2, T, 8);
+  CHECK(attention_passes(kernels_of([&] { scaled.backward(space); })) > 0);
 }
 
 PROTEUS_TEST_CASE("a state reused for the next training forward keeps its memory; a copy of it keeps its choices",

@@ -65,7 +65,8 @@ struct RunOptions {
 // What a training forward keeps for its backward. x and positions are references: the caller keeps
 // them alive and unchanged until the backward. What the forward chose (kept tokens, active heads,
 // the shortlist plan, DNA candidate lists) is a constant of the backward, as a top-k is in
-// autograd; keys, values, queries and contexts are recomputed (cheaper than keeping them: see
+// autograd. Keys, values, queries and contexts stay in the module's buffers for the backward unless
+// another call overwrites them first, in which case the backward recomputes them (see
 // docs/training.md). Held beyond x: N bytes of keep mask, N*H of head mask, the DNA lists.
 // A state passed to run_training again keeps its copies' allocations when the shapes match (no
 // device allocation per step); as the module's own buffers, it assumes that the previous backward
@@ -129,6 +130,13 @@ struct ModuleWorkspace {
   Kokkos::View<double*, HostSpace> routing_sums_host;
   long calls = 0;
   ActiveRowsBuffers rows;
+  // The training forward (0: none) whose attention the backward takes as it is instead of
+  // recomputing it: its active rows, their queries q, contexts ctx, softmax statistics row_max /
+  // row_sum and query positions kept_positions. Left by a training forward that attended in one
+  // block, in FP32, without the router gradient (whose contexts are scaled in place); any other
+  // call overwrites them.
+  long attended_call = 0;
+  ActiveRows attended_rows;
   // The backward's: softmax statistics of the active rows, dcontext, the column sums' partial sums,
   // and the attention backward's scratch.
   TokenVector row_max, row_sum, column_partials;
@@ -231,12 +239,14 @@ class CausalGeneticMultiheadAttention {
   detail::CallPlan plan_call(ExecSpace const& space, TokenMatrix const& x, int batch, RunOptions const& options,
                              ForwardStats& st);
   // Stages 5-7 for query rows [t0, t0 + len) of every batch row (K|V in work_.kv); adds the block's
-  // rows per head and candidates to the call's statistics on the device.
+  // rows per head and candidates to the call's statistics on the device. keep_attended: also the
+  // rows' softmax statistics and query positions, and the rows in work_.attended_rows.
   void attend_block(ExecSpace const& space, detail::CallPlan const& call, TokenMatrix const& x, int batch,
-                    PositionVector const& positions, TokenMatrix const& y, long t0, long len, ForwardStats& st);
+                    PositionVector const& positions, TokenMatrix const& y, long t0, long len, ForwardStats& st,
+                    bool keep_attended);
   // Backward helpers (multihead_attention_backward.cpp).
   detail::AttendedRows recompute(ExecSpace const& space, TrainingState const& state, detail::ActiveRows const& rows,
-                                 TokenMatrix& q);
+                                 bool attended, TokenMatrix& q);
   void bias_gradients(ExecSpace const& space, TrainingState const& state, detail::ActiveRows const& rows,
                       TokenMatrix const& dq, TokenMatrix const& dkv, Gradients const& grads) const;
   void router_backward(ExecSpace const& space, TrainingState const& state, GateMatrix const& dweight,
