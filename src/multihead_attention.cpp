@@ -521,13 +521,15 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
     bias_and_rope(space, kv, bias_k, positions, e, c.num_heads, 1, c.rope, c.rope_base);  // V's bias: in attend
     // The backward can use this K|V while no other call has overwritten it (FP32 only: it recomputes in FP32).
     work_.kv_call = state && !c.tf32_projections ? (state->call = ++work_.training_calls) : 0;
-    long const block =
-        std::max(1L, std::min(row_end - options.row_begin, static_cast<long>(c.query_block_rows) / batch));
+    // Only kept tokens hold query rows: where all the call's kept tokens fit, one block takes them.
+    long const span = row_end - options.row_begin;
+    long const block = st.tokens_kept <= c.query_block_rows
+                           ? std::max(1L, span)
+                           : std::max(1L, std::min(span, static_cast<long>(c.query_block_rows) / batch));
     // In one block whose query rows are one GEMM's, the block's queries, contexts and softmax
     // statistics are the backward's, bit for bit (unless the router gradient scales the contexts
     // in place).
-    bool const keep_attended = work_.kv_call != 0 && row_end > options.row_begin &&
-                               block == row_end - options.row_begin && (batch == 1 || block == tokens) &&
+    bool const keep_attended = work_.kv_call != 0 && span > 0 && block == span && (batch == 1 || block == tokens) &&
                                call.head_weight.extent(0) == 0;
     work_.attended_call = 0;
     for (long t0 = options.row_begin; t0 < row_end; t0 += block)

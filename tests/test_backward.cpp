@@ -517,6 +517,8 @@ PROTEUS_TEST_CASE("the backward takes the forward's attention as it is when noth
   TEST_EXECSPACE space;
   Config c = small_config(1.0);
   c.token_sparse = true;
+  c.token_keep_ratio = c.token_keep_min_ratio = 0.6f;
+  c.token_keep_guard = 1;
   long const T = 21;
   auto attention_passes = [](std::vector<std::string> const& k) {
     return count_of(k, "proteus::attention::own_windows") + count_of(k, "proteus::attention::union") +
@@ -530,9 +532,17 @@ PROTEUS_TEST_CASE("the backward takes the forward's attention as it is when noth
                          Kokkos::subview(interrupted.positions, std::make_pair(0L, T)), other_y);
   CHECK(attention_passes(kernels_of([&] { interrupted.backward(space); })) > 0);
   Config blocks = c;
-  blocks.query_block_rows = 16;  // two blocks of 8 tokens for batch 2
+  blocks.query_block_rows = 4;  // blocks of 2 tokens for batch 2: more kept tokens than 4
   Run blocked(space, blocks, 2, T, 8);
   CHECK(attention_passes(kernels_of([&] { blocked.backward(space); })) > 0);
+  // Fewer query rows than the batch's 2 T tokens, but room for every kept one: still one block.
+  Config fits = c;
+  fits.query_block_rows = 2 * T - 1;
+  Run one_block(space, fits, 2, T, 8);
+  long kept = 0;
+  for (int k : one_block.pb.keep) kept += k;
+  REQUIRE(kept <= fits.query_block_rows);
+  CHECK(attention_passes(kernels_of([&] { one_block.backward(space); })) == 0);
   Config routed = c;
   routed.router_gradient = true;
   Run scaled(space, routed, 2, T, 8);

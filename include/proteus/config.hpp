@@ -92,8 +92,9 @@ struct Config {
   float frac_local = 0.6f;         // split of L at alpha = 1 over the enabled pieces
   float frac_anchor = 0.3f;
   float frac_dna = 0.1f;
-  // Query rows (over the batch) whose Q and attention context are held at a time; K and V are
-  // held for every token. Smaller: less memory, more kernel launches. Results do not depend on it.
+  // Query rows (over the batch) whose Q and attention context are held at a time; only kept
+  // tokens have query rows (token sparsity), while K and V are held for every token. Smaller: less
+  // memory, more kernel launches. Results do not depend on it.
   int query_block_rows = 131072;
 
   // Derived values filled in; throws proteus::Error naming the field on bad values.

@@ -218,3 +218,28 @@ def test_statistics_read_after_the_call_equal_those_read_at_once():
 def pk_stream(tensor):
     from proteus_kokkos import _runtime
     return _runtime.stream_handle(tensor)
+
+
+def test_the_benchmarks_cpp_loop_computes_what_autograd_computes():
+    """bench_python's in-process C++ loop (Module.time_training_steps, bench_module's calls) gives the
+    autograd step's output and gradients bit for bit, so that its timings compare like with like."""
+    m = make(embed=32, heads=4, mode="fixed", alpha=1.0, token_sparse=True, dna_update=False)
+    x = inputs((1, 40, 32), seed=3, requires_grad=True)
+    dy = inputs((1, 40, 32), seed=4)
+    y, _ = m(x, x, x, need_weights=False)
+    y.backward(dy)
+    weights = m.attention.tensors()
+    grads = {k: torch.empty_like(weights[k]) for k in
+             ("qkv_weight", "qkv_bias", "out_weight", "out_bias", "router_weight")}
+    rows = x.detach().view(40, 32)
+    y_loop, dx_loop = torch.empty_like(rows), torch.empty_like(rows)
+    positions = torch.arange(40, device=DEVICE, dtype=torch.int64)
+    from proteus_kokkos import _runtime
+    m._bind()
+    times = m._core.time_training_steps(_runtime.stream_handle(rows), rows, 1, positions, y_loop, dy.view(40, 32),
+                                        dx_loop, grads, 2, False, True)
+    assert len(times) == 2 and all(t > 0 for t in times)
+    assert torch.equal(y_loop, y.detach().view(40, 32))
+    assert torch.equal(dx_loop, x.grad.view(40, 32))
+    assert torch.equal(grads["qkv_weight"], m.attention.qkv.weight.grad)
+    assert torch.equal(grads["out_weight"], m.attention.proj.weight.grad)
