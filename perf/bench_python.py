@@ -26,11 +26,13 @@ ap.add_argument("--gates", type=int, default=64)
 ap.add_argument("--repeat", type=int, default=5)
 ap.add_argument("--sdpa-fp32-max", type=int, default=131072)
 ap.add_argument("--side-stream", action="store_true", help="run on a torch.cuda.Stream() instead of the default")
-ap.add_argument("--cases", nargs="+", choices=["forward", "training-forward", "step", "step-one-thread", "core-step", "sdpa"],
+ap.add_argument("--cases", nargs="+",
+                choices=["forward", "training-forward", "step", "step-one-thread", "core-step", "cpp-loop", "sdpa"],
                 default=["forward", "training-forward", "step", "sdpa"],
                 help="what to time (default: all but step-one-thread, the autograd step with the backward on the "
-                     "calling thread, and core-step, the step through the compiled module without autograd, as "
-                     "C++ calls it)")
+                     "calling thread; core-step, the step through the compiled module without autograd, as "
+                     "C++ calls it; and cpp-loop, bench_module's loop of steps run by the extension in this "
+                     "process, with and without the NaN check that the Python forward adds)")
 ap.add_argument("--torch-profile", metavar="FILE", help="also write torch.profiler's table of one step per T")
 ap.add_argument("--torch-trace", metavar="PREFIX",
                 help="also write torch.profiler's Chrome traces of five steps through autograd and through the "
@@ -144,6 +146,13 @@ for T in args.tokens:
         mb = peak_mb(step)
         print(f"{T:>9} {name:>30} {ms:>10.3f} {mb:>9.1f}", flush=True)
         rows.append({"tokens": T, "what": name, "median_ms": ms, "peak_mb": mb})
+    if "cpp-loop" in args.cases:
+        for check in (False, True):
+            times = sorted(core.time_training_steps(stream, x_rows, 1, positions, y_rows, dy_rows, dx_rows, grads,
+                                                    args.repeat + 1, False, check)[1:])  # the first: warm-up
+            name = f"C++ loop in-process{', NaN check' if check else ''}"
+            print(f"{T:>9} {name:>30} {times[len(times) // 2]:>10.3f} {'':>9}", flush=True)
+            rows.append({"tokens": T, "what": name, "median_ms": times[len(times) // 2], "peak_mb": float("nan")})
     if args.torch_trace:
         from torch.profiler import ProfilerActivity, profile
         for what, step in (("step", training_step), ("core-step", core_step)):

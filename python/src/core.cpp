@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -302,6 +303,33 @@ class Module : public Held {
                    tensor_weights(grads, "grad of "));
   }
 
+  // For perf/bench_python.py: wall-clock milliseconds of `repeat` training steps (run_training, then
+  // backward) issued by a C++ loop in this process, each between two fences, as bench_module's loop
+  // issues them; with check, the forward's input is checked for NaN first, as forward_training does.
+  // Tells the cost of the Python process from the cost of each call's way through Python.
+  std::vector<double> time_training_steps(std::uintptr_t stream, py::handle x, int batch, py::handle positions,
+                                          py::handle y, py::handle dy, py::handle dx, py::dict const& grads,
+                                          int repeat, bool defer, bool check) {
+    ExecSpace const space = space_on(stream);
+    Inputs const in = inputs(x, batch, positions, y);
+    long const n = static_cast<long>(in.x.extent(0)), e = embed();
+    TokenMatrix const dyv = row_matrix(dy, "grad_output", n, e), dxv = row_matrix(dx, "grad_input", n, e);
+    Gradients const g = tensor_weights(grads, "grad of ");
+    TrainingState state;
+    std::vector<double> ms;
+    for (int i = 0; i < repeat; ++i) {
+      Kokkos::fence();
+      auto const t0 = std::chrono::steady_clock::now();
+      if (check) check_finite(space, in.x, "query");
+      ForwardStats st = get().run_training(space, in.x, batch, in.positions, in.y, state, options(false, true, defer));
+      get().backward(space, state, dyv, dxv, g);
+      Kokkos::fence();
+      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      get().complete_statistics(space, st);
+    }
+    return ms;
+  }
+
   // The C++ drop-in forward (CausalGeneticMultiheadAttention::forward) on a [B, T, E] or [T, B, E]
   // query, with an optional [B, T] uint8 padding mask, into `out` (the same shape).
   void forward_module(std::uintptr_t stream, py::handle query, py::object const& padding, py::handle out) {
@@ -465,6 +493,7 @@ PYBIND11_MODULE(_core, m) {
            py::arg("defer") = false)
       .def("last_statistics", &Module::last_statistics)
       .def("backward", &Module::backward)
+      .def("time_training_steps", &Module::time_training_steps)
       .def("forward_module", &Module::forward_module)
       .def("dump_dna", &Module::dump_dna)
       .def("save", &Module::save)
