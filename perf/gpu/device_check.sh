@@ -191,6 +191,18 @@ for step in "$@"; do
         "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 524288 --alphas 1.0 \
           --warmup 1 --repeat 11 --token-sparse --backward $defer
       done | tee -a "$out/python_bench.txt" ;;
+    python_overhead)
+      # issue 18: where the Python step's extra time is: autograd, one thread, the compiled module, and
+      # bench_module's loop run inside the Python process (with and without the Python forward's NaN
+      # check), next to bench_module itself, on the same weights and input; then the forward alone.
+      PYTHONPATH=$bin/python python3 "$root/perf/bench_python.py" --tokens 4096 32768 131072 524288 --repeat 11 \
+        --cases step step-one-thread core-step cpp-loop --csv "$out/python_overhead.csv" | tee "$out/python_overhead.txt"
+      for defer in "" "--defer-statistics"; do
+        "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 524288 --alphas 1.0 \
+          --warmup 1 --repeat 11 --token-sparse --backward $defer
+      done | tee -a "$out/python_overhead.txt"
+      "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 131072 524288 1048576 --alphas 1.0 \
+        --warmup 2 --repeat 5 --token-sparse | tee -a "$out/python_overhead.txt" ;;
     short)
       # issue 20 item 3: T 512-4096, proteus against causal SDPA and a dense layer of the same precision
       # (one timing method: wall clock between synchronisations), then the C++ forward and training step
