@@ -34,12 +34,16 @@ long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const&
   return select_tokens(space, cfg, importance, batch, tokens, alpha, keep, key_buffer);
 }
 
-long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance,
-                   int batch, long tokens, double alpha, MaskVector const& keep,
-                   Kokkos::View<std::uint64_t*, MemSpace>& key_buffer) {
-  double const r = token_keep_ratio(cfg, tokens, alpha);
-  bool const all = !cfg.token_sparse || (r >= 0.999 && cfg.token_keep_threshold <= 0.0f);
-  if (all) {
+namespace {
+bool keeps_every_token(Config const& cfg, long tokens, double alpha) {
+  return !cfg.token_sparse || (token_keep_ratio(cfg, tokens, alpha) >= 0.999 && cfg.token_keep_threshold <= 0.0f);
+}
+}  // namespace
+
+long mark_kept_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance, int batch,
+                      long tokens, double alpha, MaskVector const& keep,
+                      Kokkos::View<std::uint64_t*, MemSpace>& key_buffer) {
+  if (keeps_every_token(cfg, tokens, alpha)) {
     Kokkos::deep_copy(space, keep, std::uint8_t(1));
     return batch * tokens;
   }
@@ -63,6 +67,20 @@ long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const&
           if (top || over || t < guard) keep(offset + t) = 1;
         });
   }
+  return batch * (threshold > 0.0f ? tokens : std::min(tokens, n + guard));
+}
+
+void count_kept_tokens(ExecSpace const& space, MaskVector const& keep, Kokkos::View<long, MemSpace> const& count) {
+  Kokkos::parallel_reduce(
+      "proteus::gating::count_kept", Kokkos::RangePolicy<ExecSpace>(space, 0, keep.extent(0)),
+      KOKKOS_LAMBDA(long i, long& s) { s += keep(i); }, count);
+}
+
+long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance,
+                   int batch, long tokens, double alpha, MaskVector const& keep,
+                   Kokkos::View<std::uint64_t*, MemSpace>& key_buffer) {
+  long const at_most = mark_kept_tokens(space, cfg, importance, batch, tokens, alpha, keep, key_buffer);
+  if (keeps_every_token(cfg, tokens, alpha)) return at_most;  // exact: nothing to count
   long kept = 0;
   Kokkos::parallel_reduce(
       "proteus::gating::count_kept", Kokkos::RangePolicy<ExecSpace>(space, 0, keep.extent(0)),

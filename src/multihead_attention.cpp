@@ -33,7 +33,7 @@ std::string shape_of(BatchTensor const& t) {
 
 // work_.call_counts holds each head's active rows (entries 0..H-1), then these, at H + slot.
 namespace call_count {
-constexpr int candidates = 0, block_candidates = 1, gates_updated = 2, head_pairs = 3, slots = 4;
+constexpr int candidates = 0, block_candidates = 1, gates_updated = 2, head_pairs = 3, kept = 4, slots = 5;
 }
 
 // Sums over tokens of the routing statistics, reduced in one pass.
@@ -234,7 +234,7 @@ RoutingResult CausalGeneticMultiheadAttention::route(ExecSpace const& space, Tok
 }
 
 void CausalGeneticMultiheadAttention::route_into(ExecSpace const& space, TokenMatrix const& x, int batch,
-                                                 RoutingResult& r) const {
+                                                 RoutingResult& r, Kokkos::View<long, MemSpace> const& kept_count) const {
   detail::ScopedRegion region("proteus::module::route");
   long const n = static_cast<long>(x.extent(0));
   long const tokens = n / batch;
@@ -247,8 +247,14 @@ void CausalGeneticMultiheadAttention::route_into(ExecSpace const& space, TokenMa
     dna_similarity(space, x, dna_.prototypes, sim, work_.token_norms, work_.prototype_norms);
   }
   hybrid_route(space, config_, router_probs, sim, dna_, r.routing);
+  if (kept_count.data() == nullptr) {
+    r.tokens_kept =
+        select_tokens(space, config_, r.routing.importance, batch, tokens, r.alpha, r.keep, work_.token_keys);
+    return;
+  }
   r.tokens_kept =
-      select_tokens(space, config_, r.routing.importance, batch, tokens, r.alpha, r.keep, work_.token_keys);
+      mark_kept_tokens(space, config_, r.routing.importance, batch, tokens, r.alpha, r.keep, work_.token_keys);
+  count_kept_tokens(space, r.keep, kept_count);
 }
 
 detail::CallPlan CausalGeneticMultiheadAttention::plan_call(ExecSpace const& space, TokenMatrix const& x, int batch,
@@ -263,9 +269,8 @@ detail::CallPlan CausalGeneticMultiheadAttention::plan_call(ExecSpace const& spa
     work_.routing = Routing::allocate(static_cast<int>(n), c.num_gates);
   call.routed.routing = work_.routing;
   call.routed.keep = reuse(work_.keep, "proteus::token_keep", n);
-  route_into(space, x, batch, call.routed);
+  route_into(space, x, batch, call.routed, Kokkos::subview(work_.call_counts, heads + call_count::kept));
   st.alpha = call.routed.alpha;
-  st.tokens_kept = call.routed.tokens_kept;
 
   GateMatrix const& head_probs = reuse(work_.head_probs, "proteus::head_probs", n, heads);
   head_probabilities(space, call.routed.routing.gate_probs, gate_to_head_, head_probs);
@@ -523,7 +528,7 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
     work_.kv_call = state && !c.tf32_projections ? (state->call = ++work_.training_calls) : 0;
     // Only kept tokens hold query rows: where all the call's kept tokens fit, one block takes them.
     long const span = row_end - options.row_begin;
-    long const block = st.tokens_kept <= c.query_block_rows
+    long const block = call.routed.tokens_kept <= c.query_block_rows
                            ? std::max(1L, span)
                            : std::max(1L, std::min(span, static_cast<long>(c.query_block_rows) / batch));
     // In one block whose query rows are one GEMM's, the block's queries, contexts and softmax
@@ -537,7 +542,6 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
     if (keep_attended) work_.attended_call = work_.kv_call;
     if (options.row_begin > 0 || row_end < tokens)
       bias_outside_rows(space, weights_.out_bias, y, tokens, options.row_begin, row_end);
-    st.mean_active_heads = static_cast<double>(st.active_rows) / std::max(1L, st.tokens_kept);
   }
   if (options.update_dna.value_or(c.dna_update) && c.dna_enable) {
     detail::ScopedRegion region("proteus::module::dna_update");
@@ -580,6 +584,8 @@ void CausalGeneticMultiheadAttention::complete_statistics(ExecSpace const& space
   for (int h = 0; h < heads; ++h) st.distinct_heads += counts(h) > 0 ? 1 : 0;
   st.mean_candidates = st.active_rows > 0 ? counts(heads + call_count::candidates) / static_cast<double>(st.active_rows) : 0.0;
   st.gates_updated = static_cast<int>(counts(heads + call_count::gates_updated));
+  st.tokens_kept = counts(heads + call_count::kept);
+  st.mean_active_heads = static_cast<double>(st.active_rows) / std::max(1L, st.tokens_kept);
   st.density = static_cast<double>(counts(heads + call_count::head_pairs)) /
                (static_cast<double>(heads) * std::max(1L, st.tokens_kept));
   long const n = st.batch * st.tokens;

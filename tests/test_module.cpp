@@ -218,7 +218,24 @@ PROTEUS_TEST_CASE("deferred statistics: the routing's sums from an independent h
   CHECK(later.mean_candidates == Approx(now.mean_candidates).epsilon(1e-12));
   CHECK(later.router_entropy == Approx(now.router_entropy).epsilon(1e-12));
   CHECK(later.tokens_caught == now.tokens_caught);
+  CHECK(later.tokens_kept == now.tokens_kept);
+  CHECK(later.mean_active_heads == now.mean_active_heads);
   CHECK(now.distinct_heads == s.heads);
+  {
+    // With token sparsity the kept tokens are counted on the device too: route()'s keep mask, counted here.
+    Config sparse_cfg = cfg;
+    sparse_cfg.token_sparse = true;
+    sparse_cfg.token_keep_ratio = 0.4f;
+    CausalGeneticMultiheadAttention sparse(TEST_EXECSPACE(), s.embed, s.heads, true, sparse_cfg);
+    ForwardStats kept_later = sparse.run(TEST_EXECSPACE(), x, s.batch, positions, y, deferred);
+    sparse.complete_statistics(TEST_EXECSPACE(), kept_later);
+    auto const keep = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), sparse.route(TEST_EXECSPACE(), x, s.batch).keep);
+    long counted = 0;
+    for (long t = 0; t < n; ++t) counted += keep(t);
+    CHECK(counted < n / 2);
+    CHECK(kept_later.tokens_kept == counted);
+    CHECK(kept_later.mean_active_heads == Approx(static_cast<double>(kept_later.active_rows) / counted).epsilon(1e-12));
+  }
 
   RoutingResult const r = mha.route(TEST_EXECSPACE(), x, s.batch);
   auto const gp = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), r.routing.gate_probs);

@@ -28,6 +28,14 @@ long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const&
 long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance,
                    int batch, long tokens, double alpha, MaskVector const& keep,
                    Kokkos::View<std::uint64_t*, MemSpace>& key_buffer);
+// select_tokens' keep mask without counting it (nothing waits for the device). Returns how many
+// tokens are kept at most (exact with token sparsity off): the top n and the guard over the batch,
+// every token when an importance threshold may add more.
+long mark_kept_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance, int batch,
+                      long tokens, double alpha, MaskVector const& keep,
+                      Kokkos::View<std::uint64_t*, MemSpace>& key_buffer);
+// count = the number of kept tokens, computed on the device (nothing waits for it).
+void count_kept_tokens(ExecSpace const& space, MaskVector const& keep, Kokkos::View<long, MemSpace> const& count);
 
 // head_probs[t, h] = sum of gate_probs[t, g] over the gates g with gate_to_head[g] == h.
 void head_probabilities(ExecSpace const& space, GateMatrix const& gate_probs,

@@ -42,9 +42,9 @@ struct ForwardStats {
   // decision when this call completed a cooldown window (applied to the next calls).
   double max_head_density = 0.0;
   std::optional<HeadDecision> controller;
-  // RunOptions::defer_statistics: density, distinct_heads, mean_candidates, gates_updated,
-  // router_entropy, mean_salience, mean_beta and tokens_caught are still on the device
-  // (complete_statistics reads them).
+  // RunOptions::defer_statistics: tokens_kept, mean_active_heads, density, distinct_heads,
+  // mean_candidates, gates_updated, router_entropy, mean_salience, mean_beta and tokens_caught are
+  // still on the device (complete_statistics reads them).
   bool pending = false;
   long call = 0;  // the module call these statistics are of
 };
@@ -121,8 +121,8 @@ struct ModuleWorkspace {
   DnaStatistics dna_stats;          // the DNA EMA's routed sums of the current call
   DnaStatisticsScratch dna_scratch;
   // The call's statistics on the device, summed over its query blocks and read once per call:
-  // [H + 4] rows of each head, candidates, one block's candidates, gates updated, active (token,
-  // head) pairs; routing's [4] entropy, salience, beta and tokens caught. calls: the module's calls
+  // [H + 5] rows of each head, candidates, one block's candidates, gates updated, active (token,
+  // head) pairs, kept tokens; routing's [4] entropy, salience, beta and tokens caught. calls: the module's calls
   // so far (the statistics held are the last one's).
   Kokkos::View<long*, MemSpace> call_counts;
   Kokkos::View<long*, HostSpace> call_counts_host;
@@ -152,7 +152,7 @@ void gather_rows(ExecSpace const& space, TokenMatrix const& m, Kokkos::View<long
 // What one call decided before any attention (stages 1-4 and 6a): routing, kept tokens, active
 // heads, the shortlist plan and the DNA candidate lists.
 struct CallPlan {
-  RoutingResult routed;
+  RoutingResult routed;   // routed.tokens_kept: how many tokens are kept at most (counted on the device)
   MaskMatrix head_mask;   // [B*T x H]
   GateMatrix head_weight; // [B*T x H] renormalised head probabilities (router_gradient), else empty
   TokenVector head_total; // [B*T] their normaliser
@@ -231,7 +231,10 @@ class CausalGeneticMultiheadAttention {
   // The controller observes this call's density; a decision changes the head range and linear_L.
   void adapt_heads(ForwardStats& st);
   // Stages 1-3 into r.routing and r.keep, which must have one entry per row of x.
-  void route_into(ExecSpace const& space, TokenMatrix const& x, int batch, RoutingResult& r) const;
+  // kept_count given: the kept tokens are counted into it on the device, and r.tokens_kept is how
+  // many are kept at most (nothing waits); else r.tokens_kept is their number.
+  void route_into(ExecSpace const& space, TokenMatrix const& x, int batch, RoutingResult& r,
+                  Kokkos::View<long, MemSpace> const& kept_count = {}) const;
   void start_statistics(ExecSpace const& space, ForwardStats& st);
   ForwardStats run_impl(ExecSpace const& space, TokenMatrix const& x, int batch, PositionVector const& positions,
                         TokenMatrix const& y, RunOptions const& options, TrainingState* state);
