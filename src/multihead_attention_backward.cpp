@@ -55,9 +55,10 @@ void head_weight_gradient(ExecSpace const& space, detail::ActiveRows const& rows
 // contexts with the rows' softmax statistics, as the training forward computed them (FP32): what
 // the forward left in the module's buffers (`attended`: all of it; else K|V unless another call
 // came between), the rest computed again.
-detail::AttendedRows CausalGeneticMultiheadAttention::recompute(ExecSpace const& space, TrainingState const& state,
-                                                                detail::ActiveRows const& rows, bool attended,
-                                                                TokenMatrix& q) {
+detail::AttendedRows CausalGeneticMultiheadAttention::forward_attention(ExecSpace const& space,
+                                                                        TrainingState const& state,
+                                                                        detail::ActiveRows const& rows, bool attended,
+                                                                        TokenMatrix& q) {
   Config const& c = config_;
   int const e = c.embed_dim, heads = c.num_heads;
   long const n = static_cast<long>(state.x.extent(0)), nq = rows.queries;
@@ -118,7 +119,7 @@ void CausalGeneticMultiheadAttention::backward(ExecSpace const& space, TrainingS
                                          state.row_begin, state.row_end, work_.rows);
   long const nq = rows.queries;
   TokenMatrix q;
-  detail::AttendedRows const attended = recompute(space, state, rows, kept, q);
+  detail::AttendedRows const attended = forward_attention(space, state, rows, kept, q);
   TokenMatrix const& kv = work_.kv;
 
   // Output projection: every row's dy reaches the output bias; rows with a query reach W_out (which

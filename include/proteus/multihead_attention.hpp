@@ -248,8 +248,8 @@ class CausalGeneticMultiheadAttention {
                     PositionVector const& positions, TokenMatrix const& y, long t0, long len, ForwardStats& st,
                     bool keep_attended);
   // Backward helpers (multihead_attention_backward.cpp).
-  detail::AttendedRows recompute(ExecSpace const& space, TrainingState const& state, detail::ActiveRows const& rows,
-                                 bool attended, TokenMatrix& q);
+  detail::AttendedRows forward_attention(ExecSpace const& space, TrainingState const& state,
+                                         detail::ActiveRows const& rows, bool attended, TokenMatrix& q);
   void bias_gradients(ExecSpace const& space, TrainingState const& state, detail::ActiveRows const& rows,
                       TokenMatrix const& dq, TokenMatrix const& dkv, Gradients const& grads) const;
   void router_backward(ExecSpace const& space, TrainingState const& state, GateMatrix const& dweight,
