@@ -182,7 +182,8 @@ class CausalGeneticMultiheadAttention {
       bool need_weights = false, AttnMask const& attn_mask = {});
 
   // Token-level forward: x [B*T x E] (batch rows stacked), positions [B*T] original positions,
-  // y [B*T x E] written.
+  // y [B*T x E] written. x is not checked for NaN or Inf here (forward() and the Python module
+  // check it; call check_finite first where x comes from outside).
   ForwardStats run(ExecSpace const& space, TokenMatrix const& x, int batch,
                    PositionVector const& positions, TokenMatrix const& y, RunOptions const& options = {});
 
