@@ -70,10 +70,18 @@ long mark_kept_tokens(ExecSpace const& space, Config const& cfg, TokenVector con
   return batch * (threshold > 0.0f ? tokens : std::min(tokens, n + guard));
 }
 
-void count_kept_tokens(ExecSpace const& space, MaskVector const& keep, Kokkos::View<long, MemSpace> const& count) {
+namespace {
+// The kept tokens of `keep` counted into a host value (waits) or a device view (does not).
+template <class Result>
+void count_kept_into(ExecSpace const& space, MaskVector const& keep, Result&& count) {
   Kokkos::parallel_reduce(
       "proteus::gating::count_kept", Kokkos::RangePolicy<ExecSpace>(space, 0, keep.extent(0)),
       KOKKOS_LAMBDA(long i, long& s) { s += keep(i); }, count);
+}
+}  // namespace
+
+void count_kept_tokens(ExecSpace const& space, MaskVector const& keep, Kokkos::View<long, MemSpace> const& count) {
+  count_kept_into(space, keep, count);
 }
 
 long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance,
@@ -82,9 +90,7 @@ long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const&
   long const at_most = mark_kept_tokens(space, cfg, importance, batch, tokens, alpha, keep, key_buffer);
   if (keeps_every_token(cfg, tokens, alpha)) return at_most;  // exact: nothing to count
   long kept = 0;
-  Kokkos::parallel_reduce(
-      "proteus::gating::count_kept", Kokkos::RangePolicy<ExecSpace>(space, 0, keep.extent(0)),
-      KOKKOS_LAMBDA(long i, long& s) { s += keep(i); }, kept);
+  count_kept_into(space, keep, kept);
   return kept;
 }
 
