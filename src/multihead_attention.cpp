@@ -388,6 +388,10 @@ void copy_into(ExecSpace const& space, View const& v, View& out, char const* lab
   Kokkos::deep_copy(space, out, v);
 }
 
+// Whether the query rows of a block of len tokens of every batch row are one range of x's rows
+// (then one GEMM projects them all, as the backward's recomputation does).
+bool rows_in_one_range(int batch, long len, long tokens) { return batch == 1 || len == tokens; }
+
 // out(i) = positions(source(i)): the positions of the query rows.
 void gather_positions(ExecSpace const& space, PositionVector const& positions,
                       Kokkos::View<long*, MemSpace> const& source, PositionVector const& out) {
@@ -441,8 +445,7 @@ void CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
   TokenMatrix const cb = first_rows(work_.ctx, "proteus::context", nq, e);
   TokenMatrix gathered;  // [nq x E] kept rows of x, then their outputs
   if (every) {
-    // One GEMM where the block's rows of x are one range (as the backward's recompute projects them).
-    bool const one_range = batch == 1 || len == tokens;
+    bool const one_range = rows_in_one_range(batch, len, tokens);
     long const m = one_range ? batch * len : len;
     for (int b = 0; b < (one_range ? 1 : batch); ++b) {
       TokenMatrix const qr = rows_of(qb, b * len, m);
@@ -534,8 +537,8 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
     // In one block whose query rows are one GEMM's, the block's queries, contexts and softmax
     // statistics are the backward's, bit for bit (unless the router gradient scales the contexts
     // in place).
-    bool const keep_attended = work_.kv_call != 0 && span > 0 && block == span && (batch == 1 || block == tokens) &&
-                               call.head_weight.extent(0) == 0;
+    bool const keep_attended = work_.kv_call != 0 && span > 0 && block == span &&
+                               rows_in_one_range(batch, block, tokens) && call.head_weight.extent(0) == 0;
     work_.attended_call = 0;
     for (long t0 = options.row_begin; t0 < row_end; t0 += block)
       attend_block(space, call, x, batch, positions, y, t0, std::min(block, row_end - t0), st, keep_attended);
