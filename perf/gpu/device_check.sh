@@ -22,6 +22,13 @@ elif ! bash "$root/perf/gpu/build.sh" --kokkos-root /tmp/kinstall --build "$buil
 fi
 echo "== build ok"
 bin=$build/proteus
+# bench_module's training step at the Python benchmarks' shapes, with and without deferred statistics.
+cpp_training_steps() {
+  for defer in "" "--defer-statistics"; do
+    "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 524288 --alphas 1.0 \
+      --warmup 1 --repeat 11 --token-sparse --backward $defer
+  done
+}
 for step in "$@"; do
   case "$step" in
     ctest)
@@ -187,20 +194,14 @@ for step in "$@"; do
         --cases forward training-forward step step-one-thread core-step --csv "$out/python_bench.csv" | tee "$out/python_bench.txt"
       PYTHONPATH=$bin/python python3 "$root/perf/bench_python.py" --tokens 4096 32768 --side-stream --repeat 11 \
         --cases step core-step sdpa --sdpa-fp32-max 32768 --csv "$out/python_bench_side.csv" | tee -a "$out/python_bench.txt"
-      for defer in "" "--defer-statistics"; do
-        "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 524288 --alphas 1.0 \
-          --warmup 1 --repeat 11 --token-sparse --backward $defer
-      done | tee -a "$out/python_bench.txt" ;;
+      cpp_training_steps | tee -a "$out/python_bench.txt" ;;
     python_overhead)
       # issue 18: where the Python step's extra time is: autograd, one thread, the compiled module, and
       # bench_module's loop run inside the Python process (with and without the Python forward's NaN
       # check), next to bench_module itself, on the same weights and input; then the forward alone.
       PYTHONPATH=$bin/python python3 "$root/perf/bench_python.py" --tokens 4096 32768 131072 524288 --repeat 11 \
         --cases step step-one-thread core-step cpp-loop --csv "$out/python_overhead.csv" | tee "$out/python_overhead.txt"
-      for defer in "" "--defer-statistics"; do
-        "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 524288 --alphas 1.0 \
-          --warmup 1 --repeat 11 --token-sparse --backward $defer
-      done | tee -a "$out/python_overhead.txt"
+      cpp_training_steps | tee -a "$out/python_overhead.txt"
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 131072 524288 1048576 --alphas 1.0 \
         --warmup 2 --repeat 5 --token-sparse | tee -a "$out/python_overhead.txt" ;;
     short)
