@@ -13,6 +13,8 @@
 #   a mirror (file:// works too).
 #   --cxx COMPILER: the host C++ compiler (default g++; nvcc_wrapper's host compiler with CUDA). GCC
 #   12.2-12.4 miscompile Kokkos develop before July 2025 (kokkos/kokkos#8187): clang++ there.
+#   --target NAME (repeatable): build only these targets of proteus (e.g. bench_module,
+#   proteus_python_core) where a benchmark needs no test binaries.
 #   --compile-only: without the vendor libraries (no cuBLAS/rocBLAS, no rocThrust) and without
 #   Kokkos Kernels' explicit instantiations: a build that proves the code compiles for the backend
 #   on a machine with the compiler but not the GPU stack (e.g. Debian 12's hipcc 5.2).
@@ -23,7 +25,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 kokkos_src="" kernels_src="" prefix="$root/.gpu/install" build="$root/build-gpu" backend=cuda arch=""
-kokkos_root="" jobs=$(nproc) extra=() compile_only=0 fetch_dir="$root/.gpu/src" cxx=g++
+kokkos_root="" jobs=$(nproc) extra=() targets=() compile_only=0 fetch_dir="$root/.gpu/src" cxx=g++
 # Pinned releases (the SHA-256 of each release tarball as published with the release).
 kokkos_version=4.7.01 kernels_version=4.7.01
 kokkos_url="https://github.com/kokkos/kokkos/releases/download/$kokkos_version/kokkos-$kokkos_version.tar.gz"
@@ -40,6 +42,7 @@ while [ $# -gt 0 ]; do
     --arch) arch=$2; shift 2 ;;
     --kokkos-root) kokkos_root=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
+    --target) targets+=(--target "$2"); shift 2 ;;
     --compile-only) compile_only=1; shift ;;
     --fetch-dir) fetch_dir=$2; shift 2 ;;
     --cxx) cxx=$2; shift 2 ;;
@@ -181,4 +184,4 @@ echo "== proteus -> $build/proteus"
 cmake -S "$root" -B "$build/proteus" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER="$compiler" \
   -DKokkos_ROOT="$kokkos_root" -DKokkosKernels_ROOT="$kokkos_root" \
   -DCLI11_ROOT="$root/.gpu" -Dnlohmann_json_ROOT="$root/.gpu" -DCatch2_ROOT="$root/.gpu" "${hdf5[@]}" "${extra[@]}"
-cmake --build "$build/proteus" -j "$jobs"
+cmake --build "$build/proteus" -j "$jobs" "${targets[@]}"

@@ -3,7 +3,8 @@
 # when /tmp/kinstall is missing), run the whole ctest suite, then the benchmarks given as
 # arguments ("module", "pipeline"). Logs go to $OUT. The build goes to GPU_BUILD (default /tmp/bgpu); a
 # folder under the repository (build_gpu/, ignored by git) outlives the call on a machine kept warm, so
-# that the next call can pass SKIP_BUILD=1. PACK=1 packs $OUT into one results.tgz at the end.
+# that the next call can pass SKIP_BUILD=1. BUILD_TARGETS="bench_module proteus_python_core" builds only
+# those (a benchmark call without ctest). PACK=1 packs $OUT into one results.tgz at the end.
 set -uo pipefail
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 out=${OUT:-/tmp/out}
@@ -13,10 +14,12 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # The PyTorch extension too, where python3 has torch and pybind11 (it needs a Kokkos built with -fPIC).
 python=()
 python3 -c "import torch, pybind11, h5py, pytest" 2>/dev/null && python=(-- -DPROTEUS_ENABLE_PYTHON=ON)
+targets=()
+for t in ${BUILD_TARGETS:-}; do targets+=(--target "$t"); done
 build=${GPU_BUILD:-/tmp/bgpu}
 if [ -n "${SKIP_BUILD:-}" ]; then  # an earlier call of this script built it
   [ -x "$build/proteus/drivers/proteus_driver" ] || { echo "SKIP_BUILD: no build in $build"; exit 1; }
-elif ! bash "$root/perf/gpu/build.sh" --kokkos-root /tmp/kinstall --build "$build" --jobs 16 "${python[@]}" >"$out/build.log" 2>&1; then
+elif ! bash "$root/perf/gpu/build.sh" --kokkos-root /tmp/kinstall --build "$build" --jobs 16 "${targets[@]}" "${python[@]}" >"$out/build.log" 2>&1; then
   grep -E "error" -A3 "$out/build.log" | head -60
   exit 1
 fi
