@@ -301,7 +301,8 @@ void attend_own_windows(ExecSpace const& space, Blocks const& a, long blocks) {
   using Policy = TeamPolicyFor<D>;
   using Member = typename Policy::member_type;
   Kokkos::parallel_for(
-      "proteus::attention::own_windows", Policy(space, blocks, team_size, lanes), KOKKOS_LAMBDA(Member const& team) {
+      "proteus::attention::own_windows", light_weight(Policy(space, blocks, team_size, lanes)),
+      KOKKOS_LAMBDA(Member const& team) {
         long r0, b, h, lo, hi;
         int n;
         a.rows_of(team.league_rank(), r0, n, b, h);
@@ -350,7 +351,7 @@ void attend_union(ExecSpace const& space, Blocks const& a, long blocks) {
   policy.set_scratch_size(
       0, Kokkos::PerTeam(2 * Floats::shmem_size(tile * pitch) + States::shmem_size(attention_block_rows * lanes)));
   Kokkos::parallel_for(
-      "proteus::attention::union", policy, KOKKOS_LAMBDA(Member const& team) {
+      "proteus::attention::union", light_weight(policy), KOKKOS_LAMBDA(Member const& team) {
         long r0, b, h, lo, hi;
         int n;
         a.rows_of(team.league_rank(), r0, n, b, h);

@@ -70,7 +70,7 @@ void row_dots(ExecSpace const& space, Grad const& g, AttendedRows const& out, lo
   auto bias = out.value_bias;
   bool const biased = bias.extent(0) > 0;
   Kokkos::parallel_for(
-      "proteus::attention::backward::row_dots", Kokkos::RangePolicy<ExecSpace>(space, 0, rows), KOKKOS_LAMBDA(long r) {
+      "proteus::attention::backward::row_dots", light_weight(Kokkos::RangePolicy<ExecSpace>(space, 0, rows)), KOKKOS_LAMBDA(long r) {
         long const qrow = g.row_query(r), h = g.row_head(r) % g.heads;
         float sum = 0.0f;
         for (int j = 0; j < g.d; ++j) {
@@ -165,7 +165,8 @@ void rows_pass_own_windows(ExecSpace const& space, Grad const& g, ActiveRows con
   using Member = typename Policy::member_type;
   auto block_start = rows.block_start;
   Kokkos::parallel_for(
-      "proteus::attention::backward::rows", Policy(space, rows.blocks, on_host ? 1 : attention_block_rows, lanes),
+      "proteus::attention::backward::rows",
+      light_weight(Policy(space, rows.blocks, on_host ? 1 : attention_block_rows, lanes)),
       KOKKOS_LAMBDA(Member const& team) {
         long const r0 = block_start(team.league_rank());
         int const n = static_cast<int>(block_start(team.league_rank() + 1) - r0);
@@ -206,7 +207,7 @@ void rows_pass_union(ExecSpace const& space, Grad const& g, ActiveRows const& ro
       0, Kokkos::PerTeam(2 * Floats::shmem_size(tile * pitch) + Parts::shmem_size(attention_block_rows * lanes)));
   auto block_start = rows.block_start;
   Kokkos::parallel_for(
-      "proteus::attention::backward::rows_union", policy, KOKKOS_LAMBDA(Member const& team) {
+      "proteus::attention::backward::rows_union", light_weight(policy), KOKKOS_LAMBDA(Member const& team) {
         long const r0 = block_start(team.league_rank());
         int const n = static_cast<int>(block_start(team.league_rank() + 1) - r0);
         long const lo = local_begin(g.p, g.row_token(r0)), hi = g.row_token(r0 + n - 1);
@@ -344,7 +345,8 @@ ClampedPartials clamped_partials(ExecSpace const& space, Grad const& g, long bh_
   if (chunks == 0) return {};
   auto part = first_rows(buffers.clamp_part, "proteus::attention::backward::clamp_part", bh_count * chunks, 2 * g.d);
   Kokkos::parallel_for(
-      "proteus::attention::backward::clamped_anchors", Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count * chunks),
+      "proteus::attention::backward::clamped_anchors",
+      light_weight(Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count * chunks)),
       KOKKOS_LAMBDA(long item) {
         long const bh = item / chunks, lo = 1 + (item % chunks) * clamp_chunk;
         long const b = bh / g.heads, h = bh % g.heads, key_row = b * g.tokens;
@@ -371,7 +373,7 @@ void add_clamped_partials(ExecSpace const& space, Grad const& g, ClampedPartials
   if (chunks == 0) return;
   auto part = clamped.part;
   Kokkos::parallel_for(
-      "proteus::attention::backward::add_clamped", Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count * g.d),
+      "proteus::attention::backward::add_clamped", light_weight(Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count * g.d)),
       KOKKOS_LAMBDA(long item) {
         long const bh = item / g.d, c = item % g.d;
         long const key_row = (bh / g.heads) * g.tokens, col = (bh % g.heads) * g.d + c;
@@ -459,7 +461,7 @@ void keys_pass_tiled(ExecSpace const& space, Grad const& g, long batch) {
       0, Kokkos::PerTeam(4 * Floats::shmem_size(key_tile * pitch) + Floats::shmem_size(3 * key_tile) +
                          Longs::shmem_size(key_tile)));
   Kokkos::parallel_for(
-      "proteus::attention::backward::keys", policy, KOKKOS_LAMBDA(Member const& team) {
+      "proteus::attention::backward::keys", light_weight(policy), KOKKOS_LAMBDA(Member const& team) {
         long const bh = team.league_rank() / key_blocks, j0 = (team.league_rank() % key_blocks) * key_tile;
         long const b = bh / g.heads, h = bh % g.heads;
         int const keys = static_cast<int>(T - j0 < key_tile ? T - j0 : key_tile), e = g.embed;

@@ -5,13 +5,14 @@
 
 #include <Kokkos_Core.hpp>
 
+#include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/types.hpp"
 
 namespace proteus::detail {
 
 template <class F>
 void for_each_element(ExecSpace const& space, char const* label, long rows, long cols, F const& f) {
-  Kokkos::parallel_for(label, Kokkos::RangePolicy<ExecSpace>(space, 0, rows * cols),
+  Kokkos::parallel_for(label, light_weight(Kokkos::RangePolicy<ExecSpace>(space, 0, rows * cols)),
                        KOKKOS_LAMBDA(long i) { f(i / cols, i % cols); });
 }
 
@@ -40,7 +41,7 @@ void for_each_token(ExecSpace const& space, char const* label, long n, F const& 
   long const teams = (n + tokens_per_team - 1) / tokens_per_team;
   TokenPolicy policy(space, static_cast<int>(teams), tokens_per_team, token_lanes);
   if (scratch_ints > 0) policy.set_scratch_size(0, Kokkos::PerThread(TokenScratch::shmem_size(scratch_ints)));
-  Kokkos::parallel_for(label, policy,
+  Kokkos::parallel_for(label, light_weight(policy),
                        KOKKOS_LAMBDA(TokenMember const& m) {
                          long const t = static_cast<long>(m.league_rank()) * tokens_per_team + m.team_rank();
                          if (t < n) f(m, t);
