@@ -30,8 +30,8 @@ long tokens_to_keep(Config const& cfg, long tokens, double alpha) {
 
 long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance,
                    int batch, long tokens, double alpha, MaskVector const& keep) {
-  Kokkos::View<std::uint64_t*, MemSpace> key_buffer;
-  return select_tokens(space, cfg, importance, batch, tokens, alpha, keep, key_buffer);
+  TokenKeyBuffers buffers;
+  return select_tokens(space, cfg, importance, batch, tokens, alpha, keep, buffers);
 }
 
 namespace {
@@ -41,8 +41,7 @@ bool keeps_every_token(Config const& cfg, long tokens, double alpha) {
 }  // namespace
 
 long mark_kept_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance, int batch,
-                      long tokens, double alpha, MaskVector const& keep,
-                      Kokkos::View<std::uint64_t*, MemSpace>& key_buffer) {
+                      long tokens, double alpha, MaskVector const& keep, TokenKeyBuffers& buffers) {
   if (keeps_every_token(cfg, tokens, alpha)) {
     Kokkos::deep_copy(space, keep, std::uint8_t(1));
     return batch * tokens;
@@ -51,13 +50,13 @@ long mark_kept_tokens(ExecSpace const& space, Config const& cfg, TokenVector con
   long const guard = std::min<long>(cfg.token_keep_guard, tokens);
   float const threshold = cfg.token_keep_threshold;
   Kokkos::deep_copy(space, keep, std::uint8_t(0));
-  Kokkos::View<std::uint64_t*, MemSpace> const keys = detail::first_rows(key_buffer, "proteus::gating::token_keys", tokens);
+  Kokkos::View<std::uint64_t*, MemSpace> const keys = detail::first_rows(buffers.keys, "proteus::gating::token_keys", tokens);
   for (int b = 0; b < batch; ++b) {
     long const offset = b * tokens;
     Kokkos::parallel_for(
         "proteus::gating::token_keys", Kokkos::RangePolicy<ExecSpace>(space, 0, tokens),
         KOKKOS_LAMBDA(long t) { keys(t) = detail::descending_score_key(importance(offset + t), t); });
-    detail::sort(space, keys);
+    detail::sort(space, keys, buffers.sort_scratch);
     Kokkos::parallel_for(
         "proteus::gating::mark_kept", Kokkos::RangePolicy<ExecSpace>(space, 0, tokens),
         KOKKOS_LAMBDA(long i) {
@@ -85,9 +84,8 @@ void count_kept_tokens(ExecSpace const& space, MaskVector const& keep, Kokkos::V
 }
 
 long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance,
-                   int batch, long tokens, double alpha, MaskVector const& keep,
-                   Kokkos::View<std::uint64_t*, MemSpace>& key_buffer) {
-  long const at_most = mark_kept_tokens(space, cfg, importance, batch, tokens, alpha, keep, key_buffer);
+                   int batch, long tokens, double alpha, MaskVector const& keep, TokenKeyBuffers& buffers) {
+  long const at_most = mark_kept_tokens(space, cfg, importance, batch, tokens, alpha, keep, buffers);
   if (keeps_every_token(cfg, tokens, alpha)) return at_most;  // exact: nothing to count
   long kept = 0;
   count_kept_into(space, keep, kept);

@@ -23,17 +23,19 @@ long tokens_to_keep(Config const& cfg, long tokens, double alpha);
 // tokens. With token sparsity off every token is kept. Returns the total number kept.
 long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance,
                    int batch, long tokens, double alpha, MaskVector const& keep);
-// The same with the sort keys in a buffer that grows when too short (kept by callers that select
-// again and again).
+// The token selection's sort keys and its sort's scratch memory, each grown when too short.
+struct TokenKeyBuffers {
+  Kokkos::View<std::uint64_t*, MemSpace> keys;
+  Kokkos::View<unsigned char*, MemSpace> sort_scratch;
+};
+// The same with the sort's memory in buffers kept by callers that select again and again.
 long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance,
-                   int batch, long tokens, double alpha, MaskVector const& keep,
-                   Kokkos::View<std::uint64_t*, MemSpace>& key_buffer);
+                   int batch, long tokens, double alpha, MaskVector const& keep, TokenKeyBuffers& buffers);
 // select_tokens' keep mask without counting it (nothing waits for the device). Returns how many
 // tokens are kept at most (exact with token sparsity off): the top n and the guard over the batch,
 // every token when an importance threshold may add more.
 long mark_kept_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance, int batch,
-                      long tokens, double alpha, MaskVector const& keep,
-                      Kokkos::View<std::uint64_t*, MemSpace>& key_buffer);
+                      long tokens, double alpha, MaskVector const& keep, TokenKeyBuffers& buffers);
 // count = the number of kept tokens, computed on the device (nothing waits for it).
 void count_kept_tokens(ExecSpace const& space, MaskVector const& keep, Kokkos::View<long, MemSpace> const& count);
 

@@ -104,7 +104,7 @@ struct ModuleWorkspace {
   GateMatrix router_probs, sim;
   TokenVector token_norms;       // DNA similarity's scratch
   GateVector prototype_norms;
-  Kokkos::View<std::uint64_t*, MemSpace> token_keys;  // token selection's sort keys
+  TokenKeyBuffers token_keys;  // token selection's sort keys and sort scratch
   Routing routing;               // of the current call
   MaskVector keep;
   GateMatrix head_probs;         // [B*T x H]
