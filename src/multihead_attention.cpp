@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "proteus/attention.hpp"
 #include "proteus/detail/element_range.hpp"
@@ -103,12 +104,36 @@ void check_forward_inputs(ExecSpace const& space, Config const& c, BatchTensor c
 
 }  // namespace
 
+namespace {
+// Four floats that GPUs read in one 16-byte load.
+struct alignas(16) FloatQuad {
+  float v[4];
+};
+}  // namespace
+
 void check_finite(ExecSpace const& space, TokenMatrix const& v, std::string const& name) {
   long bad = 0;
-  if (v.span_is_contiguous()) {  // one flat pass, without an index division per entry
-    float const* data = v.data();
+  float const* data = v.data();
+  long const size = static_cast<long>(v.size());
+  if (v.span_is_contiguous() && reinterpret_cast<std::uintptr_t>(data) % alignof(FloatQuad) == 0) {
+    // One flat pass, four entries per work item and then the last size % 4 one each: a quarter of
+    // the work items, at the memory's bandwidth (one entry per item ran at about half of it).
+    long const quads = size / 4;
+    auto const* q = reinterpret_cast<FloatQuad const*>(data);
     Kokkos::parallel_reduce(
-        "proteus::check_finite", Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<long>(v.size())),
+        "proteus::check_finite", Kokkos::RangePolicy<ExecSpace>(space, 0, quads + size % 4),
+        KOKKOS_LAMBDA(long i, long& n) {
+          if (i >= quads) {
+            n += detail::kmath::isfinite(data[3 * quads + i]) ? 0 : 1;  // entry 4 quads + (i - quads)
+            return;
+          }
+          FloatQuad const f = q[i];
+          for (int k = 0; k < 4; ++k) n += detail::kmath::isfinite(f.v[k]) ? 0 : 1;
+        },
+        bad);
+  } else if (v.span_is_contiguous()) {  // one flat pass, without an index division per entry
+    Kokkos::parallel_reduce(
+        "proteus::check_finite", Kokkos::RangePolicy<ExecSpace>(space, 0, size),
         KOKKOS_LAMBDA(long i, long& n) { n += detail::kmath::isfinite(data[i]) ? 0 : 1; }, bad);
   } else {
     long const cols = static_cast<long>(v.extent(1));

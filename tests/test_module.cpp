@@ -2,6 +2,7 @@
 // plus causality, layout, determinism and bad-input checks.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "proteus/error.hpp"
@@ -461,7 +462,9 @@ PROTEUS_TEST_CASE("bad input gives a clear error naming the argument", "[module]
 }
 
 // check_finite counts every non-finite entry of a matrix and none outside it: a contiguous one in
-// one flat pass, a column block of a wider matrix (rows padded by the columns left out) by row.
+// one flat pass (four entries per work item where it starts 16-byte aligned, the last size % 4
+// one each; one entry per item where it does not), a column block of a wider matrix (rows padded by
+// the columns left out) by row.
 PROTEUS_TEST_CASE("check_finite counts NaN and Inf inside the matrix only", "[module][errors]") {
   TokenMatrix wide("wide", 5, 7);
   auto h = Kokkos::create_mirror_view(wide);
@@ -480,7 +483,12 @@ PROTEUS_TEST_CASE("check_finite counts NaN and Inf inside the matrix only", "[mo
     return std::string("no error");
   };
   CHECK(wide.span_is_contiguous());
+  REQUIRE(reinterpret_cast<std::uintptr_t>(wide.data()) % 16 == 0);  // 35 entries: 8 quads (3 NaN/Inf), 3 more
   CHECK(error(wide) == "m: contains 4 NaN or Inf value(s)");
+  TokenMatrix const from_row_1 = Kokkos::subview(wide, std::make_pair(1, 5), Kokkos::ALL);  // 28 bytes in
+  REQUIRE(from_row_1.span_is_contiguous());
+  REQUIRE(reinterpret_cast<std::uintptr_t>(from_row_1.data()) % 16 != 0);
+  CHECK(error(from_row_1) == "m: contains 3 NaN or Inf value(s)");
   TokenMatrix const block = Kokkos::subview(wide, Kokkos::ALL, std::make_pair(0, 4));
   REQUIRE_FALSE(block.span_is_contiguous());
   CHECK(error(block) == "m: contains 2 NaN or Inf value(s)");
