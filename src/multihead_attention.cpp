@@ -109,10 +109,11 @@ namespace {
 struct alignas(16) FloatQuad {
   float v[4];
 };
-}  // namespace
 
-void check_finite(ExecSpace const& space, TokenMatrix const& v, std::string const& name) {
-  long bad = 0;
+// bad = the number of NaN and Inf entries of v: a long (the reduction waits for it) or a device
+// scalar (it does not).
+template <class Count>
+void count_nonfinite(ExecSpace const& space, TokenMatrix const& v, Count& bad) {
   float const* data = v.data();
   long const size = static_cast<long>(v.size());
   if (v.span_is_contiguous() && reinterpret_cast<std::uintptr_t>(data) % alignof(FloatQuad) == 0) {
@@ -141,6 +142,12 @@ void check_finite(ExecSpace const& space, TokenMatrix const& v, std::string cons
         "proteus::check_finite", Kokkos::RangePolicy<ExecSpace>(space, 0, v.extent(0) * cols),
         KOKKOS_LAMBDA(long i, long& n) { n += detail::kmath::isfinite(v(i / cols, i % cols)) ? 0 : 1; }, bad);
   }
+}
+}  // namespace
+
+void check_finite(ExecSpace const& space, TokenMatrix const& v, std::string const& name) {
+  long bad = 0;
+  count_nonfinite(space, v, bad);
   require(bad == 0, name, "contains " + std::to_string(bad) + " NaN or Inf value(s)");
 }
 
@@ -461,6 +468,7 @@ void CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
   TokenVector const bias_v = Kokkos::subview(weights_.qkv_bias, std::make_pair(2 * e, 3 * e));
   detail::ActiveRows const rows = detail::compact_active_rows(space, call.head_mask, call.routed.keep, call.every_head, batch,
                                                       tokens, t0, t0 + len, work_.rows);
+  finish_input_check();  // the compaction waited for the device to read its sizes
   // Only kept tokens have queries. With every token of the block kept, the queries are read from
   // x and the outputs written to y in place; otherwise the kept rows are gathered first and
   // scattered back after the output projection.
@@ -534,6 +542,7 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
   long const row_end = options.row_end < 0 ? tokens : std::min(options.row_end, tokens);
   require(options.row_begin >= 0 && options.row_begin <= row_end, "row_begin", "outside [0, row_end]");
 
+  start_input_check(space, x, options.check_input);
   ForwardStats st;
   st.batch = batch;
   st.tokens = tokens;
@@ -568,6 +577,10 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
     for (long t0 = options.row_begin; t0 < row_end; t0 += block)
       attend_block(space, call, x, batch, positions, y, t0, std::min(block, row_end - t0), st, keep_attended);
     if (keep_attended) work_.attended_call = work_.kv_call;
+    if (work_.input_check_pending) {  // no query block: nothing has waited for the device yet
+      space.fence();
+      finish_input_check();
+    }
     if (options.row_begin > 0 || row_end < tokens)
       bias_outside_rows(space, weights_.out_bias, y, tokens, options.row_begin, row_end);
   }
@@ -587,6 +600,24 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
     if (options.adapt_heads.value_or(true)) adapt_heads(st);
   }
   return st;
+}
+
+void CausalGeneticMultiheadAttention::start_input_check(ExecSpace const& space, TokenMatrix const& x, bool check) {
+  work_.input_check_pending = check;
+  if (!check) return;
+  if (work_.nonfinite.data() == nullptr) {
+    work_.nonfinite = Kokkos::View<long, MemSpace>("proteus::input_check");
+    work_.nonfinite_host = Kokkos::View<long, detail::PinnedHostSpace>("proteus::input_check_host");
+  }
+  count_nonfinite(space, x, work_.nonfinite);
+  Kokkos::deep_copy(space, work_.nonfinite_host, work_.nonfinite);
+}
+
+void CausalGeneticMultiheadAttention::finish_input_check() {
+  if (!work_.input_check_pending) return;
+  work_.input_check_pending = false;
+  long const bad = work_.nonfinite_host();
+  require(bad == 0, "query", "contains " + std::to_string(bad) + " NaN or Inf value(s)");
 }
 
 // A new call's statistics: zeroed on the device, numbered.
@@ -646,11 +677,12 @@ std::pair<BatchTensor, std::optional<ForwardStats>> CausalGeneticMultiheadAttent
   Kokkos::parallel_for(
       "proteus::positions", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
       KOKKOS_LAMBDA(long row) { positions(row) = row % tokens; });
+  RunOptions checked;
+  checked.check_input = true;  // "query: contains ... NaN" before the attention, without a wait of its own
   ForwardStats st;
   if (in_place) {
     TokenMatrix const x(query.data(), n, e);
-    check_finite(space, x, "query");
-    st = run(space, x, batch, positions, TokenMatrix(out.data(), n, e));
+    st = run(space, x, batch, positions, TokenMatrix(out.data(), n, e), checked);
   } else {
     TokenMatrix x(Kokkos::view_alloc("proteus::input", Kokkos::WithoutInitializing), n, e);
     auto pad = key_padding_mask;
@@ -661,9 +693,8 @@ std::pair<BatchTensor, std::optional<ForwardStats>> CausalGeneticMultiheadAttent
           float const val = bf ? query(b, t, j) : query(t, b, j);
           x(row, j) = masked ? 0.0f : val;
         });
-    check_finite(space, x, "query");
     TokenMatrix y(Kokkos::view_alloc("proteus::output_rows", Kokkos::WithoutInitializing), n, e);
-    st = run(space, x, batch, positions, y);
+    st = run(space, x, batch, positions, y, checked);
     x = TokenMatrix();  // released before the output copy
     detail::for_each_element(
         space, "proteus::scatter_output", n, static_cast<long>(e), KOKKOS_LAMBDA(long row, long j) {

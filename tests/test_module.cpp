@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "proteus/error.hpp"
@@ -494,6 +495,61 @@ PROTEUS_TEST_CASE("check_finite counts NaN and Inf inside the matrix only", "[mo
   CHECK(error(block) == "m: contains 2 NaN or Inf value(s)");
   TokenMatrix const clean = Kokkos::subview(wide, std::make_pair(3, 4), std::make_pair(0, 6));
   CHECK(error(clean) == "no error");
+}
+
+// RunOptions::check_input counts the input's NaN/Inf on the device and throws at the call's first
+// wait (the first query block's sizes), or at the end of the attention when no block ran. The
+// failed calls leave nothing behind: the DNA (updated on every call here) and the next call's
+// output have the bits of a module that never saw them.
+PROTEUS_TEST_CASE("a checked call with NaN input throws naming the query and changes no state", "[module][errors]") {
+  Shape const s{2, 40, 32, 4};
+  Config cfg;
+  cfg.dna_update = true;
+  cfg.token_sparse = true;
+  CausalGeneticMultiheadAttention failed(TEST_EXECSPACE(), s.embed, s.heads, true, cfg);
+  CausalGeneticMultiheadAttention fresh(TEST_EXECSPACE(), s.embed, s.heads, true, cfg);
+  long const n = static_cast<long>(s.batch) * s.tokens;
+  BatchTensor const clean = make_input(s, 31), dirty = make_input(s, 31);
+  auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), dirty);
+  h(0, 2, 1) = std::nanf("");        // in the first four-entry load
+  h(1, 39, 31) = -INFINITY;          // the last entry
+  Kokkos::deep_copy(dirty, h);
+  PositionVector const positions("test::positions", n);
+  Kokkos::parallel_for(
+      "test::positions", Kokkos::RangePolicy<ExecSpace>(TEST_EXECSPACE(), 0, n),
+      KOKKOS_LAMBDA(long r) { positions(r) = r % s.tokens; });
+  TokenMatrix const y_failed("test::y_failed", n, s.embed), y_fresh("test::y_fresh", n, s.embed);
+  RunOptions checked;
+  checked.check_input = true;
+  RunOptions no_rows = checked;
+  no_rows.row_begin = no_rows.row_end = s.tokens;  // no query block: the check waits at the end
+  TokenMatrix const bad(dirty.data(), n, s.embed), good(clean.data(), n, s.embed);
+  TrainingState state;
+  auto message = [](auto&& f) {
+    try {
+      f();
+    } catch (proteus::Error const& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  std::string const expected = "query: contains 2 NaN or Inf value(s)";
+  CHECK(message([&] { failed.run(TEST_EXECSPACE(), bad, s.batch, positions, y_failed, checked); }) == expected);
+  CHECK(message([&] { failed.run(TEST_EXECSPACE(), bad, s.batch, positions, y_failed, no_rows); }) == expected);
+  CHECK(message([&] { failed.run_training(TEST_EXECSPACE(), bad, s.batch, positions, y_failed, state, checked); }) ==
+        expected);
+  ForwardStats const a = failed.run(TEST_EXECSPACE(), good, s.batch, positions, y_failed, checked);
+  ForwardStats const b = fresh.run(TEST_EXECSPACE(), good, s.batch, positions, y_fresh);
+  CHECK(a.tokens_kept == b.tokens_kept);
+  auto same_bits = [](auto const& u, auto const& v) {
+    auto hu = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), u);
+    auto hv = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), v);
+    return u.size() == v.size() && std::memcmp(hu.data(), hv.data(), u.size() * sizeof(float)) == 0;
+  };
+  CHECK(same_bits(y_failed, y_fresh));
+  CHECK(same_bits(failed.dna().prototypes, fresh.dna().prototypes));
+  CHECK(same_bits(failed.dna().usage, fresh.dna().usage));
+  CHECK(same_bits(failed.dna().confidence, fresh.dna().confidence));
 }
 
 PROTEUS_TEST_CASE("the standard causal attn_mask and a key padding mask are accepted", "[module][masks]") {

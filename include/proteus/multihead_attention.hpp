@@ -12,6 +12,7 @@
 
 #include "proteus/attention.hpp"
 #include "proteus/config.hpp"
+#include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/dna.hpp"
 #include "proteus/gating.hpp"
 #include "proteus/head_controller.hpp"
@@ -60,6 +61,11 @@ struct RunOptions {
   // then ends without waiting for its last kernels, so that the caller's host work overlaps them.
   // Ignored when the head controller is on (it decides from them).
   bool defer_statistics = false;
+  // Count x's NaN and Inf entries on the device as the call starts and throw (naming "query") at
+  // the call's first wait for the device (its first query block's sizes), before any state of the
+  // module changes and before the attention: the check then adds no wait of its own (check_finite
+  // waits for its count, and the device idles while the host prepares the next launches).
+  bool check_input = false;
 };
 
 // What a training forward keeps for its backward. x and positions are references: the caller keeps
@@ -129,6 +135,11 @@ struct ModuleWorkspace {
   Kokkos::View<double*, MemSpace> routing_sums;
   Kokkos::View<double*, HostSpace> routing_sums_host;
   long calls = 0;
+  // RunOptions::check_input: the input's NaN/Inf count, on the device and copied to pinned host
+  // memory without waiting; pending until a wait for the device makes the copy readable.
+  Kokkos::View<long, MemSpace> nonfinite;
+  Kokkos::View<long, PinnedHostSpace> nonfinite_host;
+  bool input_check_pending = false;
   ActiveRowsBuffers rows;
   // The training forward (0: none) whose attention the backward takes as it is instead of
   // recomputing it: its active rows, their queries q, contexts ctx, softmax statistics row_max /
@@ -237,6 +248,10 @@ class CausalGeneticMultiheadAttention {
   void route_into(ExecSpace const& space, TokenMatrix const& x, int batch, RoutingResult& r,
                   Kokkos::View<long, MemSpace> const& kept_count = {}) const;
   void start_statistics(ExecSpace const& space, ForwardStats& st);
+  // RunOptions::check_input: start_input_check counts on the device; finish_input_check, called
+  // after a wait for the device, throws if the count is not 0.
+  void start_input_check(ExecSpace const& space, TokenMatrix const& x, bool check);
+  void finish_input_check();
   ForwardStats run_impl(ExecSpace const& space, TokenMatrix const& x, int batch, PositionVector const& positions,
                         TokenMatrix const& y, RunOptions const& options, TrainingState* state);
   // Stages 1-4 and 6a of one call, with their statistics in st.

@@ -273,7 +273,6 @@ class Module : public Held {
                      bool update_dna, bool adapt_heads, bool defer) {
     ExecSpace const space = space_on(stream);
     Inputs const in = inputs(x, batch, positions, y);
-    check_finite(space, in.x, "query");
     return keep_statistics(stream, get().run(space, in.x, batch, in.positions, in.y,
                                              options(update_dna, adapt_heads, defer)));
   }
@@ -283,7 +282,6 @@ class Module : public Held {
                               State& state, bool update_dna, bool adapt_heads, bool defer) {
     ExecSpace const space = space_on(stream);
     Inputs const in = inputs(x, batch, positions, y);
-    check_finite(space, in.x, "query");
     return keep_statistics(stream, get().run_training(space, in.x, batch, in.positions, in.y, state.get(),
                                                       options(update_dna, adapt_heads, defer)));
   }
@@ -305,7 +303,7 @@ class Module : public Held {
 
   // For perf/bench_python.py: wall-clock milliseconds of `repeat` training steps (run_training, then
   // backward) issued by a C++ loop in this process, each between two fences, as bench_module's loop
-  // issues them; with check, the forward's input is checked for NaN first, as forward_training does.
+  // issues them; with check, the forward checks its input for NaN, as forward_training does.
   // Tells the cost of the Python process from the cost of each call's way through Python.
   std::vector<double> time_training_steps(std::uintptr_t stream, py::handle x, int batch, py::handle positions,
                                           py::handle y, py::handle dy, py::handle dx, py::dict const& grads,
@@ -320,8 +318,8 @@ class Module : public Held {
     for (int i = 0; i < repeat; ++i) {
       Kokkos::fence();
       auto const t0 = std::chrono::steady_clock::now();
-      if (check) check_finite(space, in.x, "query");
-      ForwardStats st = get().run_training(space, in.x, batch, in.positions, in.y, state, options(false, true, defer));
+      ForwardStats st =
+          get().run_training(space, in.x, batch, in.positions, in.y, state, options(false, true, defer, check));
       get().backward(space, state, dyv, dxv, g);
       Kokkos::fence();
       ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
@@ -382,11 +380,13 @@ class Module : public Held {
   std::optional<ForwardStats> last_;  // the latest forward's statistics, and its stream
   std::uintptr_t last_stream_ = 0;
 
-  static RunOptions options(bool update_dna, bool adapt_heads, bool defer) {
+  // The Python forwards check their input for NaN/Inf (RunOptions::check_input: "query: contains ...").
+  static RunOptions options(bool update_dna, bool adapt_heads, bool defer, bool check = true) {
     RunOptions o;
     o.update_dna = update_dna;
     o.adapt_heads = adapt_heads;
     o.defer_statistics = defer;
+    o.check_input = check;
     return o;
   }
   py::object keep_statistics(std::uintptr_t stream, ForwardStats const& st) {
