@@ -671,8 +671,10 @@ std::pair<BatchTensor, std::optional<ForwardStats>> CausalGeneticMultiheadAttent
   // A contiguous batch-first query without padding already is x [B*T x E], and the output
   // tensor is y: both are used in place (no copies of the two largest tensors).
   bool const in_place = bf && !padded && query.span_is_contiguous();
-  BatchTensor out(Kokkos::view_alloc("proteus::output", Kokkos::WithoutInitializing), query.extent(0), query.extent(1),
-                  query.extent(2));
+  // Allocated on the call's instance: the allocation header's copy then waits for nothing (a plain
+  // allocation fences the device to copy it).
+  BatchTensor out(Kokkos::view_alloc(space, "proteus::output", Kokkos::WithoutInitializing), query.extent(0),
+                  query.extent(1), query.extent(2));
   PositionVector const& positions = reuse(work_.positions, "proteus::positions", n);
   Kokkos::parallel_for(
       "proteus::positions", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
@@ -684,7 +686,7 @@ std::pair<BatchTensor, std::optional<ForwardStats>> CausalGeneticMultiheadAttent
     TokenMatrix const x(query.data(), n, e);
     st = run(space, x, batch, positions, TokenMatrix(out.data(), n, e), checked);
   } else {
-    TokenMatrix x(Kokkos::view_alloc("proteus::input", Kokkos::WithoutInitializing), n, e);
+    TokenMatrix x(Kokkos::view_alloc(space, "proteus::input", Kokkos::WithoutInitializing), n, e);
     auto pad = key_padding_mask;
     detail::for_each_element(
         space, "proteus::gather_input", n, static_cast<long>(e), KOKKOS_LAMBDA(long row, long j) {
@@ -693,7 +695,7 @@ std::pair<BatchTensor, std::optional<ForwardStats>> CausalGeneticMultiheadAttent
           float const val = bf ? query(b, t, j) : query(t, b, j);
           x(row, j) = masked ? 0.0f : val;
         });
-    TokenMatrix y(Kokkos::view_alloc("proteus::output_rows", Kokkos::WithoutInitializing), n, e);
+    TokenMatrix y(Kokkos::view_alloc(space, "proteus::output_rows", Kokkos::WithoutInitializing), n, e);
     st = run(space, x, batch, positions, y, checked);
     x = TokenMatrix();  // released before the output copy
     detail::for_each_element(
