@@ -7,6 +7,7 @@
 
 #include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/detail/sort_keys.hpp"
+#include "proteus/detail/workspace.hpp"
 #include "proteus/error.hpp"
 
 namespace proteus {
@@ -18,9 +19,20 @@ void Candidates::append(Candidates const& other) {
 
 Candidates nucleus_candidates(ExecSpace const& space, TokenVector const& importance, MaskVector const& keep,
                               Position chunk_begin, double top_p, long budget) {
+  NucleusBuffers buffers;
+  return nucleus_candidates(space, importance, keep, chunk_begin, top_p, budget, buffers);
+}
+
+Candidates nucleus_candidates(ExecSpace const& space, TokenVector const& importance, MaskVector const& keep,
+                              Position chunk_begin, double top_p, long budget, NucleusBuffers& b) {
+  using detail::first_rows;
   long const n = static_cast<long>(importance.extent(0));
-  Kokkos::View<std::uint64_t*, MemSpace> keys("proteus::chunk::keys", n);
-  long kept = 0;
+  auto const keys = first_rows(b.keys, "proteus::chunk::keys", n);
+  auto const prefix = first_rows(b.prefix, "proteus::chunk::prefix", n);
+  auto const counts = first_rows(b.counts, "proteus::chunk::counts", 2);
+  auto const norm = first_rows(b.norm, "proteus::chunk::norm", 1);
+  auto const kept = Kokkos::subview(counts, 0), below = Kokkos::subview(counts, 1);
+  auto const z = Kokkos::subview(norm, 0);
   Kokkos::parallel_reduce(
       "proteus::chunk::keys", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
       KOKKOS_LAMBDA(long i, long& k) {
@@ -29,37 +41,39 @@ Candidates nucleus_candidates(ExecSpace const& space, TokenVector const& importa
         k += keep(i) ? 1 : 0;
       },
       kept);
-  detail::sort(space, keys);
-  Candidates out;
-  if (kept == 0) return out;
-  float top = 0.0f;
+  detail::sort(space, keys, b.sort_scratch);
+  // Softmax of the kept tokens' scores (the first kept() keys, the best first), its prefix sums,
+  // and how many of those lie below top_p of the total: all on the device, sized by n.
   Kokkos::parallel_reduce(
-      "proteus::chunk::top", Kokkos::RangePolicy<ExecSpace>(space, 0, 1),
-      KOKKOS_LAMBDA(long, float& m) { m = detail::key_score(keys(0)); }, Kokkos::Max<float>(top));
-  double z = 0.0;
-  Kokkos::parallel_reduce(
-      "proteus::chunk::softmax_norm", Kokkos::RangePolicy<ExecSpace>(space, 0, kept),
-      KOKKOS_LAMBDA(long i, double& s) { s += detail::kmath::exp(double(detail::key_score(keys(i))) - top); }, z);
-  double const limit = top_p * z;
-  long below = 0;
-  // Count of the inclusive prefix sums below the limit (monotone, so a reduction suffices).
-  Kokkos::View<double*, MemSpace> prefix("proteus::chunk::prefix", kept);
+      "proteus::chunk::softmax_norm", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
+      KOKKOS_LAMBDA(long i, double& s) {
+        if (i < kept()) s += detail::kmath::exp(double(detail::key_score(keys(i))) - detail::key_score(keys(0)));
+      },
+      z);
   Kokkos::parallel_scan(
-      "proteus::chunk::prefix", Kokkos::RangePolicy<ExecSpace>(space, 0, kept),
+      "proteus::chunk::prefix", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
       KOKKOS_LAMBDA(long i, double& cum, bool final) {
-        cum += detail::kmath::exp(double(detail::key_score(keys(i))) - top);
+        if (i < kept()) cum += detail::kmath::exp(double(detail::key_score(keys(i))) - detail::key_score(keys(0)));
         if (final) prefix(i) = cum;
       });
+  // Count of the inclusive prefix sums below the limit (monotone, so a reduction suffices).
   Kokkos::parallel_reduce(
-      "proteus::chunk::nucleus_count", Kokkos::RangePolicy<ExecSpace>(space, 0, kept),
-      KOKKOS_LAMBDA(long i, long& c) { c += prefix(i) < limit ? 1 : 0; }, below);
-  long const take = std::min({below + 1, kept, budget});
-  auto head = Kokkos::create_mirror_view_and_copy(HostSpace(), Kokkos::subview(keys, std::make_pair(0L, take)));
+      "proteus::chunk::nucleus_count", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
+      KOKKOS_LAMBDA(long i, long& c) { c += i < kept() && prefix(i) < top_p * z() ? 1 : 0; }, below);
+  long const best = std::min(n, budget);
+  auto const counts_host = first_rows(b.counts_host, "proteus::chunk::counts_host", 2);
+  auto const best_host = first_rows(b.best_host, "proteus::chunk::best_host", best);
+  Kokkos::deep_copy(space, counts_host, counts);
+  Kokkos::deep_copy(space, best_host, Kokkos::subview(keys, std::make_pair(0L, best)));
+  space.fence();  // the chunk's one wait: its counts and best keys
+  Candidates out;
+  long const take = std::min({counts_host(1) + 1, counts_host(0), budget});
+  if (counts_host(0) == 0) return out;
   out.positions.resize(take);
   out.scores.resize(take);
   for (long i = 0; i < take; ++i) {
-    out.positions[i] = chunk_begin + static_cast<Position>(detail::key_position(head(i)));
-    out.scores[i] = detail::key_score(head(i));
+    out.positions[i] = chunk_begin + static_cast<Position>(detail::key_position(best_host(i)));
+    out.scores[i] = detail::key_score(best_host(i));
   }
   return out;
 }
@@ -83,6 +97,8 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
   TokenMatrix buffer("proteus::chunk::tokens", grid.chunk_tokens, cfg.embed_dim);
   DnaStatistics stats = DnaStatistics::allocate(cfg.num_gates, cfg.embed_dim);
   DnaStatisticsScratch dna_scratch;  // allocated by the first chunk, reused by the others
+  RoutingResult routed;              // the same
+  NucleusBuffers nucleus_buffers;
   if (state.next_chunk < range.first) state.next_chunk = range.first;
   auto extent_of = [&](long c) { return std::make_pair(grid.begin(c), grid.extent(c)); };
   // Host-resident sources (files) are double-buffered twice over: chunk c + 2 is read on a helper
@@ -130,9 +146,9 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
       source.read(space, begin, x);
     }
     check_finite(space, x, "sequence tokens [" + std::to_string(begin) + ", " + std::to_string(begin + len) + ")");
-    RoutingResult const routed = scorer.route(space, x, 1);
-    Candidates const cand =
-        nucleus_candidates(space, routed.routing.importance, routed.keep, begin, nucleus.top_p, nucleus.budget);
+    scorer.route(space, x, 1, routed);
+    Candidates const cand = nucleus_candidates(space, routed.routing.importance, routed.keep, begin, nucleus.top_p,
+                                               nucleus.budget, nucleus_buffers);
     state.candidates.append(cand);
     long caught = 0;
     auto beta = routed.routing.beta;

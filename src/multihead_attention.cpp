@@ -257,12 +257,20 @@ void CausalGeneticMultiheadAttention::share_dna(DnaState const& dna) {
 }
 
 RoutingResult CausalGeneticMultiheadAttention::route(ExecSpace const& space, TokenMatrix const& x, int batch) const {
-  long const n = static_cast<long>(x.extent(0));
   RoutingResult r;
-  r.routing = Routing::allocate(static_cast<int>(n), config_.num_gates);
-  r.keep = MaskVector(Kokkos::view_alloc("proteus::token_keep", Kokkos::WithoutInitializing), n);
-  route_into(space, x, batch, r);
+  route(space, x, batch, r);
   return r;
+}
+
+void CausalGeneticMultiheadAttention::route(ExecSpace const& space, TokenMatrix const& x, int batch,
+                                            RoutingResult& r) const {
+  long const n = static_cast<long>(x.extent(0));
+  if (r.routing.gate_probs.extent(0) != static_cast<size_t>(n) ||
+      r.routing.gate_probs.extent(1) != static_cast<size_t>(config_.num_gates))
+    r.routing = Routing::allocate(static_cast<int>(n), config_.num_gates);
+  if (r.keep.extent(0) != static_cast<size_t>(n))
+    r.keep = MaskVector(Kokkos::view_alloc("proteus::token_keep", Kokkos::WithoutInitializing), n);
+  route_into(space, x, batch, r);
 }
 
 void CausalGeneticMultiheadAttention::route_into(ExecSpace const& space, TokenMatrix const& x, int batch,

@@ -4,15 +4,19 @@
 #include <mpi.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <map>
+#include <numeric>
 #include <optional>
+#include <random>
 #include <vector>
 
 #include "proteus/checkpoint.hpp"
+#include "proteus/chunk_pipeline.hpp"
 #include "proteus/detail/directory_lock.hpp"
 #include "proteus/detail/hdf5_io.hpp"
 #include "proteus/detail/stop_signal.hpp"
@@ -409,4 +413,54 @@ PROTEUS_TEST_CASE("an HDF5 sequence gives the same buffer as the same tokens gen
     CHECK(c.needle_positions == a.needle_positions);
   }
   MPI_Barrier(MPI_COMM_WORLD);
+}
+
+// A chunk's nucleus (kept tokens by score, best first, ties by position; softmax; the prefix sums
+// below top_p, plus one; at most `budget`) against a double-precision host reference, for chunks
+// of several sizes through one set of reused buffers, one of them with no kept token.
+PROTEUS_TEST_CASE("nucleus candidates equal a host reference through reused buffers", "[pipeline][nucleus]") {
+  std::mt19937 rng(7);
+  NucleusBuffers buffers;
+  struct Chunk {
+    long n;
+    double keep_fraction, top_p;
+    long budget;
+  };
+  for (Chunk const& c : {Chunk{3000, 0.7, 0.9, 4096}, Chunk{500, 0.5, 0.5, 64}, Chunk{4000, 0.9, 0.99, 300},
+                         Chunk{200, 0.0, 0.9, 100}, Chunk{1, 1.0, 0.9, 10}}) {
+    INFO("chunk of " << c.n);
+    std::vector<float> score(c.n);
+    std::vector<std::uint8_t> kept(c.n);
+    std::uniform_real_distribution<float> u(0.0f, 1.0f);
+    for (long i = 0; i < c.n; ++i) {
+      score[i] = std::round(u(rng) * 64.0f) / 64.0f;  // ties between positions
+      kept[i] = u(rng) < c.keep_fraction ? 1 : 0;
+    }
+    TokenVector importance("importance", c.n);
+    MaskVector keep("keep", c.n);
+    auto hi = Kokkos::create_mirror_view(importance);
+    auto hk = Kokkos::create_mirror_view(keep);
+    for (long i = 0; i < c.n; ++i) {
+      hi(i) = score[i];
+      hk(i) = kept[i];
+    }
+    Kokkos::deep_copy(importance, hi);
+    Kokkos::deep_copy(keep, hk);
+    Candidates const got = nucleus_candidates(TEST_EXECSPACE(), importance, keep, 1000, c.top_p, c.budget, buffers);
+
+    std::vector<long> order;
+    for (long i = 0; i < c.n; ++i)
+      if (kept[i]) order.push_back(i);
+    std::stable_sort(order.begin(), order.end(), [&](long a, long b) { return score[a] > score[b]; });
+    std::vector<double> prefix(order.size());
+    double z = 0.0;
+    for (size_t k = 0; k < order.size(); ++k) prefix[k] = z += std::exp(double(score[order[k]]) - score[order[0]]);
+    long const below = std::count_if(prefix.begin(), prefix.end(), [&](double p) { return p < c.top_p * z; });
+    long const take = order.empty() ? 0 : std::min({below + 1, static_cast<long>(order.size()), c.budget});
+    REQUIRE(static_cast<long>(got.size()) == take);
+    for (long k = 0; k < take; ++k) {
+      CHECK(got.positions[k] == 1000 + order[k]);
+      CHECK(got.scores[k] == score[order[k]]);
+    }
+  }
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "proteus/chunk_grid.hpp"
+#include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/dna_chain.hpp"
 #include "proteus/multihead_attention.hpp"
 #include "proteus/sequence_source.hpp"
@@ -28,6 +29,20 @@ struct Candidates {
 // keep #(cumsum < top_p) + 1 (at most `budget`). Positions are offset by chunk_begin.
 Candidates nucleus_candidates(ExecSpace const& space, TokenVector const& importance, MaskVector const& keep,
                               Position chunk_begin, double top_p, long budget);
+// Device and pinned host memory that nucleus_candidates reuses from chunk to chunk.
+struct NucleusBuffers {
+  Kokkos::View<std::uint64_t*, MemSpace> keys;
+  Kokkos::View<double*, MemSpace> prefix;
+  Kokkos::View<unsigned char*, MemSpace> sort_scratch;
+  Kokkos::View<double*, MemSpace> norm;             // [1] the softmax's normaliser
+  Kokkos::View<long*, MemSpace> counts;             // [2] kept tokens, prefix sums below the limit
+  Kokkos::View<long*, detail::PinnedHostSpace> counts_host;
+  Kokkos::View<std::uint64_t*, detail::PinnedHostSpace> best_host;  // the first `budget` sorted keys
+};
+// The same with the buffers kept by the caller. The nucleus is computed on the device and read in
+// one wait (its counts and best keys together).
+Candidates nucleus_candidates(ExecSpace const& space, TokenVector const& importance, MaskVector const& keep,
+                              Position chunk_begin, double top_p, long budget, NucleusBuffers& buffers);
 
 // Counts of one processed chunk (the /statistics/chunks rows of a checkpoint).
 struct ChunkRecord {

@@ -217,6 +217,9 @@ class CausalGeneticMultiheadAttention {
 
   // Stages 1-3 only: routing and token keep mask of x [B*T x E] with the current DNA.
   RoutingResult route(ExecSpace const& space, TokenMatrix const& x, int batch) const;
+  // The same into r, whose buffers are reused where their shapes match (a loop over chunks
+  // allocates them once, and frees nothing while the device works).
+  void route(ExecSpace const& space, TokenMatrix const& x, int batch, RoutingResult& r) const;
 
   Config const& config() const { return config_; }
   Weights const& weights() const { return weights_; }
