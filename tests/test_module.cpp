@@ -58,6 +58,17 @@ Matrix dense_reference(CausalGeneticMultiheadAttention const& mha, Matrix const&
       [](int, size_t) { return true; });
 }
 
+// What f throws as a proteus::Error, or "no error".
+template <class F>
+std::string message(F&& f) {
+  try {
+    f();
+  } catch (proteus::Error const& e) {
+    return std::string(e.what());
+  }
+  return std::string("no error");
+}
+
 }  // namespace
 
 PROTEUS_TEST_CASE("alpha = 0 equals naive double-precision causal attention with RoPE", "[module][dense]") {
@@ -429,14 +440,6 @@ PROTEUS_TEST_CASE("TF32 projections choose what FP32 chooses and stay within TF3
 }
 
 PROTEUS_TEST_CASE("bad input gives a clear error naming the argument", "[module][errors]") {
-  auto message = [](auto&& f) {
-    try {
-      f();
-    } catch (proteus::Error const& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
   CHECK(message([] { CausalGeneticMultiheadAttention(TEST_EXECSPACE(), 30, 4); }).find("embed_dim") != std::string::npos);
   CHECK(message([] { CausalGeneticMultiheadAttention(TEST_EXECSPACE(), 36, 4); }).find("RoPE") != std::string::npos);
   Config bad_alpha;
@@ -525,14 +528,6 @@ PROTEUS_TEST_CASE("a checked call with NaN input throws naming the query and cha
   no_rows.row_begin = no_rows.row_end = s.tokens;  // no query block: the check waits at the end
   TokenMatrix const bad(dirty.data(), n, s.embed), good(clean.data(), n, s.embed);
   TrainingState state;
-  auto message = [](auto&& f) {
-    try {
-      f();
-    } catch (proteus::Error const& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
   std::string const expected = "query: contains 2 NaN or Inf value(s)";
   CHECK(message([&] { failed.run(TEST_EXECSPACE(), bad, s.batch, positions, y_failed, checked); }) == expected);
   CHECK(message([&] { failed.run(TEST_EXECSPACE(), bad, s.batch, positions, y_failed, no_rows); }) == expected);
