@@ -143,12 +143,23 @@ void count_nonfinite(ExecSpace const& space, TokenMatrix const& v, Count& bad) {
         KOKKOS_LAMBDA(long i, long& n) { n += detail::kmath::isfinite(v(i / cols, i % cols)) ? 0 : 1; }, bad);
   }
 }
+
+// The error of a tensor `name` with `bad` NaN or Inf entries (none: no error).
+void require_finite(long bad, std::string const& name) {
+  require(bad == 0, name, "contains " + std::to_string(bad) + " NaN or Inf value(s)");
+}
+
+// r sized for n tokens and `gates` gates: reallocated only when its shape differs.
+void reuse_routing(Routing& r, long n, int gates) {
+  if (r.gate_probs.extent(0) != static_cast<size_t>(n) || r.gate_probs.extent(1) != static_cast<size_t>(gates))
+    r = Routing::allocate(static_cast<int>(n), gates);
+}
 }  // namespace
 
 void check_finite(ExecSpace const& space, TokenMatrix const& v, std::string const& name) {
   long bad = 0;
   count_nonfinite(space, v, bad);
-  require(bad == 0, name, "contains " + std::to_string(bad) + " NaN or Inf value(s)");
+  require_finite(bad, name);
 }
 
 CausalGeneticMultiheadAttention::CausalGeneticMultiheadAttention(ExecSpace const& space, int embed_dim,
@@ -265,11 +276,8 @@ RoutingResult CausalGeneticMultiheadAttention::route(ExecSpace const& space, Tok
 void CausalGeneticMultiheadAttention::route(ExecSpace const& space, TokenMatrix const& x, int batch,
                                             RoutingResult& r) const {
   long const n = static_cast<long>(x.extent(0));
-  if (r.routing.gate_probs.extent(0) != static_cast<size_t>(n) ||
-      r.routing.gate_probs.extent(1) != static_cast<size_t>(config_.num_gates))
-    r.routing = Routing::allocate(static_cast<int>(n), config_.num_gates);
-  if (r.keep.extent(0) != static_cast<size_t>(n))
-    r.keep = MaskVector(Kokkos::view_alloc("proteus::token_keep", Kokkos::WithoutInitializing), n);
+  reuse_routing(r.routing, n, config_.num_gates);
+  reuse(r.keep, "proteus::token_keep", n);
   route_into(space, x, batch, r);
 }
 
@@ -304,9 +312,7 @@ detail::CallPlan CausalGeneticMultiheadAttention::plan_call(ExecSpace const& spa
   long const n = static_cast<long>(x.extent(0)), tokens = n / batch;
   int const heads = c.num_heads;
   detail::CallPlan call;
-  if (work_.routing.gate_probs.extent(0) != static_cast<size_t>(n) ||
-      work_.routing.gate_probs.extent(1) != static_cast<size_t>(c.num_gates))
-    work_.routing = Routing::allocate(static_cast<int>(n), c.num_gates);
+  reuse_routing(work_.routing, n, c.num_gates);
   call.routed.routing = work_.routing;
   call.routed.keep = reuse(work_.keep, "proteus::token_keep", n);
   route_into(space, x, batch, call.routed, Kokkos::subview(work_.call_counts, heads + call_count::kept));
@@ -624,8 +630,7 @@ void CausalGeneticMultiheadAttention::start_input_check(ExecSpace const& space, 
 void CausalGeneticMultiheadAttention::finish_input_check() {
   if (!work_.input_check_pending) return;
   work_.input_check_pending = false;
-  long const bad = work_.nonfinite_host();
-  require(bad == 0, "query", "contains " + std::to_string(bad) + " NaN or Inf value(s)");
+  require_finite(work_.nonfinite_host(), "query");
 }
 
 // A new call's statistics: zeroed on the device, numbered.
