@@ -70,7 +70,8 @@ void row_dots(ExecSpace const& space, Grad const& g, AttendedRows const& out, lo
   auto bias = out.value_bias;
   bool const biased = bias.extent(0) > 0;
   Kokkos::parallel_for(
-      "proteus::attention::backward::row_dots", light_weight(Kokkos::RangePolicy<ExecSpace>(space, 0, rows)), KOKKOS_LAMBDA(long r) {
+      "proteus::attention::backward::row_dots", light_weight(Kokkos::RangePolicy<ExecSpace>(space, 0, rows)),
+      KOKKOS_LAMBDA(long r) {
         long const qrow = g.row_query(r), h = g.row_head(r) % g.heads;
         float sum = 0.0f;
         for (int j = 0; j < g.d; ++j) {
@@ -373,7 +374,8 @@ void add_clamped_partials(ExecSpace const& space, Grad const& g, ClampedPartials
   if (chunks == 0) return;
   auto part = clamped.part;
   Kokkos::parallel_for(
-      "proteus::attention::backward::add_clamped", light_weight(Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count * g.d)),
+      "proteus::attention::backward::add_clamped",
+      light_weight(Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count * g.d)),
       KOKKOS_LAMBDA(long item) {
         long const bh = item / g.d, c = item % g.d;
         long const key_row = (bh / g.heads) * g.tokens, col = (bh % g.heads) * g.d + c;

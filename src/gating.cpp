@@ -50,7 +50,8 @@ long mark_kept_tokens(ExecSpace const& space, Config const& cfg, TokenVector con
   long const guard = std::min<long>(cfg.token_keep_guard, tokens);
   float const threshold = cfg.token_keep_threshold;
   Kokkos::deep_copy(space, keep, std::uint8_t(0));
-  Kokkos::View<std::uint64_t*, MemSpace> const keys = detail::first_rows(buffers.keys, "proteus::gating::token_keys", tokens);
+  Kokkos::View<std::uint64_t*, MemSpace> const keys =
+      detail::first_rows(buffers.keys, "proteus::gating::token_keys", tokens);
   for (int b = 0; b < batch; ++b) {
     long const offset = b * tokens;
     Kokkos::parallel_for(

@@ -118,7 +118,8 @@ void sort(Kokkos::Cuda const& space, View const& keys, Scratch& scratch) {
   if (n <= 1) return;
   if (n > std::numeric_limits<int>::max() || !keys.span_is_contiguous()) return sort(space, keys);
   auto const check = [](cudaError_t e) {
-    if (e != cudaSuccess) throw std::runtime_error(std::string("proteus::sort: cub radix sort: ") + cudaGetErrorString(e));
+    if (e != cudaSuccess)
+      throw std::runtime_error(std::string("proteus::sort: cub radix sort: ") + cudaGetErrorString(e));
   };
   cub::DoubleBuffer<Key> buffers(keys.data(), nullptr);
   size_t temp_bytes = 0;
@@ -126,7 +127,8 @@ void sort(Kokkos::Cuda const& space, View const& keys, Scratch& scratch) {
                                        space.cuda_stream()));
   size_t const key_bytes = (n * sizeof(Key) + 255) / 256 * 256;  // cub wants 256-byte aligned storage
   if (scratch.extent(0) < key_bytes + temp_bytes)
-    scratch = Scratch(Kokkos::view_alloc(Kokkos::WithoutInitializing, "proteus::sort::scratch"), key_bytes + temp_bytes);
+    scratch =
+        Scratch(Kokkos::view_alloc(Kokkos::WithoutInitializing, "proteus::sort::scratch"), key_bytes + temp_bytes);
   Key* const spare = reinterpret_cast<Key*>(scratch.data());
   buffers = cub::DoubleBuffer<Key>(keys.data(), spare);
   check(cub::DeviceRadixSort::SortKeys(scratch.data() + key_bytes, temp_bytes, buffers, static_cast<int>(n), 0,
