@@ -38,19 +38,24 @@ SyntheticSource::SyntheticSource(SequenceSpec const& spec, int embed_dim, DnaSta
   Kokkos::deep_copy(needle_dir_, hd);
 }
 
-void SyntheticSource::generate(ExecSpace const& space, Kokkos::View<Position*, MemSpace> const& pos,
+void SyntheticSource::generate(ExecSpace const& space, Position first, Kokkos::View<Position*, MemSpace> const& pos,
                                TokenMatrix const& out) const {
   int const e = embed_dim_;
   std::uint64_t const seed = seed_;
   int const needles = static_cast<int>(needle_pos_.extent(0));
+  bool const listed = pos.extent(0) > 0;
   auto npos = needle_pos_;
   auto ndir = needle_dir_;
   double const s = similarity_;
   double const spread = std::sqrt(std::max(0.0, 1.0 - s * s));
   double const scale = std::sqrt(static_cast<double>(e));
+  // One work item per entry, consecutive items along a row: a warp writes contiguous memory.
   Kokkos::parallel_for(
-      "proteus::source::synthetic", Kokkos::RangePolicy<ExecSpace>(space, 0, out.extent(0)), KOKKOS_LAMBDA(long i) {
-        Position const t = pos(i);
+      "proteus::source::synthetic", Kokkos::RangePolicy<ExecSpace>(space, 0, long(out.extent(0)) * e),
+      KOKKOS_LAMBDA(long k) {
+        long const i = k / e;
+        int const j = static_cast<int>(k - i * e);
+        Position const t = listed ? pos(i) : first + i;
         // Binary search for a needle at t (needles are few and sorted).
         int lo = 0, hi = needles;
         while (lo < hi) {
@@ -61,19 +66,13 @@ void SyntheticSource::generate(ExecSpace const& space, Kokkos::View<Position*, M
             hi = mid;
         }
         bool const needle = lo < needles && npos(lo) == t;
-        for (int j = 0; j < e; ++j) {
-          double const noise = detail::standard_normal(seed, detail::stream_tokens, static_cast<std::uint64_t>(t) * e + j);
-          out(i, j) = static_cast<float>(needle ? s * scale * ndir(lo, j) + spread * noise : noise);
-        }
+        double const noise = detail::standard_normal(seed, detail::stream_tokens, static_cast<std::uint64_t>(t) * e + j);
+        out(i, j) = static_cast<float>(needle ? s * scale * ndir(lo, j) + spread * noise : noise);
       });
 }
 
 void SyntheticSource::read(ExecSpace const& space, long begin, TokenMatrix const& out) const {
-  Kokkos::View<Position*, MemSpace> pos("proteus::source::positions", out.extent(0));
-  Kokkos::parallel_for(
-      "proteus::source::iota", Kokkos::RangePolicy<ExecSpace>(space, 0, out.extent(0)),
-      KOKKOS_LAMBDA(long i) { pos(i) = begin + i; });
-  generate(space, pos, out);
+  generate(space, begin, {}, out);
 }
 
 void SyntheticSource::read_rows(ExecSpace const& space, std::vector<Position> const& positions,
@@ -82,7 +81,7 @@ void SyntheticSource::read_rows(ExecSpace const& space, std::vector<Position> co
   auto h = Kokkos::create_mirror_view(pos);
   std::copy(positions.begin(), positions.end(), h.data());
   Kokkos::deep_copy(space, pos, h);
-  generate(space, pos, out);
+  generate(space, 0, pos, out);
 }
 
 // ---- HDF5 ------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@
 #include "proteus/detail/stop_signal.hpp"
 #include "proteus/error.hpp"
 #include "proteus/pipeline.hpp"
+#include "proteus/random.hpp"
 #include "proteus/sequence_source.hpp"
 #include "pipeline_deck.hpp"
 #include "test_space.hpp"
@@ -373,6 +374,48 @@ PROTEUS_TEST_CASE("needles in a 1M-token haystack reach the buffer and a probe r
     CHECK(on_needle > 0.5);  // most of the probe's attention lands on its needle
   }
   WARN("mean attention weight of a probe on its needle: " << weight_sum / s.needle_positions.size());
+}
+
+// The synthetic source's rule (sequence_source.hpp) evaluated on the host: noise, or along a
+// needle's unit prototype; read() of any rows and read_rows() of scattered positions give it.
+PROTEUS_TEST_CASE("synthetic tokens equal their rule evaluated on the host", "[pipeline][source]") {
+  RunDeck d = small_deck(scratch("synthetic"));
+  d.sequence.needle_similarity = 0.7;
+  CausalGeneticMultiheadAttention model(TEST_EXECSPACE(), d.model);
+  SyntheticSource const src(d.sequence, d.model.embed_dim, model.dna());
+  int const E = d.model.embed_dim;
+  test::Matrix const protos = test::to_host_matrix(model.dna().prototypes);
+  std::vector<Position> const needles = src.needles();
+  REQUIRE(needles.size() == 6);
+  auto expected = [&](Position t, int j) {
+    double const noise = detail::standard_normal(d.sequence.seed, detail::stream_tokens, std::uint64_t(t) * E + j);
+    auto const at = std::find(needles.begin(), needles.end(), t);
+    if (at == needles.end()) return noise;
+    std::vector<double> const& u = protos[(at - needles.begin()) % protos.size()];
+    double const norm = std::sqrt(std::inner_product(u.begin(), u.end(), u.begin(), 0.0));
+    double const s = d.sequence.needle_similarity;
+    return s * std::sqrt(double(E)) * (u[j] / norm) + std::sqrt(1 - s * s) * noise;
+  };
+  // A window around the second needle (read), and every needle with its neighbours (read_rows).
+  long const begin = needles[1] - 37, rows = 100;
+  TokenMatrix window("window", rows, E);
+  src.read(TEST_EXECSPACE(), begin, window);
+  std::vector<Position> scattered;
+  for (Position p : needles) scattered.insert(scattered.end(), {p - 1, p, p + 1});
+  TokenMatrix picked("picked", scattered.size(), E);
+  src.read_rows(TEST_EXECSPACE(), scattered, picked);
+  test::Matrix const got_window = test::to_host_matrix(window), got_picked = test::to_host_matrix(picked);
+  // Each entry is one double rounded to float: half a float ulp, taken as 1e-6 relative.
+  double worst = 0.0;
+  for (long i = 0; i < rows; ++i)
+    for (int j = 0; j < E; ++j)
+      worst = std::max(worst, std::fabs(got_window[i][j] - expected(begin + i, j)) /
+                                  (1 + std::fabs(expected(begin + i, j))));
+  for (size_t i = 0; i < scattered.size(); ++i)
+    for (int j = 0; j < E; ++j)
+      worst = std::max(worst, std::fabs(got_picked[i][j] - expected(scattered[i], j)) /
+                                  (1 + std::fabs(expected(scattered[i], j))));
+  CHECK(worst < 1e-6);
 }
 
 PROTEUS_TEST_CASE("an HDF5 sequence gives the same buffer as the same tokens generated", "[pipeline][hdf5]") {

@@ -62,9 +62,10 @@ class SyntheticSource final : public SequenceSource {
                  TokenMatrix const& out) const override;
   std::vector<Position> needles() const override { return needle_positions_; }
   bool generated() const override { return true; }
-  // Fills row i of out with the token at position pos(i). (Public: CUDA forbids device lambdas
-  // in private member functions.)
-  void generate(ExecSpace const& space, Kokkos::View<Position*, MemSpace> const& pos, TokenMatrix const& out) const;
+  // Fills row i of out with the token at position pos(i), or first + i when pos is empty. (Public:
+  // CUDA forbids device lambdas in private member functions.)
+  void generate(ExecSpace const& space, Position first, Kokkos::View<Position*, MemSpace> const& pos,
+                TokenMatrix const& out) const;
 
  private:
   long tokens_;
