@@ -25,6 +25,13 @@ Candidates nucleus_candidates(ExecSpace const& space, TokenVector const& importa
 
 Candidates nucleus_candidates(ExecSpace const& space, TokenVector const& importance, MaskVector const& keep,
                               Position chunk_begin, double top_p, long budget, NucleusBuffers& b) {
+  start_nucleus(space, importance, keep, top_p, budget, b);
+  space.fence();  // the chunk's one wait: its counts and best keys
+  return finish_nucleus(b, chunk_begin, budget);
+}
+
+void start_nucleus(ExecSpace const& space, TokenVector const& importance, MaskVector const& keep, double top_p,
+                   long budget, NucleusBuffers& b) {
   using detail::first_rows;
   long const n = static_cast<long>(importance.extent(0));
   auto const keys = first_rows(b.keys, "proteus::chunk::keys", n);
@@ -65,15 +72,17 @@ Candidates nucleus_candidates(ExecSpace const& space, TokenVector const& importa
   auto const best_host = first_rows(b.best_host, "proteus::chunk::best_host", best);
   Kokkos::deep_copy(space, counts_host, counts);
   Kokkos::deep_copy(space, best_host, Kokkos::subview(keys, std::make_pair(0L, best)));
-  space.fence();  // the chunk's one wait: its counts and best keys
+}
+
+Candidates finish_nucleus(NucleusBuffers const& b, Position chunk_begin, long budget) {
   Candidates out;
-  long const take = std::min({counts_host(1) + 1, counts_host(0), budget});
-  if (counts_host(0) == 0) return out;
+  long const take = std::min({b.counts_host(1) + 1, b.counts_host(0), budget});
+  if (b.counts_host(0) == 0) return out;
   out.positions.resize(take);
   out.scores.resize(take);
   for (long i = 0; i < take; ++i) {
-    out.positions[i] = chunk_begin + static_cast<Position>(detail::key_position(best_host(i)));
-    out.scores[i] = detail::key_score(best_host(i));
+    out.positions[i] = chunk_begin + static_cast<Position>(detail::key_position(b.best_host(i)));
+    out.scores[i] = detail::key_score(b.best_host(i));
   }
   return out;
 }
@@ -90,15 +99,56 @@ long RankState::tokens_caught() const {
   return n;
 }
 
+namespace {
+// One chunk's device work, and the pinned host copies of its results that one wait makes readable.
+struct ChunkWork {
+  RoutingResult routed;
+  NucleusBuffers nucleus;
+  DnaStatistics stats;
+  DnaStatisticsScratch dna_scratch;
+  DnaStatisticsHost stats_host;
+  Kokkos::View<long*, MemSpace> tallies{"proteus::chunk::tallies", 3};  // non-finite entries, kept, caught
+  Kokkos::View<long*, detail::PinnedHostSpace> tallies_host{"proteus::chunk::tallies_host", 3};
+};
+
+// Launches chunk x's work on `space` without waiting: its NaN/Inf count, routing, nucleus, the
+// tokens caught by the DNA (beta > 0) and its DNA statistics, each copied to the host on arrival.
+void launch_chunk(ExecSpace const& space, CausalGeneticMultiheadAttention const& scorer, TokenMatrix const& x,
+                  NucleusSpec const& nucleus, ChunkWork& w) {
+  auto tally = [&](int k) { return Kokkos::subview(w.tallies, k); };
+  count_nonfinite(space, x, tally(0));
+  scorer.route(space, x, 1, w.routed, tally(1));
+  start_nucleus(space, w.routed.routing.importance, w.routed.keep, nucleus.top_p, nucleus.budget, w.nucleus);
+  auto beta = w.routed.routing.beta;
+  Kokkos::parallel_reduce(
+      "proteus::chunk::caught", Kokkos::RangePolicy<ExecSpace>(space, 0, x.extent(0)),
+      KOKKOS_LAMBDA(long i, long& n) { n += beta(i) > 0.0f ? 1 : 0; }, tally(2));
+  Kokkos::deep_copy(space, w.tallies_host, w.tallies);
+  if (!scorer.config().dna_enable) return;
+  if (w.stats.count.data() == nullptr) w.stats = DnaStatistics::allocate(scorer.config().num_gates, static_cast<int>(x.extent(1)));
+  dna_statistics(space, x, w.routed.routing.gate_probs, w.stats, w.dna_scratch);
+  w.stats_host.start_copy(space, w.stats);
+}
+
+// Chunk c's results into state, once its work has finished; a chunk with NaN or Inf tokens
+// changes nothing.
+void record_chunk(ChunkWork const& w, Config const& cfg, NucleusSpec const& nucleus, long c, Position begin, long len,
+                  RankState& state) {
+  require_finite(w.tallies_host(0),
+                 "sequence tokens [" + std::to_string(begin) + ", " + std::to_string(begin + len) + ")");
+  Candidates const cand = finish_nucleus(w.nucleus, begin, nucleus.budget);
+  state.candidates.append(cand);
+  state.chunk_log.push_back({c, static_cast<std::int64_t>(cand.size()), w.tallies_host(1), w.tallies_host(2)});
+  if (cfg.dna_enable) state.dna.add(w.stats_host, cfg.dna_decay);
+}
+}  // namespace
+
 void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& scorer, SequenceSource const& source,
                 ChunkGrid const& grid, NucleusSpec const& nucleus, ChunkRange range, RankState& state,
                 std::function<void(RankState const&)> const& after_chunk, std::function<bool()> const& stop) {
   Config const& cfg = scorer.config();
   TokenMatrix buffer("proteus::chunk::tokens", grid.chunk_tokens, cfg.embed_dim);
-  DnaStatistics stats = DnaStatistics::allocate(cfg.num_gates, cfg.embed_dim);
-  DnaStatisticsScratch dna_scratch;  // allocated by the first chunk, reused by the others
-  RoutingResult routed;              // the same
-  NucleusBuffers nucleus_buffers;
+  ChunkWork work;  // allocated by the first chunk, reused by the others
   if (state.next_chunk < range.first) state.next_chunk = range.first;
   auto extent_of = [&](long c) { return std::make_pair(grid.begin(c), grid.extent(c)); };
   // Host-resident sources (files) are double-buffered twice over: chunk c + 2 is read on a helper
@@ -145,24 +195,11 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
     } else {
       source.read(space, begin, x);
     }
-    check_finite(space, x, "sequence tokens [" + std::to_string(begin) + ", " + std::to_string(begin + len) + ")");
-    scorer.route(space, x, 1, routed);
-    Candidates const cand = nucleus_candidates(space, routed.routing.importance, routed.keep, begin, nucleus.top_p,
-                                               nucleus.budget, nucleus_buffers);
-    state.candidates.append(cand);
-    long caught = 0;
-    auto beta = routed.routing.beta;
-    Kokkos::parallel_reduce(
-        "proteus::chunk::caught", Kokkos::RangePolicy<ExecSpace>(space, 0, len),
-        KOKKOS_LAMBDA(long i, long& n) { n += beta(i) > 0.0f ? 1 : 0; }, caught);
-    state.chunk_log.push_back({c, static_cast<std::int64_t>(cand.size()), routed.tokens_kept, caught});
-    if (cfg.dna_enable) {
-      dna_statistics(space, x, routed.routing.gate_probs, stats, dna_scratch);
-      state.dna.add(space, stats, cfg.dna_decay);
-    }
+    launch_chunk(space, scorer, x, nucleus, work);
+    space.fence();  // the chunk's one wait; also, its buffer is overwritten by the next iteration's copy
+    record_chunk(work, cfg, nucleus, c, begin, len, state);
     state.next_chunk = c + 1;
     after_chunk(state);
-    space.fence();  // chunk c's buffer is overwritten by the copy issued in the next iteration
     if (stop && stop()) break;  // the prefetches in flight are waited for below
     if (prefetch) slot = 1 - slot;
   }

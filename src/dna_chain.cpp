@@ -15,10 +15,27 @@ void DnaAccumulator::reset(int num_gates, int embed_dim) {
   chunks = 0;
 }
 
+void DnaStatisticsHost::start_copy(ExecSpace const& space, DnaStatistics const& stats) {
+  if (count.extent(0) != stats.count.extent(0) || sums.extent(1) != stats.sums.extent(1)) {
+    count = decltype(count)(Kokkos::view_alloc("proteus::dna::count_host", Kokkos::WithoutInitializing),
+                            stats.count.extent(0));
+    sums = decltype(sums)(Kokkos::view_alloc("proteus::dna::sums_host", Kokkos::WithoutInitializing),
+                          stats.sums.extent(0), stats.sums.extent(1));
+  }
+  Kokkos::deep_copy(space, count, stats.count);
+  Kokkos::deep_copy(space, sums, stats.sums);
+}
+
 void DnaAccumulator::add(ExecSpace const& space, DnaStatistics const& stats, double decay) {
-  auto count = Kokkos::create_mirror_view_and_copy(HostSpace(), stats.count);
-  auto sums = Kokkos::create_mirror_view_and_copy(HostSpace(), stats.sums);
-  (void)space;
+  DnaStatisticsHost host;
+  host.start_copy(space, stats);
+  space.fence();
+  add(host, decay);
+}
+
+void DnaAccumulator::add(DnaStatisticsHost const& stats, double decay) {
+  auto const& count = stats.count;
+  auto const& sums = stats.sums;
   for (int g = 0; g < gates; ++g) {
     usage[g] = dna_ema_usage(decay, usage[g], count(g));
     confidence[g] = dna_ema_confidence(decay, confidence[g], count(g));

@@ -113,7 +113,7 @@ struct alignas(16) FloatQuad {
 // bad = the number of NaN and Inf entries of v: a long (the reduction waits for it) or a device
 // scalar (it does not).
 template <class Count>
-void count_nonfinite(ExecSpace const& space, TokenMatrix const& v, Count& bad) {
+void nonfinite_into(ExecSpace const& space, TokenMatrix const& v, Count& bad) {
   float const* data = v.data();
   long const size = static_cast<long>(v.size());
   if (v.span_is_contiguous() && reinterpret_cast<std::uintptr_t>(data) % alignof(FloatQuad) == 0) {
@@ -144,11 +144,6 @@ void count_nonfinite(ExecSpace const& space, TokenMatrix const& v, Count& bad) {
   }
 }
 
-// The error of a tensor `name` with `bad` NaN or Inf entries (none: no error).
-void require_finite(long bad, std::string const& name) {
-  require(bad == 0, name, "contains " + std::to_string(bad) + " NaN or Inf value(s)");
-}
-
 // r sized for n tokens and `gates` gates: reallocated only when its shape differs.
 void reuse_routing(Routing& r, long n, int gates) {
   if (r.gate_probs.extent(0) != static_cast<size_t>(n) || r.gate_probs.extent(1) != static_cast<size_t>(gates))
@@ -156,9 +151,17 @@ void reuse_routing(Routing& r, long n, int gates) {
 }
 }  // namespace
 
+void require_finite(long count, std::string const& name) {
+  require(count == 0, name, "contains " + std::to_string(count) + " NaN or Inf value(s)");
+}
+
+void count_nonfinite(ExecSpace const& space, TokenMatrix const& v, Kokkos::View<long, MemSpace> const& count) {
+  nonfinite_into(space, v, count);
+}
+
 void check_finite(ExecSpace const& space, TokenMatrix const& v, std::string const& name) {
   long bad = 0;
-  count_nonfinite(space, v, bad);
+  nonfinite_into(space, v, bad);
   require_finite(bad, name);
 }
 
@@ -275,10 +278,15 @@ RoutingResult CausalGeneticMultiheadAttention::route(ExecSpace const& space, Tok
 
 void CausalGeneticMultiheadAttention::route(ExecSpace const& space, TokenMatrix const& x, int batch,
                                             RoutingResult& r) const {
+  route(space, x, batch, r, {});
+}
+
+void CausalGeneticMultiheadAttention::route(ExecSpace const& space, TokenMatrix const& x, int batch, RoutingResult& r,
+                                            Kokkos::View<long, MemSpace> const& kept_count) const {
   long const n = static_cast<long>(x.extent(0));
   reuse_routing(r.routing, n, config_.num_gates);
   reuse(r.keep, "proteus::token_keep", n);
-  route_into(space, x, batch, r);
+  route_into(space, x, batch, r, kept_count);
 }
 
 void CausalGeneticMultiheadAttention::route_into(ExecSpace const& space, TokenMatrix const& x, int batch,

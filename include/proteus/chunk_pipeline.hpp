@@ -43,6 +43,12 @@ struct NucleusBuffers {
 // one wait (its counts and best keys together).
 Candidates nucleus_candidates(ExecSpace const& space, TokenVector const& importance, MaskVector const& keep,
                               Position chunk_begin, double top_p, long budget, NucleusBuffers& buffers);
+// nucleus_candidates in two halves, so that a chunk's other results share its wait: start_nucleus
+// computes the nucleus and starts copying it to buffers' pinned host memory (nothing waits);
+// finish_nucleus reads it there once the caller has waited for `space`.
+void start_nucleus(ExecSpace const& space, TokenVector const& importance, MaskVector const& keep, double top_p,
+                   long budget, NucleusBuffers& buffers);
+Candidates finish_nucleus(NucleusBuffers const& buffers, Position chunk_begin, long budget);
 
 // Counts of one processed chunk (the /statistics/chunks rows of a checkpoint).
 struct ChunkRecord {

@@ -9,9 +9,18 @@
 
 #include <mpi.h>
 
+#include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/dna.hpp"
 
 namespace proteus {
+
+// One chunk's statistics in pinned host memory: start_copy copies them from the device without a
+// wait; they are read once the caller has waited for the copy's execution space.
+struct DnaStatisticsHost {
+  Kokkos::View<double*, detail::PinnedHostSpace> count;                       // [G]
+  Kokkos::View<double**, Kokkos::LayoutRight, detail::PinnedHostSpace> sums;  // [G x E]
+  void start_copy(ExecSpace const& space, DnaStatistics const& stats);
+};
 
 struct DnaAccumulator {
   int gates = 0, embed = 0;
@@ -21,8 +30,10 @@ struct DnaAccumulator {
   long chunks = 0;
 
   void reset(int num_gates, int embed_dim);
-  // One EMA step (dna.hpp's rule) of one chunk's statistics.
+  // One EMA step (dna.hpp's rule) of one chunk's statistics (waits for them).
   void add(ExecSpace const& space, DnaStatistics const& stats, double decay);
+  // The same from statistics already copied to the host.
+  void add(DnaStatisticsHost const& stats, double decay);
 };
 
 // Joins the ranks' chains onto the initial DNA: P = d^n P0 + sum_r d^(hits after r) A_r, and the

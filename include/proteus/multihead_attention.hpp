@@ -220,6 +220,10 @@ class CausalGeneticMultiheadAttention {
   // The same into r, whose buffers are reused where their shapes match (a loop over chunks
   // allocates them once, and frees nothing while the device works).
   void route(ExecSpace const& space, TokenMatrix const& x, int batch, RoutingResult& r) const;
+  // The same without waiting for the device: the kept tokens are counted into kept_count on the
+  // device, and r.tokens_kept is how many are kept at most.
+  void route(ExecSpace const& space, TokenMatrix const& x, int batch, RoutingResult& r,
+             Kokkos::View<long, MemSpace> const& kept_count) const;
 
   Config const& config() const { return config_; }
   Weights const& weights() const { return weights_; }
@@ -283,5 +287,10 @@ CausalGeneticMultiheadAttention model_like(ExecSpace const& space, CausalGenetic
 
 // Throws proteus::Error naming `name` if v holds NaN or Inf.
 void check_finite(ExecSpace const& space, TokenMatrix const& v, std::string const& name);
+// The same in two steps, so that the check shares a wait with other work: count_nonfinite counts
+// v's NaN and Inf entries into `count` on the device (nothing waits); require_finite throws
+// naming `name` when the count, read after a wait, is not 0.
+void count_nonfinite(ExecSpace const& space, TokenMatrix const& v, Kokkos::View<long, MemSpace> const& count);
+void require_finite(long count, std::string const& name);
 
 }  // namespace proteus
