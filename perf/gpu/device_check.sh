@@ -259,9 +259,20 @@ for step in "$@"; do
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 512 4096 32768 131072 \
         --alphas 0.0 0.3 1.0 --warmup 1 --repeat 3 --budget 30 --csv "$out/module_sweep.csv" | tee "$out/module_sweep.txt" ;;
     pipeline)
-      mkdir -p /tmp/run && cd /tmp/run && "$bin/drivers/proteus_driver" -q "$root/inputs/ctx10m.in" \
-        --set checkpoint.at_end=false --set checkpoint.interval_chunks=0 | tee "$out/ctx10m.txt"
+      # ctx10m.in PIPELINE_REPEAT times (default 1); the last run's summary.json.
+      for i in $(seq "${PIPELINE_REPEAT:-1}"); do
+        mkdir -p /tmp/run && (cd /tmp/run && rm -rf ctx10m_out && "$bin/drivers/proteus_driver" -q \
+          "$root/inputs/ctx10m.in" --set checkpoint.at_end=false --set checkpoint.interval_chunks=0) | tee -a "$out/ctx10m.txt"
+      done
       cp /tmp/run/ctx10m_out/summary.json "$out/ctx10m_summary.json" 2>/dev/null ;;
+    ncu_pipeline)
+      # GPU time of every kernel of ctx10m.in's first 16 chunks (1,048,576 tokens), summed by kernel.
+      mkdir -p /tmp/run && (cd /tmp/run && rm -rf ctx10m_out && ncu --clock-control none --csv \
+        --kernel-name-base demangled --metrics gpu__time_duration.sum "$bin/drivers/proteus_driver" -q \
+        "$root/inputs/ctx10m.in" --set sequence.tokens=1048576 --set checkpoint.at_end=false \
+        --set checkpoint.interval_chunks=0 >"$out/ncu_pipeline.csv" 2>"$out/ncu_pipeline.err")
+      tail -3 "$out/ncu_pipeline.err"
+      python3 "$root/perf/ncu_kernels.py" "$out/ncu_pipeline.csv" --per 16 --unit chunk | tee "$out/ncu_pipeline.txt" ;;
     *) echo "device_check: unknown step '$step'" >&2; exit 2 ;;
   esac
 done
