@@ -16,11 +16,12 @@ def short_name(name):
     """'proteus::f(...)::{lambda...}' and Kokkos wrappers -> 'proteus::f'; 'cutlass::Kernel<...>' -> 'cutlass::Kernel'."""
     name = re.sub(r"^void ", "", name)
     kind = next((k for k in ("ParallelScan", "ParallelReduce", "ParallelFor") if k in name), "")
-    at = name.find("proteus::")
-    if at >= 0:
-        rest = re.sub(r"\(anonymous namespace\)::", "", name[at:])
-        fn = re.match(r"[\w:~]+", rest).group(0).rstrip(":")
-        return f"{fn} [{kind}]" if kind else fn
+    name = re.sub(r"\(anonymous namespace\)::|<unnamed>::", "", name)
+    # A Kokkos kernel: the function whose lambda (or functor) it runs, inside the policy's brackets.
+    inner = re.search(r"Parallel(?:For|Reduce|Scan)<(?:Kokkos::CombinedFunctorReducer<)?(?:void )?"
+                      r"(?:proteus::)?(?:detail::)?(?:for_each_\w+<)?(?:proteus::)?([\w:~]+)", name)
+    if kind and inner:
+        return f"{inner.group(1).rstrip(':')} [{kind}]"
     return re.match(r"[^<(]+", name).group(0).strip() or name[:60]
 
 
@@ -30,7 +31,7 @@ def read_rows(path):
     for row in csv.DictReader(lines):
         if row.get("Metric Name") == "gpu__time_duration.sum":
             value = float(row["Metric Value"].replace(",", ""))
-            scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "second": 1e6}[row["Metric Unit"]]
+            scale = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3, "s": 1e6, "second": 1e6}[row["Metric Unit"]]
             yield row["Kernel Name"], value * scale
 
 

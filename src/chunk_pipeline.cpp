@@ -2,6 +2,7 @@
 #include "proteus/chunk_pipeline.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <future>
 
@@ -109,6 +110,7 @@ struct ChunkWork {
   DnaStatisticsHost stats_host;
   Kokkos::View<long*, MemSpace> tallies{"proteus::chunk::tallies", 3};  // non-finite entries, kept, caught
   Kokkos::View<long*, detail::PinnedHostSpace> tallies_host{"proteus::chunk::tallies_host", 3};
+  detail::QueueMark<ExecSpace> done;  // recorded after the chunk's work
 };
 
 // Launches chunk x's work on `space` without waiting: its NaN/Inf count, routing, nucleus, the
@@ -145,15 +147,20 @@ void record_chunk(ChunkWork const& w, Config const& cfg, NucleusSpec const& nucl
 
 void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& scorer, SequenceSource const& source,
                 ChunkGrid const& grid, NucleusSpec const& nucleus, ChunkRange range, RankState& state,
-                std::function<void(RankState const&)> const& after_chunk, std::function<bool()> const& stop) {
+                std::function<void(RankState const&)> const& after_chunk, std::function<bool()> const& stop,
+                ChunkTimes* times) {
   Config const& cfg = scorer.config();
   TokenMatrix buffer("proteus::chunk::tokens", grid.chunk_tokens, cfg.embed_dim);
-  ChunkWork work;  // allocated by the first chunk, reused by the others
+  ChunkWork work[2];  // allocated by the first chunks, reused by the others
+  ChunkTimes spent;
+  auto clock = [] { return std::chrono::steady_clock::now(); };
+  auto since = [&](auto t0) { return std::chrono::duration<double>(clock() - t0).count(); };
   if (state.next_chunk < range.first) state.next_chunk = range.first;
   auto extent_of = [&](long c) { return std::make_pair(grid.begin(c), grid.extent(c)); };
   // Host-resident sources (files) are double-buffered twice over: chunk c + 2 is read on a helper
   // thread into one pinned host buffer and chunk c + 1 is copied to the second device buffer on a
-  // second stream, while chunk c is scored.
+  // second stream, while chunk c is scored. Generated sources are made on the device: chunk c + 1
+  // is made and scored, queued behind chunk c, while the host records chunk c.
   bool const prefetch = source.host_resident();
   using HostChunk = Kokkos::View<float**, Kokkos::LayoutRight, detail::PinnedHostSpace>;
   HostChunk host[2];
@@ -167,6 +174,22 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
     pending =
         std::async(std::launch::async, [&source, begin = begin, len = len, dst] { source.read_host(begin, len, dst); });
   };
+  auto launch = [&](long c, TokenMatrix const& x, ChunkWork& w) {
+    auto const t0 = clock();
+    if (!prefetch) source.read(space, extent_of(c).first, x);
+    launch_chunk(space, scorer, x, nucleus, w);
+    w.done.record(space);
+    spent.launch += since(t0);
+  };
+  // Whatever ends the loop (the last chunk, a stop, an error), the device finishes with the
+  // buffers before they are freed.
+  struct FenceAtExit {
+    ExecSpace space, copier;
+    ~FenceAtExit() {
+      space.fence();
+      copier.fence();
+    }
+  } const fence_at_exit{space, copier};
   if (prefetch) {
     device[1] = TokenMatrix("proteus::chunk::tokens_next", grid.chunk_tokens, cfg.embed_dim);
     for (auto& h : host)
@@ -179,11 +202,13 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
                         rows(host[0], extent_of(state.next_chunk).second));
       if (state.next_chunk + 1 < range.last) start_read(state.next_chunk + 1, 1);
     }
+  } else if (state.next_chunk < range.last) {
+    launch(state.next_chunk, rows(buffer, extent_of(state.next_chunk).second), work[0]);
   }
   int slot = 0;
   for (long c = state.next_chunk; c < range.last; ++c) {
     auto [begin, len] = extent_of(c);
-    auto x = rows(device[slot], len);
+    ChunkWork& w = work[slot];
     if (prefetch) {
       copier.fence();  // device[slot] holds chunk c; host[slot] is free again
       if (c + 1 < range.last) {
@@ -192,19 +217,27 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
         Kokkos::deep_copy(copier, rows(device[1 - slot], next_len), rows(host[1 - slot], next_len));
         if (c + 2 < range.last) start_read(c + 2, slot);
       }
-    } else {
-      source.read(space, begin, x);
+      launch(c, rows(device[slot], len), w);
+    } else if (c + 1 < range.last) {
+      launch(c + 1, rows(buffer, extent_of(c + 1).second), work[1 - slot]);  // runs after chunk c's work
     }
-    launch_chunk(space, scorer, x, nucleus, work);
-    space.fence();  // the chunk's one wait; also, its buffer is overwritten by the next iteration's copy
-    record_chunk(work, cfg, nucleus, c, begin, len, state);
+    auto const t0 = clock();
+    w.done.wait();  // the chunk's one wait (with a file source, device[slot] is free again after it)
+    auto const t1 = clock();
+    spent.wait += std::chrono::duration<double>(t1 - t0).count();
+    record_chunk(w, cfg, nucleus, c, begin, len, state);
     state.next_chunk = c + 1;
     after_chunk(state);
-    if (stop && stop()) break;  // the prefetches in flight are waited for below
-    if (prefetch) slot = 1 - slot;
+    spent.host += since(t1);
+    if (stop && stop()) break;  // the prefetches, or the next chunk's work, in flight are waited for at exit
+    slot = 1 - slot;
   }
-  copier.fence();
   if (pending.valid()) pending.wait();
+  if (times) {
+    times->launch += spent.launch;
+    times->wait += spent.wait;
+    times->host += spent.host;
+  }
 }
 
 }  // namespace proteus

@@ -242,10 +242,11 @@ void chunk_rounds(Run& r) {
     progress.update(s.next_chunk - r.range.first, (s.next_chunk - start_chunk) * r.grid.chunk_tokens);
   };
   auto const stop = [] { return detail::stop_signal() != 0; };
+  ChunkTimes times;
   for (long round = r.state.rounds_done;; ++round) {
     long const target = std::min(mine, (round + 1) * step);
     run_chunks(r.space, scorer, *r.source, r.grid, nucleus, {r.range.first, r.range.first + target}, r.state, report,
-               stop);
+               stop, &times);
     // {a rank has chunks left, a rank was asked to stop}: agreed, so that every rank acts alike.
     int flags[2] = {r.state.next_chunk < r.range.last ? 1 : 0, detail::stop_signal()};
     MPI_Allreduce(MPI_IN_PLACE, flags, 2, MPI_INT, MPI_MAX, r.comm);
@@ -262,6 +263,9 @@ void chunk_rounds(Run& r) {
       });
   }
   progress.finish();
+  r.sum.seconds_chunk_launch = times.launch;
+  r.sum.seconds_chunk_wait = times.wait;
+  r.sum.seconds_chunk_host = times.host;
   long counters[2] = {r.state.tokens_kept(), r.state.tokens_caught()};
   MPI_Allreduce(MPI_IN_PLACE, counters, 2, MPI_LONG, MPI_SUM, r.comm);
   r.sum.tokens_kept = counters[0];

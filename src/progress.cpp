@@ -13,8 +13,10 @@ std::string format_duration(double s) {
     std::snprintf(buf, sizeof buf, "%dh%02dm", int(s / 3600), int(s / 60) % 60);
   else if (s >= 60)
     std::snprintf(buf, sizeof buf, "%dm%02ds", int(s / 60), int(s) % 60);
-  else
+  else if (s >= 1 || s == 0)
     std::snprintf(buf, sizeof buf, "%.1fs", s);
+  else  // under a second: three decimals (a fast stage would read 0.0s)
+    std::snprintf(buf, sizeof buf, "%.3fs", s);
   return buf;
 }
 

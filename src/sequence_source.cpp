@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 
+#include "proteus/detail/element_range.hpp"
 #include "proteus/detail/hdf5_io.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/error.hpp"
@@ -41,7 +42,7 @@ SyntheticSource::SyntheticSource(SequenceSpec const& spec, int embed_dim, DnaSta
 void SyntheticSource::generate(ExecSpace const& space, Position first, Kokkos::View<Position*, MemSpace> const& pos,
                                TokenMatrix const& out) const {
   int const e = embed_dim_;
-  std::uint64_t const seed = seed_;
+  std::uint64_t const key = detail::stream_key(seed_, detail::stream_tokens);
   int const needles = static_cast<int>(needle_pos_.extent(0));
   bool const listed = pos.extent(0) > 0;
   auto npos = needle_pos_;
@@ -49,12 +50,10 @@ void SyntheticSource::generate(ExecSpace const& space, Position first, Kokkos::V
   double const s = similarity_;
   double const spread = std::sqrt(std::max(0.0, 1.0 - s * s));
   double const scale = std::sqrt(static_cast<double>(e));
-  // One work item per entry, consecutive items along a row: a warp writes contiguous memory.
-  Kokkos::parallel_for(
-      "proteus::source::synthetic", Kokkos::RangePolicy<ExecSpace>(space, 0, long(out.extent(0)) * e),
-      KOKKOS_LAMBDA(long k) {
-        long const i = k / e;
-        int const j = static_cast<int>(k - i * e);
+  // A token's entries on neighbouring lanes: a warp writes a contiguous piece of the row.
+  detail::for_each_token(
+      space, "proteus::source::synthetic", static_cast<long>(out.extent(0)),
+      KOKKOS_LAMBDA(detail::TokenMember const& member, long i) {
         Position const t = listed ? pos(i) : first + i;
         // Binary search for a needle at t (needles are few and sorted).
         int lo = 0, hi = needles;
@@ -66,8 +65,11 @@ void SyntheticSource::generate(ExecSpace const& space, Position first, Kokkos::V
             hi = mid;
         }
         bool const needle = lo < needles && npos(lo) == t;
-        double const noise = detail::standard_normal(seed, detail::stream_tokens, static_cast<std::uint64_t>(t) * e + j);
-        out(i, j) = static_cast<float>(needle ? s * scale * ndir(lo, j) + spread * noise : noise);
+        std::uint64_t const row = static_cast<std::uint64_t>(t) * e;
+        Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, e), [&](int j) {
+          double const noise = detail::standard_normal_at(key, row + j);
+          out(i, j) = static_cast<float>(needle ? s * scale * ndir(lo, j) + spread * noise : noise);
+        });
       });
 }
 

@@ -76,12 +76,20 @@ struct NucleusSpec {
   long budget = 4096;  // at most this many candidates per chunk
 };
 
+// Where a rank's chunk stage spends its time, by the host's clock: launching the chunks' work
+// (reading and scoring, queued on the device), waiting for the device, and the host's own work
+// after each wait (candidates, DNA chain, after_chunk).
+struct ChunkTimes {
+  double launch = 0, wait = 0, host = 0;
+};
+
 // Runs the chunks of `range` on `grid` from state.next_chunk, scoring with `scorer` (a routing
 // model whose DNA updates are off: the chain folds them); after_chunk is called after each one,
-// and the run ends early, after a whole chunk, when stop() says so.
+// and the run ends early, after a whole chunk, when stop() says so. Adds its times to `times`
+// when given.
 void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& scorer,
                 SequenceSource const& source, ChunkGrid const& grid, NucleusSpec const& nucleus,
                 ChunkRange range, RankState& state, std::function<void(RankState const&)> const& after_chunk,
-                std::function<bool()> const& stop = {});
+                std::function<bool()> const& stop = {}, ChunkTimes* times = nullptr);
 
 }  // namespace proteus

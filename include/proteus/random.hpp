@@ -19,9 +19,16 @@ KOKKOS_INLINE_FUNCTION std::uint64_t mix64(std::uint64_t z) {
   return z ^ (z >> 31);
 }
 
+// hash3 in two steps, for kernels that draw many values of one stream: the key of (seed, stream)
+// once, then one mix per value. hash3(seed, stream, i) == hash_at(stream_key(seed, stream), i).
+KOKKOS_INLINE_FUNCTION std::uint64_t stream_key(std::uint64_t seed, std::uint64_t stream) {
+  return mix64(mix64(seed) ^ stream);
+}
+KOKKOS_INLINE_FUNCTION std::uint64_t hash_at(std::uint64_t key, std::uint64_t index) { return mix64(key ^ index); }
+
 KOKKOS_INLINE_FUNCTION std::uint64_t hash3(std::uint64_t seed, std::uint64_t stream,
                                            std::uint64_t index) {
-  return mix64(mix64(mix64(seed) ^ stream) ^ index);
+  return hash_at(stream_key(seed, stream), index);
 }
 
 // Uniform in (0, 1), never 0 or 1.
@@ -29,13 +36,18 @@ KOKKOS_INLINE_FUNCTION double uniform_open01(std::uint64_t bits) {
   return (static_cast<double>(bits >> 11) + 0.5) * (1.0 / 9007199254740992.0);
 }
 
-// Standard normal (Box-Muller on two counter-based uniforms).
-KOKKOS_INLINE_FUNCTION double standard_normal(std::uint64_t seed, std::uint64_t stream,
-                                              std::uint64_t index) {
-  double const u1 = uniform_open01(hash3(seed, stream, 2 * index));
-  double const u2 = uniform_open01(hash3(seed, stream, 2 * index + 1));
+// Standard normal (Box-Muller on two counter-based uniforms) of the stream with key stream_key().
+KOKKOS_INLINE_FUNCTION double standard_normal_at(std::uint64_t key, std::uint64_t index) {
+  double const u1 = uniform_open01(hash_at(key, 2 * index));
+  double const u2 = uniform_open01(hash_at(key, 2 * index + 1));
   return detail::kmath::sqrt(-2.0 * detail::kmath::log(u1)) *
          detail::kmath::cos(6.283185307179586 * u2);
+}
+
+// Standard normal: value `index` of stream `stream` under `seed`.
+KOKKOS_INLINE_FUNCTION double standard_normal(std::uint64_t seed, std::uint64_t stream,
+                                              std::uint64_t index) {
+  return standard_normal_at(stream_key(seed, stream), index);
 }
 
 // Streams used by the library (one per tensor), so that changing one shape leaves the others.

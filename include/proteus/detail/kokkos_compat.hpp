@@ -10,6 +10,7 @@
 #include <KokkosKernels_config.h>
 
 #include <limits>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -136,6 +137,47 @@ void sort(Kokkos::Cuda const& space, View const& keys, Scratch& scratch) {
   if (buffers.Current() == spare)
     Kokkos::deep_copy(space, keys, Kokkos::View<Key*, Kokkos::CudaSpace, Kokkos::MemoryUnmanaged>(spare, n));
 }
+#endif
+
+// A point in an execution space instance's queue: wait() returns once the work queued before
+// record() has finished, whatever was queued after it, so that the host can read one step's
+// results while the device runs the next (an event on CUDA; elsewhere wait() waits for the whole
+// instance, which is correct and overlaps nothing).
+template <class Space>
+class QueueMark {
+ public:
+  void record(Space const& space) { space_ = space; }
+  void wait() {
+    if (space_) space_->fence();
+  }
+
+ private:
+  std::optional<Space> space_;
+};
+
+#if defined(KOKKOS_ENABLE_CUDA)
+template <>
+class QueueMark<Kokkos::Cuda> {
+ public:
+  QueueMark() { check(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming)); }
+  ~QueueMark() { cudaEventDestroy(event_); }
+  QueueMark(QueueMark const&) = delete;
+  QueueMark& operator=(QueueMark const&) = delete;
+  void record(Kokkos::Cuda const& space) {
+    check(cudaEventRecord(event_, space.cuda_stream()));
+    recorded_ = true;
+  }
+  void wait() {
+    if (recorded_) check(cudaEventSynchronize(event_));
+  }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+  bool recorded_ = false;
+  static void check(cudaError_t e) {
+    if (e != cudaSuccess) throw std::runtime_error(std::string("proteus::QueueMark: ") + cudaGetErrorString(e));
+  }
+};
 #endif
 
 // A second instance of the execution space, for copies that overlap kernels (a second stream on
