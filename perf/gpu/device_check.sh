@@ -265,6 +265,9 @@ for step in "$@"; do
           "$root/inputs/ctx10m.in" --set checkpoint.at_end=false --set checkpoint.interval_chunks=0) | tee -a "$out/ctx10m.txt"
       done
       cp /tmp/run/ctx10m_out/summary.json "$out/ctx10m_summary.json" 2>/dev/null ;;
+    chunk_stage)
+      # Each step of a ctx10m.in chunk: host launch time, and time with a wait after it (bench_chunk_stage).
+      "$bin/perf/bench_chunk_stage" "$root/inputs/ctx10m.in" --chunks 30 --warmup 3 | tee "$out/chunk_stage.txt" ;;
     ncu_pipeline)
       # GPU time of every kernel of ctx10m.in's first 16 chunks (1,048,576 tokens), summed by kernel.
       mkdir -p /tmp/run && (cd /tmp/run && rm -rf ctx10m_out && ncu --clock-control none --csv \
