@@ -1,8 +1,8 @@
 // Benchmark of the pipeline's chunk stage, one step at a time: for each step of a chunk (make the
 // tokens, NaN check, routing, nucleus, caught count, DNA statistics, copies to the host) the host
-// time to launch it with nothing waiting, and its time with a wait for the device after it. The
-// first says whether the host can queue a chunk faster than the device runs it; the second is the
-// step's device time plus one launch. Chunks as the deck's [pipeline] makes them. Not a test.
+// time to launch it, with each chunk queued alone, queued behind the previous one (as run_chunks
+// does), and with a wait for the device after every step (the step's device time plus a launch).
+// Chunks as the deck's [pipeline] makes them. Not a test.
 #include <mpi.h>
 
 #include <CLI/CLI.hpp>
@@ -27,11 +27,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-struct Step {
-  std::string name;
-  std::function<void(proteus::ExecSpace const&, long)> run;  // chunk's first token
-  double queued = 0, waited = 0;                               // seconds summed over the timed chunks
-};
 
 }  // namespace
 
@@ -56,72 +51,94 @@ int main(int argc, char** argv) {
     auto const source = make_source(deck.sequence, deck.model.embed_dim, model.dna(), ".");
     long const len = deck.pipeline.chunk_tokens;
     TokenMatrix x("bench::tokens", len, deck.model.embed_dim);
-    RoutingResult routed;
-    NucleusBuffers nucleus;
-    DnaStatistics stats = DnaStatistics::allocate(deck.model.num_gates, deck.model.embed_dim);
-    DnaStatisticsScratch dna_scratch;
-    DnaStatisticsHost stats_host;
-    Kokkos::View<long*, MemSpace> tallies("bench::tallies", 3);
-    Kokkos::View<long*, detail::PinnedHostSpace> tallies_host("bench::tallies_host", 3);
-    auto tally = [&](int k) { return Kokkos::subview(tallies, k); };
+    // One chunk's buffers, as run_chunks keeps them; two, so that one chunk can be queued behind another.
+    struct Buffers {
+      RoutingResult routed;
+      NucleusBuffers nucleus;
+      DnaStatistics stats;
+      DnaStatisticsScratch dna_scratch;
+      DnaStatisticsHost stats_host;
+      Kokkos::View<long*, MemSpace> tallies{"bench::tallies", 3};
+      Kokkos::View<long*, detail::PinnedHostSpace> tallies_host{"bench::tallies_host", 3};
+      detail::QueueMark<ExecSpace> done;
+    } buffers[2];
+    for (Buffers& b : buffers) b.stats = DnaStatistics::allocate(deck.model.num_gates, deck.model.embed_dim);
     double const top_p = deck.pipeline.top_p;
     long const budget = deck.pipeline.chunk_budget;
-    std::vector<Step> steps = {
-        {"read (make tokens)", [&](ExecSpace const& s, long begin) { source->read(s, begin, x); }},
-        {"NaN/Inf count", [&](ExecSpace const& s, long) { count_nonfinite(s, x, tally(0)); }},
-        {"route", [&](ExecSpace const& s, long) { scorer.route(s, x, 1, routed, tally(1)); }},
+    using Run = std::function<void(ExecSpace const&, long, Buffers&)>;
+    std::vector<std::pair<std::string, Run>> const steps = {
+        {"read (make tokens)", [&](ExecSpace const& s, long begin, Buffers&) { source->read(s, begin, x); }},
+        {"NaN/Inf count",
+         [&](ExecSpace const& s, long, Buffers& b) { count_nonfinite(s, x, Kokkos::subview(b.tallies, 0)); }},
+        {"route",
+         [&](ExecSpace const& s, long, Buffers& b) { scorer.route(s, x, 1, b.routed, Kokkos::subview(b.tallies, 1)); }},
         {"nucleus",
-         [&](ExecSpace const& s, long) {
-           start_nucleus(s, routed.routing.importance, routed.keep, top_p, budget, nucleus);
+         [&](ExecSpace const& s, long, Buffers& b) {
+           start_nucleus(s, b.routed.routing.importance, b.routed.keep, top_p, budget, b.nucleus);
          }},
         {"caught count",
-         [&](ExecSpace const& s, long) {
-           auto beta = routed.routing.beta;
+         [&](ExecSpace const& s, long, Buffers& b) {
+           auto beta = b.routed.routing.beta;
            Kokkos::parallel_reduce(
                "bench::caught", Kokkos::RangePolicy<ExecSpace>(s, 0, len),
-               KOKKOS_LAMBDA(long i, long& n) { n += beta(i) > 0.0f ? 1 : 0; }, tally(2));
+               KOKKOS_LAMBDA(long i, long& n) { n += beta(i) > 0.0f ? 1 : 0; }, Kokkos::subview(b.tallies, 2));
          }},
         {"DNA statistics",
-         [&](ExecSpace const& s, long) { dna_statistics(s, x, routed.routing.gate_probs, stats, dna_scratch); }},
-        {"copies to host",
-         [&](ExecSpace const& s, long) {
-           Kokkos::deep_copy(s, tallies_host, tallies);
-           stats_host.start_copy(s, stats);
+         [&](ExecSpace const& s, long, Buffers& b) {
+           dna_statistics(s, x, b.routed.routing.gate_probs, b.stats, b.dna_scratch);
          }},
+        {"copies to host",
+         [&](ExecSpace const& s, long, Buffers& b) {
+           Kokkos::deep_copy(s, b.tallies_host, b.tallies);
+           b.stats_host.start_copy(s, b.stats);
+         }},
+        {"mark", [&](ExecSpace const& s, long, Buffers& b) { b.done.record(s); }},
     };
     long const total_chunks = source->tokens() / len;
     auto chunk_begin = [&](int c) { return (c % total_chunks) * len; };
-    // Queued: every step launched, one wait at the end (as run_chunks does).
-    double queued_wall = 0, waited_wall = 0;
-    for (int c = 0; c < warmup + chunks; ++c) {
-      bool const timed = c >= warmup;
-      auto const t0 = Clock::now();
-      for (Step& st : steps) {
+    enum Mode { queued, pipelined, waited };
+    char const* const mode_names[] = {"queued", "pipelined", "with wait"};
+    // Host seconds per step and mode, and each mode's wall time, summed over the timed chunks.
+    std::vector<std::vector<double>> step_seconds(3, std::vector<double>(steps.size(), 0.0));
+    std::vector<double> wall(3, 0.0), waiting(3, 0.0);
+    auto launch = [&](Mode m, int c, Buffers& b, bool timed) {
+      for (size_t k = 0; k < steps.size(); ++k) {
         auto const ts = Clock::now();
-        st.run(space, chunk_begin(c));
-        if (timed) st.queued += seconds_since(ts);
+        steps[k].second(space, chunk_begin(c), b);
+        if (m == waited) space.fence();
+        if (timed) step_seconds[m][k] += seconds_since(ts);
+      }
+    };
+    for (Mode m : {queued, pipelined, waited}) {
+      auto t0 = Clock::now();
+      if (m == pipelined) launch(m, 0, buffers[0], false);
+      for (int c = 0; c < warmup + chunks; ++c) {
+        bool const timed = c >= warmup;
+        if (c == warmup) t0 = Clock::now();
+        Buffers& b = buffers[c % 2];
+        if (m == pipelined)  // chunk c + 1 queued behind chunk c, then a wait for chunk c only
+          launch(m, c + 1, buffers[(c + 1) % 2], timed);
+        else
+          launch(m, c, b, timed);
+        auto const tw = Clock::now();
+        b.done.wait();
+        if (timed) waiting[m] += seconds_since(tw);
       }
       space.fence();
-      if (timed) queued_wall += seconds_since(t0);
+      wall[m] = seconds_since(t0);
     }
-    // Waited: a wait after every step.
-    for (int c = 0; c < warmup + chunks; ++c) {
-      bool const timed = c >= warmup;
-      auto const t0 = Clock::now();
-      for (Step& st : steps) {
-        auto const ts = Clock::now();
-        st.run(space, chunk_begin(c));
-        space.fence();
-        if (timed) st.waited += seconds_since(ts);
-      }
-      if (timed) waited_wall += seconds_since(t0);
-    }
-    std::printf("bench_chunk_stage: %s, %ld tokens per chunk, E %d, %d gates; %s; mean over %d chunks (us)\n",
+    std::printf("bench_chunk_stage: %s, %ld tokens per chunk, E %d, %d gates; %s; mean over %d chunks (us)\n"
+                "queued: each chunk launched, then waited for; pipelined: chunk c + 1 launched before the wait for\n"
+                "chunk c (as run_chunks does); with wait: a wait after every step. Step columns: host time.\n",
                 deck_path.c_str(), len, deck.model.embed_dim, deck.model.num_gates, ExecSpace::name(), chunks);
-    std::printf("%-22s %12s %12s\n", "step", "launch", "with wait");
-    for (Step const& st : steps)
-      std::printf("%-22s %12.1f %12.1f\n", st.name.c_str(), 1e6 * st.queued / chunks, 1e6 * st.waited / chunks);
-    std::printf("%-22s %12.1f %12.1f\n", "chunk (wall)", 1e6 * queued_wall / chunks, 1e6 * waited_wall / chunks);
+    std::printf("%-22s %12s %12s %12s\n", "step", mode_names[0], mode_names[1], mode_names[2]);
+    for (size_t k = 0; k < steps.size(); ++k)
+      std::printf("%-22s %12.1f %12.1f %12.1f\n", steps[k].first.c_str(), 1e6 * step_seconds[0][k] / chunks,
+                  1e6 * step_seconds[1][k] / chunks, 1e6 * step_seconds[2][k] / chunks);
+    std::printf("%-22s %12.1f %12.1f %12.1f\n", "wait for the chunk", 1e6 * waiting[0] / chunks,
+                1e6 * waiting[1] / chunks, 1e6 * waiting[2] / chunks);
+    std::printf("%-22s %12.1f %12.1f %12.1f\n", "chunk (wall)", 1e6 * wall[0] / chunks, 1e6 * wall[1] / chunks,
+                1e6 * wall[2] / chunks);
   }
   MPI_Finalize();
   return rc;
