@@ -154,8 +154,10 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
   ChunkWork work[2];  // allocated by the first chunks, reused by the others
   ChunkTimes spent;
   auto clock = [] { return std::chrono::steady_clock::now(); };
+  auto const started = clock();
   auto since = [&](auto t0) { return std::chrono::duration<double>(clock() - t0).count(); };
   if (state.next_chunk < range.first) state.next_chunk = range.first;
+  long const first_chunk = state.next_chunk;
   auto extent_of = [&](long c) { return std::make_pair(grid.begin(c), grid.extent(c)); };
   // Host-resident sources (files) are double-buffered twice over: chunk c + 2 is read on a helper
   // thread into one pinned host buffer and chunk c + 1 is copied to the second device buffer on a
@@ -229,6 +231,7 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
     state.next_chunk = c + 1;
     after_chunk(state);
     spent.host += since(t1);
+    if (c == first_chunk) spent.first = since(started);
     if (stop && stop()) break;  // the prefetches, or the next chunk's work, in flight are waited for at exit
     slot = 1 - slot;
   }
@@ -237,6 +240,7 @@ void run_chunks(ExecSpace const& space, CausalGeneticMultiheadAttention const& s
     times->launch += spent.launch;
     times->wait += spent.wait;
     times->host += spent.host;
+    if (times->first == 0) times->first = spent.first;
   }
 }
 

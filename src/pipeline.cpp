@@ -266,6 +266,7 @@ void chunk_rounds(Run& r) {
   r.sum.seconds_chunk_launch = times.launch;
   r.sum.seconds_chunk_wait = times.wait;
   r.sum.seconds_chunk_host = times.host;
+  r.sum.seconds_chunk_first = times.first;
   long counters[2] = {r.state.tokens_kept(), r.state.tokens_caught()};
   MPI_Allreduce(MPI_IN_PLACE, counters, 2, MPI_LONG, MPI_SUM, r.comm);
   r.sum.tokens_kept = counters[0];

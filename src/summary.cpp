@@ -44,7 +44,8 @@ std::string RunSummary::to_json() const {
                   {"exchange", seconds_exchange},       {"buffer_pass", seconds_buffer_pass},
                   {"second_pass", seconds_second_pass}, {"checkpoint", seconds_checkpoint},
                   {"total", seconds_total},             {"chunks_launch", seconds_chunk_launch},
-                  {"chunks_wait", seconds_chunk_wait},   {"chunks_host", seconds_chunk_host}};
+                  {"chunks_wait", seconds_chunk_wait},   {"chunks_host", seconds_chunk_host},
+                  {"chunks_first", seconds_chunk_first}};
   j["tokens_per_second"] = number(tokens_per_second);
   j["estimated_mb_per_rank"] = number(estimated_mb_per_rank);
   j["peak_host_mb"] = numbers(peak_host_mb);
@@ -73,7 +74,7 @@ std::string RunSummary::to_text() const {
                 "  buffer pass       %s, output norm %.6g\n"
                 "  second pass       %s\n"
                 "  time              chunks %s, dna %s, exchange %s, buffer pass %s, checkpoint %s, total %s\n"
-                "  chunk stage       launch %s, device wait %s, host %s (rank 0)\n"
+                "  chunk stage       launch %s, device wait %s, host %s; first chunk %s (rank 0)\n"
                 "  throughput        %.4g tokens/s\n"
                 "  peak memory       %.0f MiB host, %.0f MiB Kokkos %s allocations per rank (estimate %.0f MiB)\n"
                 "  checkpoint        %s\n",
@@ -83,7 +84,8 @@ std::string RunSummary::to_text() const {
                 detail::format_duration(seconds_exchange).c_str(), detail::format_duration(seconds_buffer_pass).c_str(),
                 detail::format_duration(seconds_checkpoint).c_str(), detail::format_duration(seconds_total).c_str(),
                 detail::format_duration(seconds_chunk_launch).c_str(), detail::format_duration(seconds_chunk_wait).c_str(),
-                detail::format_duration(seconds_chunk_host).c_str(), tokens_per_second, peak, device, MemSpace::name(),
+                detail::format_duration(seconds_chunk_host).c_str(), detail::format_duration(seconds_chunk_first).c_str(),
+                tokens_per_second, peak, device, MemSpace::name(),
                 estimated_mb_per_rank, checkpoint.empty() ? "none" : checkpoint.c_str());
   return buf;
 }

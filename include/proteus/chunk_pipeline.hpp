@@ -78,9 +78,10 @@ struct NucleusSpec {
 
 // Where a rank's chunk stage spends its time, by the host's clock: launching the chunks' work
 // (reading and scoring, queued on the device), waiting for the device, and the host's own work
-// after each wait (candidates, DNA chain, after_chunk).
+// after each wait (candidates, DNA chain, after_chunk); and the stage's first chunk from the start,
+// which alone pays for buffers and each kernel's first launch (on CUDA, its module's loading).
 struct ChunkTimes {
-  double launch = 0, wait = 0, host = 0;
+  double launch = 0, wait = 0, host = 0, first = 0;
 };
 
 // Runs the chunks of `range` on `grid` from state.next_chunk, scoring with `scorer` (a routing

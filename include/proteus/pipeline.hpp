@@ -26,8 +26,9 @@ struct RunSummary {
   long needles = 0, needles_found = 0;
   double seconds_chunks = 0, seconds_dna = 0, seconds_exchange = 0, seconds_buffer_pass = 0,
          seconds_checkpoint = 0, seconds_total = 0;
-  // Rank 0's chunk stage by the host's clock (ChunkTimes): launching, waiting for the device, host work.
-  double seconds_chunk_launch = 0, seconds_chunk_wait = 0, seconds_chunk_host = 0;
+  // Rank 0's chunk stage by the host's clock (ChunkTimes): launching, waiting for the device, host work,
+  // and its first chunk alone.
+  double seconds_chunk_launch = 0, seconds_chunk_wait = 0, seconds_chunk_host = 0, seconds_chunk_first = 0;
   double tokens_per_second = 0;
   std::vector<double> peak_host_mb;  // per rank
   std::vector<double> peak_device_mb;  // per rank: Kokkos allocations in the execution space's memory
