@@ -31,16 +31,12 @@ Candidates nucleus_candidates(ExecSpace const& space, TokenVector const& importa
   return finish_nucleus(b, chunk_begin, budget);
 }
 
-void start_nucleus(ExecSpace const& space, TokenVector const& importance, MaskVector const& keep, double top_p,
-                   long budget, NucleusBuffers& b) {
-  using detail::first_rows;
-  long const n = static_cast<long>(importance.extent(0));
-  auto const keys = first_rows(b.keys, "proteus::chunk::keys", n);
-  auto const prefix = first_rows(b.prefix, "proteus::chunk::prefix", n);
-  auto const counts = first_rows(b.counts, "proteus::chunk::counts", 2);
-  auto const norm = first_rows(b.norm, "proteus::chunk::norm", 1);
-  auto const kept = Kokkos::subview(counts, 0), below = Kokkos::subview(counts, 1);
-  auto const z = Kokkos::subview(norm, 0);
+namespace {
+// keys = the kept tokens' keys, best first, then ~0 for the others; kept = their number.
+void rank_kept(ExecSpace const& space, TokenVector const& importance, MaskVector const& keep,
+               Kokkos::View<std::uint64_t*, MemSpace> const& keys, Kokkos::View<long, MemSpace> const& kept,
+               Kokkos::View<unsigned char*, MemSpace>& sort_scratch) {
+  long const n = static_cast<long>(keys.extent(0));
   Kokkos::parallel_reduce(
       "proteus::chunk::keys", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
       KOKKOS_LAMBDA(long i, long& k) {
@@ -49,7 +45,47 @@ void start_nucleus(ExecSpace const& space, TokenVector const& importance, MaskVe
         k += keep(i) ? 1 : 0;
       },
       kept);
-  detail::sort(space, keys, b.sort_scratch);
+  detail::sort(space, keys, sort_scratch);
+}
+
+// The same from every token's keys already sorted: the kept ones in order (a stream compaction),
+// the dropped ones at the end (all ~0, so their order does not matter).
+void compact_kept(ExecSpace const& space, MaskVector const& keep, Kokkos::View<std::uint64_t*, MemSpace> const& ranked,
+                  Kokkos::View<std::uint64_t*, MemSpace> const& keys, Kokkos::View<long, MemSpace> const& kept) {
+  long const n = static_cast<long>(keys.extent(0));
+  Kokkos::parallel_scan(
+      "proteus::chunk::compact_kept", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
+      KOKKOS_LAMBDA(long i, long& before, bool final) {
+        std::uint64_t const key = ranked(i);
+        bool const in = keep(static_cast<long>(detail::key_position(key))) != 0;
+        if (final) {
+          if (in)
+            keys(before) = key;
+          else
+            keys(n - 1 - (i - before)) = ~std::uint64_t(0);
+          if (i == n - 1) kept() = before + (in ? 1 : 0);
+        }
+        before += in ? 1 : 0;
+      });
+}
+}  // namespace
+
+void start_nucleus(ExecSpace const& space, TokenVector const& importance, MaskVector const& keep, double top_p,
+                   long budget, NucleusBuffers& b, Kokkos::View<std::uint64_t*, MemSpace> const& ranked) {
+  using detail::first_rows;
+  long const n = static_cast<long>(importance.extent(0));
+  auto const keys = first_rows(b.keys, "proteus::chunk::keys", n);
+  auto const prefix = first_rows(b.prefix, "proteus::chunk::prefix", n);
+  auto const counts = first_rows(b.counts, "proteus::chunk::counts", 2);
+  auto const norm = first_rows(b.norm, "proteus::chunk::norm", 1);
+  auto const kept = Kokkos::subview(counts, 0), below = Kokkos::subview(counts, 1);
+  auto const z = Kokkos::subview(norm, 0);
+  if (ranked.data() != nullptr) {
+    require(static_cast<long>(ranked.extent(0)) >= n, "start_nucleus", "ranked keys shorter than the chunk");
+    compact_kept(space, keep, Kokkos::subview(ranked, std::make_pair(0L, n)), keys, kept);
+  } else {
+    rank_kept(space, importance, keep, keys, kept, b.sort_scratch);
+  }
   // Softmax of the kept tokens' scores (the first kept() keys, the best first), its prefix sums,
   // and how many of those lie below top_p of the total: all on the device, sized by n.
   Kokkos::parallel_reduce(
@@ -120,7 +156,8 @@ void launch_chunk(ExecSpace const& space, CausalGeneticMultiheadAttention const&
   auto tally = [&](int k) { return Kokkos::subview(w.tallies, k); };
   count_nonfinite(space, x, tally(0));
   scorer.route(space, x, 1, w.routed, tally(1));
-  start_nucleus(space, w.routed.routing.importance, w.routed.keep, nucleus.top_p, nucleus.budget, w.nucleus);
+  start_nucleus(space, w.routed.routing.importance, w.routed.keep, nucleus.top_p, nucleus.budget, w.nucleus,
+                w.routed.selection.ranked ? w.routed.selection.keys : Kokkos::View<std::uint64_t*, MemSpace>());
   auto beta = w.routed.routing.beta;
   Kokkos::parallel_reduce(
       "proteus::chunk::caught", Kokkos::RangePolicy<ExecSpace>(space, 0, x.extent(0)),

@@ -42,6 +42,7 @@ bool keeps_every_token(Config const& cfg, long tokens, double alpha) {
 
 long mark_kept_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance, int batch,
                       long tokens, double alpha, MaskVector const& keep, TokenKeyBuffers& buffers) {
+  buffers.ranked = false;
   if (keeps_every_token(cfg, tokens, alpha)) {
     Kokkos::deep_copy(space, keep, std::uint8_t(1));
     return batch * tokens;
@@ -67,6 +68,7 @@ long mark_kept_tokens(ExecSpace const& space, Config const& cfg, TokenVector con
           if (top || over || t < guard) keep(offset + t) = 1;
         });
   }
+  buffers.ranked = batch == 1;
   return batch * (threshold > 0.0f ? tokens : std::min(tokens, n + guard));
 }
 

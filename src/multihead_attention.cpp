@@ -105,10 +105,7 @@ void check_forward_inputs(ExecSpace const& space, Config const& c, BatchTensor c
 }  // namespace
 
 namespace {
-// Four floats that GPUs read in one 16-byte load.
-struct alignas(16) FloatQuad {
-  float v[4];
-};
+using detail::FloatQuad;
 
 // bad = the number of NaN and Inf entries of v: a long (the reduction waits for it) or a device
 // scalar (it does not).
@@ -286,11 +283,12 @@ void CausalGeneticMultiheadAttention::route(ExecSpace const& space, TokenMatrix 
   long const n = static_cast<long>(x.extent(0));
   reuse_routing(r.routing, n, config_.num_gates);
   reuse(r.keep, "proteus::token_keep", n);
-  route_into(space, x, batch, r, kept_count);
+  route_into(space, x, batch, r, kept_count, r.selection);
 }
 
 void CausalGeneticMultiheadAttention::route_into(ExecSpace const& space, TokenMatrix const& x, int batch,
-                                                 RoutingResult& r, Kokkos::View<long, MemSpace> const& kept_count) const {
+                                                 RoutingResult& r, Kokkos::View<long, MemSpace> const& kept_count,
+                                                 TokenKeyBuffers& selection) const {
   detail::ScopedRegion region("proteus::module::route");
   long const n = static_cast<long>(x.extent(0));
   long const tokens = n / batch;
@@ -302,14 +300,14 @@ void CausalGeneticMultiheadAttention::route_into(ExecSpace const& space, TokenMa
     sim = reuse(work_.sim, "proteus::dna::similarity", n, config_.num_gates);
     dna_similarity(space, x, dna_.prototypes, sim, work_.token_norms, work_.prototype_norms);
   }
-  hybrid_route(space, config_, router_probs, sim, dna_, r.routing);
+  hybrid_route(space, config_, router_probs, sim, dna_, r.routing, work_.usage_bias);
   if (kept_count.data() == nullptr) {
     r.tokens_kept =
-        select_tokens(space, config_, r.routing.importance, batch, tokens, r.alpha, r.keep, work_.token_keys);
+        select_tokens(space, config_, r.routing.importance, batch, tokens, r.alpha, r.keep, selection);
     return;
   }
   r.tokens_kept =
-      mark_kept_tokens(space, config_, r.routing.importance, batch, tokens, r.alpha, r.keep, work_.token_keys);
+      mark_kept_tokens(space, config_, r.routing.importance, batch, tokens, r.alpha, r.keep, selection);
   count_kept_tokens(space, r.keep, kept_count);
 }
 
@@ -323,7 +321,8 @@ detail::CallPlan CausalGeneticMultiheadAttention::plan_call(ExecSpace const& spa
   reuse_routing(work_.routing, n, c.num_gates);
   call.routed.routing = work_.routing;
   call.routed.keep = reuse(work_.keep, "proteus::token_keep", n);
-  route_into(space, x, batch, call.routed, Kokkos::subview(work_.call_counts, heads + call_count::kept));
+  route_into(space, x, batch, call.routed, Kokkos::subview(work_.call_counts, heads + call_count::kept),
+             work_.token_keys);
   st.alpha = call.routed.alpha;
 
   GateMatrix const& head_probs = reuse(work_.head_probs, "proteus::head_probs", n, heads);

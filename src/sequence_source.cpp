@@ -47,9 +47,8 @@ void SyntheticSource::generate(ExecSpace const& space, Position first, Kokkos::V
   bool const listed = pos.extent(0) > 0;
   auto npos = needle_pos_;
   auto ndir = needle_dir_;
-  double const s = similarity_;
-  double const spread = std::sqrt(std::max(0.0, 1.0 - s * s));
-  double const scale = std::sqrt(static_cast<double>(e));
+  float const along = static_cast<float>(similarity_ * std::sqrt(static_cast<double>(e)));
+  float const spread = static_cast<float>(std::sqrt(std::max(0.0, 1.0 - similarity_ * similarity_)));
   // A token's entries on neighbouring lanes: a warp writes a contiguous piece of the row.
   detail::for_each_token(
       space, "proteus::source::synthetic", static_cast<long>(out.extent(0)),
@@ -66,10 +65,17 @@ void SyntheticSource::generate(ExecSpace const& space, Position first, Kokkos::V
         }
         bool const needle = lo < needles && npos(lo) == t;
         std::uint64_t const row = static_cast<std::uint64_t>(t) * e;
-        Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, e), [&](int j) {
-          double const noise = detail::standard_normal_at(key, row + j);
-          out(i, j) = static_cast<float>(needle ? s * scale * ndir(lo, j) + spread * noise : noise);
-        });
+        auto entry = [&](int j, float noise) { out(i, j) = needle ? along * ndir(lo, j) + spread * noise : noise; };
+        if (e % 2 == 0) {  // a lane per pair of entries, both from one hash
+          Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, e / 2), [&](int p) {
+            detail::NormalPair const z = detail::standard_normal_pair_at(key, row / 2 + p);
+            entry(2 * p, z.even);
+            entry(2 * p + 1, z.odd);
+          });
+        } else {
+          Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, e),
+                               [&](int j) { entry(j, detail::standard_normal_float_at(key, row + j)); });
+        }
       });
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/detail/sort_keys.hpp"
 #include "proteus/error.hpp"
 #include "proteus/gating.hpp"
 #include "test_space.hpp"
@@ -152,6 +153,43 @@ PROTEUS_TEST_CASE("token top-n equals a full-sort reference, ties broken by posi
     }
   }
   CHECK(kept == kept_ref);
+}
+
+// What start_nucleus reuses: after one batch row's selection the keys rank every token (score
+// descending, ties by position); after two rows, or with every token kept, they are not marked so.
+PROTEUS_TEST_CASE("one batch row's token selection leaves its tokens ranked", "[gating]") {
+  long const T = 1000;
+  Config c;
+  c.embed_dim = 16;
+  c.num_heads = 2;
+  c.token_sparse = true;
+  c.token_keep_ratio = 0.3f;
+  c = c.resolved();
+  Matrix raw = test::random_matrix(1, 2 * T, 9);
+  TokenVector dev("imp", 2 * T);
+  auto h = Kokkos::create_mirror_view(dev);
+  std::vector<std::uint64_t> expect(T);
+  for (long i = 0; i < 2 * T; ++i) h(i) = static_cast<float>(std::round(raw[0][i] * 40) / 40);  // ties
+  for (long t = 0; t < T; ++t) expect[t] = detail::descending_score_key(h(t), t);
+  std::sort(expect.begin(), expect.end());
+  Kokkos::deep_copy(dev, h);
+  MaskVector keep("keep", 2 * T);
+  TokenKeyBuffers buffers;
+  auto one_row = Kokkos::subview(dev, std::make_pair(0L, T));
+  auto one_keep = Kokkos::subview(keep, std::make_pair(0L, T));
+  select_tokens(TEST_EXECSPACE(), c, one_row, 1, T, 1.0, one_keep, buffers);
+  REQUIRE(buffers.ranked);
+  auto const keys = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), buffers.keys);
+  long wrong = 0;
+  for (long i = 0; i < T; ++i) wrong += keys(i) != expect[i] ? 1 : 0;
+  CHECK(wrong == 0);
+  select_tokens(TEST_EXECSPACE(), c, dev, 2, T, 1.0, keep, buffers);
+  CHECK_FALSE(buffers.ranked);
+  select_tokens(TEST_EXECSPACE(), c, one_row, 1, T, 1.0, one_keep, buffers);
+  CHECK(buffers.ranked);
+  c.token_sparse = false;
+  select_tokens(TEST_EXECSPACE(), c, one_row, 1, T, 1.0, one_keep, buffers);
+  CHECK_FALSE(buffers.ranked);
 }
 
 PROTEUS_TEST_CASE("the sort with scratch kept between calls equals std::sort, as the scratch grows and is reused",

@@ -45,9 +45,11 @@ Candidates nucleus_candidates(ExecSpace const& space, TokenVector const& importa
                               Position chunk_begin, double top_p, long budget, NucleusBuffers& buffers);
 // nucleus_candidates in two halves, so that a chunk's other results share its wait: start_nucleus
 // computes the nucleus and starts copying it to buffers' pinned host memory (nothing waits);
-// finish_nucleus reads it there once the caller has waited for `space`.
+// finish_nucleus reads it there once the caller has waited for `space`. `ranked`, when given,
+// holds every token's descending_score_key(importance(t), t), sorted (route's r.selection.keys
+// with r.selection.ranked): the kept tokens are taken from it in order instead of sorted again.
 void start_nucleus(ExecSpace const& space, TokenVector const& importance, MaskVector const& keep, double top_p,
-                   long budget, NucleusBuffers& buffers);
+                   long budget, NucleusBuffers& buffers, Kokkos::View<std::uint64_t*, MemSpace> const& ranked = {});
 Candidates finish_nucleus(NucleusBuffers const& buffers, Position chunk_begin, long budget);
 
 // Counts of one processed chunk (the /statistics/chunks rows of a checkpoint).

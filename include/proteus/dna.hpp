@@ -42,6 +42,9 @@ void dna_similarity(ExecSpace const& space, TokenMatrix const& x, GateByEmbed co
 // salience, beta and importance. Without DNA (cfg.dna_enable false) gate_probs = router_probs.
 void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs,
                   GateMatrix const& sim, DnaState const& dna, Routing const& out);
+// The same with the usage term's per-gate softmax in a buffer that grows when too short.
+void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs,
+                  GateMatrix const& sim, DnaState const& dna, Routing const& out, GateVector& usage_bias);
 
 // Backward of hybrid_route to the router's probabilities, with the blend strength and the
 // prototype distribution held constant (the DNA similarity passes no gradient: straight-through):

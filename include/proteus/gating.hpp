@@ -24,9 +24,12 @@ long tokens_to_keep(Config const& cfg, long tokens, double alpha);
 long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance,
                    int batch, long tokens, double alpha, MaskVector const& keep);
 // The token selection's sort keys and its sort's scratch memory, each grown when too short.
+// After a selection of one batch row with token sparsity, `ranked` is set and the first T keys
+// rank the row's tokens: descending_score_key(importance, t), ascending (the nucleus reuses them).
 struct TokenKeyBuffers {
   Kokkos::View<std::uint64_t*, MemSpace> keys;
   Kokkos::View<unsigned char*, MemSpace> sort_scratch;
+  bool ranked = false;
 };
 // The same with the sort's memory in buffers kept by callers that select again and again.
 long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance,

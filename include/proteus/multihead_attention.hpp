@@ -99,6 +99,7 @@ struct TrainingState {
 struct RoutingResult {
   Routing routing;
   MaskVector keep;   // [N] token keep mask
+  TokenKeyBuffers selection;  // the token selection's keys (with selection.ranked, its tokens ranked)
   double alpha = 0.0;
   long tokens_kept = 0;
 };
@@ -110,6 +111,7 @@ struct ModuleWorkspace {
   GateMatrix router_probs, sim;
   TokenVector token_norms;       // DNA similarity's scratch
   GateVector prototype_norms;
+  GateVector usage_bias;         // hybrid_route's usage term
   TokenKeyBuffers token_keys;  // token selection's sort keys and sort scratch
   Routing routing;               // of the current call
   MaskVector keep;
@@ -221,7 +223,8 @@ class CausalGeneticMultiheadAttention {
   // allocates them once, and frees nothing while the device works).
   void route(ExecSpace const& space, TokenMatrix const& x, int batch, RoutingResult& r) const;
   // The same without waiting for the device: the kept tokens are counted into kept_count on the
-  // device, and r.tokens_kept is how many are kept at most.
+  // device, and r.tokens_kept is how many are kept at most. For one batch row with token sparsity,
+  // r.selection ranks the tokens (start_nucleus takes it instead of sorting them again).
   void route(ExecSpace const& space, TokenMatrix const& x, int batch, RoutingResult& r,
              Kokkos::View<long, MemSpace> const& kept_count) const;
 
@@ -251,9 +254,10 @@ class CausalGeneticMultiheadAttention {
   void adapt_heads(ForwardStats& st);
   // Stages 1-3 into r.routing and r.keep, which must have one entry per row of x.
   // kept_count given: the kept tokens are counted into it on the device, and r.tokens_kept is how
-  // many are kept at most (nothing waits); else r.tokens_kept is their number.
+  // many are kept at most (nothing waits); else r.tokens_kept is their number. The selection's sort
+  // keys go to `selection` (the result's own for route, the workspace's for a forward).
   void route_into(ExecSpace const& space, TokenMatrix const& x, int batch, RoutingResult& r,
-                  Kokkos::View<long, MemSpace> const& kept_count = {}) const;
+                  Kokkos::View<long, MemSpace> const& kept_count, TokenKeyBuffers& selection) const;
   void start_statistics(ExecSpace const& space, ForwardStats& st);
   // RunOptions::check_input: start_input_check counts on the device; finish_input_check, called
   // after a wait for the device, throws if the count is not 0.

@@ -49,9 +49,10 @@ class SequenceSource {
   virtual void read_host(long begin, long rows, float* out) const;
 };
 
-// Synthetic tokens: x[t] ~ N(0, I_E) from the counter-based generator; a needle at position p is
+// Synthetic tokens: x[t] ~ N(0, I_E) from the counter-based generator (entry j of token t is
+// standard_normal_float_at(stream_key(seed, stream_tokens), t E + j)); a needle at position p is
 // s sqrt(E) u + sqrt(1 - s^2) n, with u the unit prototype of gate (k mod G) of `dna` and n
-// noise, so that its cosine similarity to that prototype is about s.
+// noise, so that its cosine similarity to that prototype is about s. Evaluated in float.
 class SyntheticSource final : public SequenceSource {
  public:
   SyntheticSource(SequenceSpec const& spec, int embed_dim, DnaState const& dna);
