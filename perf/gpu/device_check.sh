@@ -265,6 +265,12 @@ for step in "$@"; do
           "$root/inputs/ctx10m.in" --set checkpoint.at_end=false --set checkpoint.interval_chunks=0) | tee -a "$out/ctx10m.txt"
       done
       cp /tmp/run/ctx10m_out/summary.json "$out/ctx10m_summary.json" 2>/dev/null ;;
+    pipeline_eager)
+      # As pipeline, once, with every kernel loaded at start-up (CUDA's default loads each at its first
+      # launch): the first chunk's share of module loading.
+      mkdir -p /tmp/run && (cd /tmp/run && rm -rf ctx10m_out && CUDA_MODULE_LOADING=EAGER \
+        "$bin/drivers/proteus_driver" -q "$root/inputs/ctx10m.in" --set checkpoint.at_end=false \
+        --set checkpoint.interval_chunks=0) | tee -a "$out/ctx10m_eager.txt" ;;
     chunk_stage)
       # Each step of a ctx10m.in chunk: host launch time, and time with a wait after it (bench_chunk_stage).
       "$bin/perf/bench_chunk_stage" "$root/inputs/ctx10m.in" --chunks 30 --warmup 3 | tee "$out/chunk_stage.txt" ;;
