@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <Kokkos_Core.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 
@@ -12,9 +13,18 @@
 #include "proteus/detail/stop_signal.hpp"
 #include "proteus/error.hpp"
 #include "proteus/pipeline.hpp"
+#include "proteus/progress.hpp"
 #include "proteus/version.hpp"
 
 namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// Wall time of the process's start-up and shut-down (rank 0's), outside the run's own total.
+struct ProcessTimes {
+  double mpi_init = 0.0, kokkos_init = 0.0, kokkos_finalize = 0.0, mpi_finalize = 0.0;
+};
 
 struct Options {
   std::string deck;
@@ -23,7 +33,7 @@ struct Options {
   bool version = false, reference = false, print_deck = false, quiet = false;
 };
 
-int main_body(int argc, char** argv, int rank) {
+int main_body(int argc, char** argv, int rank, ProcessTimes const& startup, bool& ran) {
   Options o;
   CLI::App app{"proteus_driver: Proteus attention over long sequences, split into chunks over MPI ranks.\n"
                "Example: mpirun -np 2 proteus_driver inputs/quickstart.in"};
@@ -97,21 +107,43 @@ int main_body(int argc, char** argv, int rank) {
   if (rank == 0) {
     std::fputs(summary.to_text().c_str(), stdout);
     std::printf("  summary.json      %s/summary.json\n", deck.output.directory.c_str());
+    std::printf("  start-up          MPI %s, Kokkos %s (rank 0; before the run, not in its total)\n",
+                proteus::detail::format_duration(startup.mpi_init).c_str(),
+                proteus::detail::format_duration(startup.kokkos_init).c_str());
   }
+  ran = true;
   return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  ProcessTimes times;
+  auto t0 = Clock::now();
   MPI_Init(&argc, &argv);
+  times.mpi_init = seconds_since(t0);
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   int rc = 0;
-  {
-    Kokkos::ScopeGuard kokkos(argc, argv);
-    rc = main_body(argc, argv, rank);
+  bool ran = false;
+  t0 = Clock::now();
+  Kokkos::initialize(argc, argv);
+  times.kokkos_init = seconds_since(t0);
+  try {
+    rc = main_body(argc, argv, rank, times, ran);
+  } catch (...) {
+    Kokkos::finalize();
+    throw;
   }
+  t0 = Clock::now();
+  Kokkos::finalize();
+  times.kokkos_finalize = seconds_since(t0);
+  t0 = Clock::now();
   MPI_Finalize();
+  times.mpi_finalize = seconds_since(t0);
+  if (ran && rank == 0)
+    std::printf("  shut-down         Kokkos %s, MPI %s (rank 0)\n",
+                proteus::detail::format_duration(times.kokkos_finalize).c_str(),
+                proteus::detail::format_duration(times.mpi_finalize).c_str());
   return rc;
 }
