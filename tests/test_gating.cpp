@@ -16,6 +16,18 @@
 using namespace proteus;
 using test::Matrix;
 
+namespace {
+// A small module's config that keeps 30% of the tokens.
+Config token_sparse_config() {
+  Config c;
+  c.embed_dim = 16;
+  c.num_heads = 2;
+  c.token_sparse = true;
+  c.token_keep_ratio = 0.3f;
+  return c;
+}
+}  // namespace
+
 PROTEUS_TEST_CASE("default gate_to_head is floor(g H / G); a custom map is kept", "[gating]") {
   Config c;
   c.embed_dim = 48;
@@ -118,11 +130,7 @@ PROTEUS_TEST_CASE("per-token head top-K with the nucleus rule equals a sort-base
 PROTEUS_TEST_CASE("token top-n equals a full-sort reference, ties broken by position", "[gating]") {
   int const B = 2;
   long const T = 1000;
-  Config c;
-  c.embed_dim = 16;
-  c.num_heads = 2;
-  c.token_sparse = true;
-  c.token_keep_ratio = 0.3f;
+  Config c = token_sparse_config();
   c.token_keep_guard = 4;
   c.token_keep_threshold = 0.9f;
   c = c.resolved();
@@ -159,12 +167,7 @@ PROTEUS_TEST_CASE("token top-n equals a full-sort reference, ties broken by posi
 // descending, ties by position); after two rows, or with every token kept, they are not marked so.
 PROTEUS_TEST_CASE("one batch row's token selection leaves its tokens ranked", "[gating]") {
   long const T = 1000;
-  Config c;
-  c.embed_dim = 16;
-  c.num_heads = 2;
-  c.token_sparse = true;
-  c.token_keep_ratio = 0.3f;
-  c = c.resolved();
+  Config c = token_sparse_config().resolved();
   Matrix raw = test::random_matrix(1, 2 * T, 9);
   TokenVector dev("imp", 2 * T);
   auto h = Kokkos::create_mirror_view(dev);
