@@ -11,6 +11,9 @@ out=${OUT:-/tmp/out}
 mkdir -p "$out"
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 [ -d /tmp/kinstall ] || tar xzf "$root/.gpu/kinstall.tar.gz" -C /tmp
+# The commit the binaries report: the copy's .git may be stale, so .gpu/commit (written before the
+# call: git rev-parse --short HEAD > .gpu/commit, with "+changes" when the tree is dirty) wins.
+[ -f "$root/.gpu/commit" ] && export PROTEUS_GIT_COMMIT="$(cat "$root/.gpu/commit")"
 # The PyTorch extension too, where python3 has torch and pybind11 (it needs a Kokkos built with -fPIC).
 python=()
 python3 -c "import torch, pybind11, h5py, pytest" 2>/dev/null && python=(-- -DPROTEUS_ENABLE_PYTHON=ON)
