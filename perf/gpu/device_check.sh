@@ -268,6 +268,17 @@ for step in "$@"; do
           "$root/inputs/ctx10m.in" --set checkpoint.at_end=false --set checkpoint.interval_chunks=0) | tee -a "$out/ctx10m.txt"
       done
       cp /tmp/run/ctx10m_out/summary.json "$out/ctx10m_summary.json" 2>/dev/null ;;
+    pipeline_startup)
+      # ctx10m.in with MPI and Kokkos + cuBLAS started in sequence and side by side (PROTEUS_STARTUP),
+      # PIPELINE_REPEAT times each (default 3), with the process's wall time.
+      for i in $(seq "${PIPELINE_REPEAT:-3}"); do
+        for mode in sequential overlapped; do
+          mkdir -p /tmp/run && (cd /tmp/run && rm -rf ctx10m_out && echo "== $mode" && time PROTEUS_STARTUP=$mode \
+            "$bin/drivers/proteus_driver" -q "$root/inputs/ctx10m.in" --set checkpoint.at_end=false \
+            --set checkpoint.interval_chunks=0) >>"$out/ctx10m_startup.txt" 2>&1
+        done
+      done
+      grep -E "^== |time  |start-up|real" "$out/ctx10m_startup.txt" ;;
     pipeline_eager)
       # As pipeline, once, with every kernel loaded at start-up (CUDA's default loads each at its first
       # launch): the first chunk's share of module loading.

@@ -221,6 +221,37 @@ inline void initialize_on_device(int device) {
 #endif
 }
 
+// Whether Kokkos may start on a thread other than the one that then launches its kernels: host
+// backends with a thread pool (OpenMP, Threads, HPX) bind the pool to the thread that started it.
+inline constexpr bool kokkos_starts_on_any_thread =
+#if defined(KOKKOS_ENABLE_OPENMP) || defined(KOKKOS_ENABLE_THREADS) || defined(KOKKOS_ENABLE_HPX)
+    false;
+#else
+    true;
+#endif
+
+// Makes Kokkos' device the calling thread's current one (CUDA and HIP keep the current device per
+// host thread), for a thread other than the one that started Kokkos.
+inline void use_kokkos_device_here() {
+#if defined(KOKKOS_ENABLE_CUDA)
+  if (cudaSetDevice(Kokkos::Cuda().cuda_device()) != cudaSuccess)
+    throw std::runtime_error("proteus: cudaSetDevice failed for Kokkos' device");
+#elif defined(KOKKOS_ENABLE_HIP) && KOKKOS_VERSION >= 40000
+  if (hipSetDevice(Kokkos::HIP().hip_device()) != hipSuccess)
+    throw std::runtime_error("proteus: hipSetDevice failed for Kokkos' device");
+#endif
+}
+
+// A GEMM of 8x8 matrices, waited for: the BLAS library's start-up (cuBLAS: its handle and a first
+// kernel, 84-93 ms on an H200) paid where the caller chooses rather than in its first real GEMM.
+template <class Space>
+void start_blas(Space const& space) {
+  using Matrix = Kokkos::View<float**, Kokkos::LayoutRight, typename Space::memory_space>;
+  Matrix const a("proteus::start_blas::a", 8, 8), b("proteus::start_blas::b", 8, 8), c("proteus::start_blas::c", 8, 8);
+  gemm(space, "N", "T", 1.0f, a, b, 0.0f, c);
+  space.fence();
+}
+
 // True where GEMMs can run with TF32 inputs on tensor cores (CUDA builds calling cuBLAS).
 inline bool tf32_gemm_available() {
 #ifdef PROTEUS_HAVE_TF32
