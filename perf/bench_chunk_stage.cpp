@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
         {"nucleus",
          [&](ExecSpace const& s, long, Buffers& b) {
            start_nucleus(s, b.routed.routing.importance, b.routed.keep, top_p, budget, b.nucleus,
-                         b.routed.selection.ranked ? b.routed.selection.keys : Kokkos::View<std::uint64_t*, MemSpace>());
+                         b.routed.selection.ranking());
          }},
         {"caught count",
          [&](ExecSpace const& s, long, Buffers& b) {

@@ -53,6 +53,10 @@ void rank_kept(ExecSpace const& space, TokenVector const& importance, MaskVector
 void compact_kept(ExecSpace const& space, MaskVector const& keep, Kokkos::View<std::uint64_t*, MemSpace> const& ranked,
                   Kokkos::View<std::uint64_t*, MemSpace> const& keys, Kokkos::View<long, MemSpace> const& kept) {
   long const n = static_cast<long>(keys.extent(0));
+  if (n == 0) {  // the scan below would leave the count as an earlier chunk left it
+    Kokkos::deep_copy(space, kept, 0L);
+    return;
+  }
   Kokkos::parallel_scan(
       "proteus::chunk::compact_kept", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
       KOKKOS_LAMBDA(long i, long& before, bool final) {
@@ -157,7 +161,7 @@ void launch_chunk(ExecSpace const& space, CausalGeneticMultiheadAttention const&
   count_nonfinite(space, x, tally(0));
   scorer.route(space, x, 1, w.routed, tally(1));
   start_nucleus(space, w.routed.routing.importance, w.routed.keep, nucleus.top_p, nucleus.budget, w.nucleus,
-                w.routed.selection.ranked ? w.routed.selection.keys : Kokkos::View<std::uint64_t*, MemSpace>());
+                w.routed.selection.ranking());
   auto beta = w.routed.routing.beta;
   Kokkos::parallel_reduce(
       "proteus::chunk::caught", Kokkos::RangePolicy<ExecSpace>(space, 0, x.extent(0)),

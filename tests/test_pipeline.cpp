@@ -496,7 +496,7 @@ PROTEUS_TEST_CASE("an HDF5 sequence gives the same buffer as the same tokens gen
 
 // A chunk's nucleus (kept tokens by score, best first, ties by position; softmax; the prefix sums
 // below top_p, plus one; at most `budget`) against a double-precision host reference, for chunks
-// of several sizes through one set of reused buffers, one of them with no kept token; sorted by
+// of several sizes through one set of reused buffers, one with no kept token, one empty; sorted by
 // itself and taken from ranked keys.
 PROTEUS_TEST_CASE("nucleus candidates equal a host reference through reused buffers", "[pipeline][nucleus]") {
   std::mt19937 rng(7);
@@ -507,7 +507,7 @@ PROTEUS_TEST_CASE("nucleus candidates equal a host reference through reused buff
     long budget;
   };
   for (Chunk const& c : {Chunk{3000, 0.7, 0.9, 4096}, Chunk{500, 0.5, 0.5, 64}, Chunk{4000, 0.9, 0.99, 300},
-                         Chunk{200, 0.0, 0.9, 100}, Chunk{1, 1.0, 0.9, 10}}) {
+                         Chunk{200, 0.0, 0.9, 100}, Chunk{1, 1.0, 0.9, 10}, Chunk{0, 1.0, 0.9, 10}}) {
     INFO("chunk of " << c.n);
     std::vector<float> score(c.n);
     std::vector<std::uint8_t> kept(c.n);

@@ -30,6 +30,8 @@ struct TokenKeyBuffers {
   Kokkos::View<std::uint64_t*, MemSpace> keys;
   Kokkos::View<unsigned char*, MemSpace> sort_scratch;
   bool ranked = false;
+  // The keys when they rank a row's tokens, else an empty view (start_nucleus' `ranked`).
+  Kokkos::View<std::uint64_t*, MemSpace> ranking() const { return ranked ? keys : Kokkos::View<std::uint64_t*, MemSpace>(); }
 };
 // The same with the sort's memory in buffers kept by callers that select again and again.
 long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const& importance,
