@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <numeric>
 #include <set>
 
 #include "proteus/buffer_exchange.hpp"
@@ -405,6 +406,38 @@ double estimate_rank_bytes(RunDeck const& deck, long tokens, int ranks) {
   double const buffer_bytes = p.buffer_pass ? s * (4 * 9 * e + 16 * g + 9 * h + 40) : s * 4 * e;
   double const model_bytes = 4 * (5 * e * e + 3 * g * e) * 2;
   return chunk_bytes + cand_bytes + buffer_bytes + model_bytes + 64.0 * (1 << 20);  // + runtime
+}
+
+void warm_up(ExecSpace const& space, RunDeck const& deck) {
+  detail::ScopedRegion guard("proteus::pipeline::warm_up");
+  deck.validate_model();
+  PipelineSpec const& p = deck.pipeline;
+  CausalGeneticMultiheadAttention const model(space, deck.model);
+  SequenceSpec made_up;
+  made_up.tokens = std::max(p.chunk_tokens, p.buffer_tokens);
+  made_up.needles = 0;
+  SyntheticSource const source(made_up, deck.model.embed_dim, model.dna());
+  CausalGeneticMultiheadAttention const scorer =
+      model_like(space, model, chunk_scorer_config(deck.model, p), model.dna());
+  RankState state;
+  state.dna.reset(model.config().num_gates, model.config().embed_dim);
+  run_chunks(space, scorer, source, ChunkGrid{p.chunk_tokens, p.chunk_tokens}, NucleusSpec{p.top_p, p.chunk_budget},
+             ChunkRange{0, 1}, state, [](RankState const&) {});
+  if (p.buffer_tokens > 0) {
+    std::vector<Position> rows(p.buffer_tokens);
+    std::iota(rows.begin(), rows.end(), Position{0});
+    TokenMatrix tokens("proteus::warm_up::buffer_tokens", p.buffer_tokens, deck.model.embed_dim);
+    source.read_rows(space, rows, tokens);
+    if (p.buffer_pass) {
+      CausalGeneticMultiheadAttention pass = model_like(space, model, buffer_pass_config(deck.model, p), model.dna());
+      PositionVector pos("proteus::warm_up::positions", p.buffer_tokens);
+      Kokkos::parallel_for("proteus::warm_up::positions", Kokkos::RangePolicy<ExecSpace>(space, 0, p.buffer_tokens),
+                           KOKKOS_LAMBDA(long i) { pos(i) = i; });
+      TokenMatrix y("proteus::warm_up::y", p.buffer_tokens, deck.model.embed_dim);
+      pass.run(space, tokens, 1, pos, y, RunOptions{});
+    }
+  }
+  space.fence();
 }
 
 RunSummary run_pipeline(ExecSpace const& space, RunDeck const& deck, MPI_Comm comm,

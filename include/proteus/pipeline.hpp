@@ -65,4 +65,11 @@ Config second_pass_config(Config const& model);
 RunSummary run_pipeline(ExecSpace const& space, RunDeck const& deck, MPI_Comm comm,
                         std::optional<std::string> const& restart = {});
 
+// Launches the kernels a run of `deck` launches first, once, on made-up tokens at the deck's shapes
+// (one chunk of the chunk stage, the buffer's rows and the buffer pass), and keeps nothing: on a GPU
+// each kernel's first launch loads its module and the BLAS library picks its kernels per shape
+// (about 0.06 s of a run's first chunk on an H200), paid here instead, by a caller with time to
+// spare (proteus_driver, while MPI starts). Needs no MPI; throws on a deck the run would refuse.
+void warm_up(ExecSpace const& space, RunDeck const& deck);
+
 }  // namespace proteus

@@ -269,16 +269,22 @@ for step in "$@"; do
       done
       cp /tmp/run/ctx10m_out/summary.json "$out/ctx10m_summary.json" 2>/dev/null ;;
     pipeline_startup)
-      # ctx10m.in with MPI and Kokkos + cuBLAS started in sequence and side by side (PROTEUS_STARTUP),
-      # PIPELINE_REPEAT times each (default 3), with the process's wall time.
+      # ctx10m.in with MPI and Kokkos + cuBLAS started in sequence, side by side, and side by side with
+      # the warm-up (PROTEUS_STARTUP, PROTEUS_WARMUP), PIPELINE_REPEAT times each (default 3), with the
+      # process's wall time.
       for i in $(seq "${PIPELINE_REPEAT:-3}"); do
-        for mode in sequential overlapped; do
-          mkdir -p /tmp/run && (cd /tmp/run && rm -rf ctx10m_out && echo "== $mode" && time PROTEUS_STARTUP=$mode \
+        for mode in sequential overlapped warm; do
+          case $mode in
+            sequential) env=(PROTEUS_STARTUP=sequential) ;;
+            overlapped) env=(PROTEUS_STARTUP=overlapped PROTEUS_WARMUP=off) ;;
+            warm) env=(PROTEUS_STARTUP=overlapped PROTEUS_WARMUP=on) ;;
+          esac
+          mkdir -p /tmp/run && (cd /tmp/run && rm -rf ctx10m_out && echo "== $mode" && time env "${env[@]}" \
             "$bin/drivers/proteus_driver" -q "$root/inputs/ctx10m.in" --set checkpoint.at_end=false \
             --set checkpoint.interval_chunks=0) >>"$out/ctx10m_startup.txt" 2>&1
         done
       done
-      grep -E "^== |time  |start-up|real" "$out/ctx10m_startup.txt" ;;
+      grep -E "^== |time  |first chunk|start-up|real" "$out/ctx10m_startup.txt" ;;
     pipeline_eager)
       # As pipeline, once, with every kernel loaded at start-up (CUDA's default loads each at its first
       # launch): the first chunk's share of module loading.
