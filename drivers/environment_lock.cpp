@@ -31,7 +31,7 @@ Function next_definition(char const* name) {
 
 extern "C" {
 
-char* getenv(char const* name) {
+char* getenv(char const* name) noexcept {
   std::size_t const length = std::strlen(name);
   std::lock_guard<std::mutex> const guard(environment_mutex);
   if (environ == nullptr) return nullptr;
@@ -40,25 +40,25 @@ char* getenv(char const* name) {
   return nullptr;
 }
 
-int setenv(char const* name, char const* value, int overwrite) {
+int setenv(char const* name, char const* value, int overwrite) noexcept {
   static auto const next = next_definition<int (*)(char const*, char const*, int)>("setenv");
   std::lock_guard<std::mutex> const guard(environment_mutex);
   return next(name, value, overwrite);
 }
 
-int unsetenv(char const* name) {
+int unsetenv(char const* name) noexcept {
   static auto const next = next_definition<int (*)(char const*)>("unsetenv");
   std::lock_guard<std::mutex> const guard(environment_mutex);
   return next(name);
 }
 
-int putenv(char* assignment) {
+int putenv(char* assignment) noexcept {
   static auto const next = next_definition<int (*)(char*)>("putenv");
   std::lock_guard<std::mutex> const guard(environment_mutex);
   return next(assignment);
 }
 
-int clearenv() {
+int clearenv() noexcept {
   static auto const next = next_definition<int (*)()>("clearenv");
   std::lock_guard<std::mutex> const guard(environment_mutex);
   return next();

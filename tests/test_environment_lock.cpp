@@ -4,12 +4,13 @@
 #include <dlfcn.h>
 
 #include <atomic>
-#include <catch2/catch.hpp>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "proteus_catch.hpp"
 
 #if defined(__GLIBC__)
 
