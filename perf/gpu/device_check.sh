@@ -302,6 +302,21 @@ for step in "$@"; do
         --set checkpoint.interval_chunks=0 >"$out/ncu_pipeline.csv" 2>"$out/ncu_pipeline.err")
       tail -3 "$out/ncu_pipeline.err"
       python3 "$root/perf/ncu_kernels.py" "$out/ncu_pipeline.csv" --per 16 --unit chunk | tee "$out/ncu_pipeline.txt" ;;
+    roofline)
+      # Issue 20 item 6: the GPU's peaks (perf/gpu/peaks.py: FP32/TF32/BF16 GEMM, HBM copy) and, from
+      # Nsight Compute, every kernel's FP32 work, DRAM bytes and time in one FP32 forward at each of
+      # ROOFLINE_TOKENS (default 1048576 32768), upstream's tinytoy shape with token sparsity; tables by
+      # perf/roofline.py. Application replay: a kernel replay would save and restore gigabytes per pass.
+      python3 "$root/perf/gpu/peaks.py" --out "$out/peaks.json" >"$out/peaks.txt" 2>&1; cat "$out/peaks.txt"
+      metrics=$(cd "$root/perf" && python3 -c "import roofline; print(','.join(roofline.ROOFLINE_METRICS))")
+      for t in ${ROOFLINE_TOKENS:-1048576 32768}; do
+        ncu --clock-control none --replay-mode application --csv --print-units base --kernel-name-base demangled \
+          --metrics "$metrics" "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens "$t" --alphas 1.0 \
+          --warmup 0 --repeat 1 --token-sparse >"$out/ncu_roofline_$t.csv" 2>"$out/ncu_roofline_$t.err"
+        tail -2 "$out/ncu_roofline_$t.err"
+        python3 "$root/perf/roofline.py" "$out/ncu_roofline_$t.csv" --peaks "$out/peaks.json" \
+          --markdown "$out/roofline_$t.md" --top 20
+      done ;;
     *) echo "device_check: unknown step '$step'" >&2; exit 2 ;;
   esac
 done
