@@ -6,15 +6,21 @@ list in ROOFLINE_METRICS) and perf/gpu/peaks.py's JSON; groups launches by kerne
 function that launched a Kokkos kernel, else the library kernel's name: ncu_kernels.short_name) and
 gives each group its time, FP32 work (2 x FFMA + FADD + FMUL instructions per thread), DRAM bytes
 (read + write), achieved FLOP/s and bytes/s, arithmetic intensity, and what bounds it: "memory"
-or "compute" from which roof lies lower at its intensity, with the fraction of that roof achieved.
+or "compute" from which roof lies lower at its intensity, with the fraction of that roof achieved,
+or "latency" below LATENCY_BOUND of its roof (neither roof: too little parallel work, a serial
+chain, atomics or launch overhead).
 Tensor-core work (TF32/BF16) is not counted: profile FP32 runs.
 
-  python3 perf/roofline.py ncu.csv --peaks peaks.json [--calls N] [--markdown table.md] [--png roofline.png]
+  python3 perf/roofline.py ncu.csv --peaks peaks.json [--calls N] [--exclude REGEX ...]
+                           [--markdown table.md] [--png roofline.png]
+--exclude leaves out kernel groups whose name matches (a benchmark's own set-up, e.g. its input fill).
 """
 import argparse
 import collections
 import csv
+import gzip
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -29,10 +35,20 @@ ROOFLINE_METRICS = [
     "sm__sass_thread_inst_executed_op_fadd_pred_on.sum",
     "sm__sass_thread_inst_executed_op_fmul_pred_on.sum",
 ]
+LATENCY_BOUND = 0.05
 # Base units (--print-units base) and the scaled ones ncu prints otherwise.
 UNIT_SCALE = {"": 1.0, "inst": 1.0, "byte": 1.0, "Kbyte": 1e3, "Mbyte": 1e6, "Gbyte": 1e9,
               "nsecond": 1e-9, "ns": 1e-9, "usecond": 1e-6, "us": 1e-6, "msecond": 1e-3, "ms": 1e-3,
               "second": 1.0, "s": 1.0}
+
+
+def label(name):
+    """A group's name for the table and the plot: cuBLAS' long kernel names by type, layout, tile and unit."""
+    m = re.match(r"sm\d+_xmma_gemm_([a-z]+\d+)\w*?_([nt][nt])_n_tilesize(\d+x\d+x\d+)", name)
+    if not m:
+        return name
+    unit = next((u for u in ("ffma", "hmma", "gmma") if f"_{u}_" in name), "")
+    return f"cuBLAS gemm {m.group(1)} {m.group(2)} {m.group(3)} {unit}".rstrip()
 
 
 def read_launches(lines):
@@ -52,14 +68,17 @@ def read_launches(lines):
     return launches
 
 
-def summarise(launches, peaks, calls=1.0):
-    """One dict per kernel group, longest first, with per-call time (s), flop, bytes and the roofline."""
+def summarise(launches, peaks, calls=1.0, exclude=()):
+    """One dict per kernel group, longest first, with per-call time (s), flop, bytes and the roofline;
+    groups whose name matches a regular expression of `exclude` are left out."""
     groups = collections.defaultdict(lambda: collections.Counter())
     for name, m in launches.values():
+        if any(re.search(pattern, short_name(name)) for pattern in exclude):
+            continue
         missing = [k for k in ROOFLINE_METRICS if k not in m]
         if missing:
             raise ValueError(f"kernel {name[:60]}: no {', '.join(missing)}")
-        g = groups[short_name(name)]
+        g = groups[label(short_name(name))]
         g["launches"] += 1
         g["seconds"] += m["gpu__time_duration.sum"]
         g["bytes"] += m["dram__bytes_read.sum"] + m["dram__bytes_write.sum"]
@@ -75,12 +94,11 @@ def summarise(launches, peaks, calls=1.0):
         intensity = g["flop"] / g["bytes"] if g["bytes"] > 0 else float("inf")
         memory_roof = intensity * peak_bw
         bound = "memory" if memory_roof < peak_flops else "compute"
-        roof = min(memory_roof, peak_flops)
+        of_roof = flops / peak_flops if bound == "compute" else bandwidth / peak_bw
         table.append({
             "kernel": name, "launches": g["launches"] / calls, "seconds": g["seconds"] / calls,
             "flop": g["flop"] / calls, "bytes": g["bytes"] / calls, "flops": flops, "bandwidth": bandwidth,
-            "intensity": intensity, "bound": bound, "of_roof": (flops if bound == "compute" else bandwidth)
-            / (peak_flops if bound == "compute" else peak_bw),
+            "intensity": intensity, "bound": bound if of_roof >= LATENCY_BOUND else "latency", "of_roof": of_roof,
         })
     table.sort(key=lambda r: -r["seconds"])
     return table
@@ -124,7 +142,7 @@ def plot(table, peaks, path, title, labels=8):
     points = [r for r in table if r["flop"] > 0 and r["bytes"] > 0]
     ax.scatter([r["intensity"] for r in points], [r["flops"] for r in points],
                s=[max(8.0, 800 * r["seconds"] / total) for r in points],
-               c=["tab:blue" if r["bound"] == "memory" else "tab:red" for r in points], alpha=0.6)
+               c=[{"memory": "tab:blue", "compute": "tab:red"}.get(r["bound"], "tab:gray") for r in points], alpha=0.6)
     for r in points[:labels]:
         ax.annotate(r["kernel"][:40], (r["intensity"], r["flops"]), fontsize=7, xytext=(4, 4),
                     textcoords="offset points")
@@ -145,18 +163,21 @@ def main():
     ap.add_argument("--peaks", required=True, help="perf/gpu/peaks.py's JSON")
     ap.add_argument("--calls", type=float, default=1.0, help="divide launches, time, work and bytes by this")
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--exclude", nargs="*", default=[], help="leave out kernel groups matching these regexes")
     ap.add_argument("--markdown", help="write the table here too")
     ap.add_argument("--png", help="draw the roofline here (matplotlib)")
     ap.add_argument("--title", default="proteus kernels on the measured roofline")
     a = ap.parse_args()
     try:
-        with open(a.csv, newline="") as f:
+        with (gzip.open if a.csv.endswith(".gz") else open)(a.csv, "rt", newline="") as f:
             launches = read_launches(f)
         with open(a.peaks) as f:
             peaks = json.load(f)
         if not launches:
             raise ValueError("no rows with the roofline metrics")
-        table = summarise(launches, peaks, a.calls)
+        table = summarise(launches, peaks, a.calls, a.exclude)
+        if not table:
+            raise ValueError("every kernel was excluded")
     except (OSError, ValueError, KeyError) as e:
         sys.exit(f"roofline: {a.csv}: {e}")
     text = markdown(table, peaks, a.top)

@@ -37,6 +37,15 @@ def stream(launch):  # 0.8 ms, 1e9 FADD + 1e9 FMUL = 2 GFLOP, 1.6 GB: 1.25 FLOP/
         "sm__sass_thread_inst_executed_op_fmul_pred_on.sum": ("inst", "1e9")})
 
 
+def serial(launch):  # 0.1 ms for 1 MB: 10 GB/s, 0.25% of HBM: bound by neither roof
+    return rows(launch, "void Kokkos::Impl::cuda_parallel_launch_local_memory<Kokkos::Impl::ParallelScan<"
+                        "proteus::pack_rows(Kokkos::Cuda const&)::{lambda(long, long&, bool)#1}>>", {
+        "gpu__time_duration.sum": ("usecond", "100"), "dram__bytes_read.sum": ("byte", "500000"),
+        "dram__bytes_write.sum": ("byte", "500000"), "sm__sass_thread_inst_executed_op_ffma_pred_on.sum": ("inst", "0"),
+        "sm__sass_thread_inst_executed_op_fadd_pred_on.sum": ("inst", "0"),
+        "sm__sass_thread_inst_executed_op_fmul_pred_on.sum": ("inst", "0")})
+
+
 def csv_lines(*launches):
     return ["==PROF== Connected to process 1\n", HEADER + "\n"] + [line + "\n" for launch in launches for line in launch]
 
@@ -44,7 +53,7 @@ def csv_lines(*launches):
 def test_work_bytes_and_bounds_per_kernel():
     table = roofline.summarise(roofline.read_launches(csv_lines(gemm(1), stream(2), stream(3))), PEAKS, calls=2)
     by_name = {r["kernel"]: r for r in table}
-    g = by_name["sm90_xmma_gemm_f32f32_f32f32_f32_nn_n_tilesize128x128x8_kernel"]
+    g = by_name["cuBLAS gemm f32 nn 128x128x8"]  # cuBLAS names shortened
     s = by_name["row_norms [ParallelFor]"]
     assert [r["kernel"] for r in table] == [s["kernel"], g["kernel"]]  # longest first
     assert g["launches"] == 0.5 and s["launches"] == 1.0
@@ -55,6 +64,18 @@ def test_work_bytes_and_bounds_per_kernel():
     assert g["bound"] == "compute" and g["of_roof"] == pytest.approx(1.0)
     assert s["bandwidth"] == pytest.approx(2e12) and s["intensity"] == pytest.approx(1.25)
     assert s["bound"] == "memory" and s["of_roof"] == pytest.approx(0.5)
+
+
+def test_a_kernel_far_below_both_roofs_is_latency_bound():
+    (r,) = roofline.summarise(roofline.read_launches(csv_lines(serial(1))), PEAKS)
+    assert r["kernel"] == "pack_rows [ParallelScan]" and r["bound"] == "latency"
+    assert r["of_roof"] == pytest.approx(1e10 / 4e12)
+
+
+def test_excluded_groups_leave_the_table():
+    launches = roofline.read_launches(csv_lines(gemm(1), stream(2)))
+    table = roofline.summarise(launches, PEAKS, exclude=[r"^row_norms\b"])
+    assert [r["kernel"] for r in table] == ["cuBLAS gemm f32 nn 128x128x8"]
 
 
 def test_a_missing_metric_or_unit_is_an_error():
