@@ -30,6 +30,17 @@ struct Span {
   KOKKOS_INLINE_FUNCTION long token_row(long i) const { return (i / span) * tokens + row_begin + i % span; }
 };
 
+// Slots per element of the scans over batch * heads * span slots: an element takes its slots in
+// turn, so that a scan has a step's fraction of the elements. At 1M tokens the two scans over
+// 4.2M slots per span took 0.1 ms each, a cost of the scan's element count rather than of its
+// bytes (latency-bound at 2% of either roof, perf/RESULTS.md section 21).
+constexpr long slots_per_step = 8;
+
+inline long steps_of(long slots) { return (slots + slots_per_step - 1) / slots_per_step; }
+KOKKOS_INLINE_FUNCTION long step_end(long step, long slots) {
+  return (step + 1) * slots_per_step < slots ? (step + 1) * slots_per_step : slots;
+}
+
 // Whether slot i stands for an active row: a kept token whose head is on (or every head).
 struct ActiveSlot {
   MaskMatrix head_mask;
@@ -59,12 +70,14 @@ void count_active(ExecSpace const& space, MaskVector const& keep, ActiveSlot con
       KOKKOS_LAMBDA(long i, long& n) { n += keep(s.token_row(i)) ? 1 : 0; },
       Kokkos::subview(sizes, 0));
   Kokkos::parallel_scan(
-      "proteus::attention::count_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, slots),
-      KOKKOS_LAMBDA(long i, long& offset, bool final) {
-        bool const a = active(i);
-        if (final && i % span == 0) head_start(i / span) = offset;
-        if (final && i == slots - 1) head_start(bh_count) = offset + (a ? 1 : 0);
-        offset += a ? 1 : 0;
+      "proteus::attention::count_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, steps_of(slots)),
+      KOKKOS_LAMBDA(long step, long& offset, bool final) {
+        long const end = step_end(step, slots);
+        for (long i = step * slots_per_step; i < end; ++i) {
+          if (final && i % span == 0) head_start(i / span) = offset;
+          offset += active(i) ? 1 : 0;
+        }
+        if (final && end == slots) head_start(bh_count) = offset;
       });
   constexpr long block_rows = attention_block_rows;
   Kokkos::parallel_reduce(
@@ -115,15 +128,18 @@ void pack_rows(ExecSpace const& space, ActiveSlot const& active, ActiveRowsBuffe
   auto row_query = r.query;
   auto query_of = r.query_of;
   Kokkos::parallel_scan(
-      "proteus::attention::pack_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, slots),
-      KOKKOS_LAMBDA(long i, long& offset, bool final) {
-        bool const a = active(i);
-        if (final && a) {
-          row_head(offset) = static_cast<int>(i / span);
-          row_token(offset) = row_begin + i % span;
-          row_query(offset) = query_of((i / span / heads) * span + i % span);
+      "proteus::attention::pack_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, steps_of(slots)),
+      KOKKOS_LAMBDA(long step, long& offset, bool final) {
+        long const end = step_end(step, slots);
+        for (long i = step * slots_per_step; i < end; ++i) {
+          bool const a = active(i);
+          if (final && a) {
+            row_head(offset) = static_cast<int>(i / span);
+            row_token(offset) = row_begin + i % span;
+            row_query(offset) = query_of((i / span / heads) * span + i % span);
+          }
+          offset += a ? 1 : 0;
         }
-        offset += a ? 1 : 0;
       });
 }
 

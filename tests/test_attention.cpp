@@ -103,6 +103,23 @@ PROTEUS_TEST_CASE("shortlist attention equals softmax over the candidate set in 
     }
     CHECK(rows.rows == total);
     CHECK(head_start(batch * heads) == total);
+    // Every active (batch*head, token) pair in order, with its query row (the kept tokens' order).
+    auto row_head = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rows.head);
+    auto row_token = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rows.token);
+    auto row_query = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rows.query);
+    long row = 0, wrong = 0;
+    for (int bh = 0; bh < batch * heads; ++bh) {
+      long query = 0;
+      for (long r = 0; r < (bh / heads) * T; ++r) query += hk(r) ? 1 : 0;
+      for (long t = 0; t < T; ++t) {
+        long const token = (bh / heads) * T + t;
+        if (hk(token) && hm(token, bh % heads) && row < rows.rows)
+          wrong += row_head(row) != bh || row_token(row) != t || row_query(row) != query ? 1 : 0, ++row;
+        query += hk(token) ? 1 : 0;
+      }
+    }
+    CHECK(row == rows.rows);
+    CHECK(wrong == 0);
     CHECK(rows.blocks == blocks);
     CHECK(block_start(blocks) == total);
   }
