@@ -1,5 +1,6 @@
-// The process environment behind one lock: getenv, setenv, unsetenv, putenv and clearenv, linked
-// into an executable, take the place of the C library's for every library the process loads.
+// The process environment behind one lock: getenv, secure_getenv, setenv, unsetenv, putenv and
+// clearenv, linked into an executable, take the place of the C library's for every library the
+// process loads.
 //
 // Why: proteus_driver starts Kokkos and the GPU on one thread while MPI_Init runs on another.
 // MPI_Init adds variables (setenv), and glibc (before 2.40) may move the environment's array to a
@@ -11,6 +12,7 @@
 #if defined(__GLIBC__)
 
 #include <dlfcn.h>
+#include <sys/auxv.h>
 
 #include <cstring>
 #include <mutex>
@@ -38,6 +40,11 @@ char* getenv(char const* name) noexcept {
   for (char** entry = environ; *entry != nullptr; ++entry)
     if (std::strncmp(*entry, name, length) == 0 && (*entry)[length] == '=') return *entry + length + 1;
   return nullptr;
+}
+
+// As getenv, and none for a process that runs with privileges it was not started with (setuid).
+char* secure_getenv(char const* name) noexcept {
+  return getauxval(AT_SECURE) != 0 ? nullptr : getenv(name);
 }
 
 int setenv(char const* name, char const* value, int overwrite) noexcept {

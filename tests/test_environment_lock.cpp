@@ -17,7 +17,7 @@
 TEST_CASE("every library of the process finds the locked getenv and setenv", "[environment]") {
   void* const libc = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
   REQUIRE(libc != nullptr);
-  for (char const* name : {"getenv", "setenv", "unsetenv", "putenv", "clearenv"}) {
+  for (char const* name : {"getenv", "secure_getenv", "setenv", "unsetenv", "putenv", "clearenv"}) {
     INFO(name);
     void* const own = dlsym(RTLD_DEFAULT, name);  // the global lookup: what libcuda or libmpi get
     CHECK(own != nullptr);
@@ -32,6 +32,7 @@ TEST_CASE("getenv, setenv, unsetenv and putenv keep their meaning", "[environmen
   CHECK(std::string(getenv("PROTEUS_TEST_ENV")) == "one");
   CHECK(getenv("PROTEUS_TEST_EN") == nullptr);   // a prefix of a name is not the name
   CHECK(getenv("PROTEUS_TEST_ENVX") == nullptr);
+  CHECK(std::string(secure_getenv("PROTEUS_TEST_ENV")) == "one");  // this test runs without setuid
   REQUIRE(setenv("PROTEUS_TEST_ENV", "two", 0) == 0);  // no overwrite
   CHECK(std::string(getenv("PROTEUS_TEST_ENV")) == "one");
   REQUIRE(setenv("PROTEUS_TEST_ENV", "", 1) == 0);
