@@ -105,6 +105,13 @@ for step in "$@"; do
           --tokens $((np * 10000000)) --np $np --device "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" \
           --csv "$out/weak_np$np.csv" | tee -a "$out/weak_scaling.txt"
       done ;;
+    pipeline_100m)
+      # Issue 20 item 4: 100M tokens of ctx10m.in's shape over one rank per GPU of the machine.
+      gpus=$(nvidia-smi --query-gpu=index --format=csv,noheader | wc -l)
+      python3 "$root/perf/bench_pipeline.py" "$bin/drivers/proteus_driver" "$root/inputs/ctx10m.in" \
+        --tokens 100000000 --np "$gpus" --set sequence.needles=640 \
+        --device "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x$gpus" \
+        --csv "$out/pipeline_100m.csv" | tee "$out/pipeline_100m.txt" ;;
     nsys_pipeline)
       mkdir -p /tmp/run && cd /tmp/run && nsys profile -o /tmp/run/pipe --force-overwrite true --stats=true \
         "$bin/drivers/proteus_driver" -q "$root/inputs/ctx10m.in" --set checkpoint.at_end=false \
