@@ -55,17 +55,19 @@ struct DeviceStart {
       t0 = Clock::now();
       proteus::detail::start_blas(Kokkos::DefaultExecutionSpace());
       blas = seconds_since(t0);
-      if (!warm_deck) return;
-      t0 = Clock::now();
-      try {
-        proteus::warm_up(Kokkos::DefaultExecutionSpace(), *warm_deck);
-      } catch (std::exception const& e) {
-        warm_up_error = e.what();
-      }
-      warm_up = seconds_since(t0);
+      if (warm_deck) warm(*warm_deck);
     } catch (...) {
       error = std::current_exception();
     }
+  }
+  void warm(proteus::RunDeck const& deck) {
+    auto const t0 = Clock::now();
+    try {
+      proteus::warm_up(Kokkos::DefaultExecutionSpace(), deck);
+    } catch (std::exception const& e) {
+      warm_up_error = e.what();
+    }
+    warm_up = seconds_since(t0);
   }
 };
 
@@ -87,6 +89,8 @@ std::string env_choice(char const* name, std::string const& fallback, std::vecto
 // starts on this one: neither needs the other, Kokkos picks the device from the launcher's
 // local-rank variables; on an H200 node MPI took 0.48-0.69 s and Kokkos + cuBLAS 0.3 s beside it)
 // or "sequential" (MPI, then Kokkos). Kokkos with a host thread pool (OpenMP) starts in sequence.
+// MPI_Init sets environment variables while the device's libraries read them on the other thread:
+// environment_lock.cpp makes them take turns.
 bool overlapped_startup(std::string& error) {
   std::string const mode = env_choice("PROTEUS_STARTUP", "overlapped", {"overlapped", "sequential"}, error);
   return mode == "overlapped" && proteus::detail::kokkos_starts_on_any_thread;
