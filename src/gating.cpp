@@ -168,14 +168,18 @@ void select_heads(ExecSpace const& space, Config const& cfg, GateMatrix const& h
       space, "proteus::gating::select_heads", static_cast<long>(head_probs.extent(0)),
       KOKKOS_LAMBDA(detail::TokenMember const& member, long t) {
         auto const lanes = Kokkos::ThreadVectorRange(member, heads);
+        // The token's probabilities read once into scratch: the ranking and the nucleus read
+        // them O(H^2) times (the kernel was latency-bound on those reads, RESULTS section 21).
+        auto const order = detail::token_scratch(member, heads);
+        auto const probs = detail::token_scratch_floats(member, heads);
+        Kokkos::parallel_for(lanes, [&](int h) { probs(h) = head_probs(t, h); });
         // order(r) = head of rank r: higher probability first, ties to the lower index. Lane h
         // counts the heads ranked before it (O(H) per lane; H is small, no sort).
-        auto const order = detail::token_scratch(member, heads);
         Kokkos::parallel_for(lanes, [&](int h) {
-          float const ph = head_probs(t, h);
+          float const ph = probs(h);
           int rank = 0;
           for (int o = 0; o < heads; ++o) {
-            float const po = head_probs(t, o);
+            float const po = probs(o);
             rank += (po > ph || (po == ph && o < h)) ? 1 : 0;
           }
           order(rank) = h;
@@ -185,13 +189,13 @@ void select_heads(ExecSpace const& space, Config const& cfg, GateMatrix const& h
           // Nucleus: the ranks whose cumulative mass (inclusive, summed in rank order) stays below
           // p * total; every lane forms the total in head order, as one serial loop would.
           float total = 0.0f;
-          for (int h = 0; h < heads; ++h) total += head_probs(t, h);
+          for (int h = 0; h < heads; ++h) total += probs(h);
           int below = 0;
           Kokkos::parallel_reduce(
               lanes,
               [&](int r, int& n) {
                 float cum = 0.0f;
-                for (int i = 0; i <= r; ++i) cum += head_probs(t, order(i));
+                for (int i = 0; i <= r; ++i) cum += probs(order(i));
                 n += cum < top_p * total ? 1 : 0;
               },
               below);
@@ -201,7 +205,7 @@ void select_heads(ExecSpace const& space, Config const& cfg, GateMatrix const& h
         bool const kept = keep(t) != 0;
         Kokkos::parallel_for(lanes, [&](int r) { head_mask(t, order(r)) = kept && r < k ? 1 : 0; });
       },
-      heads);
+      detail::scratch_for(heads, heads));
 }
 
 namespace {

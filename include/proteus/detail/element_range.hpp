@@ -60,6 +60,18 @@ KOKKOS_INLINE_FUNCTION TokenScratch token_scratch(TokenMember const& m, int coun
   return TokenScratch(m.thread_scratch(0), count);
 }
 
+// A second per-token array, of floats, after token_scratch's ints (each call takes the scratch
+// that follows the previous one). Ask for scratch_for(ints, floats) ints: both arrays and the
+// alignment the second one may need.
+using TokenFloatScratch =
+    Kokkos::View<float*, ExecSpace::scratch_memory_space, Kokkos::MemoryTraits<Kokkos::Unmanaged>>;
+
+KOKKOS_INLINE_FUNCTION TokenFloatScratch token_scratch_floats(TokenMember const& m, int count) {
+  return TokenFloatScratch(m.thread_scratch(0), count);
+}
+
+constexpr int scratch_for(int ints, int floats) { return ints + floats + 4; }
+
 template <class F>
 void for_each_token(ExecSpace const& space, char const* label, long n, F const& f, int scratch_ints = 0) {
   long const teams = (n + tokens_per_team - 1) / tokens_per_team;
