@@ -191,8 +191,11 @@ int main(int argc, char** argv) {
                       double(allocations) / o.repeat);
           for (auto const& [name, k] : kt.fence_names)
             std::printf("      fence %5.1f x  %s\n", double(k) / o.repeat, name.c_str());
+          for (auto const& [name, k] : kt.copy_names)
+            std::printf("      copy  %5.1f x  %s\n", double(k) / o.repeat, name.c_str());
           kt.seconds.clear();
           kt.fence_names.clear();
+          kt.copy_names.clear();
           kt.kernels = kt.fences = kt.copies = 0;
         }
         if (csv.is_open())

@@ -26,6 +26,7 @@ struct KernelTimes {
   bool own_fence = false;  // the timer's own fences are not counted
   long kernels = 0, fences = 0, copies = 0;  // events while on
   std::map<std::string, long> fence_names;
+  std::map<std::string, long> copy_names;  // "destination <- source" by the views' labels
 };
 
 // A fence of the benchmark itself, not counted among the module's.
@@ -56,10 +57,12 @@ inline void fence_begin(char const* name, std::uint32_t, std::uint64_t* id) {
 
 inline void fence_end(std::uint64_t) {}
 
-inline void copy_begin(Kokkos::Tools::SpaceHandle, char const*, void const*, Kokkos::Tools::SpaceHandle, char const*,
-                       void const*, std::uint64_t) {
+inline void copy_begin(Kokkos::Tools::SpaceHandle, char const* destination, void const*, Kokkos::Tools::SpaceHandle,
+                       char const* source, void const*, std::uint64_t) {
   auto& t = KernelTimes::get();
-  if (t.on) ++t.copies;
+  if (!t.on) return;
+  ++t.copies;
+  ++t.copy_names[std::string(destination) + " <- " + source];
 }
 
 inline void kernel_end(std::uint64_t id) {

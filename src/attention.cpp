@@ -56,8 +56,8 @@ struct ActiveSlot {
 };
 
 // The compaction's sizes, counted on the device and read in one copy (one wait for the device):
-// kept query tokens, each head's first row (head_start, its last entry the rows in all), and the
-// blocks (each head's rows in runs of attention_block_rows).
+// kept query tokens, each head's first row (head_start, its last entry the rows in all, which
+// also goes to sizes(2)), and the blocks (each head's rows in runs of attention_block_rows).
 void count_active(ExecSpace const& space, MaskVector const& keep, ActiveSlot const& active, ActiveRowsBuffers& buf,
                   ActiveRows& r) {
   Span const s = active.s;
@@ -77,14 +77,13 @@ void count_active(ExecSpace const& space, MaskVector const& keep, ActiveSlot con
           if (final && i % span == 0) head_start(i / span) = offset;
           offset += active(i) ? 1 : 0;
         }
-        if (final && end == slots) head_start(bh_count) = offset;
+        if (final && end == slots) head_start(bh_count) = sizes(2) = offset;
       });
   constexpr long block_rows = attention_block_rows;
   Kokkos::parallel_reduce(
       "proteus::attention::count_blocks", Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count),
       KOKKOS_LAMBDA(long bh, long& n) { n += (head_start(bh + 1) - head_start(bh) + block_rows - 1) / block_rows; },
       Kokkos::subview(sizes, 1));
-  Kokkos::deep_copy(space, Kokkos::subview(sizes, 2), Kokkos::subview(head_start, bh_count));
   auto const host = first_rows(buf.sizes_host, "proteus::attention::sizes_host", 3);
   Kokkos::deep_copy(space, host, Kokkos::subview(sizes, std::make_pair(0, 3)));
   space.fence();
@@ -151,14 +150,16 @@ void pack_blocks(ExecSpace const& space, ActiveRowsBuffers& buf, ActiveRows& r) 
   auto starts_block = KOKKOS_LAMBDA(long row)->bool { return (row - head_start(row_head(row))) % block_rows == 0; };
   r.block_start = first_rows(buf.block_start, "proteus::attention::block_start", r.blocks + 1);
   auto block_start = r.block_start;
+  long const rows = r.rows;
   Kokkos::parallel_scan(
-      "proteus::attention::pack_blocks", Kokkos::RangePolicy<ExecSpace>(space, 0, r.rows),
+      "proteus::attention::pack_blocks", Kokkos::RangePolicy<ExecSpace>(space, 0, rows),
       KOKKOS_LAMBDA(long row, long& n, bool final) {
         bool const s = starts_block(row);
         if (final && s) block_start(n) = row;
         n += s ? 1 : 0;
+        if (final && row == rows - 1) block_start(n) = rows;  // the end of the last block
       });
-  Kokkos::deep_copy(space, Kokkos::subview(block_start, r.blocks), r.rows);
+  if (rows == 0) Kokkos::deep_copy(space, Kokkos::subview(block_start, 0), 0L);
 }
 
 }  // namespace

@@ -640,11 +640,24 @@ void CausalGeneticMultiheadAttention::finish_input_check() {
   require_finite(work_.nonfinite_host(), "query");
 }
 
+namespace {
+// The call's counts and sums set to zero in one launch (a fill of each took two).
+template <class Counts, class Sums>
+void zero_statistics(ExecSpace const& space, Counts const& counts, Sums const& sums) {
+  long const n_counts = static_cast<long>(counts.extent(0)), n_sums = static_cast<long>(sums.extent(0));
+  Kokkos::parallel_for(
+      "proteus::stats::start", Kokkos::RangePolicy<ExecSpace>(space, 0, std::max(n_counts, n_sums)),
+      KOKKOS_LAMBDA(long i) {
+        if (i < n_counts) counts(i) = 0;
+        if (i < n_sums) sums(i) = 0;
+      });
+}
+}  // namespace
+
 // A new call's statistics: zeroed on the device, numbered.
 void CausalGeneticMultiheadAttention::start_statistics(ExecSpace const& space, ForwardStats& st) {
-  int const heads = config_.num_heads;
-  Kokkos::deep_copy(space, first_rows(work_.call_counts, "proteus::stats::call", heads + call_count::slots), 0L);
-  Kokkos::deep_copy(space, first_rows(work_.routing_sums, "proteus::stats::routing", 4L), 0.0);
+  zero_statistics(space, first_rows(work_.call_counts, "proteus::stats::call", config_.num_heads + call_count::slots),
+                  first_rows(work_.routing_sums, "proteus::stats::routing", 4L));
   st.call = ++work_.calls;
 }
 
