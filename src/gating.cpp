@@ -50,7 +50,6 @@ long mark_kept_tokens(ExecSpace const& space, Config const& cfg, TokenVector con
   long const n = tokens_to_keep(cfg, tokens, alpha);
   long const guard = std::min<long>(cfg.token_keep_guard, tokens);
   float const threshold = cfg.token_keep_threshold;
-  Kokkos::deep_copy(space, keep, std::uint8_t(0));
   Kokkos::View<std::uint64_t*, MemSpace> const keys =
       detail::first_rows(buffers.keys, "proteus::gating::token_keys", tokens);
   for (int b = 0; b < batch; ++b) {
@@ -65,7 +64,7 @@ long mark_kept_tokens(ExecSpace const& space, Config const& cfg, TokenVector con
           long const t = static_cast<long>(detail::key_position(keys(i)));
           bool const top = i < n;
           bool const over = threshold > 0.0f && importance(offset + t) >= threshold;
-          if (top || over || t < guard) keep(offset + t) = 1;
+          keep(offset + t) = top || over || t < guard ? 1 : 0;  // every token once: no fill first
         });
   }
   buffers.ranked = batch == 1;
