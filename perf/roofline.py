@@ -73,12 +73,13 @@ def summarise(launches, peaks, calls=1.0, exclude=()):
     groups whose name matches a regular expression of `exclude` are left out."""
     groups = collections.defaultdict(lambda: collections.Counter())
     for name, m in launches.values():
-        if any(re.search(pattern, short_name(name)) for pattern in exclude):
+        short = short_name(name)
+        if any(re.search(pattern, short) for pattern in exclude):
             continue
         missing = [k for k in ROOFLINE_METRICS if k not in m]
         if missing:
             raise ValueError(f"kernel {name[:60]}: no {', '.join(missing)}")
-        g = groups[label(short_name(name))]
+        g = groups[label(short)]
         g["launches"] += 1
         g["seconds"] += m["gpu__time_duration.sum"]
         g["bytes"] += m["dram__bytes_read.sum"] + m["dram__bytes_write.sum"]

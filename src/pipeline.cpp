@@ -431,8 +431,8 @@ void warm_up(ExecSpace const& space, RunDeck const& deck) {
     if (p.buffer_pass) {
       CausalGeneticMultiheadAttention pass = model_like(space, model, buffer_pass_config(deck.model, p), model.dna());
       PositionVector pos("proteus::warm_up::positions", p.buffer_tokens);
-      Kokkos::parallel_for("proteus::warm_up::positions", Kokkos::RangePolicy<ExecSpace>(space, 0, p.buffer_tokens),
-                           KOKKOS_LAMBDA(long i) { pos(i) = i; });
+      Kokkos::deep_copy(space, pos, Kokkos::View<Position const*, HostSpace, Kokkos::MemoryUnmanaged>(
+                                        rows.data(), rows.size()));
       TokenMatrix y("proteus::warm_up::y", p.buffer_tokens, deck.model.embed_dim);
       pass.run(space, tokens, 1, pos, y, RunOptions{});
     }

@@ -20,30 +20,30 @@ def rows(launch, kernel, metrics):
             f'"Command line profiler metrics","{name}","{unit}","{value}"' for name, (unit, value) in metrics.items()]
 
 
+def kernel(launch, name, time, read, write, ffma="0", fadd="0", fmul="0"):
+    """One launch's rows: time, read and write as (unit, value); instruction counts as values."""
+    prefix = "sm__sass_thread_inst_executed_op_"
+    return rows(launch, name, {
+        "gpu__time_duration.sum": time, "dram__bytes_read.sum": read, "dram__bytes_write.sum": write,
+        prefix + "ffma_pred_on.sum": ("inst", ffma), prefix + "fadd_pred_on.sum": ("inst", fadd),
+        prefix + "fmul_pred_on.sum": ("inst", fmul)})
+
+
 def gemm(launch):  # 1 ms, 25e9 FFMA = 50 GFLOP, 100 MB: 500 FLOP/byte, 50 TFLOP/s (the FP32 roof)
-    return rows(launch, "sm90_xmma_gemm_f32f32_f32f32_f32_nn_n_tilesize128x128x8_kernel", {
-        "gpu__time_duration.sum": ("nsecond", "1,000,000"), "dram__bytes_read.sum": ("Mbyte", "60"),
-        "dram__bytes_write.sum": ("Mbyte", "40"), "sm__sass_thread_inst_executed_op_ffma_pred_on.sum": ("inst", "25e9"),
-        "sm__sass_thread_inst_executed_op_fadd_pred_on.sum": ("inst", "0"),
-        "sm__sass_thread_inst_executed_op_fmul_pred_on.sum": ("inst", "0")})
+    return kernel(launch, "sm90_xmma_gemm_f32f32_f32f32_f32_nn_n_tilesize128x128x8_kernel", ("nsecond", "1,000,000"),
+                  ("Mbyte", "60"), ("Mbyte", "40"), ffma="25e9")
 
 
 def stream(launch):  # 0.8 ms, 1e9 FADD + 1e9 FMUL = 2 GFLOP, 1.6 GB: 1.25 FLOP/byte, 2 TB/s (50% of HBM)
-    return rows(launch, "void Kokkos::Impl::cuda_parallel_launch_local_memory<Kokkos::Impl::ParallelFor<"
-                        "proteus::row_norms(Kokkos::Cuda const&)::{lambda(long)#1}, Kokkos::RangePolicy<>>>", {
-        "gpu__time_duration.sum": ("usecond", "800"), "dram__bytes_read.sum": ("byte", "1200000000"),
-        "dram__bytes_write.sum": ("Gbyte", "0.4"), "sm__sass_thread_inst_executed_op_ffma_pred_on.sum": ("inst", "0"),
-        "sm__sass_thread_inst_executed_op_fadd_pred_on.sum": ("inst", "1e9"),
-        "sm__sass_thread_inst_executed_op_fmul_pred_on.sum": ("inst", "1e9")})
+    return kernel(launch, "void Kokkos::Impl::cuda_parallel_launch_local_memory<Kokkos::Impl::ParallelFor<"
+                          "proteus::row_norms(Kokkos::Cuda const&)::{lambda(long)#1}, Kokkos::RangePolicy<>>>",
+                  ("usecond", "800"), ("byte", "1200000000"), ("Gbyte", "0.4"), fadd="1e9", fmul="1e9")
 
 
 def serial(launch):  # 0.1 ms for 1 MB: 10 GB/s, 0.25% of HBM: bound by neither roof
-    return rows(launch, "void Kokkos::Impl::cuda_parallel_launch_local_memory<Kokkos::Impl::ParallelScan<"
-                        "proteus::pack_rows(Kokkos::Cuda const&)::{lambda(long, long&, bool)#1}>>", {
-        "gpu__time_duration.sum": ("usecond", "100"), "dram__bytes_read.sum": ("byte", "500000"),
-        "dram__bytes_write.sum": ("byte", "500000"), "sm__sass_thread_inst_executed_op_ffma_pred_on.sum": ("inst", "0"),
-        "sm__sass_thread_inst_executed_op_fadd_pred_on.sum": ("inst", "0"),
-        "sm__sass_thread_inst_executed_op_fmul_pred_on.sum": ("inst", "0")})
+    return kernel(launch, "void Kokkos::Impl::cuda_parallel_launch_local_memory<Kokkos::Impl::ParallelScan<"
+                          "proteus::pack_rows(Kokkos::Cuda const&)::{lambda(long, long&, bool)#1}>>",
+                  ("usecond", "100"), ("byte", "500000"), ("byte", "500000"))
 
 
 def csv_lines(*launches):
