@@ -8,8 +8,9 @@
 using namespace proteus;
 
 TEST_CASE("for_each_element visits every element of any shape once", "[element_range]") {
-  // Column counts below, at and around the four columns of a work item, and a wide row.
-  for (long cols : {0L, 1L, 3L, 4L, 5L, 7L, 8L, 13L, 512L})
+  // Column counts around the four columns of a work item and around grouped_from (one column per
+  // item below it, four from it on), and a wide row.
+  for (long cols : {0L, 1L, 3L, 4L, 5L, 7L, 8L, 13L, 127L, 128L, 129L, 131L, 512L})
     for (long rows : {0L, 1L, 6L}) {
       Kokkos::View<int**, Kokkos::LayoutRight, MemSpace> visits("visits", rows, cols);
       detail::for_each_element(
