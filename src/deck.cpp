@@ -202,6 +202,7 @@ std::vector<Key> const& registry() {
     k.push_back(key<std::string>("output", "directory", "path", "summary.json, resolved deck and outputs", REF(output.directory)));
     k.push_back(key<bool>("output", "write_outputs", "", "write the buffer pass outputs to HDF5", REF(output.write_outputs)));
     k.push_back(key<double>("output", "progress_seconds", "s", "interval of progress lines when not on a terminal", REF(output.progress_seconds), 0, 1e6));
+    k.push_back(key<double>("output", "warn_after_seconds", "s", "warn when the first chunk's rate puts the chunk stage above this", REF(output.warn_after_seconds), 0, 1e9));
     return k;
   }();
   return keys;

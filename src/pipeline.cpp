@@ -142,9 +142,10 @@ void preflight(Run& r) {
 // run computes.
 std::set<std::string> const& keys_a_restart_may_change() {
   static std::set<std::string> const keys = {
-      "output.directory",     "output.progress_seconds",   "output.write_outputs", "checkpoint.directory",
-      "checkpoint.keep_last", "checkpoint.interval_chunks", "checkpoint.at_end",    "checkpoint.collective_io",
-      "checkpoint.dna_dump",  "pipeline.memory_limit_gb"};
+      "output.directory",         "output.progress_seconds",    "output.write_outputs",
+      "output.warn_after_seconds", "checkpoint.directory",       "checkpoint.keep_last",
+      "checkpoint.interval_chunks", "checkpoint.at_end",         "checkpoint.collective_io",
+      "checkpoint.dna_dump",       "pipeline.memory_limit_gb"};
   return keys;
 }
 
@@ -237,7 +238,8 @@ void chunk_rounds(Run& r) {
   long const mine = r.range.size();
   long const interval = deck.checkpoint.interval_chunks;
   long const step = interval > 0 ? interval : std::max(1L, r.grid.most_chunks_per_rank(r.ranks));
-  detail::Progress progress("chunks (rank 0)", mine, deck.output.progress_seconds, r.rank == 0);
+  detail::Progress progress("chunks (rank 0)", mine, deck.output.progress_seconds, r.rank == 0,
+                            deck.output.warn_after_seconds);
   long const start_chunk = r.state.next_chunk;
   auto report = [&](RankState const& s) {
     progress.update(s.next_chunk - r.range.first, (s.next_chunk - start_chunk) * r.grid.chunk_tokens);

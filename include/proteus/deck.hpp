@@ -41,6 +41,7 @@ struct OutputSpec {
   std::string directory = "proteus_out";
   bool write_outputs = false;        // buffer (and second-pass) outputs to HDF5
   double progress_seconds = 10.0;    // interval of plain progress lines (non-terminal)
+  double warn_after_seconds = 3600;  // warn after the first chunk when all of them would take longer
 };
 
 struct RunDeck {
