@@ -322,7 +322,7 @@ for step in "$@"; do
           --warmup 0 --repeat 1 --token-sparse >"$out/ncu_roofline_$t.csv" 2>"$out/ncu_roofline_$t.err"
         tail -2 "$out/ncu_roofline_$t.err"
         python3 "$root/perf/roofline.py" "$out/ncu_roofline_$t.csv" --peaks "$out/peaks.json" \
-          --markdown "$out/roofline_$t.md" --top 20
+          --markdown "$out/roofline_$t.md" --top 20 --exclude '^fill'
       done ;;
     *) echo "device_check: unknown step '$step'" >&2; exit 2 ;;
   esac
