@@ -254,12 +254,6 @@ struct Blocks {
     b = bh / heads;
     h = bh % heads;
   }
-  // The union [lo, hi] of the block's local windows, and whether its rows walk it in step.
-  KOKKOS_INLINE_FUNCTION bool walks_union(long r0, int n, long& lo, long& hi) const {
-    lo = local_begin(p, row_token(r0));
-    hi = row_token(r0 + n - 1);
-    return proteus::walks_union(p, row_token(r0), hi);
-  }
   // Keys of batch b, head h: key of token t at keys(b, h) + t * stride, its value embed further.
   KOKKOS_INLINE_FUNCTION float const* keys(long b, long h) const { return kv.data() + b * tokens * stride + h * d; }
   KOKKOS_INLINE_FUNCTION float const* query(long h, long qrow) const { return q.data() + h * d + qrow * q_stride; }
@@ -295,9 +289,9 @@ struct Blocks {
   }
 };
 
-// Team kernels of rows of width D. At D = 16 both kernels took 96 registers a thread, so that
+// The team kernel of rows of width D. At D = 16 it took 96 registers a thread, so that
 // only 2 teams of 256 threads fitted on an SM (25% occupancy, Nsight Compute at 131k tokens), and
-// the kernels wait on memory. Up to D = 32 the compiler is asked to fit attention_min_teams teams
+// the kernel waits on memory. Up to D = 32 the compiler is asked to fit attention_min_teams teams
 // per SM (0: no bound). Host backends ignore launch bounds.
 constexpr int attention_min_teams = 3;
 template <int D>
@@ -306,24 +300,26 @@ using TeamPolicyFor = Kokkos::TeamPolicy<
                                   Kokkos::LaunchBounds<attention_block_rows * lanes_per_row<D>(), attention_min_teams>,
                                   Kokkos::LaunchBounds<>>>;
 
-// Blocks whose rows walk their own windows: one thread (a vector of `lanes` lanes) per row on
-// GPUs; host backends run a team as one thread that takes the rows in turn. Lane i of a row takes
-// the window's candidates c with c % lanes == i and every lanes-th extra candidate. D >= d is the
-// compile-time width of the per-row state (query and accumulator live in registers on GPUs).
-// Wide: d == D and every key, value and query row is 16-byte aligned.
+// A team takes a block of rows of one head, and each row walks its own window from global memory:
+// one thread (a vector of `lanes` lanes) per row on GPUs; host backends run a team as one thread
+// that takes the rows in turn. Lane i of a row takes the window's candidates c with c % lanes == i
+// and every lanes-th extra candidate. D >= d is the compile-time width of the per-row state (query
+// and accumulator live in registers on GPUs). Wide: d == D and every key, value and query row is
+// 16-byte aligned. (A second kernel for blocks of rows close together, which staged the union of
+// their windows in team scratch and walked it in step, was slower than this one on the same blocks
+// on an H200 at every length from 4k to 1M tokens; perf/RESULTS.md section 23.)
 template <int D, bool Wide>
-void attend_own_windows(ExecSpace const& space, Blocks const& a, long blocks) {
+void attend_rows(ExecSpace const& space, Blocks const& a, long blocks) {
   constexpr int lanes = lanes_per_row<D>();
   int const team_size = on_host ? 1 : attention_block_rows;
   using Policy = TeamPolicyFor<D>;
   using Member = typename Policy::member_type;
   Kokkos::parallel_for(
-      "proteus::attention::own_windows", light_weight(Policy(space, blocks, team_size, lanes)),
+      "proteus::attention::rows", light_weight(Policy(space, blocks, team_size, lanes)),
       KOKKOS_LAMBDA(Member const& team) {
-        long r0, b, h, lo, hi;
+        long r0, b, h;
         int n;
         a.rows_of(team.league_rank(), r0, n, b, h);
-        if (a.walks_union(r0, n, lo, hi)) return;
         float const* k = a.keys(b, h);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
           long const t = a.row_token(r0 + r), qrow = a.row_query(r0 + r);
@@ -348,93 +344,6 @@ void attend_own_windows(ExecSpace const& space, Blocks const& a, long blocks) {
       });
 }
 
-// Blocks whose rows walk the union of their windows in step: the team stages a tile of keys and
-// values in scratch, and the same lane of every row reads the same key of it at once (a
-// broadcast), adding it when it lies in the row's window. Lanes split the tile as in
-// attend_own_windows (key c to lane c % lanes), so both kernels add a row's candidates in the
-// same order; a lane's softmax state waits in scratch between tiles. Then each row merges its
-// lanes and gathers its extra candidates.
-template <int D, bool Wide>
-void attend_union(ExecSpace const& space, Blocks const& a, long blocks) {
-  constexpr int lanes = lanes_per_row<D>();
-  constexpr int tile = 1024 / D;  // keys per tile: 8 KB of keys and values
-  constexpr int pitch = D + 1;    // floats per staged key: odd, so that neighbouring keys sit in other banks
-  int const team_size = on_host ? 1 : attention_block_rows;
-  using Floats = Kokkos::View<float*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
-  using States = Kokkos::View<detail::SoftmaxState<D>*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
-  using Policy = TeamPolicyFor<D>;
-  using Member = typename Policy::member_type;
-  Policy policy(space, blocks, team_size, lanes);
-  policy.set_scratch_size(
-      0, Kokkos::PerTeam(2 * Floats::shmem_size(tile * pitch) + States::shmem_size(attention_block_rows * lanes)));
-  Kokkos::parallel_for(
-      "proteus::attention::union", light_weight(policy), KOKKOS_LAMBDA(Member const& team) {
-        long r0, b, h, lo, hi;
-        int n;
-        a.rows_of(team.league_rank(), r0, n, b, h);
-        if (!a.walks_union(r0, n, lo, hi)) return;
-        float const* k = a.keys(b, h);
-        float const* v = k + a.embed;
-        Floats tile_k(team.team_scratch(0), tile * pitch), tile_v(team.team_scratch(0), tile * pitch);
-        States states(team.team_scratch(0), attention_block_rows * lanes);
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
-          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, lanes), [&](int lane) { states(r * lanes + lane).clear(); });
-        });
-        for (long c0 = lo; c0 <= hi; c0 += tile) {
-          int const len = static_cast<int>(hi - c0 + 1 < tile ? hi - c0 + 1 : tile);
-          team.team_barrier();  // every lane is done with the previous tile
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, len), [&](int i) {
-            Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, D), [&](int j) {
-              bool const in = j < a.d;
-              tile_k(i * pitch + j) = in ? k[(c0 + i) * a.stride + j] : 0.0f;
-              tile_v(i * pitch + j) = in ? v[(c0 + i) * a.stride + j] : 0.0f;
-            });
-          });
-          team.team_barrier();
-          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
-            long const t = a.row_token(r0 + r), from = local_begin(a.p, t);
-            float qr[D];
-            a.load_query<D, Wide>(h, a.row_query(r0 + r), qr);
-            Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, lanes), [&](int lane) {
-              detail::SoftmaxState<D> s = states(r * lanes + lane);
-              for (int i = static_cast<int>(first_of_lane(c0, lane, lanes) - c0); i < len; i += lanes) {
-                if (c0 + i < from || c0 + i > t) continue;
-                float kc[D], vc[D];
-                for (int j = 0; j < D; ++j) {
-                  kc[j] = tile_k(i * pitch + j);
-                  vc[j] = tile_v(i * pitch + j);
-                }
-                float dot = 0.0f;
-                for (int j = 0; j < D; ++j) dot += qr[j] * kc[j];
-                s.add(dot, vc);
-              }
-              states(r * lanes + lane) = s;
-            });
-          });
-        }
-        team.team_barrier();
-        // Anchors and DNA candidates outside the window, gathered from global memory.
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
-          long const t = a.row_token(r0 + r);
-          Position const* dna = a.dna_of(b, t);
-          float qr[D];
-          a.load_query<D, Wide>(h, a.row_query(r0 + r), qr);
-          detail::SoftmaxState<D> row;
-          Kokkos::parallel_reduce(
-              Kokkos::ThreadVectorRange(team, lanes),
-              [&](int lane, detail::SoftmaxState<D>& s) {
-                s.merge(states(r * lanes + lane));
-                int extra = 0;
-                for_each_extra_candidate(a.p, t, dna, [&](long c) {
-                  if (extra++ % lanes == lane) a.add<D, Wide>(s, qr, k, c);
-                });
-              },
-              detail::MergeSoftmax<D>(row));
-          Kokkos::single(Kokkos::PerThread(team), [&]() { a.finish(r0 + r, a.row_query(r0 + r), h, row); });
-        });
-      });
-}
-
 }  // namespace
 
 void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
@@ -450,13 +359,10 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const
   auto run = [&](auto width) {
     constexpr int D = decltype(width)::value;
     Blocks const blocks(plan, q, kv, value_bias, rows, dna_lists, heads, ctx, candidate_count, softmax);
-    if (aligned_rows && d == D) {
-      attend_own_windows<D, true>(space, blocks, rows.blocks);
-      attend_union<D, true>(space, blocks, rows.blocks);
-    } else {
-      attend_own_windows<D, false>(space, blocks, rows.blocks);
-      attend_union<D, false>(space, blocks, rows.blocks);
-    }
+    if (aligned_rows && d == D)
+      attend_rows<D, true>(space, blocks, rows.blocks);
+    else
+      attend_rows<D, false>(space, blocks, rows.blocks);
   };
   // The smallest supported width that holds d (Config::resolved() refuses d > 256). 24 and 48
   // (E 192 or 384 over 8 heads, E 768 over 16) would waste a quarter of every load and product
