@@ -170,6 +170,7 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
   int const heads = static_cast<int>(head_mask.extent(1));
   Span const s{batch, heads, tokens, row_begin, std::max(0L, row_end - row_begin)};
   ActiveRows r;
+  r.slots = static_cast<long>(batch) * heads * s.span;
   r.head_start = first_rows(buf.head_start, "proteus::attention::head_start", batch * heads + 1);
   if (s.span == 0) {
     r.head = first_rows(buf.head, "proteus::attention::row_head", 0);
@@ -213,6 +214,16 @@ KOKKOS_INLINE_FUNCTION void load_row(float const* src, int d, float (&dst)[D]) {
   }
 }
 
+// Whether a call's blocks of rows close together stage the union of their windows in team scratch
+// (attend_union) rather than each row walking its own window: only when at least one (head, token)
+// pair in stage_density is active. Sparser calls (2 heads of 32 per token, tokens dropped) have
+// few such blocks, and there both their union kernel and its launch over every block cost more
+// than the own-window walk on an H200 at 4k to 1M tokens (perf/RESULTS.md section 23); denser ones
+// (every head, every token kept, alpha 0) keep the staging measured faster for them (section 3,
+// "Union blocks through team scratch").
+constexpr long stage_density = 8;
+inline bool stages_unions(ActiveRows const& rows) { return rows.rows * stage_density >= rows.slots; }
+
 // What both attention kernels read: the blocks of active rows, where a head's queries, keys and
 // values lie, and where a row's context goes.
 struct Blocks {
@@ -228,6 +239,7 @@ struct Blocks {
   long tokens, q_stride, stride, dna_blocks;
   float scale;
   bool count, biased, with_softmax;
+  bool stage;  // whether blocks of rows close together stage the union of their windows
 
   Blocks(ShortlistPlan const& plan, TokenMatrix const& q_, TokenMatrix const& kv_, TokenVector const& value_bias_,
          ActiveRows const& rows, CandidateLists const& lists, int heads_, TokenMatrix const& ctx_,
@@ -244,6 +256,7 @@ struct Blocks {
     count = counts.extent(0) > 0;
     biased = value_bias.extent(0) > 0;
     with_softmax = softmax.max.extent(0) > 0;
+    stage = stages_unions(rows);
   }
 
   // Block `block`: rows r0 .. r0 + n - 1, all of batch b and head h.
@@ -253,6 +266,12 @@ struct Blocks {
     int const bh = row_head(r0);
     b = bh / heads;
     h = bh % heads;
+  }
+  // The union [lo, hi] of the block's local windows, and whether its rows walk it in step.
+  KOKKOS_INLINE_FUNCTION bool walks_union(long r0, int n, long& lo, long& hi) const {
+    lo = local_begin(p, row_token(r0));
+    hi = row_token(r0 + n - 1);
+    return stage && proteus::walks_union(p, row_token(r0), hi);
   }
   // Keys of batch b, head h: key of token t at keys(b, h) + t * stride, its value embed further.
   KOKKOS_INLINE_FUNCTION float const* keys(long b, long h) const { return kv.data() + b * tokens * stride + h * d; }
@@ -289,9 +308,9 @@ struct Blocks {
   }
 };
 
-// The team kernel of rows of width D. At D = 16 it took 96 registers a thread, so that
+// Team kernels of rows of width D. At D = 16 both kernels took 96 registers a thread, so that
 // only 2 teams of 256 threads fitted on an SM (25% occupancy, Nsight Compute at 131k tokens), and
-// the kernel waits on memory. Up to D = 32 the compiler is asked to fit attention_min_teams teams
+// the kernels wait on memory. Up to D = 32 the compiler is asked to fit attention_min_teams teams
 // per SM (0: no bound). Host backends ignore launch bounds.
 constexpr int attention_min_teams = 3;
 template <int D>
@@ -300,26 +319,24 @@ using TeamPolicyFor = Kokkos::TeamPolicy<
                                   Kokkos::LaunchBounds<attention_block_rows * lanes_per_row<D>(), attention_min_teams>,
                                   Kokkos::LaunchBounds<>>>;
 
-// A team takes a block of rows of one head, and each row walks its own window from global memory:
-// one thread (a vector of `lanes` lanes) per row on GPUs; host backends run a team as one thread
-// that takes the rows in turn. Lane i of a row takes the window's candidates c with c % lanes == i
-// and every lanes-th extra candidate. D >= d is the compile-time width of the per-row state (query
-// and accumulator live in registers on GPUs). Wide: d == D and every key, value and query row is
-// 16-byte aligned. (A second kernel for blocks of rows close together, which staged the union of
-// their windows in team scratch and walked it in step, was slower than this one on the same blocks
-// on an H200 at every length from 4k to 1M tokens; perf/RESULTS.md section 23.)
+// Blocks whose rows walk their own windows: one thread (a vector of `lanes` lanes) per row on
+// GPUs; host backends run a team as one thread that takes the rows in turn. Lane i of a row takes
+// the window's candidates c with c % lanes == i and every lanes-th extra candidate. D >= d is the
+// compile-time width of the per-row state (query and accumulator live in registers on GPUs).
+// Wide: d == D and every key, value and query row is 16-byte aligned.
 template <int D, bool Wide>
-void attend_rows(ExecSpace const& space, Blocks const& a, long blocks) {
+void attend_own_windows(ExecSpace const& space, Blocks const& a, long blocks) {
   constexpr int lanes = lanes_per_row<D>();
   int const team_size = on_host ? 1 : attention_block_rows;
   using Policy = TeamPolicyFor<D>;
   using Member = typename Policy::member_type;
   Kokkos::parallel_for(
-      "proteus::attention::rows", light_weight(Policy(space, blocks, team_size, lanes)),
+      "proteus::attention::own_windows", light_weight(Policy(space, blocks, team_size, lanes)),
       KOKKOS_LAMBDA(Member const& team) {
-        long r0, b, h;
+        long r0, b, h, lo, hi;
         int n;
         a.rows_of(team.league_rank(), r0, n, b, h);
+        if (a.walks_union(r0, n, lo, hi)) return;
         float const* k = a.keys(b, h);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
           long const t = a.row_token(r0 + r), qrow = a.row_query(r0 + r);
@@ -344,6 +361,93 @@ void attend_rows(ExecSpace const& space, Blocks const& a, long blocks) {
       });
 }
 
+// Blocks whose rows walk the union of their windows in step: the team stages a tile of keys and
+// values in scratch, and the same lane of every row reads the same key of it at once (a
+// broadcast), adding it when it lies in the row's window. Lanes split the tile as in
+// attend_own_windows (key c to lane c % lanes), so both kernels add a row's candidates in the
+// same order; a lane's softmax state waits in scratch between tiles. Then each row merges its
+// lanes and gathers its extra candidates.
+template <int D, bool Wide>
+void attend_union(ExecSpace const& space, Blocks const& a, long blocks) {
+  constexpr int lanes = lanes_per_row<D>();
+  constexpr int tile = 1024 / D;  // keys per tile: 8 KB of keys and values
+  constexpr int pitch = D + 1;    // floats per staged key: odd, so that neighbouring keys sit in other banks
+  int const team_size = on_host ? 1 : attention_block_rows;
+  using Floats = Kokkos::View<float*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
+  using States = Kokkos::View<detail::SoftmaxState<D>*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
+  using Policy = TeamPolicyFor<D>;
+  using Member = typename Policy::member_type;
+  Policy policy(space, blocks, team_size, lanes);
+  policy.set_scratch_size(
+      0, Kokkos::PerTeam(2 * Floats::shmem_size(tile * pitch) + States::shmem_size(attention_block_rows * lanes)));
+  Kokkos::parallel_for(
+      "proteus::attention::union", light_weight(policy), KOKKOS_LAMBDA(Member const& team) {
+        long r0, b, h, lo, hi;
+        int n;
+        a.rows_of(team.league_rank(), r0, n, b, h);
+        if (!a.walks_union(r0, n, lo, hi)) return;
+        float const* k = a.keys(b, h);
+        float const* v = k + a.embed;
+        Floats tile_k(team.team_scratch(0), tile * pitch), tile_v(team.team_scratch(0), tile * pitch);
+        States states(team.team_scratch(0), attention_block_rows * lanes);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
+          Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, lanes), [&](int lane) { states(r * lanes + lane).clear(); });
+        });
+        for (long c0 = lo; c0 <= hi; c0 += tile) {
+          int const len = static_cast<int>(hi - c0 + 1 < tile ? hi - c0 + 1 : tile);
+          team.team_barrier();  // every lane is done with the previous tile
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, len), [&](int i) {
+            Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, D), [&](int j) {
+              bool const in = j < a.d;
+              tile_k(i * pitch + j) = in ? k[(c0 + i) * a.stride + j] : 0.0f;
+              tile_v(i * pitch + j) = in ? v[(c0 + i) * a.stride + j] : 0.0f;
+            });
+          });
+          team.team_barrier();
+          Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
+            long const t = a.row_token(r0 + r), from = local_begin(a.p, t);
+            float qr[D];
+            a.load_query<D, Wide>(h, a.row_query(r0 + r), qr);
+            Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, lanes), [&](int lane) {
+              detail::SoftmaxState<D> s = states(r * lanes + lane);
+              for (int i = static_cast<int>(first_of_lane(c0, lane, lanes) - c0); i < len; i += lanes) {
+                if (c0 + i < from || c0 + i > t) continue;
+                float kc[D], vc[D];
+                for (int j = 0; j < D; ++j) {
+                  kc[j] = tile_k(i * pitch + j);
+                  vc[j] = tile_v(i * pitch + j);
+                }
+                float dot = 0.0f;
+                for (int j = 0; j < D; ++j) dot += qr[j] * kc[j];
+                s.add(dot, vc);
+              }
+              states(r * lanes + lane) = s;
+            });
+          });
+        }
+        team.team_barrier();
+        // Anchors and DNA candidates outside the window, gathered from global memory.
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
+          long const t = a.row_token(r0 + r);
+          Position const* dna = a.dna_of(b, t);
+          float qr[D];
+          a.load_query<D, Wide>(h, a.row_query(r0 + r), qr);
+          detail::SoftmaxState<D> row;
+          Kokkos::parallel_reduce(
+              Kokkos::ThreadVectorRange(team, lanes),
+              [&](int lane, detail::SoftmaxState<D>& s) {
+                s.merge(states(r * lanes + lane));
+                int extra = 0;
+                for_each_extra_candidate(a.p, t, dna, [&](long c) {
+                  if (extra++ % lanes == lane) a.add<D, Wide>(s, qr, k, c);
+                });
+              },
+              detail::MergeSoftmax<D>(row));
+          Kokkos::single(Kokkos::PerThread(team), [&]() { a.finish(r0 + r, a.row_query(r0 + r), h, row); });
+        });
+      });
+}
+
 }  // namespace
 
 void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
@@ -359,10 +463,13 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const
   auto run = [&](auto width) {
     constexpr int D = decltype(width)::value;
     Blocks const blocks(plan, q, kv, value_bias, rows, dna_lists, heads, ctx, candidate_count, softmax);
-    if (aligned_rows && d == D)
-      attend_rows<D, true>(space, blocks, rows.blocks);
-    else
-      attend_rows<D, false>(space, blocks, rows.blocks);
+    if (aligned_rows && d == D) {
+      attend_own_windows<D, true>(space, blocks, rows.blocks);
+      if (blocks.stage) attend_union<D, true>(space, blocks, rows.blocks);
+    } else {
+      attend_own_windows<D, false>(space, blocks, rows.blocks);
+      if (blocks.stage) attend_union<D, false>(space, blocks, rows.blocks);
+    }
   };
   // The smallest supported width that holds d (Config::resolved() refuses d > 256). 24 and 48
   // (E 192 or 384 over 8 heads, E 768 over 16) would waste a quarter of every load and product

@@ -7,6 +7,7 @@
 #include <numeric>
 #include <random>
 #include <set>
+#include <tuple>
 #include <vector>
 #include "proteus/attention.hpp"
 #include "proteus/detail/softmax_state.hpp"
@@ -265,6 +266,75 @@ PROTEUS_TEST_CASE("at alpha = 1 every query sees the same candidate count at T =
     if (i >= reach) REQUIRE(per_t[1][i] == fixed);
   }
   CHECK(*std::max_element(per_t[1].begin(), per_t[1].end()) == fixed);
+}
+
+PROTEUS_TEST_CASE("blocks staging their union give the bits of rows walking their own windows",
+                  "[shortlist][attention]") {
+  // Every head of every token: blocks of 32 consecutive rows, which stage the union of their
+  // windows in team scratch; the same rows with slots raised so far that the call counts as sparse
+  // walk their own windows instead. Per lane both take the same keys in the same order.
+  int const heads = 2, batch = 2;
+  int const d = GENERATE(16, 20);
+  CAPTURE(d);
+  long const T = 301;
+  int const e = heads * d;
+  Config c;
+  c.embed_dim = e;
+  c.num_heads = heads;
+  c.linear_L = 48;
+  c.L_min = 8;
+  c.window = 24;
+  c.anchor_stride = 7;
+  c.use_dna_candidates = true;
+  c = c.resolved();
+  ShortlistPlan const plan = plan_shortlist(c, T, 0.9);
+  TokenMatrix q("q", batch * T, e), kv("kv", batch * T, 2 * e);
+  auto fill = [](TokenMatrix const& m, std::uint64_t seed) {
+    auto h = Kokkos::create_mirror_view(m);
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (std::size_t i = 0; i < h.extent(0); ++i)
+      for (std::size_t j = 0; j < h.extent(1); ++j) h(i, j) = normal(rng);
+    Kokkos::deep_copy(m, h);
+  };
+  fill(q, 11);
+  fill(kv, 12);
+  TokenVector salience("salience", batch * T);
+  Kokkos::deep_copy(salience, 0.5f);
+  CandidateLists const lists = dna_candidate_lists(TEST_EXECSPACE(), plan, salience, batch, T);
+  MaskMatrix mask("mask", batch * T, heads);
+  MaskVector keep("keep", batch * T);
+  Kokkos::deep_copy(mask, std::uint8_t(1));
+  Kokkos::deep_copy(keep, std::uint8_t(1));
+  ActiveRows const staged = compact_active_rows(TEST_EXECSPACE(), mask, keep, false, batch, T, 0, T);
+  REQUIRE(staged.slots == staged.rows);
+  ActiveRows own = staged;
+  own.slots = staged.rows * 1000000;
+  // Some blocks walk the union (all but the first blocks of each head, whose windows start at 0).
+  auto starts = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), staged.block_start);
+  auto tokens = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), staged.token);
+  long unions = 0;
+  for (long b = 0; b < staged.blocks; ++b)
+    unions += walks_union(plan, tokens(starts(b)), tokens(starts(b + 1) - 1)) ? 1 : 0;
+  CHECK(unions > 0);
+  auto run = [&](ActiveRows const& rows) {
+    TokenMatrix ctx("ctx", rows.queries, e);
+    Kokkos::View<int*, MemSpace> counts("counts", rows.rows);
+    detail::RowSoftmax const softmax{TokenVector("max", rows.rows), TokenVector("sum", rows.rows)};
+    attend(TEST_EXECSPACE(), plan, q, kv, TokenVector(), rows, lists, heads, ctx, counts, softmax);
+    return std::make_tuple(Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), ctx),
+                           Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), counts),
+                           Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), softmax.max),
+                           Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), softmax.sum));
+  };
+  auto const [ctx_a, counts_a, max_a, sum_a] = run(staged);
+  auto const [ctx_b, counts_b, max_b, sum_b] = run(own);
+  long differ = 0;
+  for (long i = 0; i < staged.queries; ++i)
+    for (int j = 0; j < e; ++j) differ += ctx_a(i, j) != ctx_b(i, j) ? 1 : 0;
+  for (long r = 0; r < staged.rows; ++r)
+    differ += counts_a(r) != counts_b(r) || max_a(r) != max_b(r) || sum_a(r) != sum_b(r) ? 1 : 0;
+  CHECK(differ == 0);
 }
 
 TEST_CASE("online softmax states over parts of a row merge into the state over the whole row",

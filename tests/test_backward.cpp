@@ -521,7 +521,8 @@ PROTEUS_TEST_CASE("the backward takes the forward's attention as it is when noth
   c.token_keep_guard = 1;
   long const T = 21;
   auto attention_passes = [](std::vector<std::string> const& k) {
-    return count_of(k, "proteus::attention::rows") + count_of(k, "proteus::attention::pack_queries");
+    return count_of(k, "proteus::attention::own_windows") + count_of(k, "proteus::attention::union") +
+           count_of(k, "proteus::attention::pack_queries");
   };
   Run straight(space, c, 2, T, 8);
   CHECK(attention_passes(kernels_of([&] { straight.backward(space); })) == 0);

@@ -28,6 +28,7 @@ struct ActiveRows {
   long rows = 0;
   long blocks = 0;
   long queries = 0;
+  long slots = 0;  // batch * heads * (row_end - row_begin): the (head, token) pairs rows come from
 };
 
 inline constexpr int attention_block_rows = 32;
