@@ -214,6 +214,23 @@ KOKKOS_INLINE_FUNCTION void load_row(float const* src, int d, float (&dst)[D]) {
   }
 }
 
+// The same from BF16 storage (Config::kv_bf16): four values per 8-byte load, widened exactly.
+struct alignas(8) Bf16Quad {
+  bf16 v[4];
+};
+
+template <int D, bool Wide>
+KOKKOS_INLINE_FUNCTION void load_row(bf16 const* src, int d, float (&dst)[D]) {
+  if constexpr (Wide) {
+    for (int j = 0; j < D; j += 4) {
+      Bf16Quad const q = reinterpret_cast<Bf16Quad const*>(src)[j / 4];
+      for (int i = 0; i < 4; ++i) dst[j + i] = to_float(q.v[i]);
+    }
+  } else {
+    for (int j = 0; j < D; ++j) dst[j] = j < d ? to_float(src[j]) : 0.0f;
+  }
+}
+
 // Whether a call's blocks of rows close together stage the union of their windows in team scratch
 // (attend_union) rather than each row walking its own window: only when at least one (head, token)
 // pair in stage_density is active. Sparser calls (2 heads of 32 per token, tokens dropped) have
@@ -225,10 +242,14 @@ constexpr long stage_density = 8;
 inline bool stages_unions(ActiveRows const& rows) { return rows.rows * stage_density >= rows.slots; }
 
 // What both attention kernels read: the blocks of active rows, where a head's queries, keys and
-// values lie, and where a row's context goes.
+// values lie (keys and values stored as Kv: float or bf16), and where a row's context goes.
+template <class Kv>
 struct Blocks {
+  using KvMatrix = Kokkos::View<Kv**, Kokkos::LayoutRight, MemSpace>;
   ShortlistPlan p;
-  TokenMatrix q, kv, ctx;
+  TokenMatrix q;
+  KvMatrix kv;
+  TokenMatrix ctx;
   TokenVector value_bias;
   CandidateLists dna_lists;
   Kokkos::View<long*, MemSpace> block_start, row_token, row_query;
@@ -241,7 +262,7 @@ struct Blocks {
   bool count, biased, with_softmax;
   bool stage;  // whether blocks of rows close together stage the union of their windows
 
-  Blocks(ShortlistPlan const& plan, TokenMatrix const& q_, TokenMatrix const& kv_, TokenVector const& value_bias_,
+  Blocks(ShortlistPlan const& plan, TokenMatrix const& q_, KvMatrix const& kv_, TokenVector const& value_bias_,
          ActiveRows const& rows, CandidateLists const& lists, int heads_, TokenMatrix const& ctx_,
          Kokkos::View<int*, MemSpace> const& counts, RowSoftmax const& softmax_)
       : p(plan), q(q_), kv(kv_), ctx(ctx_), value_bias(value_bias_), dna_lists(lists), block_start(rows.block_start),
@@ -274,7 +295,7 @@ struct Blocks {
     return stage && proteus::walks_union(p, row_token(r0), hi);
   }
   // Keys of batch b, head h: key of token t at keys(b, h) + t * stride, its value embed further.
-  KOKKOS_INLINE_FUNCTION float const* keys(long b, long h) const { return kv.data() + b * tokens * stride + h * d; }
+  KOKKOS_INLINE_FUNCTION Kv const* keys(long b, long h) const { return kv.data() + b * tokens * stride + h * d; }
   KOKKOS_INLINE_FUNCTION float const* query(long h, long qrow) const { return q.data() + h * d + qrow * q_stride; }
   KOKKOS_INLINE_FUNCTION Position const* dna_of(long b, long t) const {
     return p.dna_cap > 0 ? &dna_lists(b * dna_blocks + t / p.dna_block, 0) : nullptr;
@@ -287,7 +308,7 @@ struct Blocks {
   }
   // Adds candidate c, read from the head's keys k (values at k + embed), to s.
   template <int D, bool Wide>
-  KOKKOS_INLINE_FUNCTION void add(detail::SoftmaxState<D>& s, float const (&qr)[D], float const* k, long c) const {
+  KOKKOS_INLINE_FUNCTION void add(detail::SoftmaxState<D>& s, float const (&qr)[D], Kv const* k, long c) const {
     float kc[D], vc[D];
     load_row<D, Wide>(k + c * stride, d, kc);
     float dot = 0.0f;
@@ -324,8 +345,8 @@ using TeamPolicyFor = Kokkos::TeamPolicy<
 // the window's candidates c with c % lanes == i and every lanes-th extra candidate. D >= d is the
 // compile-time width of the per-row state (query and accumulator live in registers on GPUs).
 // Wide: d == D and every key, value and query row is 16-byte aligned.
-template <int D, bool Wide>
-void attend_own_windows(ExecSpace const& space, Blocks const& a, long blocks) {
+template <int D, bool Wide, class Kv>
+void attend_own_windows(ExecSpace const& space, Blocks<Kv> const& a, long blocks) {
   constexpr int lanes = lanes_per_row<D>();
   int const team_size = on_host ? 1 : attention_block_rows;
   using Policy = TeamPolicyFor<D>;
@@ -337,22 +358,23 @@ void attend_own_windows(ExecSpace const& space, Blocks const& a, long blocks) {
         int n;
         a.rows_of(team.league_rank(), r0, n, b, h);
         if (a.walks_union(r0, n, lo, hi)) return;
-        float const* k = a.keys(b, h);
+        Kv const* k = a.keys(b, h);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
           long const t = a.row_token(r0 + r), qrow = a.row_query(r0 + r);
           long const from = local_begin(a.p, t);
           Position const* dna = a.dna_of(b, t);
           float qr[D];
-          a.load_query<D, Wide>(h, qrow, qr);
+          a.template load_query<D, Wide>(h, qrow, qr);
           detail::SoftmaxState<D> row;
           Kokkos::parallel_reduce(
               Kokkos::ThreadVectorRange(team, lanes),
               [&](int lane, detail::SoftmaxState<D>& s) {
-                for (long c = first_of_lane(from, lane, lanes); c <= t; c += lanes) a.add<D, Wide>(s, qr, k, c);
+                for (long c = first_of_lane(from, lane, lanes); c <= t; c += lanes)
+                  a.template add<D, Wide>(s, qr, k, c);
                 // Anchors and DNA candidates outside the window, gathered from global memory.
                 int extra = 0;
                 for_each_extra_candidate(a.p, t, dna, [&](long c) {
-                  if (extra++ % lanes == lane) a.add<D, Wide>(s, qr, k, c);
+                  if (extra++ % lanes == lane) a.template add<D, Wide>(s, qr, k, c);
                 });
               },
               detail::MergeSoftmax<D>(row));
@@ -367,8 +389,8 @@ void attend_own_windows(ExecSpace const& space, Blocks const& a, long blocks) {
 // attend_own_windows (key c to lane c % lanes), so both kernels add a row's candidates in the
 // same order; a lane's softmax state waits in scratch between tiles. Then each row merges its
 // lanes and gathers its extra candidates.
-template <int D, bool Wide>
-void attend_union(ExecSpace const& space, Blocks const& a, long blocks) {
+template <int D, bool Wide, class Kv>
+void attend_union(ExecSpace const& space, Blocks<Kv> const& a, long blocks) {
   constexpr int lanes = lanes_per_row<D>();
   constexpr int tile = 1024 / D;  // keys per tile: 8 KB of keys and values
   constexpr int pitch = D + 1;    // floats per staged key: odd, so that neighbouring keys sit in other banks
@@ -386,8 +408,8 @@ void attend_union(ExecSpace const& space, Blocks const& a, long blocks) {
         int n;
         a.rows_of(team.league_rank(), r0, n, b, h);
         if (!a.walks_union(r0, n, lo, hi)) return;
-        float const* k = a.keys(b, h);
-        float const* v = k + a.embed;
+        Kv const* k = a.keys(b, h);
+        Kv const* v = k + a.embed;
         Floats tile_k(team.team_scratch(0), tile * pitch), tile_v(team.team_scratch(0), tile * pitch);
         States states(team.team_scratch(0), attention_block_rows * lanes);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
@@ -399,15 +421,15 @@ void attend_union(ExecSpace const& space, Blocks const& a, long blocks) {
           Kokkos::parallel_for(Kokkos::TeamThreadRange(team, len), [&](int i) {
             Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, D), [&](int j) {
               bool const in = j < a.d;
-              tile_k(i * pitch + j) = in ? k[(c0 + i) * a.stride + j] : 0.0f;
-              tile_v(i * pitch + j) = in ? v[(c0 + i) * a.stride + j] : 0.0f;
+              tile_k(i * pitch + j) = in ? widen(k[(c0 + i) * a.stride + j]) : 0.0f;
+              tile_v(i * pitch + j) = in ? widen(v[(c0 + i) * a.stride + j]) : 0.0f;
             });
           });
           team.team_barrier();
           Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
             long const t = a.row_token(r0 + r), from = local_begin(a.p, t);
             float qr[D];
-            a.load_query<D, Wide>(h, a.row_query(r0 + r), qr);
+            a.template load_query<D, Wide>(h, a.row_query(r0 + r), qr);
             Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, lanes), [&](int lane) {
               detail::SoftmaxState<D> s = states(r * lanes + lane);
               for (int i = static_cast<int>(first_of_lane(c0, lane, lanes) - c0); i < len; i += lanes) {
@@ -431,7 +453,7 @@ void attend_union(ExecSpace const& space, Blocks const& a, long blocks) {
           long const t = a.row_token(r0 + r);
           Position const* dna = a.dna_of(b, t);
           float qr[D];
-          a.load_query<D, Wide>(h, a.row_query(r0 + r), qr);
+          a.template load_query<D, Wide>(h, a.row_query(r0 + r), qr);
           detail::SoftmaxState<D> row;
           Kokkos::parallel_reduce(
               Kokkos::ThreadVectorRange(team, lanes),
@@ -439,7 +461,7 @@ void attend_union(ExecSpace const& space, Blocks const& a, long blocks) {
                 s.merge(states(r * lanes + lane));
                 int extra = 0;
                 for_each_extra_candidate(a.p, t, dna, [&](long c) {
-                  if (extra++ % lanes == lane) a.add<D, Wide>(s, qr, k, c);
+                  if (extra++ % lanes == lane) a.template add<D, Wide>(s, qr, k, c);
                 });
               },
               detail::MergeSoftmax<D>(row));
@@ -448,21 +470,24 @@ void attend_union(ExecSpace const& space, Blocks const& a, long blocks) {
       });
 }
 
-}  // namespace
 
-void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
-            TokenVector const& value_bias, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
-            TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count, RowSoftmax const& softmax) {
+// Vector loads need rows of exactly D values at addresses aligned to four of them.
+template <class T>
+bool quad_aligned(Kokkos::View<T**, Kokkos::LayoutRight, MemSpace> const& m) {
+  return reinterpret_cast<std::uintptr_t>(m.data()) % (4 * sizeof(T)) == 0 && m.stride(0) % 4 == 0;
+}
+
+template <class Kv>
+void attend_stored(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q,
+                   Kokkos::View<Kv**, Kokkos::LayoutRight, MemSpace> const& kv, TokenVector const& value_bias,
+                   ActiveRows const& rows, CandidateLists const& dna_lists, int heads, TokenMatrix const& ctx,
+                   Kokkos::View<int*, MemSpace> const& candidate_count, RowSoftmax const& softmax) {
   if (rows.blocks == 0) return;
   int const d = static_cast<int>(q.extent(1)) / heads;
-  // 16-byte loads need rows of exactly D floats at 16-byte aligned addresses.
-  auto aligned = [](TokenMatrix const& m) {
-    return reinterpret_cast<std::uintptr_t>(m.data()) % 16 == 0 && m.stride(0) % 4 == 0;
-  };
-  bool const aligned_rows = d % 4 == 0 && aligned(q) && aligned(kv);
+  bool const aligned_rows = d % 4 == 0 && quad_aligned(q) && quad_aligned(kv);
   auto run = [&](auto width) {
     constexpr int D = decltype(width)::value;
-    Blocks const blocks(plan, q, kv, value_bias, rows, dna_lists, heads, ctx, candidate_count, softmax);
+    Blocks<Kv> const blocks(plan, q, kv, value_bias, rows, dna_lists, heads, ctx, candidate_count, softmax);
     if (aligned_rows && d == D) {
       attend_own_windows<D, true>(space, blocks, rows.blocks);
       if (blocks.stage) attend_union<D, true>(space, blocks, rows.blocks);
@@ -482,6 +507,20 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const
   else if (d <= 64) run(std::integral_constant<int, 64>());
   else if (d <= 128) run(std::integral_constant<int, 128>());
   else run(std::integral_constant<int, 256>());
+}
+
+}  // namespace
+
+void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
+            TokenVector const& value_bias, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
+            TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count, RowSoftmax const& softmax) {
+  attend_stored(space, plan, q, kv, value_bias, rows, dna_lists, heads, ctx, candidate_count, softmax);
+}
+
+void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, Bf16Matrix const& kv,
+            TokenVector const& value_bias, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
+            TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count, RowSoftmax const& softmax) {
+  attend_stored(space, plan, q, kv, value_bias, rows, dna_lists, heads, ctx, candidate_count, softmax);
 }
 
 void scale_active_heads(ExecSpace const& space, ActiveRows const& rows, GateMatrix const& weight,

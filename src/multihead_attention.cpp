@@ -477,6 +477,34 @@ void keep_for_backward(ExecSpace const& space, detail::CallPlan const& call, Tok
 
 }  // namespace
 
+void CausalGeneticMultiheadAttention::project_keys_values(ExecSpace const& space, TokenMatrix const& x,
+                                                          PositionVector const& positions) {
+  Config const& c = config_;
+  long const n = static_cast<long>(x.extent(0));
+  int const e = c.embed_dim;
+  GemmPrecision const precision = c.tf32_projections ? GemmPrecision::tf32 : GemmPrecision::fp32;
+  TokenVector const bias_k = Kokkos::subview(weights_.qkv_bias, std::make_pair(e, 2 * e));
+  if (!c.kv_bf16) {
+    TokenMatrix const& kv = reuse(work_.kv, "proteus::kv", n, 2 * e);
+    project_kv(space, x, weights_, kv, precision);
+    bias_and_rope(space, kv, bias_k, positions, e, c.num_heads, 1, c.rope, c.rope_base);  // V's bias: in attend
+    return;
+  }
+  work_.kv = TokenMatrix();  // a call before may have left an FP32 K|V
+  Bf16Matrix const& stored = reuse(work_.kv_bf16, "proteus::kv_bf16", n, 2 * e);
+  long const block = std::max(1L, std::min(n, static_cast<long>(c.query_block_rows)));
+  for (long r0 = 0; r0 < n; r0 += block) {
+    long const m = std::min(block, n - r0);
+    TokenMatrix const stage = first_rows(work_.kv_stage, "proteus::kv_stage", m, 2 * e);
+    project_kv(space, rows_of(x, r0, m), weights_, stage, precision);
+    PositionVector const pos = Kokkos::subview(positions, std::make_pair(r0, r0 + m));
+    bias_and_rope(space, stage, bias_k, pos, e, c.num_heads, 1, c.rope, c.rope_base);
+    detail::for_each_element(
+        space, "proteus::module::kv_bf16", m, 2 * e,
+        KOKKOS_LAMBDA(long r, long j) { stored(r0 + r, j) = detail::to_bf16(stage(r, j)); });
+  }
+}
+
 void CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detail::CallPlan const& call,
                                                    TokenMatrix const& x, int batch, PositionVector const& positions,
                                                    TokenMatrix const& y, long t0, long len, ForwardStats& st,
@@ -525,7 +553,10 @@ void CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
     softmax.sum = first_rows(work_.row_sum, "proteus::backward::row_sum", rows.rows);
     work_.attended_rows = rows;
   }
-  detail::attend(space, call.shortlist, qb, work_.kv, bias_v, rows, call.dna_lists, heads, cb, counts, softmax);
+  if (c.kv_bf16)
+    detail::attend(space, call.shortlist, qb, work_.kv_bf16, bias_v, rows, call.dna_lists, heads, cb, counts, softmax);
+  else
+    detail::attend(space, call.shortlist, qb, work_.kv, bias_v, rows, call.dna_lists, heads, cb, counts, softmax);
   if (call.head_weight.extent(0) > 0) detail::scale_active_heads(space, rows, call.head_weight, cb, tokens);
   if (every) {
     for (int b = 0; b < batch; ++b)
@@ -577,13 +608,9 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
     // Keys and values of every token; queries, context and output projection a block of tokens
     // at a time (the only [N x E] buffers that live through the call are x, K|V and y).
     detail::ScopedRegion region("proteus::module::attention");
-    int const e = c.embed_dim;
-    TokenMatrix const& kv = reuse(work_.kv, "proteus::kv", n, 2 * e);
-    project_kv(space, x, weights_, kv, c.tf32_projections ? GemmPrecision::tf32 : GemmPrecision::fp32);
-    TokenVector const bias_k = Kokkos::subview(weights_.qkv_bias, std::make_pair(e, 2 * e));
-    bias_and_rope(space, kv, bias_k, positions, e, c.num_heads, 1, c.rope, c.rope_base);  // V's bias: in attend
+    project_keys_values(space, x, positions);
     // The backward can use this K|V while no other call has overwritten it (FP32 only: it recomputes in FP32).
-    work_.kv_call = state && !c.tf32_projections ? (state->call = ++work_.training_calls) : 0;
+    work_.kv_call = state && !c.tf32_projections && !c.kv_bf16 ? (state->call = ++work_.training_calls) : 0;
     // Only kept tokens hold query rows: where all the call's kept tokens fit, one block takes them.
     long const span = row_end - options.row_begin;
     long const block = call.routed.tokens_kept <= c.query_block_rows

@@ -337,6 +337,76 @@ PROTEUS_TEST_CASE("blocks staging their union give the bits of rows walking thei
   CHECK(differ == 0);
 }
 
+PROTEUS_TEST_CASE("attention over BF16 keys and values is attention over them rounded, bit for bit",
+                  "[shortlist][attention][bfloat16]") {
+  // Widening BF16 is exact and the sums stay FP32, so reading BF16 storage must give the bits of
+  // the float kernel on the rounded values: with every head (blocks staging their union) and with
+  // a sparse head mask (rows walking their own windows); d = 16 takes vector loads, 20 does not.
+  int const heads = 2, batch = 2;
+  int const d = GENERATE(16, 20);
+  bool const dense = GENERATE(true, false);
+  CAPTURE(d, dense);
+  long const T = 257;
+  int const e = heads * d;
+  Config c;
+  c.embed_dim = e;
+  c.num_heads = heads;
+  c.linear_L = 48;
+  c.L_min = 8;
+  c.window = 24;
+  c.anchor_stride = 7;
+  c = c.resolved();
+  ShortlistPlan const plan = plan_shortlist(c, T, 0.9);
+  TokenMatrix q("q", batch * T, e), rounded("rounded", batch * T, 2 * e);
+  Bf16Matrix stored("stored", batch * T, 2 * e);
+  auto hq = Kokkos::create_mirror_view(q);
+  auto hr = Kokkos::create_mirror_view(rounded);
+  auto hs = Kokkos::create_mirror_view(stored);
+  std::mt19937_64 rng(21);
+  std::normal_distribution<float> normal(0.0f, 1.5f);
+  for (long i = 0; i < batch * T; ++i) {
+    for (int j = 0; j < e; ++j) hq(i, j) = normal(rng);
+    for (int j = 0; j < 2 * e; ++j) {
+      hs(i, j) = detail::to_bf16(normal(rng));
+      hr(i, j) = detail::to_float(hs(i, j));
+    }
+  }
+  Kokkos::deep_copy(q, hq);
+  Kokkos::deep_copy(rounded, hr);
+  Kokkos::deep_copy(stored, hs);
+  MaskMatrix mask("mask", batch * T, heads);
+  MaskVector keep("keep", batch * T);
+  auto hm = Kokkos::create_mirror_view(mask);
+  std::bernoulli_distribution on(0.3);
+  for (long i = 0; i < batch * T; ++i)
+    for (int h = 0; h < heads; ++h) hm(i, h) = dense || on(rng) ? 1 : 0;
+  Kokkos::deep_copy(mask, hm);
+  Kokkos::deep_copy(keep, std::uint8_t(1));
+  ActiveRows const rows = compact_active_rows(TEST_EXECSPACE(), mask, keep, false, batch, T, 0, T);
+  REQUIRE(rows.rows > 0);
+  CandidateLists const none("none", 1, 1);
+  auto run = [&](auto const& kv) {
+    TokenMatrix ctx("ctx", rows.queries, e);
+    Kokkos::View<int*, MemSpace> counts("counts", rows.rows);
+    detail::RowSoftmax const softmax{TokenVector("max", rows.rows), TokenVector("sum", rows.rows)};
+    attend(TEST_EXECSPACE(), plan, q, kv, TokenVector(), rows, none, heads, ctx, counts, softmax);
+    return std::make_tuple(Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), ctx),
+                           Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), counts),
+                           Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), softmax.sum));
+  };
+  auto const [ctx_f, counts_f, sum_f] = run(rounded);
+  auto const [ctx_b, counts_b, sum_b] = run(stored);
+  long differ = 0, nonzero = 0;
+  for (long i = 0; i < rows.queries; ++i)
+    for (int j = 0; j < e; ++j) {
+      differ += ctx_f(i, j) != ctx_b(i, j) ? 1 : 0;
+      nonzero += ctx_f(i, j) != 0.0f ? 1 : 0;
+    }
+  for (long r = 0; r < rows.rows; ++r) differ += counts_f(r) != counts_b(r) || sum_f(r) != sum_b(r) ? 1 : 0;
+  CHECK(differ == 0);
+  CHECK(nonzero > 0);
+}
+
 TEST_CASE("online softmax states over parts of a row merge into the state over the whole row",
           "[shortlist][attention][merge]") {
   // What the GPU kernel does with a row's lanes: each lane adds every lanes-th candidate, then

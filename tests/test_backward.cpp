@@ -484,6 +484,28 @@ PROTEUS_TEST_CASE("a call between the training forward and its backward changes 
   }
 }
 
+PROTEUS_TEST_CASE("with K|V stored in BF16 the backward recomputes it in FP32: FP32's gradients, bit for bit",
+                  "[backward][bfloat16]") {
+  // kv_bf16 changes what the forward's attention reads, not the function the backward
+  // differentiates (as tf32_projections): the same selections, then K|V projected again in FP32.
+  TEST_EXECSPACE space;
+  Config c = small_config(1.0);
+  c.embed_dim = 16;
+  c.token_sparse = true;
+  Config b = c;
+  b.kv_bf16 = true;
+  long const T = 21;
+  Run fp32(space, c, 2, T, 8), bf16(space, b, 2, T, 8);
+  CHECK(fp32.pb.keep == bf16.pb.keep);
+  CHECK(fp32.pb.active == bf16.pb.active);
+  CHECK(test::to_host_matrix(fp32.y) != test::to_host_matrix(bf16.y));  // the forward did read BF16
+  auto const g32 = fp32.backward(space), g16 = bf16.backward(space);
+  CHECK(g32.dx == g16.dx);
+  CHECK(test::to_host_matrix(g32.grads.qkv_weight) == test::to_host_matrix(g16.grads.qkv_weight));
+  CHECK(test::to_host_vector(g32.grads.qkv_bias) == test::to_host_vector(g16.grads.qkv_bias));
+  CHECK(test::to_host_matrix(g32.grads.out_weight) == test::to_host_matrix(g16.grads.out_weight));
+}
+
 namespace {
 // Kernels launched while counting, by label (Kokkos Tools' begin-kernel callbacks).
 std::vector<std::string>& launched() {

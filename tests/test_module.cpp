@@ -439,6 +439,46 @@ PROTEUS_TEST_CASE("TF32 projections choose what FP32 chooses and stay within TF3
   }
 }
 
+PROTEUS_TEST_CASE("BF16 keys and values choose what FP32 chooses and stay within BF16 rounding of it",
+                  "[module][bfloat16]") {
+  Shape const s{2, 600, 64, 4};
+  BatchTensor x = make_input(s, 73);
+  for (bool sparse : {false, true}) {
+    Config f;
+    f.seed = 19;
+    f.dna_update = false;
+    f.mode = sparse ? AlphaMode::fixed : AlphaMode::subquad;
+    f.alpha = 1.0f;
+    f.token_sparse = sparse;
+    f.token_keep_ratio = 0.5f;
+    f.linear_L = 96;
+    f.window = 48;
+    Config b = f;
+    b.kv_bf16 = true;
+    b.query_block_rows = 256;  // K|V rounded in blocks of 256 rows (the batch's 1200 rows in 5)
+    CausalGeneticMultiheadAttention fp32(TEST_EXECSPACE(), s.embed, s.heads, true, f),
+        bf16(TEST_EXECSPACE(), s.embed, s.heads, true, b);
+    auto [yf, sf] = fp32.forward(TEST_EXECSPACE(), x, {}, {}, {}, true);
+    auto [yb, sb] = bf16.forward(TEST_EXECSPACE(), x, {}, {}, {}, true);
+    INFO((sparse ? "sparse shortlist" : "dense"));
+    // Routing, DNA and selection never read K|V: the same work is selected.
+    CHECK(sb->mode == sf->mode);
+    CHECK(sb->tokens_kept == sf->tokens_kept);
+    CHECK(sb->active_rows == sf->active_rows);
+    CHECK(sb->mean_candidates == sf->mean_candidates);
+    // BF16 keeps 8 significant bits (unit roundoff u = 2^-9 = 2.0e-3). Keys and values each carry
+    // one rounding; a score's error is at most u |q||k| and a context's a few u of its norm, which
+    // the output projection keeps; 1e-2 (5 u) bounds the norm-relative drift. Above 1e-4 it shows
+    // that BF16 was read (FP32 against itself drifts by ~1e-7).
+    for (int r = 0; r < s.batch; ++r) {
+      double const drift = test::relative_error(batch_row(yb, r), batch_row(yf, r));
+      INFO("batch row " << r << ": relative drift BF16 K|V vs FP32 " << drift);
+      CHECK(drift > 1e-4);
+      CHECK(drift < 1e-2);
+    }
+  }
+}
+
 PROTEUS_TEST_CASE("bad input gives a clear error naming the argument", "[module][errors]") {
   CHECK(message([] { CausalGeneticMultiheadAttention(TEST_EXECSPACE(), 30, 4); }).find("embed_dim") != std::string::npos);
   CHECK(message([] { CausalGeneticMultiheadAttention(TEST_EXECSPACE(), 36, 4); }).find("RoPE") != std::string::npos);

@@ -70,6 +70,12 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const
             TokenVector const& value_bias, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
             TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count,
             RowSoftmax const& softmax = {});
+// The same with keys and values stored in BF16 (Config::kv_bf16): each is widened to float as it
+// is read, so the result is attend's on kv rounded to BF16, bit for bit.
+void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, Bf16Matrix const& kv,
+            TokenVector const& value_bias, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
+            TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count,
+            RowSoftmax const& softmax = {});
 
 // Router gradient (Config::router_gradient): the context of each active row, ctx(query, head h's
 // columns), times weight(b*T + token, h).

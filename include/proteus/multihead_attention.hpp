@@ -121,6 +121,8 @@ struct ModuleWorkspace {
   TokenVector head_total;        // [B*T] (router_gradient)
   PositionVector positions;      // forward's, [B*T]
   TokenMatrix kv;                // [B*T x 2E]
+  Bf16Matrix kv_bf16;            // [B*T x 2E] with Config::kv_bf16 (kv is then not kept)
+  TokenMatrix kv_stage;          // [query block rows x 2E]: kv_bf16's rows in FP32 before rounding
   long training_calls = 0;       // training forwards so far
   long kv_call = 0;              // the training forward whose FP32 K|V kv holds (0: none)
   TokenMatrix q, ctx, gathered;  // [query rows of a block x E]
@@ -268,6 +270,9 @@ class CausalGeneticMultiheadAttention {
   // Stages 1-4 and 6a of one call, with their statistics in st.
   detail::CallPlan plan_call(ExecSpace const& space, TokenMatrix const& x, int batch, RunOptions const& options,
                              ForwardStats& st);
+  // K|V of every token (stage 5's keys and values) into work_.kv, or into work_.kv_bf16 a block
+  // of rows at a time with Config::kv_bf16.
+  void project_keys_values(ExecSpace const& space, TokenMatrix const& x, PositionVector const& positions);
   // Stages 5-7 for query rows [t0, t0 + len) of every batch row (K|V in work_.kv); adds the block's
   // rows per head and candidates to the call's statistics on the device. keep_attended: also the
   // rows' softmax statistics and query positions, and the rows in work_.attended_rows.

@@ -5,6 +5,8 @@
 
 #include <Kokkos_Core.hpp>
 
+#include "proteus/detail/bfloat16.hpp"
+
 namespace proteus {
 
 using ExecSpace = Kokkos::DefaultExecutionSpace;
@@ -15,6 +17,8 @@ inline constexpr bool on_host = Kokkos::SpaceAccessibility<HostSpace, MemSpace>:
 
 // [tokens x embed]: one row per token (batch rows stacked: row = b*T + t).
 using TokenMatrix = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;
+// The same rows stored in BF16 (keys and values with Config::kv_bf16).
+using Bf16Matrix = Kokkos::View<detail::bf16**, Kokkos::LayoutRight, MemSpace>;
 // [tokens x gates] or [tokens x heads]: per-token probabilities.
 using GateMatrix = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;
 // [gates x embed]: DNA prototypes, router weights.
