@@ -71,6 +71,15 @@ for step in "$@"; do
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 65536 131072 524288 1048576 \
         --alphas 1.0 --warmup 2 --repeat 5 --token-sparse --tf32 --csv "$out/module_alpha1_sparse_tf32.csv" \
         | tee "$out/module_sparse_tf32.txt" ;;
+    kv_bf16)
+      # Issue 20 item 1: keys and values in BF16 (--kv-bf16) with FP32 and with TF32 projections,
+      # 4k-1M, then every kernel at 1M (the attention's time against module_sparse's).
+      for p in "" "--tf32"; do
+        "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 524288 1048576 \
+          --alphas 1.0 --warmup 2 --repeat 5 --token-sparse --kv-bf16 $p
+      done | tee "$out/kv_bf16.txt"
+      "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 1048576 --alphas 1.0 --warmup 1 \
+        --repeat 3 --token-sparse --kv-bf16 --profile | tee -a "$out/kv_bf16.txt" ;;
     profile_small_tf32)
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 --alphas 1.0 --warmup 2 \
         --repeat 5 --token-sparse --tf32 --profile | tee "$out/profile_small_tf32.txt" ;;
