@@ -73,10 +73,10 @@ struct Config {
   // routing and DNA GEMMs stay FP32, so the same tokens, heads and candidates are chosen.
   bool tf32_projections = false;
   // Keys and values stored in BF16 for the attention (half the bytes it reads, and no FP32 K|V
-  // of every token kept through the call): projected, biased and turned in FP32 a query block of
-  // rows at a time, then rounded; scores and sums stay FP32, and routing, DNA and selection never
-  // read K|V, so the same tokens, heads and candidates are chosen. A training forward's backward
-  // recomputes K|V in FP32 (as with tf32_projections).
+  // of every token kept through the call): projected, biased and rotated (RoPE) in FP32 a query
+  // block of rows at a time, then rounded; scores and sums stay FP32, and routing, DNA and
+  // selection never read K|V, so the same tokens, heads and candidates are chosen. A training
+  // forward's backward recomputes K|V in FP32 (as with tf32_projections).
   bool kv_bf16 = false;
 
   // ---- alpha slider and shortlist (stage 6) ---------------------------------------------------
