@@ -471,12 +471,6 @@ void attend_union(ExecSpace const& space, Blocks<Kv> const& a, long blocks) {
 }
 
 
-// Vector loads need rows of exactly D values at addresses aligned to four of them.
-template <class T>
-bool quad_aligned(Kokkos::View<T**, Kokkos::LayoutRight, MemSpace> const& m) {
-  return reinterpret_cast<std::uintptr_t>(m.data()) % (4 * sizeof(T)) == 0 && m.stride(0) % 4 == 0;
-}
-
 template <class Kv>
 void attend_stored(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q,
                    Kokkos::View<Kv**, Kokkos::LayoutRight, MemSpace> const& kv, TokenVector const& value_bias,
@@ -484,7 +478,8 @@ void attend_stored(ExecSpace const& space, ShortlistPlan const& plan, TokenMatri
                    Kokkos::View<int*, MemSpace> const& candidate_count, RowSoftmax const& softmax) {
   if (rows.blocks == 0) return;
   int const d = static_cast<int>(q.extent(1)) / heads;
-  bool const aligned_rows = d % 4 == 0 && quad_aligned(q) && quad_aligned(kv);
+  // Vector loads need rows of exactly D values at addresses aligned to four of them.
+  bool const aligned_rows = d % 4 == 0 && rows_of_quads(q) && rows_of_quads(kv);
   auto run = [&](auto width) {
     constexpr int D = decltype(width)::value;
     Blocks<Kv> const blocks(plan, q, kv, value_bias, rows, dna_lists, heads, ctx, candidate_count, softmax);

@@ -484,10 +484,12 @@ void CausalGeneticMultiheadAttention::project_keys_values(ExecSpace const& space
   int const e = c.embed_dim;
   GemmPrecision const precision = c.tf32_projections ? GemmPrecision::tf32 : GemmPrecision::fp32;
   TokenVector const bias_k = Kokkos::subview(weights_.qkv_bias, std::make_pair(e, 2 * e));
+  auto const project = [&](TokenMatrix const& rows, PositionVector const& pos, TokenMatrix const& kv) {
+    project_kv(space, rows, weights_, kv, precision);
+    bias_and_rope(space, kv, bias_k, pos, e, c.num_heads, 1, c.rope, c.rope_base);  // V's bias: in attend
+  };
   if (!c.kv_bf16) {
-    TokenMatrix const& kv = reuse(work_.kv, "proteus::kv", n, 2 * e);
-    project_kv(space, x, weights_, kv, precision);
-    bias_and_rope(space, kv, bias_k, positions, e, c.num_heads, 1, c.rope, c.rope_base);  // V's bias: in attend
+    project(x, positions, reuse(work_.kv, "proteus::kv", n, 2 * e));
     return;
   }
   work_.kv = TokenMatrix();  // a call before may have left an FP32 K|V
@@ -496,9 +498,7 @@ void CausalGeneticMultiheadAttention::project_keys_values(ExecSpace const& space
   for (long r0 = 0; r0 < n; r0 += block) {
     long const m = std::min(block, n - r0);
     TokenMatrix const stage = first_rows(work_.kv_stage, "proteus::kv_stage", m, 2 * e);
-    project_kv(space, rows_of(x, r0, m), weights_, stage, precision);
-    PositionVector const pos = Kokkos::subview(positions, std::make_pair(r0, r0 + m));
-    bias_and_rope(space, stage, bias_k, pos, e, c.num_heads, 1, c.rope, c.rope_base);
+    project(rows_of(x, r0, m), Kokkos::subview(positions, std::make_pair(r0, r0 + m)), stage);
     detail::for_each_element(
         space, "proteus::module::kv_bf16", m, 2 * e,
         KOKKOS_LAMBDA(long r, long j) { stored(r0 + r, j) = detail::to_bf16(stage(r, j)); });

@@ -17,10 +17,12 @@ struct alignas(16) FloatQuad {
   float v[4];
 };
 
-// Whether rows of m can be read as FloatQuads: 16-byte aligned rows of a multiple of 4 entries.
+// Whether rows of m can be read four entries per load (FloatQuads for floats): rows of a multiple
+// of 4 entries, aligned to four entries (16 bytes for floats).
 template <class Matrix>
 bool rows_of_quads(Matrix const& m) {
-  return m.extent(1) % 4 == 0 && m.stride(0) % 4 == 0 && reinterpret_cast<std::uintptr_t>(m.data()) % 16 == 0;
+  constexpr std::uintptr_t quad = 4 * sizeof(typename Matrix::value_type);
+  return m.extent(1) % 4 == 0 && m.stride(0) % 4 == 0 && reinterpret_cast<std::uintptr_t>(m.data()) % quad == 0;
 }
 
 // Work item i covers four columns of a row, one in each quarter of it (c, c + q, c + 2q, c + 3q
