@@ -7,7 +7,6 @@
 #include <numeric>
 #include <random>
 #include <set>
-#include <tuple>
 #include <vector>
 #include "proteus/attention.hpp"
 #include "proteus/detail/softmax_state.hpp"
@@ -268,6 +267,51 @@ PROTEUS_TEST_CASE("at alpha = 1 every query sees the same candidate count at T =
   CHECK(*std::max_element(per_t[1].begin(), per_t[1].end()) == fixed);
 }
 
+namespace {
+// The shortlist of the two kernel-equivalence cases below: windows of 24, anchors every 7.
+Config window_config(int heads, int d, bool dna) {
+  Config c;
+  c.embed_dim = heads * d;
+  c.num_heads = heads;
+  c.linear_L = 48;
+  c.L_min = 8;
+  c.window = 24;
+  c.anchor_stride = 7;
+  c.use_dna_candidates = dna;
+  return c.resolved();
+}
+
+// What attend writes for `rows`, on the host: contexts, candidate counts, softmax statistics.
+struct Attended {
+  Kokkos::View<float**, Kokkos::LayoutRight, HostSpace> ctx;
+  Kokkos::View<int*, HostSpace> counts;
+  Kokkos::View<float*, HostSpace> max, sum;
+};
+
+template <class Kv>
+Attended attend_to_host(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, Kv const& kv,
+                        ActiveRows const& rows, CandidateLists const& lists, int heads) {
+  TokenMatrix ctx("ctx", rows.queries, q.extent(1));
+  Kokkos::View<int*, MemSpace> counts("counts", rows.rows);
+  detail::RowSoftmax const softmax{TokenVector("max", rows.rows), TokenVector("sum", rows.rows)};
+  attend(space, plan, q, kv, TokenVector(), rows, lists, heads, ctx, counts, softmax);
+  return {Kokkos::create_mirror_view_and_copy(HostSpace(), ctx),
+          Kokkos::create_mirror_view_and_copy(HostSpace(), counts),
+          Kokkos::create_mirror_view_and_copy(HostSpace(), softmax.max),
+          Kokkos::create_mirror_view_and_copy(HostSpace(), softmax.sum)};
+}
+
+// Context entries and rows (count, max, sum) in which a and b differ in any bit.
+long differing(Attended const& a, Attended const& b) {
+  long n = 0;
+  for (std::size_t i = 0; i < a.ctx.extent(0); ++i)
+    for (std::size_t j = 0; j < a.ctx.extent(1); ++j) n += a.ctx(i, j) != b.ctx(i, j) ? 1 : 0;
+  for (std::size_t r = 0; r < a.counts.extent(0); ++r)
+    n += a.counts(r) != b.counts(r) || a.max(r) != b.max(r) || a.sum(r) != b.sum(r) ? 1 : 0;
+  return n;
+}
+}  // namespace
+
 PROTEUS_TEST_CASE("blocks staging their union give the bits of rows walking their own windows",
                   "[shortlist][attention]") {
   // Every head of every token: blocks of 32 consecutive rows, which stage the union of their
@@ -278,16 +322,7 @@ PROTEUS_TEST_CASE("blocks staging their union give the bits of rows walking thei
   CAPTURE(d);
   long const T = 301;
   int const e = heads * d;
-  Config c;
-  c.embed_dim = e;
-  c.num_heads = heads;
-  c.linear_L = 48;
-  c.L_min = 8;
-  c.window = 24;
-  c.anchor_stride = 7;
-  c.use_dna_candidates = true;
-  c = c.resolved();
-  ShortlistPlan const plan = plan_shortlist(c, T, 0.9);
+  ShortlistPlan const plan = plan_shortlist(window_config(heads, d, true), T, 0.9);
   TokenMatrix q("q", batch * T, e), kv("kv", batch * T, 2 * e);
   auto fill = [](TokenMatrix const& m, std::uint64_t seed) {
     auto h = Kokkos::create_mirror_view(m);
@@ -317,24 +352,8 @@ PROTEUS_TEST_CASE("blocks staging their union give the bits of rows walking thei
   for (long b = 0; b < staged.blocks; ++b)
     unions += walks_union(plan, tokens(starts(b)), tokens(starts(b + 1) - 1)) ? 1 : 0;
   CHECK(unions > 0);
-  auto run = [&](ActiveRows const& rows) {
-    TokenMatrix ctx("ctx", rows.queries, e);
-    Kokkos::View<int*, MemSpace> counts("counts", rows.rows);
-    detail::RowSoftmax const softmax{TokenVector("max", rows.rows), TokenVector("sum", rows.rows)};
-    attend(TEST_EXECSPACE(), plan, q, kv, TokenVector(), rows, lists, heads, ctx, counts, softmax);
-    return std::make_tuple(Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), ctx),
-                           Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), counts),
-                           Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), softmax.max),
-                           Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), softmax.sum));
-  };
-  auto const [ctx_a, counts_a, max_a, sum_a] = run(staged);
-  auto const [ctx_b, counts_b, max_b, sum_b] = run(own);
-  long differ = 0;
-  for (long i = 0; i < staged.queries; ++i)
-    for (int j = 0; j < e; ++j) differ += ctx_a(i, j) != ctx_b(i, j) ? 1 : 0;
-  for (long r = 0; r < staged.rows; ++r)
-    differ += counts_a(r) != counts_b(r) || max_a(r) != max_b(r) || sum_a(r) != sum_b(r) ? 1 : 0;
-  CHECK(differ == 0);
+  CHECK(differing(attend_to_host(TEST_EXECSPACE(), plan, q, kv, staged, lists, heads),
+                  attend_to_host(TEST_EXECSPACE(), plan, q, kv, own, lists, heads)) == 0);
 }
 
 PROTEUS_TEST_CASE("attention over BF16 keys and values is attention over them rounded, bit for bit",
@@ -348,15 +367,7 @@ PROTEUS_TEST_CASE("attention over BF16 keys and values is attention over them ro
   CAPTURE(d, dense);
   long const T = 257;
   int const e = heads * d;
-  Config c;
-  c.embed_dim = e;
-  c.num_heads = heads;
-  c.linear_L = 48;
-  c.L_min = 8;
-  c.window = 24;
-  c.anchor_stride = 7;
-  c = c.resolved();
-  ShortlistPlan const plan = plan_shortlist(c, T, 0.9);
+  ShortlistPlan const plan = plan_shortlist(window_config(heads, d, false), T, 0.9);
   TokenMatrix q("q", batch * T, e), rounded("rounded", batch * T, 2 * e);
   Bf16Matrix stored("stored", batch * T, 2 * e);
   auto hq = Kokkos::create_mirror_view(q);
@@ -385,25 +396,11 @@ PROTEUS_TEST_CASE("attention over BF16 keys and values is attention over them ro
   ActiveRows const rows = compact_active_rows(TEST_EXECSPACE(), mask, keep, false, batch, T, 0, T);
   REQUIRE(rows.rows > 0);
   CandidateLists const none("none", 1, 1);
-  auto run = [&](auto const& kv) {
-    TokenMatrix ctx("ctx", rows.queries, e);
-    Kokkos::View<int*, MemSpace> counts("counts", rows.rows);
-    detail::RowSoftmax const softmax{TokenVector("max", rows.rows), TokenVector("sum", rows.rows)};
-    attend(TEST_EXECSPACE(), plan, q, kv, TokenVector(), rows, none, heads, ctx, counts, softmax);
-    return std::make_tuple(Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), ctx),
-                           Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), counts),
-                           Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), softmax.sum));
-  };
-  auto const [ctx_f, counts_f, sum_f] = run(rounded);
-  auto const [ctx_b, counts_b, sum_b] = run(stored);
-  long differ = 0, nonzero = 0;
+  Attended const from_float = attend_to_host(TEST_EXECSPACE(), plan, q, rounded, rows, none, heads);
+  CHECK(differing(from_float, attend_to_host(TEST_EXECSPACE(), plan, q, stored, rows, none, heads)) == 0);
+  long nonzero = 0;
   for (long i = 0; i < rows.queries; ++i)
-    for (int j = 0; j < e; ++j) {
-      differ += ctx_f(i, j) != ctx_b(i, j) ? 1 : 0;
-      nonzero += ctx_f(i, j) != 0.0f ? 1 : 0;
-    }
-  for (long r = 0; r < rows.rows; ++r) differ += counts_f(r) != counts_b(r) || sum_f(r) != sum_b(r) ? 1 : 0;
-  CHECK(differ == 0);
+    for (int j = 0; j < e; ++j) nonzero += from_float.ctx(i, j) != 0.0f ? 1 : 0;
   CHECK(nonzero > 0);
 }
 

@@ -385,6 +385,28 @@ PROTEUS_TEST_CASE("two runs with one seed are bit-identical, DNA included", "[mo
   CHECK(first.second == second.second);
 }
 
+namespace {
+// The two calls of the reduced-precision cases below: alpha 1 over a shortlist of 96, dense
+// (subquad's plan at alpha 1) or with half the tokens kept.
+Config shortlist_call(Config c, bool sparse) {
+  c.mode = sparse ? AlphaMode::fixed : AlphaMode::subquad;
+  c.alpha = 1.0f;
+  c.token_sparse = sparse;
+  c.token_keep_ratio = 0.5f;
+  c.linear_L = 96;
+  c.window = 48;
+  return c;
+}
+
+// Two forwards that chose the same work: mode, kept tokens, active rows and candidates.
+void check_same_work(ForwardStats const& a, ForwardStats const& b) {
+  CHECK(a.mode == b.mode);
+  CHECK(a.tokens_kept == b.tokens_kept);
+  CHECK(a.active_rows == b.active_rows);
+  CHECK(a.mean_candidates == b.mean_candidates);
+}
+}  // namespace
+
 PROTEUS_TEST_CASE("TF32 projections choose what FP32 chooses and stay within TF32 rounding of it", "[module][tf32]") {
   // Shapes large enough that cuBLAS takes its tensor-core kernels (T = 1024, E = 256).
   Shape const s{1, 1024, 256, 8};
@@ -406,13 +428,7 @@ PROTEUS_TEST_CASE("TF32 projections choose what FP32 chooses and stay within TF3
   BatchTensor x = make_input(s, 71);
   Matrix const xb = batch_row(x, 0);
   for (bool sparse : {false, true}) {
-    Config c = cfg;
-    c.mode = sparse ? AlphaMode::fixed : AlphaMode::subquad;
-    c.alpha = 1.0f;
-    c.token_sparse = sparse;
-    c.token_keep_ratio = 0.5f;
-    c.linear_L = 96;
-    c.window = 48;
+    Config const c = shortlist_call(cfg, sparse);
     Config f = c;
     f.tf32_projections = false;
     CausalGeneticMultiheadAttention tf32(TEST_EXECSPACE(), s.embed, s.heads, true, c), fp32(TEST_EXECSPACE(), s.embed, s.heads, true, f);
@@ -420,10 +436,7 @@ PROTEUS_TEST_CASE("TF32 projections choose what FP32 chooses and stay within TF3
     auto [yf, sf] = fp32.forward(TEST_EXECSPACE(), x, {}, {}, {}, true);
     INFO((sparse ? "sparse shortlist" : "dense"));
     // Routing, token and head sparsity use FP32 GEMMs in both: the same work is selected.
-    CHECK(st->mode == sf->mode);
-    CHECK(st->tokens_kept == sf->tokens_kept);
-    CHECK(st->active_rows == sf->active_rows);
-    CHECK(st->mean_candidates == sf->mean_candidates);
+    check_same_work(*st, *sf);
     // TF32 keeps 10 of FP32's 23 mantissa bits (unit roundoff u = 2^-11 = 4.9e-4). Three GEMMs in
     // a row with FP32 sums give a norm-relative drift of a few u; 5e-3 (10 u) bounds it. An FP32
     // GEMM on these shapes drifts by ~1e-7, so a drift above 1e-5 shows that TF32 was in effect.
@@ -444,15 +457,10 @@ PROTEUS_TEST_CASE("BF16 keys and values choose what FP32 chooses and stay within
   Shape const s{2, 600, 64, 4};
   BatchTensor x = make_input(s, 73);
   for (bool sparse : {false, true}) {
-    Config f;
-    f.seed = 19;
-    f.dna_update = false;
-    f.mode = sparse ? AlphaMode::fixed : AlphaMode::subquad;
-    f.alpha = 1.0f;
-    f.token_sparse = sparse;
-    f.token_keep_ratio = 0.5f;
-    f.linear_L = 96;
-    f.window = 48;
+    Config base;
+    base.seed = 19;
+    base.dna_update = false;
+    Config const f = shortlist_call(base, sparse);
     Config b = f;
     b.kv_bf16 = true;
     b.query_block_rows = 256;  // K|V rounded in blocks of 256 rows (the batch's 1200 rows in 5)
@@ -462,10 +470,7 @@ PROTEUS_TEST_CASE("BF16 keys and values choose what FP32 chooses and stay within
     auto [yb, sb] = bf16.forward(TEST_EXECSPACE(), x, {}, {}, {}, true);
     INFO((sparse ? "sparse shortlist" : "dense"));
     // Routing, DNA and selection never read K|V: the same work is selected.
-    CHECK(sb->mode == sf->mode);
-    CHECK(sb->tokens_kept == sf->tokens_kept);
-    CHECK(sb->active_rows == sf->active_rows);
-    CHECK(sb->mean_candidates == sf->mean_candidates);
+    check_same_work(*sb, *sf);
     // BF16 keeps 8 significant bits (unit roundoff u = 2^-9 = 2.0e-3). Keys and values each carry
     // one rounding; a score's error is at most u |q||k| and a context's a few u of its norm, which
     // the output projection keeps; 1e-2 (5 u) bounds the norm-relative drift. Above 1e-4 it shows
