@@ -475,6 +475,14 @@ void keep_for_backward(ExecSpace const& space, detail::CallPlan const& call, Tok
   state.ready = true;
 }
 
+// Rows r0.. of `stored` = `stage` rounded to BF16. A free function: CUDA allows no device lambda in
+// a private member function.
+void round_rows_to_bf16(ExecSpace const& space, TokenMatrix const& stage, Bf16Matrix const& stored, long r0) {
+  detail::for_each_element(
+      space, "proteus::module::kv_bf16", static_cast<long>(stage.extent(0)), static_cast<long>(stage.extent(1)),
+      KOKKOS_LAMBDA(long r, long j) { stored(r0 + r, j) = detail::to_bf16(stage(r, j)); });
+}
+
 }  // namespace
 
 void CausalGeneticMultiheadAttention::project_keys_values(ExecSpace const& space, TokenMatrix const& x,
@@ -499,9 +507,7 @@ void CausalGeneticMultiheadAttention::project_keys_values(ExecSpace const& space
     long const m = std::min(block, n - r0);
     TokenMatrix const stage = first_rows(work_.kv_stage, "proteus::kv_stage", m, 2 * e);
     project(rows_of(x, r0, m), Kokkos::subview(positions, std::make_pair(r0, r0 + m)), stage);
-    detail::for_each_element(
-        space, "proteus::module::kv_bf16", m, 2 * e,
-        KOKKOS_LAMBDA(long r, long j) { stored(r0 + r, j) = detail::to_bf16(stage(r, j)); });
+    round_rows_to_bf16(space, stage, stored, r0);
   }
 }
 
