@@ -214,17 +214,20 @@ KOKKOS_INLINE_FUNCTION void load_row(float const* src, int d, float (&dst)[D]) {
   }
 }
 
-// The same from BF16 storage (Config::kv_bf16): four values per 8-byte load, widened exactly.
-struct alignas(8) Bf16Quad {
-  bf16 v[4];
+// The same from BF16 storage (Config::kv_bf16): eight values per 16-byte load, widened exactly.
+// The kernels gather rows (each lane its own key), so their time follows the number of loads, not
+// the bytes: 8-byte loads of four values left the 1M-token attention at FP32's time on an H200.
+struct alignas(16) Bf16Vector {
+  bf16 v[8];
 };
 
 template <int D, bool Wide>
 KOKKOS_INLINE_FUNCTION void load_row(bf16 const* src, int d, float (&dst)[D]) {
+  static_assert(D % 8 == 0, "16-byte loads of BF16 rows");
   if constexpr (Wide) {
-    for (int j = 0; j < D; j += 4) {
-      Bf16Quad const q = reinterpret_cast<Bf16Quad const*>(src)[j / 4];
-      for (int i = 0; i < 4; ++i) dst[j + i] = to_float(q.v[i]);
+    for (int j = 0; j < D; j += 8) {
+      Bf16Vector const q = reinterpret_cast<Bf16Vector const*>(src)[j / 8];
+      for (int i = 0; i < 8; ++i) dst[j + i] = to_float(q.v[i]);
     }
   } else {
     for (int j = 0; j < D; ++j) dst[j] = j < d ? to_float(src[j]) : 0.0f;
@@ -478,8 +481,10 @@ void attend_stored(ExecSpace const& space, ShortlistPlan const& plan, TokenMatri
                    Kokkos::View<int*, MemSpace> const& candidate_count, RowSoftmax const& softmax) {
   if (rows.blocks == 0) return;
   int const d = static_cast<int>(q.extent(1)) / heads;
-  // Vector loads need rows of exactly D values at addresses aligned to four of them.
-  bool const aligned_rows = d % 4 == 0 && rows_of_quads(q) && rows_of_quads(kv);
+  // 16-byte loads need rows of exactly D values, a head's d values filling whole loads, at 16-byte
+  // aligned addresses.
+  bool const aligned_rows = d % per_vector<Kv> == 0 && d % per_vector<float> == 0 && rows_of_vectors(q) &&
+                            rows_of_vectors(kv);
   auto run = [&](auto width) {
     constexpr int D = decltype(width)::value;
     Blocks<Kv> const blocks(plan, q, kv, value_bias, rows, dna_lists, heads, ctx, candidate_count, softmax);

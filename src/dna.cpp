@@ -62,7 +62,7 @@ namespace {
 // per lane and load where they can be (a row's lanes then have four times the bytes in flight: a
 // float per lane ran at about 1.7 TB/s on an H200).
 void row_norms(ExecSpace const& space, GateByEmbed const& m, TokenVector const& norms, char const* label) {
-  bool const quads = detail::rows_of_quads(m);
+  bool const quads = detail::rows_of_vectors(m);
   int const cols = static_cast<int>(m.extent(1)), items = quads ? cols / 4 : cols;
   long const pitch = static_cast<long>(m.stride(0));
   auto const* rows = reinterpret_cast<detail::FloatQuad const*>(m.data());

@@ -475,14 +475,6 @@ void keep_for_backward(ExecSpace const& space, detail::CallPlan const& call, Tok
   state.ready = true;
 }
 
-// Rows r0.. of `stored` = `stage` rounded to BF16. A free function: CUDA allows no device lambda in
-// a private member function.
-void round_rows_to_bf16(ExecSpace const& space, TokenMatrix const& stage, Bf16Matrix const& stored, long r0) {
-  detail::for_each_element(
-      space, "proteus::module::kv_bf16", static_cast<long>(stage.extent(0)), static_cast<long>(stage.extent(1)),
-      KOKKOS_LAMBDA(long r, long j) { stored(r0 + r, j) = detail::to_bf16(stage(r, j)); });
-}
-
 }  // namespace
 
 void CausalGeneticMultiheadAttention::project_keys_values(ExecSpace const& space, TokenMatrix const& x,
@@ -492,22 +484,24 @@ void CausalGeneticMultiheadAttention::project_keys_values(ExecSpace const& space
   int const e = c.embed_dim;
   GemmPrecision const precision = c.tf32_projections ? GemmPrecision::tf32 : GemmPrecision::fp32;
   TokenVector const bias_k = Kokkos::subview(weights_.qkv_bias, std::make_pair(e, 2 * e));
-  auto const project = [&](TokenMatrix const& rows, PositionVector const& pos, TokenMatrix const& kv) {
-    project_kv(space, rows, weights_, kv, precision);
-    bias_and_rope(space, kv, bias_k, pos, e, c.num_heads, 1, c.rope, c.rope_base);  // V's bias: in attend
-  };
+  // K's bias and RoPE (V's bias is added to the context in attend).
   if (!c.kv_bf16) {
-    project(x, positions, reuse(work_.kv, "proteus::kv", n, 2 * e));
+    TokenMatrix const& kv = reuse(work_.kv, "proteus::kv", n, 2 * e);
+    project_kv(space, x, weights_, kv, precision);
+    bias_and_rope(space, kv, bias_k, positions, e, c.num_heads, 1, c.rope, c.rope_base);
     return;
   }
+  // One block of rows at a time: projected in FP32 into the stage, then biased, rotated and rounded
+  // in one pass into the BF16 rows.
   work_.kv = TokenMatrix();  // a call before may have left an FP32 K|V
   Bf16Matrix const& stored = reuse(work_.kv_bf16, "proteus::kv_bf16", n, 2 * e);
   long const block = std::max(1L, std::min(n, static_cast<long>(c.query_block_rows)));
   for (long r0 = 0; r0 < n; r0 += block) {
     long const m = std::min(block, n - r0);
     TokenMatrix const stage = first_rows(work_.kv_stage, "proteus::kv_stage", m, 2 * e);
-    project(rows_of(x, r0, m), Kokkos::subview(positions, std::make_pair(r0, r0 + m)), stage);
-    round_rows_to_bf16(space, stage, stored, r0);
+    project_kv(space, rows_of(x, r0, m), weights_, stage, precision);
+    bias_and_rope_to_bf16(space, stage, bias_k, Kokkos::subview(positions, std::make_pair(r0, r0 + m)), e,
+                          c.num_heads, 1, c.rope, c.rope_base, stored, r0);
   }
 }
 

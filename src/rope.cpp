@@ -1,6 +1,7 @@
 // Stage 5: Q/K/V bias and rotary position embedding at original positions, in place.
 #include "proteus/rope.hpp"
 
+#include "proteus/detail/bfloat16.hpp"
 #include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
 
@@ -20,34 +21,75 @@ KOKKOS_INLINE_FUNCTION void rope_turn(Position pos, long i, int d, double base, 
 }
 }  // namespace
 
-void bias_and_rope(ExecSpace const& space, TokenMatrix const& m, TokenVector const& bias,
-                   PositionVector const& positions, int embed, int heads, int rotated, bool rope, double base) {
-  long const rows = static_cast<long>(m.extent(0));
-  if (!rope || rotated <= 0) {
-    detail::for_each_element(
-        space, "proteus::rope::bias", rows, static_cast<long>(bias.extent(0)),
-        KOKKOS_LAMBDA(long row, long col) { m(row, col) += bias(col); });
-    return;
-  }
+namespace {
+// The bias and rotation of every pair of columns (col, col + 1) of the first `parts` parts of
+// width E of m, each handed to store(row, col, a0, a1). One work item per (row, pair i): one angle,
+// applied to pair i of every head of every part (neighbouring items touch neighbouring columns of
+// a head). Columns at or past bias.extent(0) get no bias; parts at or past `rotated` no rotation.
+template <class Store>
+void bias_rope_pairs(ExecSpace const& space, char const* label, TokenMatrix const& m, TokenVector const& bias,
+                     PositionVector const& positions, int embed, int heads, int parts, int rotated, double base,
+                     Store const& store) {
   int const d = embed / heads;  // even (Config refuses RoPE otherwise)
-  int const pairs = d / 2;
-  int const parts = static_cast<int>(bias.extent(0)) / embed;
-  // One work item per (row, pair i): one angle, applied to pair i of every head of every part
-  // (neighbouring items touch neighbouring columns of a head).
+  int const biased = static_cast<int>(bias.extent(0));
   detail::for_each_element(
-      space, "proteus::rope::bias_rope", rows, pairs, KOKKOS_LAMBDA(long row, long i) {
+      space, label, static_cast<long>(m.extent(0)), d / 2, KOKKOS_LAMBDA(long row, long i) {
         float cs, sn;
         rope_turn(positions(row), i, d, base, cs, sn);
         for (int part = 0; part < parts; ++part) {
           bool const turn = part < rotated;
           for (int h = 0; h < heads; ++h) {
             int const col = part * embed + h * d + 2 * static_cast<int>(i);
-            float const a0 = m(row, col) + bias(col), a1 = m(row, col + 1) + bias(col + 1);
-            m(row, col) = turn ? a0 * cs - a1 * sn : a0;
-            m(row, col + 1) = turn ? a1 * cs + a0 * sn : a1;
+            bool const with_bias = col < biased;
+            float const a0 = with_bias ? m(row, col) + bias(col) : m(row, col);
+            float const a1 = with_bias ? m(row, col + 1) + bias(col + 1) : m(row, col + 1);
+            store(row, col, turn ? a0 * cs - a1 * sn : a0, turn ? a1 * cs + a0 * sn : a1);
           }
         }
       });
+}
+
+// Two BF16 values that GPUs store in one 4-byte write.
+struct alignas(4) Bf16Pair {
+  detail::bf16 v[2];
+};
+}  // namespace
+
+void bias_and_rope(ExecSpace const& space, TokenMatrix const& m, TokenVector const& bias,
+                   PositionVector const& positions, int embed, int heads, int rotated, bool rope, double base) {
+  if (!rope || rotated <= 0) {
+    detail::for_each_element(
+        space, "proteus::rope::bias", static_cast<long>(m.extent(0)), static_cast<long>(bias.extent(0)),
+        KOKKOS_LAMBDA(long row, long col) { m(row, col) += bias(col); });
+    return;
+  }
+  int const parts = static_cast<int>(bias.extent(0)) / embed;
+  bias_rope_pairs(space, "proteus::rope::bias_rope", m, bias, positions, embed, heads, parts, rotated, base,
+                  KOKKOS_LAMBDA(long row, int col, float a0, float a1) {
+                    m(row, col) = a0;
+                    m(row, col + 1) = a1;
+                  });
+}
+
+void bias_and_rope_to_bf16(ExecSpace const& space, TokenMatrix const& m, TokenVector const& bias,
+                           PositionVector const& positions, int embed, int heads, int rotated, bool rope, double base,
+                           Bf16Matrix const& out, long out_row0) {
+  long const biased = static_cast<long>(bias.extent(0));
+  if (!rope || rotated <= 0) {
+    detail::for_each_element(
+        space, "proteus::rope::bias_bf16", static_cast<long>(m.extent(0)), static_cast<long>(m.extent(1)),
+        KOKKOS_LAMBDA(long row, long col) {
+          out(out_row0 + row, col) = detail::to_bf16(col < biased ? m(row, col) + bias(col) : m(row, col));
+        });
+    return;
+  }
+  int const parts = static_cast<int>(m.extent(1)) / embed;
+  bias_rope_pairs(space, "proteus::rope::bias_rope_bf16", m, bias, positions, embed, heads, parts, rotated, base,
+                  KOKKOS_LAMBDA(long row, int col, float a0, float a1) {
+                    // col is even and rows hold an even number of columns: 4-byte aligned pairs.
+                    *reinterpret_cast<Bf16Pair*>(&out(out_row0 + row, col)) = Bf16Pair{{detail::to_bf16(a0),
+                                                                                       detail::to_bf16(a1)}};
+                  });
 }
 
 void rope_backward(ExecSpace const& space, TokenMatrix const& g, PositionVector const& positions, int embed,

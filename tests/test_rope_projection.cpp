@@ -83,3 +83,41 @@ PROTEUS_TEST_CASE("bias + RoPE rotates each head's pairs at the original positio
     CHECK(untouched == 0.0);
   }
 }
+
+PROTEUS_TEST_CASE("bias + RoPE into BF16 is the in-place pass rounded once, in the rows asked for", "[rope][bfloat16]") {
+  TEST_EXECSPACE space;
+  int const heads = 4, d = 8, e = heads * d;
+  long const n = 19, r0 = 5, stored_rows = n + 9;
+  Matrix const m0 = test::random_matrix(n, 2 * e, 17);  // K | V
+  PositionVector pos("pos", n);
+  auto hp = Kokkos::create_mirror_view(pos);
+  for (long i = 0; i < n; ++i) hp(i) = 3 * i + 1000;
+  Kokkos::deep_copy(pos, hp);
+  TokenMatrix const b = test::to_device(test::random_matrix(1, e, 19));
+  TokenVector const bias = Kokkos::subview(b, 0, Kokkos::ALL);
+  for (bool rope : {true, false}) {
+    TokenMatrix const in_place = test::to_device(m0), source = test::to_device(m0);
+    bias_and_rope(space, in_place, bias, pos, e, heads, 1, rope, 10000.0);
+    Bf16Matrix const out("out", stored_rows, 2 * e);  // zeros: rows outside r0 .. r0 + n - 1 stay so
+    bias_and_rope_to_bf16(space, source, bias, pos, e, heads, 1, rope, 10000.0, out, r0);
+    auto const want = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), in_place);
+    auto const got = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), out);
+    auto const kept = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), source);
+    long differing = 0, nonzero_outside = 0, source_changed = 0;
+    for (long i = 0; i < stored_rows; ++i)
+      for (int j = 0; j < 2 * e; ++j) {
+        bool const inside = i >= r0 && i < r0 + n;
+        if (!inside) {
+          nonzero_outside += got(i, j).bits != 0;
+          continue;
+        }
+        // V's half too: the in-place pass leaves it as it is, and it is rounded like K's.
+        differing += got(i, j).bits != detail::to_bf16(want(i - r0, j)).bits;
+        source_changed += kept(i - r0, j) != static_cast<float>(m0[i - r0][j]);
+      }
+    INFO("rope " << rope);
+    CHECK(differing == 0);
+    CHECK(nonzero_outside == 0);
+    CHECK(source_changed == 0);
+  }
+}

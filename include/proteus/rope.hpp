@@ -16,6 +16,14 @@ namespace proteus {
 void bias_and_rope(ExecSpace const& space, TokenMatrix const& m, TokenVector const& bias,
                    PositionVector const& positions, int embed, int heads, int rotated, bool rope, double base);
 
+// The same without touching m: every column of m (the first parts*E with the bias and rotation,
+// the rest as they are), each rounded once to BF16, into rows out_row0.. of out (K|V with
+// Config::kv_bf16: projected and rotated in FP32, then stored in BF16). m has an even number of
+// columns.
+void bias_and_rope_to_bf16(ExecSpace const& space, TokenMatrix const& m, TokenVector const& bias,
+                           PositionVector const& positions, int embed, int heads, int rotated, bool rope, double base,
+                           Bf16Matrix const& out, long out_row0);
+
 // Backward of bias_and_rope: g [N x W] holds the gradient with respect to its outputs; the first `rotated` parts of width E are turned back in place, so that g becomes the
 // gradient with respect to the projections plus bias (the bias's gradient is its column sum).
 void rope_backward(ExecSpace const& space, TokenMatrix const& g, PositionVector const& positions, int embed,

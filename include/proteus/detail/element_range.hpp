@@ -17,12 +17,16 @@ struct alignas(16) FloatQuad {
   float v[4];
 };
 
-// Whether rows of m can be read four entries per load (FloatQuads for floats): rows of a multiple
-// of 4 entries, aligned to four entries (16 bytes for floats).
+// Entries of type T in one 16-byte load: 4 floats, 8 BF16 values.
+template <class T>
+inline constexpr long per_vector = 16 / sizeof(T);
+
+// Whether rows of m can be read in 16-byte loads (FloatQuads for floats, 8 values for BF16): rows
+// of a multiple of per_vector entries, starting at 16-byte aligned addresses.
 template <class Matrix>
-bool rows_of_quads(Matrix const& m) {
-  constexpr std::uintptr_t quad = 4 * sizeof(typename Matrix::value_type);
-  return m.extent(1) % 4 == 0 && m.stride(0) % 4 == 0 && reinterpret_cast<std::uintptr_t>(m.data()) % quad == 0;
+bool rows_of_vectors(Matrix const& m) {
+  constexpr long n = per_vector<typename Matrix::value_type>;
+  return m.extent(1) % n == 0 && m.stride(0) % n == 0 && reinterpret_cast<std::uintptr_t>(m.data()) % 16 == 0;
 }
 
 // Work item i covers four columns of a row, one in each quarter of it (c, c + q, c + 2q, c + 3q
