@@ -24,7 +24,8 @@ struct Options {
   std::vector<long> tokens{1024, 4096, 16384, 65536};
   std::vector<double> alphas{0.0, 0.3, 1.0};
   int embed = 128, heads = 8, gates = 0, batch = 1, warmup = 1, repeat = 5;
-  bool dna_update = false, token_sparse = false, profile = false, tf32 = false, kv_bf16 = false, memory = false;
+  bool dna_update = false, token_sparse = false, profile = false, tf32 = false, bf16 = false, kv_bf16 = false,
+       memory = false;
   double budget_seconds = 60.0;  // skip a row predicted to take longer than this
   std::string csv;
   bool backward = false, defer_statistics = false;
@@ -58,6 +59,7 @@ int main(int argc, char** argv) {
     app.add_flag("--dna-update", o.dna_update, "let the DNA EMA run on every call (default: frozen)");
     app.add_flag("--token-sparse", o.token_sparse, "token sparsity on (upstream's tinytoy does this)");
     app.add_flag("--tf32", o.tf32, "projection GEMMs on TF32 tensor cores (CUDA + cuBLAS builds)");
+    app.add_flag("--bf16", o.bf16, "projection GEMMs with BF16 inputs and FP32 sums (BF16 tensor cores with cuBLAS)");
     app.add_flag("--kv-bf16", o.kv_bf16, "keys and values stored in BF16 for the attention");
     app.add_option("--budget", o.budget_seconds, "skip rows predicted to take longer (s)");
     app.add_option("--csv", o.csv, "write the table as CSV here");
@@ -78,9 +80,10 @@ int main(int argc, char** argv) {
     if (o.memory) proteus::detail::record_live_allocations();
     if (o.profile) proteus::perf::install_kernel_timer();
     std::printf("# proteus %s (%s), %s, E=%d H=%d B=%d, dna_update=%d token_sparse=%d tf32=%d "
-                "kv_bf16=%d%s\n",
+                "bf16=%d kv_bf16=%d%s\n",
                 PROTEUS_VERSION_STRING, PROTEUS_GIT_COMMIT, proteus::ExecSpace::name(), o.embed, o.heads, o.batch,
-                o.dna_update, o.token_sparse, o.tf32, o.kv_bf16, o.backward ? ", training step (forward + backward)" : "");
+                o.dna_update, o.token_sparse, o.tf32, o.bf16, o.kv_bf16,
+                o.backward ? ", training step (forward + backward)" : "");
     std::printf("%9s %6s %10s %4s %8s %12s %12s %10s %10s %6s\n", "T", "alpha", "mode", "K", "L", "median_ms",
                 "tokens_per_s", "peak_MB", "cand/row", "kept");
     std::ofstream csv;
@@ -106,6 +109,7 @@ int main(int argc, char** argv) {
         cfg.dna_update = o.dna_update;
         cfg.token_sparse = o.token_sparse;
         cfg.tf32_projections = o.tf32;
+        cfg.bf16_projections = o.bf16;
         cfg.kv_bf16 = o.kv_bf16;
         cfg.seed = 1;
         if (o.heads_active_min > 0) cfg.heads_active_min = o.heads_active_min;

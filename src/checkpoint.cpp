@@ -120,6 +120,7 @@ void write_config(File const& f, Config const& cfg) {
   f.attr("/config", "dna_temperature", static_cast<double>(cfg.dna_temperature));
   f.attr("/config", "rope_base", cfg.rope_base);
   f.attr("/config", "tf32_projections", static_cast<long long>(cfg.tf32_projections ? 1 : 0));
+  f.attr("/config", "bf16_projections", static_cast<long long>(cfg.bf16_projections ? 1 : 0));
   f.attr("/config", "kv_bf16", static_cast<long long>(cfg.kv_bf16 ? 1 : 0));
   f.attr("/config", "mode", to_string(cfg.mode));
   f.attr("/config", "alpha", static_cast<double>(cfg.alpha));

@@ -70,6 +70,8 @@ Config Config::resolved() const {
         "at least one shortlist piece (local, anchors, dna) must be enabled");
   check(!c.use_dna_candidates || c.dna_enable, "use_dna_candidates", "needs dna_enable");
   check(c.rope_base > 1.0, "rope_base", "must be > 1");
+  check(!(c.tf32_projections && c.bf16_projections), "bf16_projections",
+        "excludes tf32_projections: choose one precision for the projection GEMMs");
   check(!c.tf32_projections || tf32_available(), "tf32_projections",
         "TF32 needs a CUDA build whose Kokkos Kernels calls cuBLAS; this build runs on " +
             std::string(ExecSpace::name()));

@@ -145,6 +145,7 @@ std::vector<Key> const& registry() {
     k.push_back(key<bool>("model", "router_gradient", "", "scale each active head's context by its renormalised head probability, so that the router learns (changes outputs)", REF(model.router_gradient)));
     k.push_back(key<bool>("model", "rope", "", "rotary position embedding at original positions", REF(model.rope)));
     k.push_back(key<bool>("model", "tf32_projections", "", "projection GEMMs on TF32 tensor cores (CUDA + cuBLAS builds)", REF(model.tf32_projections)));
+    k.push_back(key<bool>("model", "bf16_projections", "", "projection GEMMs with BF16 inputs, FP32 sums (BF16 tensor cores with cuBLAS)", REF(model.bf16_projections)));
     k.push_back(key<bool>("model", "kv_bf16", "", "keys and values stored in BF16 for the attention (FP32 sums)", REF(model.kv_bf16)));
     k.push_back(key<double>("model", "rope_base", "", "RoPE frequency base", REF(model.rope_base), 1.000001, 1e12));
     k.push_back(Key{"model", "mode", "string", "", "alpha: auto | linear (1) | subquad (0) | fixed (model.alpha)",

@@ -20,6 +20,11 @@ using detail::first_rows;
 using detail::reuse;
 
 namespace {
+GemmPrecision projection_precision(Config const& c) {
+  if (c.tf32_projections) return GemmPrecision::tf32;
+  return c.bf16_projections ? GemmPrecision::bf16 : GemmPrecision::fp32;
+}
+
 Config with_shape(Config c, int embed_dim, int num_heads, bool batch_first) {
   c.embed_dim = embed_dim;
   c.num_heads = num_heads;
@@ -482,12 +487,12 @@ void CausalGeneticMultiheadAttention::project_keys_values(ExecSpace const& space
   Config const& c = config_;
   long const n = static_cast<long>(x.extent(0));
   int const e = c.embed_dim;
-  GemmPrecision const precision = c.tf32_projections ? GemmPrecision::tf32 : GemmPrecision::fp32;
+  GemmPrecision const precision = projection_precision(c);
   TokenVector const bias_k = Kokkos::subview(weights_.qkv_bias, std::make_pair(e, 2 * e));
   // K's bias and RoPE (V's bias is added to the context in attend).
   if (!c.kv_bf16) {
     TokenMatrix const& kv = reuse(work_.kv, "proteus::kv", n, 2 * e);
-    project_kv(space, x, weights_, kv, precision);
+    project_kv(space, x, weights_, kv, precision, &work_.bf16_operands);
     bias_and_rope(space, kv, bias_k, positions, e, c.num_heads, 1, c.rope, c.rope_base);
     return;
   }
@@ -499,7 +504,7 @@ void CausalGeneticMultiheadAttention::project_keys_values(ExecSpace const& space
   for (long r0 = 0; r0 < n; r0 += block) {
     long const m = std::min(block, n - r0);
     TokenMatrix const stage = first_rows(work_.kv_stage, "proteus::kv_stage", m, 2 * e);
-    project_kv(space, rows_of(x, r0, m), weights_, stage, precision);
+    project_kv(space, rows_of(x, r0, m), weights_, stage, precision, &work_.bf16_operands);
     bias_and_rope_to_bf16(space, stage, bias_k, Kokkos::subview(positions, std::make_pair(r0, r0 + m)), e,
                           c.num_heads, 1, c.rope, c.rope_base, stored, r0);
   }
@@ -512,7 +517,7 @@ void CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
   Config const& c = config_;
   long const tokens = static_cast<long>(x.extent(0)) / batch;
   int const e = c.embed_dim, heads = c.num_heads;
-  GemmPrecision const precision = c.tf32_projections ? GemmPrecision::tf32 : GemmPrecision::fp32;
+  GemmPrecision const precision = projection_precision(c);
   TokenVector const bias_q = Kokkos::subview(weights_.qkv_bias, std::make_pair(0, e));
   TokenVector const bias_v = Kokkos::subview(weights_.qkv_bias, std::make_pair(2 * e, 3 * e));
   detail::ActiveRows const rows = detail::compact_active_rows(space, call.head_mask, call.routed.keep, call.every_head, batch,
@@ -531,7 +536,7 @@ void CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
     long const m = one_range ? batch * len : len;
     for (int b = 0; b < (one_range ? 1 : batch); ++b) {
       TokenMatrix const qr = rows_of(qb, b * len, m);
-      project_q(space, rows_of(x, b * tokens + t0, m), weights_, qr, precision);
+      project_q(space, rows_of(x, b * tokens + t0, m), weights_, qr, precision, &work_.bf16_operands);
       PositionVector const pos = Kokkos::subview(positions, std::make_pair(b * tokens + t0, b * tokens + t0 + m));
       bias_and_rope(space, qr, bias_q, pos, e, heads, 1, c.rope, c.rope_base);
     }
@@ -541,7 +546,7 @@ void CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
     gathered = first_rows(work_.gathered, "proteus::kept_rows", nq, e);
     PositionVector const pos = first_rows(work_.kept_positions, "proteus::kept_positions", nq);
     detail::gather_rows(space, x, rows.query_source, gathered, positions, pos);
-    project_q(space, gathered, weights_, qb, precision);
+    project_q(space, gathered, weights_, qb, precision, &work_.bf16_operands);
     bias_and_rope(space, qb, bias_q, pos, e, heads, 1, c.rope, c.rope_base);
   }
   st.active_rows += rows.rows;
@@ -560,9 +565,10 @@ void CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
   if (call.head_weight.extent(0) > 0) detail::scale_active_heads(space, rows, call.head_weight, cb, tokens);
   if (every) {
     for (int b = 0; b < batch; ++b)
-      project_output(space, rows_of(cb, b * len, len), weights_, rows_of(y, b * tokens + t0, len), precision);
+      project_output(space, rows_of(cb, b * len, len), weights_, rows_of(y, b * tokens + t0, len), precision,
+                     &work_.bf16_operands);
   } else {
-    if (nq > 0) project_output(space, cb, weights_, gathered, precision);
+    if (nq > 0) project_output(space, cb, weights_, gathered, precision, &work_.bf16_operands);
     scatter_kept_outputs(space, gathered, rows.query_of, weights_.out_bias, y, batch, tokens, t0, len);
   }
   add_block_statistics(space, rows, counts, heads, batch, work_);
@@ -610,7 +616,8 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
     detail::ScopedRegion region("proteus::module::attention");
     project_keys_values(space, x, positions);
     // The backward can use this K|V while no other call has overwritten it (FP32 only: it recomputes in FP32).
-    work_.kv_call = state && !c.tf32_projections && !c.kv_bf16 ? (state->call = ++work_.training_calls) : 0;
+    bool const fp32_kv = projection_precision(c) == GemmPrecision::fp32 && !c.kv_bf16;
+    work_.kv_call = state && fp32_kv ? (state->call = ++work_.training_calls) : 0;
     // Only kept tokens hold query rows: where all the call's kept tokens fit, one block takes them.
     long const span = row_end - options.row_begin;
     long const block = call.routed.tokens_kept <= c.query_block_rows

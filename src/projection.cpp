@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "proteus/detail/bfloat16.hpp"
 #include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/detail/workspace.hpp"
@@ -62,37 +63,56 @@ void add_bias(ExecSpace const& space, TokenMatrix const& y, TokenVector const& b
 bool tf32_available() { return detail::tf32_gemm_available(); }
 
 namespace {
+// The first rows of `buffer` = m rounded to BF16 (to nearest even).
+Bf16Matrix rounded(ExecSpace const& space, TokenMatrix const& m, Bf16Matrix& buffer, char const* label) {
+  long const rows = static_cast<long>(m.extent(0)), cols = static_cast<long>(m.extent(1));
+  Bf16Matrix const out = detail::first_rows(buffer, label, rows, cols);
+  detail::for_each_element(
+      space, label, rows, cols, KOKKOS_LAMBDA(long r, long j) { out(r, j) = detail::to_bf16(m(r, j)); });
+  return out;
+}
+
 // c = a b^T in the given precision; TF32 only around this one call (the router's and the DNA's
 // GEMMs stay FP32).
 void gemm_nt(ExecSpace const& space, TokenMatrix const& a, TokenMatrix const& b, TokenMatrix const& c,
-             GemmPrecision precision) {
-  if (precision == GemmPrecision::fp32) {
-    detail::gemm(space, "N", "T", 1.0f, a, b, 0.0f, c);
-    return;
+             GemmPrecision precision, Bf16Operands* operands) {
+  switch (precision) {
+    case GemmPrecision::fp32:
+      detail::gemm(space, "N", "T", 1.0f, a, b, 0.0f, c);
+      return;
+    case GemmPrecision::tf32:
+      require(tf32_available(), "Config.tf32_projections", "TF32 needs a CUDA build whose Kokkos Kernels calls cuBLAS");
+      require(detail::with_tf32_math([&] { detail::gemm(space, "N", "T", 1.0f, a, b, 0.0f, c); }), "cuBLAS",
+              "cannot switch the math mode to TF32");
+      return;
+    case GemmPrecision::bf16: {
+      Bf16Operands own;
+      Bf16Operands& o = operands ? *operands : own;
+      detail::gemm_bf16_nt(space, rounded(space, a, o.rows, "proteus::projection::rows_bf16"),
+                           rounded(space, b, o.weight, "proteus::projection::weight_bf16"), c);
+      return;
+    }
   }
-  require(tf32_available(), "Config.tf32_projections", "TF32 needs a CUDA build whose Kokkos Kernels calls cuBLAS");
-  require(detail::with_tf32_math([&] { detail::gemm(space, "N", "T", 1.0f, a, b, 0.0f, c); }), "cuBLAS",
-          "cannot switch the math mode to TF32");
 }
 }  // namespace
 
 void project_q(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& q,
-               GemmPrecision precision) {
+               GemmPrecision precision, Bf16Operands* operands) {
   long const e = static_cast<long>(w.out_weight.extent(0));
   TokenMatrix const wq = Kokkos::subview(w.qkv_weight, std::make_pair(0L, e), Kokkos::ALL);
-  gemm_nt(space, x, wq, q, precision);
+  gemm_nt(space, x, wq, q, precision, operands);
 }
 
 void project_kv(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& kv,
-                GemmPrecision precision) {
+                GemmPrecision precision, Bf16Operands* operands) {
   long const e = static_cast<long>(w.out_weight.extent(0));
   TokenMatrix const wkv = Kokkos::subview(w.qkv_weight, std::make_pair(e, 3 * e), Kokkos::ALL);
-  gemm_nt(space, x, wkv, kv, precision);
+  gemm_nt(space, x, wkv, kv, precision, operands);
 }
 
 void project_output(ExecSpace const& space, TokenMatrix const& ctx, Weights const& w, TokenMatrix const& y,
-                    GemmPrecision precision) {
-  gemm_nt(space, ctx, w.out_weight, y, precision);
+                    GemmPrecision precision, Bf16Operands* operands) {
+  gemm_nt(space, ctx, w.out_weight, y, precision, operands);
   add_bias(space, y, w.out_bias, "proteus::projection::out_bias");
 }
 

@@ -484,6 +484,43 @@ PROTEUS_TEST_CASE("BF16 keys and values choose what FP32 chooses and stay within
   }
 }
 
+PROTEUS_TEST_CASE("BF16 projections choose what FP32 chooses and stay within BF16 rounding of it",
+                  "[module][bfloat16]") {
+  Shape const s{2, 600, 64, 4};
+  BatchTensor x = make_input(s, 79);
+  for (bool sparse : {false, true})
+    for (bool kv_bf16 : {false, true}) {
+      Config base;
+      base.seed = 23;
+      base.dna_update = false;
+      Config const f = shortlist_call(base, sparse);
+      Config b = f;
+      b.bf16_projections = true;
+      b.kv_bf16 = kv_bf16;
+      CausalGeneticMultiheadAttention fp32(TEST_EXECSPACE(), s.embed, s.heads, true, f),
+          bf16(TEST_EXECSPACE(), s.embed, s.heads, true, b);
+      auto [yf, sf] = fp32.forward(TEST_EXECSPACE(), x, {}, {}, {}, true);
+      auto [yb, sb] = bf16.forward(TEST_EXECSPACE(), x, {}, {}, {}, true);
+      INFO((sparse ? "sparse shortlist" : "dense") << (kv_bf16 ? ", K|V in BF16" : ""));
+      // Routing and DNA keep their FP32 GEMMs: the same work is selected.
+      check_same_work(*sb, *sf);
+      // Each of the three GEMMs rounds both its operands to BF16 (u = 2^-9 = 2.0e-3): a product
+      // carries at most 2u, so an output ~2u of its norm per GEMM, and the three in a row (with the
+      // K|V rounding on top) stay below 6-7u; 2e-2 (10 u) bounds the norm-relative drift. Above
+      // 1e-4 it shows that the operands were rounded (FP32 against itself drifts by ~1e-7).
+      for (int r = 0; r < s.batch; ++r) {
+        double const drift = test::relative_error(batch_row(yb, r), batch_row(yf, r));
+        INFO("batch row " << r << ": relative drift BF16 projections vs FP32 " << drift);
+        CHECK(drift > 1e-4);
+        CHECK(drift < 2e-2);
+      }
+    }
+  Config both;
+  both.tf32_projections = both.bf16_projections = true;
+  CHECK(message([&] { CausalGeneticMultiheadAttention(TEST_EXECSPACE(), 64, 4, true, both); })
+            .find("bf16_projections") != std::string::npos);
+}
+
 PROTEUS_TEST_CASE("bad input gives a clear error naming the argument", "[module][errors]") {
   CHECK(message([] { CausalGeneticMultiheadAttention(TEST_EXECSPACE(), 30, 4); }).find("embed_dim") != std::string::npos);
   CHECK(message([] { CausalGeneticMultiheadAttention(TEST_EXECSPACE(), 36, 4); }).find("RoPE") != std::string::npos);

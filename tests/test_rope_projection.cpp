@@ -48,6 +48,39 @@ PROTEUS_TEST_CASE("projections equal x W^T (+ b) in double", "[projection]") {
   CHECK(max_gap(test::to_host_matrix(y), test::linear(x, wout, test::to_host_vector(w.out_bias))) < 1e-5);
 }
 
+PROTEUS_TEST_CASE("BF16 projections equal the GEMMs of the operands rounded to BF16, in double", "[projection][bfloat16]") {
+  TEST_EXECSPACE space;
+  int const e = 64, gates = 8;
+  long const n = 45;
+  Weights const w = Weights::allocate(e, gates);
+  w.initialise(space, 13, true);
+  Matrix const x = test::random_matrix(n, e, 6);
+  // The operands as BF16 rounds them (to nearest even), then widened exactly.
+  auto const bf16 = [](Matrix m) {
+    for (auto& row : m)
+      for (double& v : row) v = detail::to_float(detail::to_bf16(static_cast<float>(v)));
+    return m;
+  };
+  Matrix const xr = bf16(x), wqkv = bf16(test::to_host_matrix(w.qkv_weight)), wout = bf16(test::to_host_matrix(w.out_weight));
+  Bf16Operands kept;  // the module's way: buffers kept between calls (the other calls allocate their own)
+  TokenMatrix q("q", n, e), kv("kv", n, 2 * e), y("y", n, e), q_own("q_own", n, e);
+  project_q(space, test::to_device(x), w, q, GemmPrecision::bf16, &kept);
+  project_kv(space, test::to_device(x), w, kv, GemmPrecision::bf16, &kept);
+  project_output(space, test::to_device(x), w, y, GemmPrecision::bf16, &kept);
+  project_q(space, test::to_device(x), w, q_own, GemmPrecision::bf16);
+  Matrix const want_q = test::linear(xr, rows_of(wqkv, 0, e), {});
+  // Products of BF16 values are exact in FP32; the FP32 sums of E = 64 terms are the only error.
+  CHECK(max_gap(test::to_host_matrix(q), want_q) < 1e-5);
+  CHECK(max_gap(test::to_host_matrix(kv), test::linear(xr, rows_of(wqkv, e, 2 * e), {})) < 1e-5);
+  CHECK(max_gap(test::to_host_matrix(y), test::linear(xr, wout, test::to_host_vector(w.out_bias))) < 1e-5);
+  CHECK(max_gap(test::to_host_matrix(q_own), test::to_host_matrix(q)) == 0.0);
+  // Against the unrounded operands the gap is BF16's (u = 2^-9): it shows the rounding happened.
+  double const unrounded = max_gap(test::to_host_matrix(q), test::linear(x, rows_of(test::to_host_matrix(w.qkv_weight), 0, e), {}));
+  INFO("gap to the FP32 operands' product " << unrounded);
+  CHECK(unrounded > 1e-4);
+  CHECK(unrounded < 1e-2);
+}
+
 PROTEUS_TEST_CASE("bias + RoPE rotates each head's pairs at the original position, in place", "[rope]") {
   TEST_EXECSPACE space;
   int const heads = 3, d = 8, e = heads * d;

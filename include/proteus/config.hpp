@@ -72,6 +72,11 @@ struct Config {
   // Q/K/V and output projection GEMMs on TF32 tensor cores (FP32 sums). CUDA with cuBLAS only;
   // routing and DNA GEMMs stay FP32, so the same tokens, heads and candidates are chosen.
   bool tf32_projections = false;
+  // The same GEMMs with their inputs rounded to BF16 (FP32 products and sums, FP32 outputs): BF16
+  // tensor cores in CUDA builds calling cuBLAS, the same rounding and an FP32 GEMM elsewhere.
+  // Excludes tf32_projections; routing and DNA stay FP32 as above. A training forward's backward
+  // differentiates the FP32 projections (as with tf32_projections).
+  bool bf16_projections = false;
   // Keys and values stored in BF16 for the attention (half the bytes it reads, and no FP32 K|V
   // of every token kept through the call): projected, biased and rotated (RoPE) in FP32 a query
   // block of rows at a time, then rounded; scores and sums stay FP32, and routing, DNA and

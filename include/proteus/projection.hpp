@@ -20,22 +20,32 @@ struct Weights {
 
 // Precision of the projection GEMMs. fp32: FP32 products and sums. tf32: inputs rounded to TF32
 // (10-bit mantissa) on tensor cores, sums in FP32, as torch.backends.cuda.matmul.allow_tf32;
-// only CUDA builds whose Kokkos Kernels calls cuBLAS have it (tf32_available()).
-enum class GemmPrecision { fp32, tf32 };
+// only CUDA builds whose Kokkos Kernels calls cuBLAS have it (tf32_available()). bf16: inputs
+// rounded to BF16 (7-bit mantissa, to nearest even), products exact and sums in FP32, as a torch
+// Linear under BF16 autocast with FP32 outputs; on BF16 tensor cores in CUDA builds calling
+// cuBLAS, and on every other build as the same rounding followed by an FP32 GEMM.
+enum class GemmPrecision { fp32, tf32, bf16 };
 bool tf32_available();
+
+// Where bf16 GEMMs round their operands: buffers a caller keeps between calls (grown as needed),
+// so that no call allocates. Without one (nullptr) a bf16 GEMM allocates its own.
+struct Bf16Operands {
+  Bf16Matrix rows;    // the input rows (x or the context)
+  Bf16Matrix weight;  // the rows of the weight used
+};
 
 // q [N x E] = x W_q^T and kv [N x 2E] = x [W_k; W_v]^T (rows 0..E-1 and E..3E-1 of W_qkv). The
 // bias is added in the same pass as RoPE (rope.hpp).
 void project_q(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& q,
-               GemmPrecision precision);
+               GemmPrecision precision, Bf16Operands* operands = nullptr);
 void project_kv(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& kv,
-                GemmPrecision precision);
+                GemmPrecision precision, Bf16Operands* operands = nullptr);
 // Gradients of the trainable parameters have the shapes of the parameters themselves.
 using Gradients = Weights;
 
 // y [N x E] = ctx W_out^T + b.
 void project_output(ExecSpace const& space, TokenMatrix const& ctx, Weights const& w, TokenMatrix const& y,
-                    GemmPrecision precision);
+                    GemmPrecision precision, Bf16Operands* operands = nullptr);
 
 // Backward of the projections (FP32 GEMMs whatever the forward's precision). Weight gradients are
 // written, not accumulated.

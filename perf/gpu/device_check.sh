@@ -80,6 +80,15 @@ for step in "$@"; do
       done | tee "$out/kv_bf16.txt"
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 1048576 --alphas 1.0 --warmup 1 \
         --repeat 3 --token-sparse --kv-bf16 --profile | tee -a "$out/kv_bf16.txt" ;;
+    bf16)
+      # Issue 20 item 1: projection GEMMs on BF16 tensor cores (--bf16), with K|V in FP32 and in
+      # BF16, 4k-1M, then every kernel of the all-BF16 call at 1M.
+      for p in "" "--kv-bf16"; do
+        "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 524288 1048576 \
+          --alphas 1.0 --warmup 2 --repeat 5 --token-sparse --bf16 $p
+      done | tee "$out/bf16.txt"
+      "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 1048576 --alphas 1.0 --warmup 1 \
+        --repeat 3 --token-sparse --bf16 --kv-bf16 --profile | tee -a "$out/bf16.txt" ;;
     profile_small_tf32)
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 131072 --alphas 1.0 --warmup 2 \
         --repeat 5 --token-sparse --tf32 --profile | tee "$out/profile_small_tf32.txt" ;;

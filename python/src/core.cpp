@@ -457,7 +457,8 @@ void bind_config(py::module_& m) {
   PROTEUS_FIELD(gate_to_head); PROTEUS_FIELD(heads_active_min); PROTEUS_FIELD(heads_active_max);
   PROTEUS_FIELD(head_curve); PROTEUS_FIELD(seq_low); PROTEUS_FIELD(seq_high); PROTEUS_FIELD(router_top_p);
   PROTEUS_FIELD(nucleus_per_token); PROTEUS_FIELD(linear_head_k); PROTEUS_FIELD(router_gradient);
-  PROTEUS_FIELD(rope); PROTEUS_FIELD(rope_base); PROTEUS_FIELD(tf32_projections); PROTEUS_FIELD(kv_bf16);
+  PROTEUS_FIELD(rope); PROTEUS_FIELD(rope_base); PROTEUS_FIELD(tf32_projections); PROTEUS_FIELD(bf16_projections);
+  PROTEUS_FIELD(kv_bf16);
   PROTEUS_FIELD(alpha); PROTEUS_FIELD(switch_ctx); PROTEUS_FIELD(dense_alpha_cutoff);
   PROTEUS_FIELD(force_dense_threshold); PROTEUS_FIELD(linear_L); PROTEUS_FIELD(L_min); PROTEUS_FIELD(L_max);
   PROTEUS_FIELD(window); PROTEUS_FIELD(anchor_stride); PROTEUS_FIELD(use_local); PROTEUS_FIELD(use_anchors);

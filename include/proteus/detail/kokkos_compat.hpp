@@ -9,6 +9,8 @@
 #include <KokkosBlas3_gemm.hpp>
 #include <KokkosKernels_config.h>
 
+#include "proteus/detail/bfloat16.hpp"
+
 #include <limits>
 #include <optional>
 #include <stdexcept>
@@ -282,6 +284,48 @@ bool with_tf32_math(Gemm&& gemm) {
 #else
   (void)gemm;
   return false;
+#endif
+}
+
+// A float copy of a BF16 matrix (widening is exact).
+template <class Space, class Bf16View>
+Kokkos::View<float**, Kokkos::LayoutRight, typename Bf16View::memory_space> widened(Space const& space,
+                                                                                   Bf16View const& m) {
+  long const rows = static_cast<long>(m.extent(0)), cols = static_cast<long>(m.extent(1));
+  Kokkos::View<float**, Kokkos::LayoutRight, typename Bf16View::memory_space> f("proteus::widened", rows, cols);
+  Kokkos::parallel_for(
+      "proteus::widen", Kokkos::RangePolicy<Space>(space, 0, rows * cols),
+      KOKKOS_LAMBDA(long i) { f(i / cols, i % cols) = widen(m(i / cols, i % cols)); });
+  return f;
+}
+
+// C = A B^T with A [n x k] and B [m x k] in BF16 and C [n x m] in float (all LayoutRight, unit
+// column stride): products of BF16 values are exact in FP32 and the sums are FP32. CUDA builds
+// calling cuBLAS run it on BF16 tensor cores (cublasGemmEx, Kokkos Kernels has no BF16 GEMM);
+// elsewhere A and B are widened (exactly) into float copies for the FP32 GEMM, the same result up
+// to the order of the sums.
+template <class Space, class Bf16View, class FloatView>
+void gemm_bf16_nt(Space const& space, Bf16View const& a, Bf16View const& b, FloatView const& c) {
+  static_assert(sizeof(typename Bf16View::value_type) == 2, "BF16 operands");
+  if (c.extent(0) == 0 || c.extent(1) == 0) return;
+#ifdef PROTEUS_HAVE_TF32
+  cublasHandle_t const handle = KokkosBlas::Impl::CudaBlasSingleton::singleton().handle;
+  cudaStream_t saved = nullptr;
+  if (cublasGetStream(handle, &saved) != CUBLAS_STATUS_SUCCESS ||
+      cublasSetStream(handle, space.cuda_stream()) != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error("proteus: cuBLAS: cannot set the stream of a BF16 GEMM");
+  float const one = 1.0f, zero = 0.0f;
+  // Row-major C = A B^T is column-major C^T = B A^T: cuBLAS sees B^T [k x m] and A^T [k x n].
+  cublasStatus_t const status = cublasGemmEx(
+      handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(c.extent(1)), static_cast<int>(c.extent(0)),
+      static_cast<int>(a.extent(1)), &one, b.data(), CUDA_R_16BF, static_cast<int>(b.stride(0)), a.data(), CUDA_R_16BF,
+      static_cast<int>(a.stride(0)), &zero, c.data(), CUDA_R_32F, static_cast<int>(c.stride(0)), CUBLAS_COMPUTE_32F,
+      CUBLAS_GEMM_DEFAULT);
+  cublasSetStream(handle, saved);
+  if (status != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error("proteus: cuBLAS: cublasGemmEx (BF16) failed with status " + std::to_string(status));
+#else
+  gemm(space, "N", "T", 1.0f, widened(space, a), widened(space, b), 0.0f, c);
 #endif
 }
 
