@@ -30,52 +30,58 @@ double max_gap(Matrix const& a, Matrix const& b) {
 
 }  // namespace
 
+namespace {
+Matrix as_is(Matrix m) { return m; }
+
+// The operands as BF16 rounds them (to nearest even), widened back exactly.
+Matrix rounded_to_bf16(Matrix m) {
+  for (auto& row : m)
+    for (double& v : row) v = detail::to_float(detail::to_bf16(static_cast<float>(v)));
+  return m;
+}
+
+// The Q, K|V and output projections of random rows in `precision` against the double products of
+// their operands as `operand` leaves them: FP32 sums of E products of O(1) terms are the only
+// error, a few float roundoffs of the largest entry. Returns x and the host copy of q.
+std::pair<Matrix, Matrix> check_projections(ExecSpace const& space, GemmPrecision precision, Matrix (*operand)(Matrix),
+                                            Weights const& w, Bf16Operands* kept) {
+  long const e = static_cast<long>(w.out_weight.extent(0)), n = 41;
+  Matrix const x = test::random_matrix(n, e, 5);
+  Matrix const xo = operand(x), wqkv = operand(test::to_host_matrix(w.qkv_weight));
+  Matrix const wout = operand(test::to_host_matrix(w.out_weight));
+  TokenMatrix q("q", n, e), kv("kv", n, 2 * e), y("y", n, e);
+  project_q(space, test::to_device(x), w, q, precision, kept);
+  project_kv(space, test::to_device(x), w, kv, precision, kept);
+  project_output(space, test::to_device(x), w, y, precision, kept);
+  Matrix const qh = test::to_host_matrix(q);
+  CHECK(max_gap(qh, test::linear(xo, rows_of(wqkv, 0, e), {})) < 1e-5);
+  CHECK(max_gap(test::to_host_matrix(kv), test::linear(xo, rows_of(wqkv, e, 2 * e), {})) < 1e-5);
+  CHECK(max_gap(test::to_host_matrix(y), test::linear(xo, wout, test::to_host_vector(w.out_bias))) < 1e-5);
+  return {x, qh};
+}
+
+Weights initialised_weights(ExecSpace const& space, int e, std::uint64_t seed) {
+  Weights const w = Weights::allocate(e, 8);
+  w.initialise(space, seed, true);
+  return w;
+}
+}  // namespace
+
 PROTEUS_TEST_CASE("projections equal x W^T (+ b) in double", "[projection]") {
   TEST_EXECSPACE space;
-  int const e = 48, gates = 8;
-  long const n = 37;
-  Weights const w = Weights::allocate(e, gates);
-  w.initialise(space, 11, true);
-  Matrix const x = test::random_matrix(n, e, 5);
-  Matrix const wqkv = test::to_host_matrix(w.qkv_weight), wout = test::to_host_matrix(w.out_weight);
-  TokenMatrix q("q", n, e), kv("kv", n, 2 * e), y("y", n, e);
-  project_q(space, test::to_device(x), w, q, GemmPrecision::fp32);
-  project_kv(space, test::to_device(x), w, kv, GemmPrecision::fp32);
-  project_output(space, test::to_device(x), w, y, GemmPrecision::fp32);
-  // FP32 sums of E = 48 products of O(1) terms: a few float roundoffs of the largest entry.
-  CHECK(max_gap(test::to_host_matrix(q), test::linear(x, rows_of(wqkv, 0, e), {})) < 1e-5);
-  CHECK(max_gap(test::to_host_matrix(kv), test::linear(x, rows_of(wqkv, e, 2 * e), {})) < 1e-5);
-  CHECK(max_gap(test::to_host_matrix(y), test::linear(x, wout, test::to_host_vector(w.out_bias))) < 1e-5);
+  check_projections(space, GemmPrecision::fp32, as_is, initialised_weights(space, 48, 11), nullptr);
 }
 
 PROTEUS_TEST_CASE("BF16 projections equal the GEMMs of the operands rounded to BF16, in double", "[projection][bfloat16]") {
   TEST_EXECSPACE space;
-  int const e = 64, gates = 8;
-  long const n = 45;
-  Weights const w = Weights::allocate(e, gates);
-  w.initialise(space, 13, true);
-  Matrix const x = test::random_matrix(n, e, 6);
-  // The operands as BF16 rounds them (to nearest even), then widened exactly.
-  auto const bf16 = [](Matrix m) {
-    for (auto& row : m)
-      for (double& v : row) v = detail::to_float(detail::to_bf16(static_cast<float>(v)));
-    return m;
-  };
-  Matrix const xr = bf16(x), wqkv = bf16(test::to_host_matrix(w.qkv_weight)), wout = bf16(test::to_host_matrix(w.out_weight));
-  Bf16Operands kept;  // the module's way: buffers kept between calls (the other calls allocate their own)
-  TokenMatrix q("q", n, e), kv("kv", n, 2 * e), y("y", n, e), q_own("q_own", n, e);
-  project_q(space, test::to_device(x), w, q, GemmPrecision::bf16, &kept);
-  project_kv(space, test::to_device(x), w, kv, GemmPrecision::bf16, &kept);
-  project_output(space, test::to_device(x), w, y, GemmPrecision::bf16, &kept);
-  project_q(space, test::to_device(x), w, q_own, GemmPrecision::bf16);
-  Matrix const want_q = test::linear(xr, rows_of(wqkv, 0, e), {});
-  // Products of BF16 values are exact in FP32; the FP32 sums of E = 64 terms are the only error.
-  CHECK(max_gap(test::to_host_matrix(q), want_q) < 1e-5);
-  CHECK(max_gap(test::to_host_matrix(kv), test::linear(xr, rows_of(wqkv, e, 2 * e), {})) < 1e-5);
-  CHECK(max_gap(test::to_host_matrix(y), test::linear(xr, wout, test::to_host_vector(w.out_bias))) < 1e-5);
-  CHECK(max_gap(test::to_host_matrix(q_own), test::to_host_matrix(q)) == 0.0);
+  Weights const w = initialised_weights(space, 64, 13);
+  // With buffers kept between calls (the module's way), then with buffers of the call's own.
+  Bf16Operands kept;
+  auto const [x, q] = check_projections(space, GemmPrecision::bf16, rounded_to_bf16, w, &kept);
+  check_projections(space, GemmPrecision::bf16, rounded_to_bf16, w, nullptr);
   // Against the unrounded operands the gap is BF16's (u = 2^-9): it shows the rounding happened.
-  double const unrounded = max_gap(test::to_host_matrix(q), test::linear(x, rows_of(test::to_host_matrix(w.qkv_weight), 0, e), {}));
+  long const e = 64;
+  double const unrounded = max_gap(q, test::linear(x, rows_of(test::to_host_matrix(w.qkv_weight), 0, e), {}));
   INFO("gap to the FP32 operands' product " << unrounded);
   CHECK(unrounded > 1e-4);
   CHECK(unrounded < 1e-2);
