@@ -1,5 +1,6 @@
 // Input decks: parsing, overrides, and errors that name the file, line and key; the committed
-// docs/input_deck.md must equal what the registry generates.
+// docs/input_deck.md must equal what the registry generates; the memory estimate the deck is
+// checked against.
 #include <sys/stat.h>
 
 #include <filesystem>
@@ -8,6 +9,7 @@
 
 #include "proteus/deck.hpp"
 #include "proteus/error.hpp"
+#include "proteus/pipeline.hpp"
 #include "proteus_catch.hpp"
 
 using namespace proteus;
@@ -208,4 +210,25 @@ TEST_CASE("docs/input_deck.md is what the registry generates", "[deck][docs]") {
   std::stringstream text;
   text << in.rdbuf();
   CHECK(text.str() == deck_reference_markdown());
+}
+
+TEST_CASE("the memory estimate counts the buffer pass's BF16 storage", "[deck][memory]") {
+  RunDeck d;
+  d.model.embed_dim = 64;
+  d.model.num_heads = 4;
+  d.model.query_block_rows = 1000;
+  d.pipeline.buffer_tokens = 4096;
+  d.pipeline.chunk_tokens = 8192;
+  d.pipeline.chunk_budget = 4096;  // every chunk fills the buffer: s = 4096 buffer tokens
+  long const tokens = 1 << 20;
+  double const s = 4096, e = 64;
+  double const fp32 = estimate_rank_bytes(d, tokens, 1);
+  // kv_bf16: K|V in 2 bytes a value instead of 4, plus one query block of FP32 rows.
+  RunDeck kv = d;
+  kv.model.kv_bf16 = true;
+  CHECK(fp32 - estimate_rank_bytes(kv, tokens, 1) == s * 2 * e * 2 - 1000 * 2 * e * 4);
+  // bf16_projections: the rows and the weights of the GEMMs rounded to BF16.
+  RunDeck projections = d;
+  projections.model.bf16_projections = true;
+  CHECK(estimate_rank_bytes(projections, tokens, 1) - fp32 == s * e * 2 + 2 * e * e * 2);
 }
