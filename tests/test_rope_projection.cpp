@@ -72,7 +72,8 @@ PROTEUS_TEST_CASE("projections equal x W^T (+ b) in double", "[projection]") {
   check_projections(space, GemmPrecision::fp32, as_is, initialised_weights(space, 48, 11), nullptr);
 }
 
-PROTEUS_TEST_CASE("BF16 projections equal the GEMMs of the operands rounded to BF16, in double", "[projection][bfloat16]") {
+PROTEUS_TEST_CASE("BF16 projections equal the GEMMs of the operands rounded to BF16, in double",
+                  "[projection][bfloat16]") {
   TEST_EXECSPACE space;
   Weights const w = initialised_weights(space, 64, 13);
   // With buffers kept between calls (the module's way), then with buffers of the call's own.
@@ -123,7 +124,8 @@ PROTEUS_TEST_CASE("bias + RoPE rotates each head's pairs at the original positio
   }
 }
 
-PROTEUS_TEST_CASE("bias + RoPE into BF16 is the in-place pass rounded once, in the rows asked for", "[rope][bfloat16]") {
+PROTEUS_TEST_CASE("bias + RoPE into BF16 is the in-place pass rounded once, in the rows asked for",
+                  "[rope][bfloat16]") {
   TEST_EXECSPACE space;
   int const heads = 4, d = 8, e = heads * d;
   long const n = 19, r0 = 5, stored_rows = n + 9;
