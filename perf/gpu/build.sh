@@ -18,6 +18,9 @@
 #   --compile-only: without the vendor libraries (no cuBLAS/rocBLAS, no rocThrust) and without
 #   Kokkos Kernels' explicit instantiations: a build that proves the code compiles for the backend
 #   on a machine with the compiler but not the GPU stack (e.g. Debian 12's hipcc 5.2).
+#   --no-eti: Kokkos Kernels without explicit instantiations, vendor BLAS kept: GEMMs still go to
+#   cuBLAS/rocBLAS through Kokkos Kernels' headers, and the few other kernels proteus calls are
+#   compiled in proteus itself instead of about a thousand instantiation files in Kokkos Kernels.
 #
 # CUDA: nvcc_wrapper from the Kokkos install compiles everything (Kokkos_ARCH_HOPPER90 for
 # H100/H200). HIP: hipcc, e.g. --backend hip --arch AMD_GFX90A (MI210/MI250) or AMD_GFX942 (MI300).
@@ -25,7 +28,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 kokkos_src="" kernels_src="" prefix="$root/.gpu/install" build="$root/build-gpu" backend=cuda arch=""
-kokkos_root="" jobs=$(nproc) extra=() targets=() compile_only=0 fetch_dir="$root/.gpu/src" cxx=g++
+kokkos_root="" jobs=$(nproc) extra=() targets=() compile_only=0 no_eti=0 fetch_dir="$root/.gpu/src" cxx=g++
 # Pinned releases (the SHA-256 of each release tarball as published with the release).
 kokkos_version=4.7.01 kernels_version=4.7.01
 kokkos_url="https://github.com/kokkos/kokkos/releases/download/$kokkos_version/kokkos-$kokkos_version.tar.gz"
@@ -44,6 +47,7 @@ while [ $# -gt 0 ]; do
     --jobs) jobs=$2; shift 2 ;;
     --target) targets+=(--target "$2"); shift 2 ;;
     --compile-only) compile_only=1; shift ;;
+    --no-eti) no_eti=1; shift ;;
     --fetch-dir) fetch_dir=$2; shift 2 ;;
     --cxx) cxx=$2; shift 2 ;;
     --kokkos-url) kokkos_url=$2; shift 2 ;;
@@ -105,12 +109,14 @@ case "$backend" in
 esac
 [ "$arch" = none ] || kokkos_backend+=(-DKokkos_ARCH_${arch}=ON)
 inst=(-DKokkosKernels_INST_FLOAT=ON -DKokkosKernels_INST_DOUBLE=OFF -DKokkosKernels_INST_LAYOUTRIGHT=ON)
+no_inst=(-DKokkosKernels_INST_FLOAT=OFF -DKokkosKernels_INST_DOUBLE=OFF -DKokkosKernels_INST_LAYOUTRIGHT=OFF
+         -DKokkosKernels_INST_LAYOUTLEFT=OFF -DKokkosKernels_INST_COMPLEX_FLOAT=OFF -DKokkosKernels_INST_COMPLEX_DOUBLE=OFF
+         -DKokkosKernels_INST_OFFSET_SIZE_T=OFF -DKokkosKernels_INST_OFFSET_INT=OFF -DKokkosKernels_INST_ORDINAL_INT=OFF)
+[ "$no_eti" = 1 ] && inst=("${no_inst[@]}")
 if [ "$compile_only" = 1 ]; then
   tpl=()
   [ "$backend" = hip ] && kokkos_backend+=(-DKokkos_ENABLE_ROCTHRUST=OFF)
-  inst=(-DKokkosKernels_INST_FLOAT=OFF -DKokkosKernels_INST_DOUBLE=OFF -DKokkosKernels_INST_LAYOUTRIGHT=OFF
-        -DKokkosKernels_INST_LAYOUTLEFT=OFF -DKokkosKernels_INST_COMPLEX_FLOAT=OFF -DKokkosKernels_INST_COMPLEX_DOUBLE=OFF
-        -DKokkosKernels_INST_OFFSET_SIZE_T=OFF -DKokkosKernels_INST_OFFSET_INT=OFF -DKokkosKernels_INST_ORDINAL_INT=OFF)
+  inst=("${no_inst[@]}")
 fi
 
 if [ -z "$kokkos_root" ]; then
@@ -163,6 +169,7 @@ PY
       "${kokkos_backend[@]}" -DKokkos_ENABLE_TESTS=OFF >/dev/null
     cmake --build "$build/kokkos" -j "$jobs" && cmake --install "$build/kokkos" >/dev/null
     what="float, LayoutRight instantiated"
+    [ "$no_eti" = 1 ] && what="no instantiations"
     [ "$compile_only" = 1 ] && what="no instantiations, no vendor BLAS"
     echo "== Kokkos Kernels (BLAS, batched; $what) -> $prefix"
     cmake -S "$kernels_src" -B "$build/kernels" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
