@@ -18,6 +18,7 @@
 #   --compile-only: without the vendor libraries (no cuBLAS/rocBLAS, no rocThrust) and without
 #   Kokkos Kernels' explicit instantiations: a build that proves the code compiles for the backend
 #   on a machine with the compiler but not the GPU stack (e.g. Debian 12's hipcc 5.2).
+#   --kokkos-only: stop once Kokkos and Kokkos Kernels are installed at --prefix (no proteus).
 #   --no-eti: Kokkos Kernels without explicit instantiations, vendor BLAS kept: GEMMs still go to
 #   cuBLAS/rocBLAS through Kokkos Kernels' headers, and the few other kernels proteus calls are
 #   compiled in proteus itself instead of about a thousand instantiation files in Kokkos Kernels.
@@ -28,7 +29,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 kokkos_src="" kernels_src="" prefix="$root/.gpu/install" build="$root/build-gpu" backend=cuda arch=""
-kokkos_root="" jobs=$(nproc) extra=() targets=() compile_only=0 no_eti=0 fetch_dir="$root/.gpu/src" cxx=g++
+kokkos_root="" jobs=$(nproc) extra=() targets=() compile_only=0 no_eti=0 kokkos_only=0 fetch_dir="$root/.gpu/src" cxx=g++
 # Pinned releases (the SHA-256 of each release tarball as published with the release).
 kokkos_version=4.7.01 kernels_version=4.7.01
 kokkos_url="https://github.com/kokkos/kokkos/releases/download/$kokkos_version/kokkos-$kokkos_version.tar.gz"
@@ -48,6 +49,7 @@ while [ $# -gt 0 ]; do
     --target) targets+=(--target "$2"); shift 2 ;;
     --compile-only) compile_only=1; shift ;;
     --no-eti) no_eti=1; shift ;;
+    --kokkos-only) kokkos_only=1; shift ;;
     --fetch-dir) fetch_dir=$2; shift 2 ;;
     --cxx) cxx=$2; shift 2 ;;
     --kokkos-url) kokkos_url=$2; shift 2 ;;
@@ -179,6 +181,7 @@ PY
     cmake --build "$build/kernels" -j "$jobs" && cmake --install "$build/kernels" >/dev/null
   fi
 fi
+[ "$kokkos_only" = 1 ] && { echo "== Kokkos and Kokkos Kernels installed at $kokkos_root"; exit 0; }
 
 compiler=$cxx
 [ "$backend" = cuda ] && [ -x "$kokkos_root/bin/nvcc_wrapper" ] && compiler="$kokkos_root/bin/nvcc_wrapper"

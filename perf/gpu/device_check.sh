@@ -10,7 +10,25 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-[ -d /tmp/kinstall ] || tar xzf "$root/.gpu/kinstall.tar.gz" -C /tmp
+# Kokkos and Kokkos Kernels: unpacked from .gpu/kinstall.tar.gz, or, in a checkout without one, built
+# from the source trees packed in .gpu/ksrc.tar.gz (kokkos/ and kokkos-kernels/) and packed into
+# $out/kinstall.tar.gz for the next calls to carry (KOKKOS_NO_ETI=1: build.sh --no-eti).
+if [ ! -d /tmp/kinstall ] && [ -f "$root/.gpu/kinstall.tar.gz" ]; then
+  tar xzf "$root/.gpu/kinstall.tar.gz" -C /tmp
+elif [ ! -d /tmp/kinstall ]; then
+  [ -f "$root/.gpu/ksrc.tar.gz" ] || { echo "device_check: neither .gpu/kinstall.tar.gz nor .gpu/ksrc.tar.gz"; exit 1; }
+  mkdir -p /tmp/ksrc && tar xzf "$root/.gpu/ksrc.tar.gz" -C /tmp/ksrc
+  eti=()
+  [ -n "${KOKKOS_NO_ETI:-}" ] && eti=(--no-eti)
+  start=$(date +%s)
+  if ! bash "$root/perf/gpu/build.sh" --kokkos-src /tmp/ksrc/kokkos --kernels-src /tmp/ksrc/kokkos-kernels \
+       --prefix /tmp/kinstall --build /tmp/kbuild --jobs "$(nproc)" --kokkos-only "${eti[@]}" >"$out/kokkos_build.log" 2>&1; then
+    grep -E "error" -A3 "$out/kokkos_build.log" | head -40
+    exit 1
+  fi
+  tar czf "$out/kinstall.tar.gz" -C /tmp kinstall
+  echo "== Kokkos and Kokkos Kernels built in $(( $(date +%s) - start )) s (${eti[*]:-with instantiations})"
+fi
 # The commit the binaries report: the copy's .git may be stale, so .gpu/commit (written before the
 # call: git rev-parse --short HEAD > .gpu/commit, with "+changes" when the tree is dirty) wins.
 [ -f "$root/.gpu/commit" ] && export PROTEUS_GIT_COMMIT="$(cat "$root/.gpu/commit")"
