@@ -66,11 +66,11 @@ void count_active(ExecSpace const& space, MaskVector const& keep, ActiveSlot con
   auto const sizes = first_rows(buf.sizes, "proteus::attention::sizes", 3);
   auto const head_start = r.head_start;
   Kokkos::parallel_reduce(
-      "proteus::attention::count_queries", Kokkos::RangePolicy<ExecSpace>(space, 0, s.batch * span),
+      "proteus::attention::count_queries", RangePolicy(space, 0, s.batch * span),
       KOKKOS_LAMBDA(long i, long& n) { n += keep(s.token_row(i)) ? 1 : 0; },
       Kokkos::subview(sizes, 0));
   Kokkos::parallel_scan(
-      "proteus::attention::count_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, steps_of(slots)),
+      "proteus::attention::count_rows", RangePolicy(space, 0, steps_of(slots)),
       KOKKOS_LAMBDA(long step, long& offset, bool final) {
         long const end = step_end(step, slots);
         for (long i = step * slots_per_step; i < end; ++i) {
@@ -81,7 +81,7 @@ void count_active(ExecSpace const& space, MaskVector const& keep, ActiveSlot con
       });
   constexpr long block_rows = attention_block_rows;
   Kokkos::parallel_reduce(
-      "proteus::attention::count_blocks", Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count),
+      "proteus::attention::count_blocks", RangePolicy(space, 0, bh_count),
       KOKKOS_LAMBDA(long bh, long& n) { n += (head_start(bh + 1) - head_start(bh) + block_rows - 1) / block_rows; },
       Kokkos::subview(sizes, 1));
   auto const host = first_rows(buf.sizes_host, "proteus::attention::sizes_host", 3);
@@ -101,7 +101,7 @@ void pack_queries(ExecSpace const& space, MaskVector const& keep, Span const& s,
   auto query_source = r.query_source;
   auto query_of = r.query_of;
   Kokkos::parallel_scan(
-      "proteus::attention::pack_queries", Kokkos::RangePolicy<ExecSpace>(space, 0, range),
+      "proteus::attention::pack_queries", RangePolicy(space, 0, range),
       KOKKOS_LAMBDA(long i, long& offset, bool final) {
         bool const kept = keep(s.token_row(i)) != 0;
         if (final) {
@@ -127,7 +127,7 @@ void pack_rows(ExecSpace const& space, ActiveSlot const& active, ActiveRowsBuffe
   auto row_query = r.query;
   auto query_of = r.query_of;
   Kokkos::parallel_scan(
-      "proteus::attention::pack_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, steps_of(slots)),
+      "proteus::attention::pack_rows", RangePolicy(space, 0, steps_of(slots)),
       KOKKOS_LAMBDA(long step, long& offset, bool final) {
         long const end = step_end(step, slots);
         for (long i = step * slots_per_step; i < end; ++i) {
@@ -152,7 +152,7 @@ void pack_blocks(ExecSpace const& space, ActiveRowsBuffers& buf, ActiveRows& r) 
   auto block_start = r.block_start;
   long const rows = r.rows;
   Kokkos::parallel_scan(
-      "proteus::attention::pack_blocks", Kokkos::RangePolicy<ExecSpace>(space, 0, rows),
+      "proteus::attention::pack_blocks", RangePolicy(space, 0, rows),
       KOKKOS_LAMBDA(long row, long& n, bool final) {
         bool const s = starts_block(row);
         if (final && s) block_start(n) = row;
@@ -338,10 +338,10 @@ struct Blocks {
 // per SM (0: no bound). Host backends ignore launch bounds.
 constexpr int attention_min_teams = 3;
 template <int D>
-using TeamPolicyFor = Kokkos::TeamPolicy<
-    ExecSpace, std::conditional_t<(D <= 32 && attention_min_teams > 0),
-                                  Kokkos::LaunchBounds<attention_block_rows * lanes_per_row<D>(), attention_min_teams>,
-                                  Kokkos::LaunchBounds<>>>;
+using TeamPolicyFor = TeamPolicy<std::conditional_t<(D <= 32 && attention_min_teams > 0),
+                                                    Kokkos::LaunchBounds<attention_block_rows * lanes_per_row<D>(),
+                                                                         attention_min_teams>,
+                                                    Kokkos::LaunchBounds<>>>;
 
 // Blocks whose rows walk their own windows: one thread (a vector of `lanes` lanes) per row on
 // GPUs; host backends run a team as one thread that takes the rows in turn. Lane i of a row takes
@@ -355,7 +355,7 @@ void attend_own_windows(ExecSpace const& space, Blocks<Kv> const& a, long blocks
   using Policy = TeamPolicyFor<D>;
   using Member = typename Policy::member_type;
   Kokkos::parallel_for(
-      "proteus::attention::own_windows", light_weight(Policy(space, blocks, team_size, lanes)),
+      "proteus::attention::own_windows", Policy(space, blocks, team_size, lanes),
       KOKKOS_LAMBDA(Member const& team) {
         long r0, b, h, lo, hi;
         int n;
@@ -406,7 +406,7 @@ void attend_union(ExecSpace const& space, Blocks<Kv> const& a, long blocks) {
   policy.set_scratch_size(
       0, Kokkos::PerTeam(2 * Floats::shmem_size(tile * pitch) + States::shmem_size(attention_block_rows * lanes)));
   Kokkos::parallel_for(
-      "proteus::attention::union", light_weight(policy), KOKKOS_LAMBDA(Member const& team) {
+      "proteus::attention::union", policy, KOKKOS_LAMBDA(Member const& team) {
         long r0, b, h, lo, hi;
         int n;
         a.rows_of(team.league_rank(), r0, n, b, h);

@@ -70,7 +70,7 @@ void row_dots(ExecSpace const& space, Grad const& g, AttendedRows const& out, lo
   auto bias = out.value_bias;
   bool const biased = bias.extent(0) > 0;
   Kokkos::parallel_for(
-      "proteus::attention::backward::row_dots", light_weight(Kokkos::RangePolicy<ExecSpace>(space, 0, rows)),
+      "proteus::attention::backward::row_dots", RangePolicy(space, 0, rows),
       KOKKOS_LAMBDA(long r) {
         long const qrow = g.row_query(r), h = g.row_head(r) % g.heads;
         float sum = 0.0f;
@@ -85,7 +85,7 @@ void row_dots(ExecSpace const& space, Grad const& g, AttendedRows const& out, lo
 // dq of every active row.
 void rows_pass(ExecSpace const& space, Grad const& g, long rows) {
   Kokkos::parallel_for(
-      "proteus::attention::backward::rows", Kokkos::RangePolicy<ExecSpace>(space, 0, rows), KOKKOS_LAMBDA(long r) {
+      "proteus::attention::backward::rows", RangePolicy(space, 0, rows), KOKKOS_LAMBDA(long r) {
         long const t = g.row_token(r), qrow = g.row_query(r);
         int const bh = g.row_head(r);
         long const b = bh / g.heads, h = bh % g.heads, base = b * g.tokens;
@@ -162,12 +162,12 @@ KOKKOS_INLINE_FUNCTION void finish_row(Member const& team, Grad const& g, long r
 template <int D>
 void rows_pass_own_windows(ExecSpace const& space, Grad const& g, ActiveRows const& rows) {
   constexpr int lanes = lanes_per_row<D>();
-  using Policy = Kokkos::TeamPolicy<ExecSpace>;
+  using Policy = TeamPolicy<>;
   using Member = typename Policy::member_type;
   auto block_start = rows.block_start;
   Kokkos::parallel_for(
       "proteus::attention::backward::rows",
-      light_weight(Policy(space, rows.blocks, on_host ? 1 : attention_block_rows, lanes)),
+      Policy(space, rows.blocks, on_host ? 1 : attention_block_rows, lanes),
       KOKKOS_LAMBDA(Member const& team) {
         long const r0 = block_start(team.league_rank());
         int const n = static_cast<int>(block_start(team.league_rank() + 1) - r0);
@@ -201,14 +201,14 @@ void rows_pass_union(ExecSpace const& space, Grad const& g, ActiveRows const& ro
   constexpr int pitch = D + 1;    // odd: neighbouring keys in other banks
   using Floats = Kokkos::View<float*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
   using Parts = Kokkos::View<LaneSum<D>*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
-  using Policy = Kokkos::TeamPolicy<ExecSpace>;
+  using Policy = TeamPolicy<>;
   using Member = typename Policy::member_type;
   Policy policy(space, rows.blocks, on_host ? 1 : attention_block_rows, lanes);
   policy.set_scratch_size(
       0, Kokkos::PerTeam(2 * Floats::shmem_size(tile * pitch) + Parts::shmem_size(attention_block_rows * lanes)));
   auto block_start = rows.block_start;
   Kokkos::parallel_for(
-      "proteus::attention::backward::rows_union", light_weight(policy), KOKKOS_LAMBDA(Member const& team) {
+      "proteus::attention::backward::rows_union", policy, KOKKOS_LAMBDA(Member const& team) {
         long const r0 = block_start(team.league_rank());
         int const n = static_cast<int>(block_start(team.league_rank() + 1) - r0);
         long const lo = local_begin(g.p, g.row_token(r0)), hi = g.row_token(r0 + n - 1);
@@ -347,7 +347,7 @@ ClampedPartials clamped_partials(ExecSpace const& space, Grad const& g, long bh_
   auto part = first_rows(buffers.clamp_part, "proteus::attention::backward::clamp_part", bh_count * chunks, 2 * g.d);
   Kokkos::parallel_for(
       "proteus::attention::backward::clamped_anchors",
-      light_weight(Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count * chunks)),
+      RangePolicy(space, 0, bh_count * chunks),
       KOKKOS_LAMBDA(long item) {
         long const bh = item / chunks, lo = 1 + (item % chunks) * clamp_chunk;
         long const b = bh / g.heads, h = bh % g.heads, key_row = b * g.tokens;
@@ -375,7 +375,7 @@ void add_clamped_partials(ExecSpace const& space, Grad const& g, ClampedPartials
   auto part = clamped.part;
   Kokkos::parallel_for(
       "proteus::attention::backward::add_clamped",
-      light_weight(Kokkos::RangePolicy<ExecSpace>(space, 0, bh_count * g.d)),
+      RangePolicy(space, 0, bh_count * g.d),
       KOKKOS_LAMBDA(long item) {
         long const bh = item / g.d, c = item % g.d;
         long const key_row = (bh / g.heads) * g.tokens, col = (bh % g.heads) * g.d + c;
@@ -393,7 +393,7 @@ void add_clamped_partials(ExecSpace const& space, Grad const& g, ClampedPartials
 void keys_pass(ExecSpace const& space, Grad const& g, long batch) {
   long const T = g.tokens;
   Kokkos::parallel_for(
-      "proteus::attention::backward::keys", Kokkos::RangePolicy<ExecSpace>(space, 0, batch * g.heads * T),
+      "proteus::attention::backward::keys", RangePolicy(space, 0, batch * g.heads * T),
       KOKKOS_LAMBDA(long item) {
         long const bh = item / T, j = item % T, b = bh / g.heads, h = bh % g.heads;
         long const key_row = b * T + j;
@@ -455,7 +455,7 @@ void keys_pass_tiled(ExecSpace const& space, Grad const& g, long batch) {
   constexpr int pitch = D + 1;  // odd: neighbouring rows in other banks
   using Floats = Kokkos::View<float*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
   using Longs = Kokkos::View<long*, ExecSpace::scratch_memory_space, Kokkos::MemoryUnmanaged>;
-  using Policy = Kokkos::TeamPolicy<ExecSpace>;
+  using Policy = TeamPolicy<>;
   using Member = typename Policy::member_type;
   long const T = g.tokens, key_blocks = (T + key_tile - 1) / key_tile;
   Policy policy(space, batch * g.heads * key_blocks, on_host ? 1 : key_tile);
@@ -463,7 +463,7 @@ void keys_pass_tiled(ExecSpace const& space, Grad const& g, long batch) {
       0, Kokkos::PerTeam(4 * Floats::shmem_size(key_tile * pitch) + Floats::shmem_size(3 * key_tile) +
                          Longs::shmem_size(key_tile)));
   Kokkos::parallel_for(
-      "proteus::attention::backward::keys", light_weight(policy), KOKKOS_LAMBDA(Member const& team) {
+      "proteus::attention::backward::keys", policy, KOKKOS_LAMBDA(Member const& team) {
         long const bh = team.league_rank() / key_blocks, j0 = (team.league_rank() % key_blocks) * key_tile;
         long const b = bh / g.heads, h = bh % g.heads;
         int const keys = static_cast<int>(T - j0 < key_tile ? T - j0 : key_tile), e = g.embed;
@@ -571,13 +571,13 @@ void group_by_residue(ExecSpace const& space, long bh_count, long rows, Grad& g,
   auto row_head = g.row_head;
   Kokkos::deep_copy(space, slot_row, -1);
   Kokkos::parallel_for(
-      "proteus::attention::backward::residue_slots", Kokkos::RangePolicy<ExecSpace>(space, 0, rows),
+      "proteus::attention::backward::residue_slots", RangePolicy(space, 0, rows),
       KOKKOS_LAMBDA(long r) {
         long const t = row_token(r);
         slot_row((row_head(r) * s + t % s) * per + t / s) = static_cast<int>(r);
       });
   Kokkos::parallel_scan(
-      "proteus::attention::backward::residue_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, slots),
+      "proteus::attention::backward::residue_rows", RangePolicy(space, 0, slots),
       KOKKOS_LAMBDA(long i, long& before, bool final) {
         int const r = slot_row(i);
         if (final && i % per == 0) start(i / per) = before;

@@ -71,7 +71,7 @@ GlobalBuffer select_global_buffer(ExecSpace const& space, MPI_Comm comm, Candida
   Kokkos::View<std::uint64_t*, MemSpace> by_position(
       Kokkos::view_alloc("proteus::buffer::by_position", Kokkos::WithoutInitializing), take);
   Kokkos::parallel_for(
-      "proteus::buffer::by_position", Kokkos::RangePolicy<ExecSpace>(space, 0, take), KOKKOS_LAMBDA(long i) {
+      "proteus::buffer::by_position", RangePolicy(space, 0, take), KOKKOS_LAMBDA(long i) {
         std::uint64_t const key = keys_device(i);
         by_position(i) = (detail::key_position(key) << 32) | (key >> 32);
       });
@@ -152,7 +152,7 @@ double buffer_output_norm(ExecSpace const& space, MPI_Comm comm, TokenMatrix con
   Kokkos::View<double*, MemSpace> row_sums(Kokkos::view_alloc("proteus::buffer::row_sums", Kokkos::WithoutInitializing),
                                            hi - lo);
   Kokkos::parallel_for(
-      "proteus::buffer::row_sums", Kokkos::RangePolicy<ExecSpace>(space, 0, hi - lo), KOKKOS_LAMBDA(long i) {
+      "proteus::buffer::row_sums", RangePolicy(space, 0, hi - lo), KOKKOS_LAMBDA(long i) {
         double s = 0.0;
         for (long j = 0; j < e; ++j) s += double(y(lo + i, j)) * y(lo + i, j);
         row_sums(i) = s;

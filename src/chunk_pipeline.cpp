@@ -38,7 +38,7 @@ void rank_kept(ExecSpace const& space, TokenVector const& importance, MaskVector
                Kokkos::View<unsigned char*, MemSpace>& sort_scratch) {
   long const n = static_cast<long>(keys.extent(0));
   Kokkos::parallel_reduce(
-      "proteus::chunk::keys", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
+      "proteus::chunk::keys", RangePolicy(space, 0, n),
       KOKKOS_LAMBDA(long i, long& k) {
         // Dropped tokens sort last.
         keys(i) = keep(i) ? detail::descending_score_key(importance(i), i) : ~std::uint64_t(0);
@@ -58,7 +58,7 @@ void compact_kept(ExecSpace const& space, MaskVector const& keep, Kokkos::View<s
     return;
   }
   Kokkos::parallel_scan(
-      "proteus::chunk::compact_kept", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
+      "proteus::chunk::compact_kept", RangePolicy(space, 0, n),
       KOKKOS_LAMBDA(long i, long& before, bool final) {
         std::uint64_t const key = ranked(i);
         bool const in = keep(static_cast<long>(detail::key_position(key))) != 0;
@@ -93,20 +93,20 @@ void start_nucleus(ExecSpace const& space, TokenVector const& importance, MaskVe
   // Softmax of the kept tokens' scores (the first kept() keys, the best first), its prefix sums,
   // and how many of those lie below top_p of the total: all on the device, sized by n.
   Kokkos::parallel_reduce(
-      "proteus::chunk::softmax_norm", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
+      "proteus::chunk::softmax_norm", RangePolicy(space, 0, n),
       KOKKOS_LAMBDA(long i, double& s) {
         if (i < kept()) s += detail::kmath::exp(double(detail::key_score(keys(i))) - detail::key_score(keys(0)));
       },
       z);
   Kokkos::parallel_scan(
-      "proteus::chunk::prefix", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
+      "proteus::chunk::prefix", RangePolicy(space, 0, n),
       KOKKOS_LAMBDA(long i, double& cum, bool final) {
         if (i < kept()) cum += detail::kmath::exp(double(detail::key_score(keys(i))) - detail::key_score(keys(0)));
         if (final) prefix(i) = cum;
       });
   // Count of the inclusive prefix sums below the limit (monotone, so a reduction suffices).
   Kokkos::parallel_reduce(
-      "proteus::chunk::nucleus_count", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
+      "proteus::chunk::nucleus_count", RangePolicy(space, 0, n),
       KOKKOS_LAMBDA(long i, long& c) { c += i < kept() && prefix(i) < top_p * z() ? 1 : 0; }, below);
   long const best = std::min(n, budget);
   auto const counts_host = first_rows(b.counts_host, "proteus::chunk::counts_host", 2);
@@ -164,7 +164,7 @@ void launch_chunk(ExecSpace const& space, CausalGeneticMultiheadAttention const&
                 w.routed.selection.ranking());
   auto beta = w.routed.routing.beta;
   Kokkos::parallel_reduce(
-      "proteus::chunk::caught", Kokkos::RangePolicy<ExecSpace>(space, 0, x.extent(0)),
+      "proteus::chunk::caught", RangePolicy(space, 0, x.extent(0)),
       KOKKOS_LAMBDA(long i, long& n) { n += beta(i) > 0.0f ? 1 : 0; }, tally(2));
   Kokkos::deep_copy(space, w.tallies_host, w.tallies);
   if (!scorer.config().dna_enable) return;

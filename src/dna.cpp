@@ -120,7 +120,7 @@ namespace {
 void usage_softmax(ExecSpace const& space, GateVector const& usage, GateVector const& bias) {
   int const gates = static_cast<int>(usage.extent(0));
   Kokkos::parallel_for(
-      "proteus::dna::usage_bias", Kokkos::RangePolicy<ExecSpace>(space, 0, gates), KOKKOS_LAMBDA(int g) {
+      "proteus::dna::usage_bias", RangePolicy(space, 0, gates), KOKKOS_LAMBDA(int g) {
         float umin = usage(0);
         for (int k = 1; k < gates; ++k) umin = usage(k) < umin ? usage(k) : umin;
         float z = 0.0f;
@@ -219,7 +219,7 @@ void hybrid_route_backward(ExecSpace const& space, Config const& cfg, Routing co
   auto gp = routing.gate_probs;
   auto beta = routing.beta;
   Kokkos::parallel_for(
-      "proteus::dna::hybrid_route_backward", Kokkos::RangePolicy<ExecSpace>(space, 0, dgate_probs.extent(0)),
+      "proteus::dna::hybrid_route_backward", RangePolicy(space, 0, dgate_probs.extent(0)),
       KOKKOS_LAMBDA(long t) {
         if (!use_dna) {
           for (int g = 0; g < gates; ++g) drouter_probs(t, g) = dgate_probs(t, g);
@@ -283,7 +283,7 @@ void dna_ema_update(ExecSpace const& space, float decay, DnaStatistics const& st
         if (dna_gate_hit(c(g))) p(g, j) = static_cast<float>(dna_ema_prototype(d, p(g, j), s(g, j), c(g)));
       });
   Kokkos::parallel_reduce(
-      "proteus::dna::ema_usage", Kokkos::RangePolicy<ExecSpace>(space, 0, gates),
+      "proteus::dna::ema_usage", RangePolicy(space, 0, gates),
       KOKKOS_LAMBDA(int g, long& n) {
         usage(g) = static_cast<float>(dna_ema_usage(d, usage(g), c(g)));
         conf(g) = static_cast<float>(dna_ema_confidence(d, conf(g), c(g)));

@@ -55,11 +55,11 @@ long mark_kept_tokens(ExecSpace const& space, Config const& cfg, TokenVector con
   for (int b = 0; b < batch; ++b) {
     long const offset = b * tokens;
     Kokkos::parallel_for(
-        "proteus::gating::token_keys", Kokkos::RangePolicy<ExecSpace>(space, 0, tokens),
+        "proteus::gating::token_keys", RangePolicy(space, 0, tokens),
         KOKKOS_LAMBDA(long t) { keys(t) = detail::descending_score_key(importance(offset + t), t); });
     detail::sort(space, keys, buffers.sort_scratch);
     Kokkos::parallel_for(
-        "proteus::gating::mark_kept", Kokkos::RangePolicy<ExecSpace>(space, 0, tokens),
+        "proteus::gating::mark_kept", RangePolicy(space, 0, tokens),
         KOKKOS_LAMBDA(long i) {
           long const t = static_cast<long>(detail::key_position(keys(i)));
           bool const top = i < n;
@@ -76,7 +76,7 @@ namespace {
 template <class Result>
 void count_kept_into(ExecSpace const& space, MaskVector const& keep, Result&& count) {
   Kokkos::parallel_reduce(
-      "proteus::gating::count_kept", Kokkos::RangePolicy<ExecSpace>(space, 0, keep.extent(0)),
+      "proteus::gating::count_kept", RangePolicy(space, 0, keep.extent(0)),
       KOKKOS_LAMBDA(long i, long& s) { s += keep(i); }, count);
 }
 }  // namespace
@@ -211,7 +211,7 @@ namespace {
 template <class Result>
 void count_pairs_into(ExecSpace const& space, MaskMatrix const& head_mask, Result&& pairs) {
   Kokkos::parallel_reduce(
-      "proteus::gating::count_heads", Kokkos::RangePolicy<ExecSpace>(space, 0, head_mask.size()),
+      "proteus::gating::count_heads", RangePolicy(space, 0, head_mask.size()),
       KOKKOS_LAMBDA(long i, long& n) { n += head_mask.data()[i]; }, pairs);
 }
 }  // namespace
@@ -230,7 +230,7 @@ void head_weights(ExecSpace const& space, GateMatrix const& head_probs, MaskMatr
                   MaskVector const& keep, bool every_head, GateMatrix const& weight, TokenVector const& total) {
   int const heads = static_cast<int>(head_probs.extent(1));
   Kokkos::parallel_for(
-      "proteus::gating::head_weights", Kokkos::RangePolicy<ExecSpace>(space, 0, head_probs.extent(0)),
+      "proteus::gating::head_weights", RangePolicy(space, 0, head_probs.extent(0)),
       KOKKOS_LAMBDA(long t) {
         float s = 0.0f;
         for (int h = 0; h < heads; ++h) s += keep(t) && (every_head || head_mask(t, h)) ? head_probs(t, h) : 0.0f;
@@ -246,7 +246,7 @@ void head_weights_backward(ExecSpace const& space, GateMatrix const& dweight, Ga
   int const heads = static_cast<int>(weight.extent(1));
   int const gates = static_cast<int>(dgate_probs.extent(1));
   Kokkos::parallel_for(
-      "proteus::gating::head_weights_backward", Kokkos::RangePolicy<ExecSpace>(space, 0, weight.extent(0)),
+      "proteus::gating::head_weights_backward", RangePolicy(space, 0, weight.extent(0)),
       KOKKOS_LAMBDA(long t) {
         float dot = 0.0f;  // sum over active heads of weight * dweight (inactive heads have weight 0)
         for (int h = 0; h < heads; ++h) dot += weight(t, h) * dweight(t, h);
@@ -263,7 +263,7 @@ double busiest_head_fraction(ExecSpace const& space, MaskMatrix const& head_mask
   long const tokens = static_cast<long>(head_mask.extent(0)) / batch;
   long busiest = 0;
   Kokkos::parallel_reduce(
-      "proteus::gating::busiest_head", Kokkos::RangePolicy<ExecSpace>(space, 0, static_cast<long>(batch) * heads),
+      "proteus::gating::busiest_head", RangePolicy(space, 0, static_cast<long>(batch) * heads),
       KOKKOS_LAMBDA(long item, long& most) {
         long const b = item / heads, h = item % heads;
         long rows = 0;

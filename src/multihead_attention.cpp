@@ -91,7 +91,7 @@ void check_forward_inputs(ExecSpace const& space, Config const& c, BatchTensor c
             "attn_mask", "must be [T x T] with T = " + std::to_string(tokens));
     long wrong = 0;
     Kokkos::parallel_reduce(
-        "proteus::check_attn_mask", Kokkos::RangePolicy<ExecSpace>(space, 0, tokens * tokens),
+        "proteus::check_attn_mask", RangePolicy(space, 0, tokens * tokens),
         KOKKOS_LAMBDA(long i, long& w) {
           long const r = i / tokens, col = i % tokens;
           w += (attn_mask(r, col) != 0) != (col > r) ? 1 : 0;
@@ -124,7 +124,7 @@ void nonfinite_into(ExecSpace const& space, TokenMatrix const& v, Count& bad) {
     long const quads = size / 4;
     auto const* q = reinterpret_cast<FloatQuad const*>(data);
     Kokkos::parallel_reduce(
-        "proteus::check_finite", Kokkos::RangePolicy<ExecSpace>(space, 0, quads + size % 4),
+        "proteus::check_finite", RangePolicy(space, 0, quads + size % 4),
         KOKKOS_LAMBDA(long i, long& n) {
           if (i >= quads) {
             n += detail::kmath::isfinite(data[3 * quads + i]) ? 0 : 1;  // entry 4 quads + (i - quads)
@@ -136,12 +136,12 @@ void nonfinite_into(ExecSpace const& space, TokenMatrix const& v, Count& bad) {
         bad);
   } else if (v.span_is_contiguous()) {  // one flat pass, without an index division per entry
     Kokkos::parallel_reduce(
-        "proteus::check_finite", Kokkos::RangePolicy<ExecSpace>(space, 0, size),
+        "proteus::check_finite", RangePolicy(space, 0, size),
         KOKKOS_LAMBDA(long i, long& n) { n += detail::kmath::isfinite(data[i]) ? 0 : 1; }, bad);
   } else {
     long const cols = static_cast<long>(v.extent(1));
     Kokkos::parallel_reduce(
-        "proteus::check_finite", Kokkos::RangePolicy<ExecSpace>(space, 0, v.extent(0) * cols),
+        "proteus::check_finite", RangePolicy(space, 0, v.extent(0) * cols),
         KOKKOS_LAMBDA(long i, long& n) { n += detail::kmath::isfinite(v(i / cols, i % cols)) ? 0 : 1; }, bad);
   }
 }
@@ -393,11 +393,11 @@ void add_block_statistics(ExecSpace const& space, detail::ActiveRows const& rows
   auto const stats = work.call_counts;
   auto const head_start = rows.head_start;
   Kokkos::parallel_reduce(
-      "proteus::stats::candidates", Kokkos::RangePolicy<ExecSpace>(space, 0, rows.rows),
+      "proteus::stats::candidates", RangePolicy(space, 0, rows.rows),
       KOKKOS_LAMBDA(long i, long& sum) { sum += counts(i); },
       Kokkos::subview(stats, heads + call_count::block_candidates));
   Kokkos::parallel_for(
-      "proteus::stats::head_rows", Kokkos::RangePolicy<ExecSpace>(space, 0, heads), KOKKOS_LAMBDA(int h) {
+      "proteus::stats::head_rows", RangePolicy(space, 0, heads), KOKKOS_LAMBDA(int h) {
         long n = 0;
         for (int b = 0; b < batch; ++b) n += head_start(b * heads + h + 1) - head_start(b * heads + h);
         stats(h) += n;
@@ -415,7 +415,7 @@ void routing_statistics(ExecSpace const& space, Routing const& rt, detail::Modul
   Kokkos::View<RoutingSums, MemSpace, Kokkos::MemoryUnmanaged> const sums(
       reinterpret_cast<RoutingSums*>(work.routing_sums.data()));
   Kokkos::parallel_reduce(
-      "proteus::stats::routing", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
+      "proteus::stats::routing", RangePolicy(space, 0, n),
       KOKKOS_LAMBDA(long t, RoutingSums& s) {
         for (int g = 0; g < gates; ++g) {
           float const p = gp(t, g);
@@ -454,7 +454,7 @@ bool rows_in_one_range(int batch, long len, long tokens) { return batch == 1 || 
 void gather_positions(ExecSpace const& space, PositionVector const& positions,
                       Kokkos::View<long*, MemSpace> const& source, PositionVector const& out) {
   Kokkos::parallel_for(
-      "proteus::module::query_positions", Kokkos::RangePolicy<ExecSpace>(space, 0, out.extent(0)),
+      "proteus::module::query_positions", RangePolicy(space, 0, out.extent(0)),
       KOKKOS_LAMBDA(long i) { out(i) = positions(source(i)); });
 }
 
@@ -680,7 +680,7 @@ template <class Counts, class Sums>
 void zero_statistics(ExecSpace const& space, Counts const& counts, Sums const& sums) {
   long const n_counts = static_cast<long>(counts.extent(0)), n_sums = static_cast<long>(sums.extent(0));
   Kokkos::parallel_for(
-      "proteus::stats::start", Kokkos::RangePolicy<ExecSpace>(space, 0, std::max(n_counts, n_sums)),
+      "proteus::stats::start", RangePolicy(space, 0, std::max(n_counts, n_sums)),
       KOKKOS_LAMBDA(long i) {
         if (i < n_counts) counts(i) = 0;
         if (i < n_sums) sums(i) = 0;
@@ -744,7 +744,7 @@ std::pair<BatchTensor, std::optional<ForwardStats>> CausalGeneticMultiheadAttent
                   query.extent(1), query.extent(2));
   PositionVector const& positions = reuse(work_.positions, "proteus::positions", n);
   Kokkos::parallel_for(
-      "proteus::positions", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
+      "proteus::positions", RangePolicy(space, 0, n),
       KOKKOS_LAMBDA(long row) { positions(row) = row % tokens; });
   RunOptions checked;
   checked.check_input = true;  // "query: contains ... NaN" before the attention, without a wait of its own

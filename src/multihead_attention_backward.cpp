@@ -38,7 +38,7 @@ void head_weight_gradient(ExecSpace const& space, detail::ActiveRows const& rows
   auto row_token = rows.token;
   auto row_query = rows.query;
   Kokkos::parallel_for(
-      "proteus::module::backward::head_weight", Kokkos::RangePolicy<ExecSpace>(space, 0, rows.rows),
+      "proteus::module::backward::head_weight", RangePolicy(space, 0, rows.rows),
       KOKKOS_LAMBDA(long r) {
         int const bh = row_head(r), h = bh % heads;
         long const q = row_query(r), t = (bh / heads) * tokens + row_token(r);

@@ -28,7 +28,7 @@ void fill_uniform(ExecSpace const& space, float* data, long n, std::uint64_t see
                   char const* label) {
   Kokkos::View<float*, MemSpace, Kokkos::MemoryTraits<Kokkos::Unmanaged>> out(data, n);
   Kokkos::parallel_for(
-      label, Kokkos::RangePolicy<ExecSpace>(space, 0, n), KOKKOS_LAMBDA(long i) {
+      label, RangePolicy(space, 0, n), KOKKOS_LAMBDA(long i) {
         double const u = detail::uniform_open01(detail::hash3(seed, stream, static_cast<std::uint64_t>(i)));
         out(i) = static_cast<float>((2.0 * u - 1.0) * bound);
       });
@@ -162,7 +162,7 @@ void column_sums(ExecSpace const& space, TokenMatrix const& m, TokenVector const
         partial(k, j) = s;
       });
   Kokkos::parallel_for(
-      "proteus::projection::column_sums", Kokkos::RangePolicy<ExecSpace>(space, 0, cols), KOKKOS_LAMBDA(long j) {
+      "proteus::projection::column_sums", RangePolicy(space, 0, cols), KOKKOS_LAMBDA(long j) {
         float s = 0.0f;
         for (long k = 0; k < blocks; ++k) s += partial(k, j);
         out(j) = s;

@@ -34,7 +34,7 @@ void router_probabilities_backward(ExecSpace const& space, TokenMatrix const& x,
                                    GateByEmbed const& grads_weight) {
   int const gates = static_cast<int>(probs.extent(1));
   Kokkos::parallel_for(
-      "proteus::router::softmax_backward", Kokkos::RangePolicy<ExecSpace>(space, 0, probs.extent(0)),
+      "proteus::router::softmax_backward", RangePolicy(space, 0, probs.extent(0)),
       KOKKOS_LAMBDA(long t) {
         float dot = 0.0f;
         for (int g = 0; g < gates; ++g) dot += probs(t, g) * dprobs(t, g);

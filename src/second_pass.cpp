@@ -71,7 +71,7 @@ double sum_of_squares(ExecSpace const& space, Rows const& y) {
   long const e = static_cast<long>(y.extent(1));
   double squares = 0.0;
   Kokkos::parallel_reduce(
-      "proteus::second_pass::norm", Kokkos::RangePolicy<ExecSpace>(space, 0, y.extent(0) * e),
+      "proteus::second_pass::norm", RangePolicy(space, 0, y.extent(0) * e),
       KOKKOS_LAMBDA(long i, double& s) {
         float const v = y(i / e, i % e);
         s += double(v) * v;

@@ -114,13 +114,13 @@ CandidateLists dna_candidate_lists(ExecSpace const& space, ShortlistPlan const& 
   for (int b = 0; b < batch; ++b) {
     long const offset = b * tokens;
     Kokkos::parallel_for(
-        "proteus::shortlist::salience_keys", Kokkos::RangePolicy<ExecSpace>(space, 0, tokens),
+        "proteus::shortlist::salience_keys", RangePolicy(space, 0, tokens),
         KOKKOS_LAMBDA(long t) { keys(t) = detail::descending_score_key(salience(offset + t), t); });
     detail::sort(space, keys);
     // Block k takes the first `cap` rows (by salience) that precede its first row. The expected
     // scan length is cap * T / start, so the whole pass costs about cap * blocks * log(blocks).
     Kokkos::parallel_for(
-        "proteus::shortlist::dna_lists", Kokkos::RangePolicy<ExecSpace>(space, 0, blocks),
+        "proteus::shortlist::dna_lists", RangePolicy(space, 0, blocks),
         KOKKOS_LAMBDA(long k) {
           long const start = k * block;
           long n = 0;

@@ -15,6 +15,16 @@ using HostSpace = Kokkos::HostSpace;
 // True for host backends (Serial, OpenMP, Threads): team kernels run a team as one thread there.
 inline constexpr bool on_host = Kokkos::SpaceAccessibility<HostSpace, MemSpace>::accessible;
 
+// The policies every kernel launches with. Light weight: on CUDA and HIP the functor goes to the
+// kernel as an argument (up to 4 KB; in global memory above). By default Kokkos copies a functor
+// of 512 B to 32 KB into one constant buffer per device, and each such launch first waits on the
+// host for the previous one to finish: the host could not queue a call's work ahead of the device
+// past any of them. Other backends ignore the hint.
+using LightWeight = Kokkos::Experimental::WorkItemProperty::HintLightWeight_t;
+using RangePolicy = Kokkos::RangePolicy<ExecSpace, LightWeight>;
+template <class... Traits>
+using TeamPolicy = Kokkos::TeamPolicy<ExecSpace, LightWeight, Traits...>;
+
 // [tokens x embed]: one row per token (batch rows stacked: row = b*T + t).
 using TokenMatrix = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;
 // The same rows stored in BF16 (keys and values with Config::kv_bf16).

@@ -43,7 +43,7 @@ template <class F>
 void for_each_element(ExecSpace const& space, char const* label, long rows, long cols, F const& f) {
   long const per_item = cols >= grouped_from ? columns_per_item : 1;
   long const quarter = (cols + per_item - 1) / per_item;
-  Kokkos::parallel_for(label, light_weight(Kokkos::RangePolicy<ExecSpace>(space, 0, rows * quarter)),
+  Kokkos::parallel_for(label, RangePolicy(space, 0, rows * quarter),
                        KOKKOS_LAMBDA(long i) {
                          long const row = i / quarter;
                          long const first = i - row * quarter;
@@ -56,7 +56,7 @@ void for_each_element(ExecSpace const& space, char const* label, long rows, long
 // where a thread per token reads with a stride of a whole row). Inside f(member, t), loops over
 // the row use Kokkos::ThreadVectorRange(member, n); a value computed once per token goes through
 // Kokkos::single(Kokkos::PerThread(member), ...). Host backends run one lane per token.
-using TokenPolicy = Kokkos::TeamPolicy<ExecSpace>;
+using TokenPolicy = TeamPolicy<>;
 using TokenMember = TokenPolicy::member_type;
 inline constexpr bool tokens_on_host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
 inline constexpr int token_lanes = tokens_on_host ? 1 : 32;
@@ -88,7 +88,7 @@ void for_each_token(ExecSpace const& space, char const* label, long n, F const& 
   long const teams = (n + tokens_per_team - 1) / tokens_per_team;
   TokenPolicy policy(space, static_cast<int>(teams), tokens_per_team, token_lanes);
   if (scratch_ints > 0) policy.set_scratch_size(0, Kokkos::PerThread(TokenScratch::shmem_size(scratch_ints)));
-  Kokkos::parallel_for(label, light_weight(policy),
+  Kokkos::parallel_for(label, policy,
                        KOKKOS_LAMBDA(TokenMember const& m) {
                          long const t = static_cast<long>(m.league_rank()) * tokens_per_team + m.team_rank();
                          if (t < n) f(m, t);

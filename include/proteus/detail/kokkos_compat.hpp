@@ -54,17 +54,6 @@ using Kokkos::Experimental::sqrt;
 #endif
 }  // namespace kmath
 
-// `policy` with its functor passed to the kernel as an argument (up to 4 KB; above that through
-// global memory), never through constant memory. On CUDA, Kokkos copies a functor of 512 B to
-// 32 KB into one constant buffer per device and first waits, on the host, for the previous kernel
-// launched that way to finish: the host could not queue work ahead of the device past any of the
-// attention kernels (nine such waits per training step, each leaving the device idle while the next
-// launch is prepared). Other backends ignore the hint.
-template <class Policy>
-auto light_weight(Policy const& policy) {
-  return Kokkos::Experimental::require(policy, Kokkos::Experimental::WorkItemProperty::HintLightWeight);
-}
-
 // C = alpha op(A) op(B) + beta C. Kokkos Kernels 4.x takes the execution space instance;
 // 3.4 runs on the default instance, so the caller's stream ordering is kept by fencing it.
 template <class Space, class AView, class BView, class CView>
