@@ -375,10 +375,7 @@ void attend_own_windows(ExecSpace const& space, Blocks<Kv> const& a, long blocks
                 for (long c = first_of_lane(from, lane, lanes); c <= t; c += lanes)
                   a.template add<D, Wide>(s, qr, k, c);
                 // Anchors and DNA candidates outside the window, gathered from global memory.
-                int extra = 0;
-                for_each_extra_candidate(a.p, t, dna, [&](long c) {
-                  if (extra++ % lanes == lane) a.template add<D, Wide>(s, qr, k, c);
-                });
+                for_each_extra_of_lane(a.p, t, dna, lane, lanes, [&](long c) { a.template add<D, Wide>(s, qr, k, c); });
               },
               detail::MergeSoftmax<D>(row));
           Kokkos::single(Kokkos::PerThread(team), [&]() { a.finish(r0 + r, qrow, h, row); });
@@ -462,10 +459,7 @@ void attend_union(ExecSpace const& space, Blocks<Kv> const& a, long blocks) {
               Kokkos::ThreadVectorRange(team, lanes),
               [&](int lane, detail::SoftmaxState<D>& s) {
                 s.merge(states(r * lanes + lane));
-                int extra = 0;
-                for_each_extra_candidate(a.p, t, dna, [&](long c) {
-                  if (extra++ % lanes == lane) a.template add<D, Wide>(s, qr, k, c);
-                });
+                for_each_extra_of_lane(a.p, t, dna, lane, lanes, [&](long c) { a.template add<D, Wide>(s, qr, k, c); });
               },
               detail::MergeSoftmax<D>(row));
           Kokkos::single(Kokkos::PerThread(team), [&]() { a.finish(r0 + r, a.row_query(r0 + r), h, row); });

@@ -124,9 +124,7 @@ template <int D>
 KOKKOS_INLINE_FUNCTION void add_extra_candidates(Grad const& g, long r, int lane, int lanes, float const (&qi)[D],
                                                  float const (&doi)[D], LaneSum<D>& part) {
   long const t = g.row_token(r), b = g.row_head(r) / g.heads, h = g.row_head(r) % g.heads, base = b * g.tokens;
-  int extra = 0;
-  for_each_extra_candidate(g.p, t, g.dna_of(b, t), [&](long c) {
-    if (extra++ % lanes != lane) return;
+  for_each_extra_of_lane(g.p, t, g.dna_of(b, t), lane, lanes, [&](long c) {
     add_key_to_row(
         qi, doi, g.m(r), g.l(r), g.dsum(r), g.scale, [&](int j) { return g.kv(base + c, h * D + j); },
         [&](int j) { return g.kv(base + c, g.embed + h * D + j); }, part);

@@ -6,6 +6,7 @@
 #include <numeric>
 #include <random>
 #include <set>
+#include <utility>
 #include <vector>
 
 #include "proteus/attention.hpp"
@@ -82,9 +83,7 @@ PROTEUS_TEST_CASE("candidate sets equal a brute-force construction of the same r
   c.linear_L = 60;
   c.L_min = 8;
   c.window = 20;
-  c.anchor_stride = 7;
   c.use_dna_candidates = true;
-  c = c.resolved();
   test::Matrix noise = test::random_matrix(1, T, 5);
   std::vector<float> salience(T);
   for (long t = 0; t < T; ++t) salience[t] = static_cast<float>(std::round(noise[0][t] * 4) / 4);  // ties
@@ -92,15 +91,17 @@ PROTEUS_TEST_CASE("candidate sets equal a brute-force construction of the same r
   auto hs = Kokkos::create_mirror_view(sal);
   for (long t = 0; t < T; ++t) hs(t) = salience[t];
   Kokkos::deep_copy(sal, hs);
-  for (double alpha : {0.2, 0.6, 1.0}) {
-    ShortlistPlan const p = plan_shortlist(c, T, alpha);
+  for (auto [stride, alpha] : {std::pair{7L, 0.2}, {7L, 0.6}, {7L, 1.0}, {0L, 0.6}}) {  // stride 0: no anchors
+    c.anchor_stride = stride;
+    ShortlistPlan const p = plan_shortlist(c.resolved(), T, alpha);
     REQUIRE(p.dna_cap > 0);
+    REQUIRE((p.anchor_cap > 0 && p.anchor_stride > 0) == (stride > 0));
     auto lists = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), dna_candidate_lists(TEST_EXECSPACE(), p, sal, 1, T));
     for (long i = 0; i < T; ++i) {
       std::vector<long> got = kernel_rule_candidates(p, i, &lists(i / p.dna_block, 0));
       std::vector<long> sorted = got;
       std::sort(sorted.begin(), sorted.end());
-      INFO("alpha " << alpha << " row " << i);
+      INFO("anchor stride " << stride << ", alpha " << alpha << ", row " << i);
       CHECK(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end());  // no duplicates
       CHECK(sorted == brute_candidates(p, i, salience));
       CHECK(static_cast<long>(sorted.size()) <= p.budget);
@@ -140,6 +141,41 @@ TEST_CASE("candidate_piece names exactly the candidates for_each_candidate lists
         int const piece = candidate_piece(p, i, j, dna.data());
         CHECK((piece != piece_none) == (times[j] == 1));
         CHECK(times[j] <= 1);
+      }
+    }
+  }
+}
+
+TEST_CASE("lanes take every lanes-th extra candidate in order, each once, in calls made together",
+          "[shortlist][candidates][lanes]") {
+  // The attention's lanes split a row's extra candidates: lane l adds the k-th extra for every
+  // k % lanes == l, in increasing k (the order fixes the lane's softmax sums bit for bit). That the
+  // lanes of a row make their calls together is a matter of speed, seen on a GPU only.
+  long const T = 300;
+  Config c;
+  c.embed_dim = 32;
+  c.num_heads = 2;
+  c.linear_L = 40;
+  c.L_min = 8;
+  c.window = 12;
+  c.anchor_stride = 5;
+  c.use_dna_candidates = true;
+  c = c.resolved();
+  std::vector<Position> list = {3, 70, 71, 150, 2, 40, 41, 42, 43, 90, 91, -1};
+  ShortlistPlan const p = plan_shortlist(c, T, 0.8);
+  REQUIRE(p.dna_cap > 0);
+  std::vector<Position> dna(list.begin(), list.begin() + std::min<long>(p.dna_cap, list.size()));
+  dna.resize(p.dna_cap, -1);
+  for (int lanes : {1, 2, 4, 8}) {
+    for (long i = 0; i < T; i += 7) {
+      std::vector<long> extras;  // rows past the window have anchors and DNA candidates
+      for_each_extra_candidate(p, i, dna.data(), [&](long j) { extras.push_back(j); });
+      for (int lane = 0; lane < lanes; ++lane) {
+        std::vector<long> got, expected;
+        for (size_t k = lane; k < extras.size(); k += lanes) expected.push_back(extras[k]);
+        for_each_extra_of_lane(p, i, dna.data(), lane, lanes, [&](long j) { got.push_back(j); });
+        INFO("lanes " << lanes << ", lane " << lane << ", row " << i << ", " << extras.size() << " extras");
+        CHECK(got == expected);
       }
     }
   }

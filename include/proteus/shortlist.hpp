@@ -74,46 +74,117 @@ KOKKOS_INLINE_FUNCTION bool walks_union(ShortlistPlan const& p, long first, long
   return last - local_begin(p, first) + 1 <= 4 * p.local_width;
 }
 
-// Calls f(j) once for each candidate j of row i that lies before its local piece: anchors, the
-// global prefix rows, then DNA candidates, without duplicates. `dna` points at the row's block list of plan.dna_cap
-// entries (may be null when dna_cap == 0).
-template <class F>
-KOKKOS_INLINE_FUNCTION void for_each_extra_candidate(ShortlistPlan const& p, long i,
-                                                     Position const* dna, F&& f) {
-  long const lo = local_begin(p, i);
-  long const s = p.anchor_stride, a = p.anchor_cap;
-  bool const anchors = s > 0 && a > 0;
-  // Anchors i - j s for j = 1..a; those below 0 are clamped to 0 (one copy).
-  if (anchors) {
-    bool clamped_zero = i - a * s < 0;
-    for (long j = 1; j <= a; ++j) {
-      long const c = i - j * s;
-      if (c < 0) break;
-      if (c < lo) f(c);
-      if (c == 0) clamped_zero = false;  // 0 is already an exact anchor
-    }
-    if (clamped_zero && lo > 0) f(0);
+// The candidates of row i that lie before its local piece, one at a time: anchors, the global
+// prefix rows, then DNA candidates, without duplicates. `dna` points at the row's block list of
+// plan.dna_cap entries (may be null when dna_cap == 0). Anchors i - j s for j = 1..a below 0 are
+// clamped to 0 (one copy).
+class ExtraCandidates {
+ public:
+  KOKKOS_INLINE_FUNCTION ExtraCandidates(ShortlistPlan const& p, long i, Position const* dna)
+      : p_(p), dna_(dna), i_(i), lo_(local_begin(p, i)) {
+    long const pre = p.prefix_of_row.extent(0) > 0 ? p.prefix_of_row(i) : p.prefix;
+    shared_ = pre < lo_ ? pre : lo_;  // global rows not already local
+    anchors_ = p.anchor_stride > 0 && p.anchor_cap > 0;
+    clamped_zero_ = anchors_ && i - p.anchor_cap * p.anchor_stride < 0;
+    phase_ = anchors_ ? anchor_rows : prefix_rows;
+    step_ = anchors_ ? 1 : 0;
   }
-  long const pre = p.prefix_of_row.extent(0) > 0 ? p.prefix_of_row(i) : p.prefix;
-  long const shared = pre < lo ? pre : lo;  // global rows not already local
-  for (long c = 0; c < shared; ++c) {
-    bool const anchor = anchors && (i - c) % s == 0 && (i - c) / s >= 1 && (i - c) / s <= a;
-    bool const zero = anchors && c == 0 && i - a * s < 0;
-    if (!anchor && !zero) f(c);
-  }
-  if (p.dna_cap > 0 && dna != nullptr) {
-    for (long n = 0; n < p.dna_cap; ++n) {
-      long const c = dna[n];
-      if (c < 0) break;
-      if (c >= lo || c < shared) continue;
-      if (anchors) {
-        long const gap = i - c;
-        bool const exact = gap % s == 0 && gap / s >= 1 && gap / s <= a;
-        bool const zero = c == 0 && i - a * s < 0;
-        if (exact || zero) continue;
+
+  // The next candidate in c; false when there is none left.
+  KOKKOS_INLINE_FUNCTION bool next(long& c) {
+    long const s = p_.anchor_stride;
+    while (true) {
+      switch (phase_) {
+        case anchor_rows:
+          c = i_ - step_ * s;
+          if (step_ > p_.anchor_cap || c < 0) {
+            phase_ = zero_row;
+            break;
+          }
+          ++step_;
+          if (c == 0) clamped_zero_ = false;  // 0 is already an exact anchor
+          if (c < lo_) return true;
+          break;
+        case zero_row:
+          phase_ = prefix_rows;
+          step_ = 0;
+          if (clamped_zero_ && lo_ > 0) {
+            c = 0;
+            return true;
+          }
+          break;
+        case prefix_rows:
+          if (step_ >= shared_) {
+            phase_ = dna_rows;
+            step_ = 0;
+            break;
+          }
+          c = step_++;
+          if (!is_anchor(c)) return true;
+          break;
+        case dna_rows:
+          if (p_.dna_cap == 0 || dna_ == nullptr || step_ >= p_.dna_cap || dna_[step_] < 0) {
+            phase_ = done;
+            break;
+          }
+          c = dna_[step_++];
+          if (c < lo_ && c >= shared_ && !is_anchor(c)) return true;
+          break;
+        default:
+          return false;
       }
-      f(c);
     }
+  }
+
+  // Passes over the next n candidates; false when fewer were left.
+  KOKKOS_INLINE_FUNCTION bool skip(int n) {
+    long c;
+    for (int k = 0; k < n; ++k)
+      if (!next(c)) return false;
+    return true;
+  }
+
+ private:
+  enum Phase : int { anchor_rows, zero_row, prefix_rows, dna_rows, done };
+  // Whether c is one of the anchors (listed in their own phase).
+  KOKKOS_INLINE_FUNCTION bool is_anchor(long c) const {
+    if (!anchors_) return false;
+    long const gap = i_ - c, s = p_.anchor_stride;
+    bool const exact = gap % s == 0 && gap / s >= 1 && gap / s <= p_.anchor_cap;
+    bool const zero = c == 0 && i_ - p_.anchor_cap * s < 0;
+    return exact || zero;
+  }
+
+  ShortlistPlan const& p_;
+  Position const* dna_;
+  long i_, lo_, shared_ = 0, step_ = 0;  // the phase's next anchor j, prefix row or DNA entry
+  bool anchors_ = false, clamped_zero_ = false;
+  int phase_ = anchor_rows;
+};
+
+// Calls f(j) once for each candidate j of row i that lies before its local piece, in
+// ExtraCandidates' order.
+template <class F>
+KOKKOS_INLINE_FUNCTION void for_each_extra_candidate(ShortlistPlan const& p, long i, Position const* dna, F&& f) {
+  ExtraCandidates extras(p, i, dna);
+  long c;
+  while (extras.next(c)) f(c);
+}
+
+// Lane `lane` of `lanes` taking its share of row i's extra candidates: the k-th goes to lane
+// k % lanes, and each lane gets its own in that order. The lanes of a row call f together, from
+// one place in one loop (the last round may leave some lanes out). Calling f the moment a lane's
+// own extra comes up would run f once per extra with one lane of the row active: on a GPU the
+// row's lanes would take the extras one after another instead of `lanes` at a time.
+template <class F>
+KOKKOS_INLINE_FUNCTION void for_each_extra_of_lane(ShortlistPlan const& p, long i, Position const* dna, int lane,
+                                                   int lanes, F&& f) {
+  ExtraCandidates extras(p, i, dna);
+  long c;
+  bool more = extras.skip(lane);
+  while (more && extras.next(c)) {
+    f(c);
+    more = extras.skip(lanes - 1);
   }
 }
 
