@@ -190,7 +190,7 @@ int main(int argc, char** argv) {
           std::printf("    kernels (ms per call; the rest of %.3f ms is BLAS and host work):\n", median * 1e3);
           int shown = 0;
           for (auto const& [sec, name] : proteus::perf::kernel_report())
-            if (shown++ < 12) std::printf("      %10.3f  %s\n", sec * per_call, name.c_str());
+            if (shown++ < 40) std::printf("      %10.3f  %s\n", sec * per_call, name.c_str());
           std::printf("      %10.3f  (all Kokkos kernels)\n", total * per_call);
           auto& kt = proteus::perf::KernelTimes::get();
           std::printf("    per call: %.0f kernels, %.0f fences, %.0f deep copies, %.0f device allocations\n",
