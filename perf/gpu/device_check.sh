@@ -139,23 +139,7 @@ for step in "$@"; do
           --tokens "${STALL_TOKENS:-1048576}" --alphas 1.0 --warmup 0 --repeat 1 --token-sparse $kv \
           >"$out/ncu_stalls${kv:+_bf16}.csv" 2>"$out/ncu_stalls${kv:+_bf16}.err"
         tail -2 "$out/ncu_stalls${kv:+_bf16}.err"
-        grep -E "Stall|Warp Cycles|Issued|Eligible|Active Warps|Hit Rate|Wavefronts|Duration|Achieved Occupancy" \
-          "$out/ncu_stalls${kv:+_bf16}.csv" | cut -c1-300 | head -60
-      done ;;
-    nsys_short)
-      # Issue 20 item 3: the timeline of short forwards (SHORT_TOKENS, default 512 4096): CUDA API calls
-      # (launches, synchronisations, allocations, copies) and GPU kernels/copies, summed and as a trace.
-      for t in ${SHORT_TOKENS:-512 4096}; do
-        nsys profile -o /tmp/short_$t --force-overwrite true --trace cuda,nvtx "$bin/perf/bench_module" --embed 512 \
-          --heads 32 --gates 64 --tokens "$t" --alphas 1.0 --warmup 5 --repeat 21 --token-sparse \
-          >"$out/nsys_short_$t.log" 2>&1
-        nsys stats --report cuda_api_sum,cuda_gpu_kern_sum,cuda_gpu_mem_time_sum --format csv \
-          --output "$out/nsys_short_${t}" /tmp/short_$t.nsys-rep >/dev/null 2>&1
-        nsys stats --report cuda_api_trace,cuda_gpu_trace --format csv --output /tmp/trace_$t /tmp/short_$t.nsys-rep \
-          >/dev/null 2>&1
-        tail -n 400 /tmp/trace_${t}_cuda_api_trace.csv >"$out/nsys_short_${t}_api_tail.csv"
-        tail -n 400 /tmp/trace_${t}_cuda_gpu_trace.csv >"$out/nsys_short_${t}_gpu_tail.csv"
-        head -30 "$out/nsys_short_${t}_cuda_api_sum.csv" | cut -c1-200
+        python3 "$root/perf/ncu_details.py" "$out/ncu_stalls${kv:+_bf16}.csv"
       done ;;
     pipeline_sweep)
       python3 "$root/perf/bench_pipeline.py" "$bin/drivers/proteus_driver" "$root/inputs/ctx10m.in" \
