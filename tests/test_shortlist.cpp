@@ -36,6 +36,29 @@ Config upstream_dropin() {
   return c.resolved();
 }
 
+// A plan of T tokens whose rows have every kind of extra candidate: a window of 12, anchors every
+// 5 rows, DNA candidates, and rows [0, prefix) as a global prefix.
+ShortlistPlan extras_plan(long tokens, long prefix) {
+  Config c;
+  c.embed_dim = 32;
+  c.num_heads = 2;
+  c.linear_L = 40;
+  c.L_min = 8;
+  c.window = 12;
+  c.anchor_stride = 5;
+  c.use_dna_candidates = true;
+  ShortlistPlan p = plan_shortlist(c.resolved(), tokens, 0.8);
+  p.prefix = prefix;
+  p.local_floor = prefix;
+  return p;
+}
+
+// A block's DNA list (-1 ends it) cut or padded to the plan's dna_cap entries.
+std::vector<Position> dna_list(ShortlistPlan const& p, std::vector<Position> list) {
+  list.resize(p.dna_cap, -1);
+  return list;
+}
+
 }  // namespace
 
 TEST_CASE("budget law reproduces upstream's sizes with L_max = 512", "[shortlist][plan]") {
@@ -115,24 +138,11 @@ TEST_CASE("candidate_piece names exactly the candidates for_each_candidate lists
   // The backward walks candidate sets from the key side and keeps a (row, key) pair only under
   // its piece: each candidate must have exactly one piece, and nothing else may have one.
   long const T = 300;
-  Config c;
-  c.embed_dim = 32;
-  c.num_heads = 2;
-  c.linear_L = 40;
-  c.L_min = 8;
-  c.window = 12;
-  c.anchor_stride = 5;
-  c.use_dna_candidates = true;
-  c = c.resolved();
-  std::vector<Position> list = {3, 70, 71, 150, 2, -1};  // a block's DNA list, -1 ends it
   for (long prefix : {0L, 17L}) {
-    ShortlistPlan p = plan_shortlist(c, T, 0.8);
-    p.prefix = prefix;
-    p.local_floor = prefix;
+    ShortlistPlan const p = extras_plan(T, prefix);
     REQUIRE(p.anchor_cap > 0);
     REQUIRE(p.dna_cap > 0);
-    std::vector<Position> dna(list.begin(), list.begin() + std::min<long>(p.dna_cap, list.size()));
-    dna.resize(p.dna_cap, -1);
+    std::vector<Position> const dna = dna_list(p, {3, 70, 71, 150, 2, -1});
     for (long i = prefix; i < T; ++i) {  // the global rows themselves are never queries
       std::vector<int> times(T, 0);
       for_each_candidate(p, i, dna.data(), [&](long j) { ++times[j]; });
@@ -146,35 +156,25 @@ TEST_CASE("candidate_piece names exactly the candidates for_each_candidate lists
   }
 }
 
-TEST_CASE("lanes take every lanes-th extra candidate in order, each once, in calls made together",
+TEST_CASE("lanes take every lanes-th extra candidate, in order, each once",
           "[shortlist][candidates][lanes]") {
   // The attention's lanes split a row's extra candidates: lane l adds the k-th extra for every
   // k % lanes == l, in increasing k (the order fixes the lane's softmax sums bit for bit). That the
   // lanes of a row make their calls together is a matter of speed, seen on a GPU only.
   long const T = 300;
-  Config c;
-  c.embed_dim = 32;
-  c.num_heads = 2;
-  c.linear_L = 40;
-  c.L_min = 8;
-  c.window = 12;
-  c.anchor_stride = 5;
-  c.use_dna_candidates = true;
-  c = c.resolved();
-  std::vector<Position> list = {3, 70, 71, 150, 2, 40, 41, 42, 43, 90, 91, -1};
-  ShortlistPlan const p = plan_shortlist(c, T, 0.8);
-  REQUIRE(p.dna_cap > 0);
-  std::vector<Position> dna(list.begin(), list.begin() + std::min<long>(p.dna_cap, list.size()));
-  dna.resize(p.dna_cap, -1);
-  for (int lanes : {1, 2, 4, 8}) {
-    for (long i = 0; i < T; i += 7) {
+  for (auto [prefix, lanes] : {std::pair{0L, 1}, {0L, 2}, {0L, 4}, {0L, 8}, {17L, 8}}) {
+    ShortlistPlan const p = extras_plan(T, prefix);
+    REQUIRE(p.dna_cap > 0);
+    std::vector<Position> const dna = dna_list(p, {3, 70, 71, 150, 2, 40, 41, 42, 43, 90, 91, -1});
+    for (long i = prefix; i < T; i += 7) {
       std::vector<long> extras;  // rows past the window have anchors and DNA candidates
       for_each_extra_candidate(p, i, dna.data(), [&](long j) { extras.push_back(j); });
       for (int lane = 0; lane < lanes; ++lane) {
         std::vector<long> got, expected;
         for (size_t k = lane; k < extras.size(); k += lanes) expected.push_back(extras[k]);
         for_each_extra_of_lane(p, i, dna.data(), lane, lanes, [&](long j) { got.push_back(j); });
-        INFO("lanes " << lanes << ", lane " << lane << ", row " << i << ", " << extras.size() << " extras");
+        INFO("prefix " << prefix << ", lanes " << lanes << ", lane " << lane << ", row " << i << ", "
+                       << extras.size() << " extras");
         CHECK(got == expected);
       }
     }
