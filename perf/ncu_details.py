@@ -19,6 +19,7 @@ def kernel_name(name):
     found = re.search(r"unnamed>::(\w+)", name)
     return found.group(1) if found else short_name(name)
 
+
 SUMMED = {"Duration": "ms", "Local Memory Spilling Requests": "spill requests", "Executed Instructions": "instructions"}
 AVERAGED = {"Avg. Active Threads Per Warp": "active threads/warp", "Issued Warp Per Scheduler": "issued/scheduler",
             "L1/TEX Cache Throughput": "L1 %", "DRAM Throughput": "DRAM %", "Achieved Occupancy": "occupancy %"}
