@@ -41,17 +41,33 @@ KOKKOS_INLINE_FUNCTION long step_end(long step, long slots) {
   return (step + 1) * slots_per_step < slots ? (step + 1) * slots_per_step : slots;
 }
 
-// Whether slot i stands for an active row: a kept token whose head is on (or every head).
+// A walk over consecutive slots: slot i's batch*head index and token offset in the span, advanced
+// one slot at a time, so that the 64-bit divisions that locate a slot (dozens of instructions each
+// on GPUs) are paid once per step of slots_per_step slots instead of several times per slot.
+struct SlotWalk {
+  long bh, offset;
+  KOKKOS_INLINE_FUNCTION SlotWalk(Span const& s, long i) : bh(i / s.span), offset(i - bh * s.span) {}
+  KOKKOS_INLINE_FUNCTION void next(Span const& s) {
+    if (++offset == s.span) {
+      offset = 0;
+      ++bh;
+    }
+  }
+  // The batch row of the slot (bh < batch * heads, an int).
+  KOKKOS_INLINE_FUNCTION long batch_row(Span const& s) const { return static_cast<int>(bh) / s.heads; }
+};
+
+// Whether the slot at w stands for an active row: a kept token whose head is on (or every head).
 struct ActiveSlot {
   MaskMatrix head_mask;
   MaskVector keep;
   bool all_heads;
   Span s;
-  KOKKOS_INLINE_FUNCTION bool operator()(long i) const {
-    long const bh = i / s.span, t = s.row_begin + i % s.span;
-    long const row = (bh / s.heads) * s.tokens + t;
+  KOKKOS_INLINE_FUNCTION bool operator()(SlotWalk const& w) const {
+    long const b = w.batch_row(s);
+    long const row = b * s.tokens + s.row_begin + w.offset;
     if (!keep(row)) return false;
-    return all_heads || head_mask(row, bh % s.heads) != 0;
+    return all_heads || head_mask(row, static_cast<int>(w.bh - b * s.heads)) != 0;
   }
 };
 
@@ -73,9 +89,10 @@ void count_active(ExecSpace const& space, MaskVector const& keep, ActiveSlot con
       "proteus::attention::count_rows", RangePolicy(space, 0, steps_of(slots)),
       KOKKOS_LAMBDA(long step, long& offset, bool final) {
         long const end = step_end(step, slots);
-        for (long i = step * slots_per_step; i < end; ++i) {
-          if (final && i % span == 0) head_start(i / span) = offset;
-          offset += active(i) ? 1 : 0;
+        SlotWalk w(s, step * slots_per_step);
+        for (long i = step * slots_per_step; i < end; ++i, w.next(s)) {
+          if (final && w.offset == 0) head_start(w.bh) = offset;
+          offset += active(w) ? 1 : 0;
         }
         if (final && end == slots) head_start(bh_count) = sizes(2) = offset;
       });
@@ -130,12 +147,13 @@ void pack_rows(ExecSpace const& space, ActiveSlot const& active, ActiveRowsBuffe
       "proteus::attention::pack_rows", RangePolicy(space, 0, steps_of(slots)),
       KOKKOS_LAMBDA(long step, long& offset, bool final) {
         long const end = step_end(step, slots);
-        for (long i = step * slots_per_step; i < end; ++i) {
-          bool const a = active(i);
+        SlotWalk w(s, step * slots_per_step);
+        for (long i = step * slots_per_step; i < end; ++i, w.next(s)) {
+          bool const a = active(w);
           if (final && a) {
-            row_head(offset) = static_cast<int>(i / span);
-            row_token(offset) = row_begin + i % span;
-            row_query(offset) = query_of((i / span / heads) * span + i % span);
+            row_head(offset) = static_cast<int>(w.bh);
+            row_token(offset) = row_begin + w.offset;
+            row_query(offset) = query_of(w.batch_row(s) * span + w.offset);
           }
           offset += a ? 1 : 0;
         }
