@@ -363,12 +363,23 @@ Rows rows_of(Rows const& v, long first, long count) {
 }
 
 // Kept rows of x and their positions, gathered for a block whose tokens are not all kept.
-// Outputs of the kept rows back to their tokens; dropped tokens output the bias alone.
+// Outputs of the kept rows back to their tokens; dropped tokens output the bias alone. In
+// 16-byte pieces where every row allows it (y may be a caller's unaligned tensor).
 void scatter_kept_outputs(ExecSpace const& space, TokenMatrix const& yq, Kokkos::View<long*, MemSpace> const& query_of,
                           TokenVector const& out_bias, TokenMatrix const& y, int batch, long tokens, long t0, long len) {
+  long const rows = batch * len, cols = static_cast<long>(y.extent(1));
+  bool const bias_quads = reinterpret_cast<std::uintptr_t>(out_bias.data()) % alignof(FloatQuad) == 0;
+  if (detail::rows_of_vectors(y) && detail::rows_of_vectors(yq) && bias_quads) {
+    auto const* bias = reinterpret_cast<FloatQuad const*>(out_bias.data());
+    detail::for_each_quad(
+        space, "proteus::module::scatter_kept", rows, cols, KOKKOS_LAMBDA(long i, long j) {
+          long const qi = query_of(i);
+          detail::quad_at(y, (i / len) * tokens + t0 + i % len, j) = qi >= 0 ? detail::quad_at(yq, qi, j) : bias[j / 4];
+        });
+    return;
+  }
   detail::for_each_element(
-      space, "proteus::module::scatter_kept", batch * len, static_cast<long>(y.extent(1)),
-      KOKKOS_LAMBDA(long i, long j) {
+      space, "proteus::module::scatter_kept", rows, cols, KOKKOS_LAMBDA(long i, long j) {
         long const qi = query_of(i);
         y((i / len) * tokens + t0 + i % len, j) = qi >= 0 ? yq(qi, j) : out_bias(j);
       });
@@ -784,9 +795,17 @@ namespace detail {
 void gather_rows(ExecSpace const& space, TokenMatrix const& m, Kokkos::View<long*, MemSpace> const& source,
                  TokenMatrix const& out, PositionVector const& positions, PositionVector const& out_positions) {
   bool const with_positions = out_positions.extent(0) > 0;
+  long const rows = static_cast<long>(out.extent(0)), cols = static_cast<long>(out.extent(1));
+  if (rows_of_vectors(m) && rows_of_vectors(out)) {  // in 16-byte pieces (m may be a caller's tensor)
+    for_each_quad(
+        space, "proteus::module::gather", rows, cols, KOKKOS_LAMBDA(long i, long j) {
+          quad_at(out, i, j) = quad_at(m, source(i), j);
+          if (with_positions && j == 0) out_positions(i) = positions(source(i));
+        });
+    return;
+  }
   for_each_element(
-      space, "proteus::module::gather", static_cast<long>(out.extent(0)), static_cast<long>(out.extent(1)),
-      KOKKOS_LAMBDA(long i, long j) {
+      space, "proteus::module::gather", rows, cols, KOKKOS_LAMBDA(long i, long j) {
         out(i, j) = m(source(i), j);
         if (with_positions && j == 0) out_positions(i) = positions(source(i));
       });

@@ -51,6 +51,25 @@ void for_each_element(ExecSpace const& space, char const* label, long rows, long
                        });
 }
 
+// Row moves in 16-byte pieces: f(row, col) for col = 0, 4, 8, ... < cols, one work item per piece
+// (for matrices whose rows_of_vectors holds). A warp then reads or writes 512 contiguous bytes, and
+// a row's lookups (a source or destination row) are paid once per four entries.
+template <class F>
+void for_each_quad(ExecSpace const& space, char const* label, long rows, long cols, F const& f) {
+  long const quads = cols / per_vector<float>;
+  Kokkos::parallel_for(
+      label, RangePolicy(space, 0, rows * quads), KOKKOS_LAMBDA(long i) {
+        long const row = i / quads;
+        f(row, per_vector<float> * (i - row * quads));
+      });
+}
+
+// The four floats of m(row, col..col + 3), read or written in one access (col a multiple of 4).
+template <class Matrix>
+KOKKOS_INLINE_FUNCTION FloatQuad& quad_at(Matrix const& m, long row, long col) {
+  return *reinterpret_cast<FloatQuad*>(&m(row, col));
+}
+
 // Per-token kernels over a token's gates, heads or columns: one token per group of vector lanes,
 // so that neighbouring lanes read neighbouring entries of the token's row (coalesced on GPUs,
 // where a thread per token reads with a stride of a whole row). Inside f(member, t), loops over
