@@ -74,6 +74,23 @@ KOKKOS_INLINE_FUNCTION bool walks_union(ShortlistPlan const& p, long first, long
   return last - local_begin(p, first) + 1 <= 4 * p.local_width;
 }
 
+// Whether j is one of row i's anchors: i - k s for k = 1..anchor_cap, or 0 where an anchor below 0
+// is clamped to it.
+KOKKOS_INLINE_FUNCTION bool is_anchor(ShortlistPlan const& p, long i, long j) {
+  long const s = p.anchor_stride, a = p.anchor_cap;
+  if (s <= 0 || a <= 0) return false;
+  long const gap = i - j;
+  bool const exact = gap % s == 0 && gap / s >= 1 && gap / s <= a;
+  bool const zero = j == 0 && i - a * s < 0;
+  return exact || zero;
+}
+
+// The end of row i's global prefix rows that are not already in its local piece (which starts at lo).
+KOKKOS_INLINE_FUNCTION long prefix_before_window(ShortlistPlan const& p, long i, long lo) {
+  long const pre = p.prefix_of_row.extent(0) > 0 ? p.prefix_of_row(i) : p.prefix;
+  return pre < lo ? pre : lo;
+}
+
 // The candidates of row i that lie before its local piece, one at a time: anchors, the global
 // prefix rows, then DNA candidates, without duplicates. `dna` points at the row's block list of
 // plan.dna_cap entries (may be null when dna_cap == 0). Anchors i - j s for j = 1..a below 0 are
@@ -81,13 +98,11 @@ KOKKOS_INLINE_FUNCTION bool walks_union(ShortlistPlan const& p, long first, long
 class ExtraCandidates {
  public:
   KOKKOS_INLINE_FUNCTION ExtraCandidates(ShortlistPlan const& p, long i, Position const* dna)
-      : p_(p), dna_(dna), i_(i), lo_(local_begin(p, i)) {
-    long const pre = p.prefix_of_row.extent(0) > 0 ? p.prefix_of_row(i) : p.prefix;
-    shared_ = pre < lo_ ? pre : lo_;  // global rows not already local
-    anchors_ = p.anchor_stride > 0 && p.anchor_cap > 0;
-    clamped_zero_ = anchors_ && i - p.anchor_cap * p.anchor_stride < 0;
-    phase_ = anchors_ ? anchor_rows : prefix_rows;
-    step_ = anchors_ ? 1 : 0;
+      : p_(p), dna_(dna), i_(i), lo_(local_begin(p, i)), shared_(prefix_before_window(p, i, lo_)) {
+    bool const anchors = p.anchor_stride > 0 && p.anchor_cap > 0;
+    clamped_zero_ = anchors && i - p.anchor_cap * p.anchor_stride < 0;
+    phase_ = anchors ? anchor_rows : prefix_rows;
+    step_ = anchors ? 1 : 0;
   }
 
   // The next candidate in c; false when there is none left.
@@ -120,7 +135,7 @@ class ExtraCandidates {
             break;
           }
           c = step_++;
-          if (!is_anchor(c)) return true;
+          if (!is_anchor(p_, i_, c)) return true;
           break;
         case dna_rows:
           if (p_.dna_cap == 0 || dna_ == nullptr || step_ >= p_.dna_cap || dna_[step_] < 0) {
@@ -128,7 +143,7 @@ class ExtraCandidates {
             break;
           }
           c = dna_[step_++];
-          if (c < lo_ && c >= shared_ && !is_anchor(c)) return true;
+          if (c < lo_ && c >= shared_ && !is_anchor(p_, i_, c)) return true;
           break;
         default:
           return false;
@@ -146,19 +161,13 @@ class ExtraCandidates {
 
  private:
   enum Phase : int { anchor_rows, zero_row, prefix_rows, dna_rows, done };
-  // Whether c is one of the anchors (listed in their own phase).
-  KOKKOS_INLINE_FUNCTION bool is_anchor(long c) const {
-    if (!anchors_) return false;
-    long const gap = i_ - c, s = p_.anchor_stride;
-    bool const exact = gap % s == 0 && gap / s >= 1 && gap / s <= p_.anchor_cap;
-    bool const zero = c == 0 && i_ - p_.anchor_cap * s < 0;
-    return exact || zero;
-  }
 
   ShortlistPlan const& p_;
   Position const* dna_;
-  long i_, lo_, shared_ = 0, step_ = 0;  // the phase's next anchor j, prefix row or DNA entry
-  bool anchors_ = false, clamped_zero_ = false;
+  long i_, lo_;
+  long shared_;    // global prefix rows [0, shared_) not already local
+  long step_ = 0;  // the phase's next anchor k, prefix row or DNA entry
+  bool clamped_zero_ = false;
   int phase_ = anchor_rows;
 };
 
@@ -197,15 +206,8 @@ KOKKOS_INLINE_FUNCTION int candidate_piece(ShortlistPlan const& p, long i, long 
   if (j < 0 || j > i) return piece_none;
   long const lo = local_begin(p, i);
   if (j >= lo) return piece_local;
-  long const s = p.anchor_stride, a = p.anchor_cap;
-  if (s > 0 && a > 0) {
-    long const gap = i - j;
-    bool const exact = gap % s == 0 && gap / s >= 1 && gap / s <= a;
-    bool const zero = j == 0 && i - a * s < 0;  // anchors below 0 are clamped to 0
-    if (exact || zero) return piece_anchor;
-  }
-  long const pre = p.prefix_of_row.extent(0) > 0 ? p.prefix_of_row(i) : p.prefix;
-  if (j < (pre < lo ? pre : lo)) return piece_prefix;
+  if (is_anchor(p, i, j)) return piece_anchor;
+  if (j < prefix_before_window(p, i, lo)) return piece_prefix;
   if (p.dna_cap > 0 && dna != nullptr)
     for (long n = 0; n < p.dna_cap && dna[n] >= 0; ++n)
       if (dna[n] == j) return piece_dna;
