@@ -425,13 +425,19 @@ void routing_statistics(ExecSpace const& space, Routing const& rt, detail::Modul
   int const gates = static_cast<int>(gp.extent(1));
   Kokkos::View<RoutingSums, MemSpace, Kokkos::MemoryUnmanaged> const sums(
       reinterpret_cast<RoutingSums*>(work.routing_sums.data()));
+  // One work item per four gates of a token, so that neighbouring items read neighbouring gates (a
+  // token per item read its row of gates with a stride of a whole row across the warp).
+  int const quads = (gates + 3) / 4;
   Kokkos::parallel_reduce(
-      "proteus::stats::routing", RangePolicy(space, 0, n),
-      KOKKOS_LAMBDA(long t, RoutingSums& s) {
-        for (int g = 0; g < gates; ++g) {
+      "proteus::stats::routing", RangePolicy(space, 0, n * quads),
+      KOKKOS_LAMBDA(long i, RoutingSums& s) {
+        long const t = i / quads;
+        int const g0 = 4 * static_cast<int>(i - t * quads);
+        for (int g = g0; g < g0 + 4 && g < gates; ++g) {
           float const p = gp(t, g);
           if (p > 0.0f) s.entropy -= p * detail::kmath::log(p);
         }
+        if (g0 > 0) return;
         s.salience += sal(t);
         s.beta += beta(t);
         s.caught += beta(t) > 0.0f ? 1.0 : 0.0;
