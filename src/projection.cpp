@@ -3,6 +3,7 @@
 #include "proteus/projection.hpp"
 
 #include <cmath>
+#include <cstdint>
 
 #include "proteus/detail/bfloat16.hpp"
 #include "proteus/detail/element_range.hpp"
@@ -53,10 +54,21 @@ void Weights::initialise(ExecSpace const& space, std::uint64_t seed, bool bias) 
 }
 
 namespace {
+// In 16-byte pieces where y's rows and b allow it (y may be a caller's unaligned tensor).
 void add_bias(ExecSpace const& space, TokenMatrix const& y, TokenVector const& b, char const* label) {
+  long const rows = static_cast<long>(y.extent(0)), cols = static_cast<long>(y.extent(1));
+  if (detail::rows_of_vectors(y) && reinterpret_cast<std::uintptr_t>(b.data()) % alignof(detail::FloatQuad) == 0) {
+    auto const* bias = reinterpret_cast<detail::FloatQuad const*>(b.data());
+    detail::for_each_quad(
+        space, label, rows, cols, KOKKOS_LAMBDA(long t, long j) {
+          detail::FloatQuad& v = detail::quad_at(y, t, j);
+          detail::FloatQuad const c = bias[j / 4];
+          for (int k = 0; k < 4; ++k) v.v[k] += c.v[k];
+        });
+    return;
+  }
   detail::for_each_element(
-      space, label, static_cast<long>(y.extent(0)), static_cast<long>(y.extent(1)),
-      KOKKOS_LAMBDA(long t, long j) { y(t, j) += b(j); });
+      space, label, rows, cols, KOKKOS_LAMBDA(long t, long j) { y(t, j) += b(j); });
 }
 }  // namespace
 
