@@ -22,7 +22,9 @@ def kernel_name(name):
 
 SUMMED = {"Duration": "ms", "Local Memory Spilling Requests": "spill requests", "Executed Instructions": "instructions"}
 AVERAGED = {"Avg. Active Threads Per Warp": "active threads/warp", "Issued Warp Per Scheduler": "issued/scheduler",
-            "L1/TEX Cache Throughput": "L1 %", "DRAM Throughput": "DRAM %", "Achieved Occupancy": "occupancy %"}
+            "L1/TEX Cache Throughput": "L1 %", "DRAM Throughput": "DRAM %", "Achieved Occupancy": "occupancy %",
+            "Theoretical Occupancy": "theoretical occupancy %", "Registers Per Thread": "registers",
+            "Compute (SM) Throughput": "SM %"}
 
 
 def summarise(path):

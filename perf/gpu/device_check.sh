@@ -131,11 +131,16 @@ for step in "$@"; do
     ncu_stalls)
       # Why the attention waits: warp states (stall reasons), scheduler issue rate, memory workload
       # (L1/L2 wavefronts and hit rates) and instruction mix of the attention kernels of one forward
-      # at STALL_TOKENS (default 1048576) with token sparsity; FP32 K|V, then BF16 K|V.
-      for kv in "" "--kv-bf16"; do
+      # at STALL_TOKENS (default 1048576) with token sparsity; FP32 K|V, then BF16 K|V. STALL_KERNELS
+      # (a regex on the demangled names, default attend_) picks other kernels; STALL_FP32_ONLY=1
+      # skips the BF16 K|V forward.
+      kv_modes=("" "--kv-bf16")
+      [ -n "${STALL_FP32_ONLY:-}" ] && kv_modes=("")
+      for kv in "${kv_modes[@]}"; do
         ncu --csv --page details --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
           --section MemoryWorkloadAnalysis_Tables --section InstructionStats --section Occupancy --section SpeedOfLight \
-          --kernel-name-base demangled -k regex:attend_ "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 \
+          --section LaunchStats --kernel-name-base demangled -k "regex:${STALL_KERNELS:-attend_}" \
+          "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 \
           --tokens "${STALL_TOKENS:-1048576}" --alphas 1.0 --warmup 0 --repeat 1 --token-sparse $kv \
           >"$out/ncu_stalls${kv:+_bf16}.csv" 2>"$out/ncu_stalls${kv:+_bf16}.err"
         tail -2 "$out/ncu_stalls${kv:+_bf16}.err"
