@@ -374,8 +374,7 @@ void scatter_kept_outputs(ExecSpace const& space, TokenMatrix const& yq, Kokkos:
     detail::for_each_quad(
         space, "proteus::module::scatter_kept", rows, cols, KOKKOS_LAMBDA(long i, long j) {
           long const qi = query_of(i);
-          long const row = batch == 1 ? t0 + i : (i / len) * tokens + t0 + i % len;  // one division less
-          detail::quad_at(y, row, j) = qi >= 0 ? detail::quad_at(yq, qi, j) : bias[j / 4];
+          detail::quad_at(y, (i / len) * tokens + t0 + i % len, j) = qi >= 0 ? detail::quad_at(yq, qi, j) : bias[j / 4];
         });
     return;
   }

@@ -53,17 +53,13 @@ void for_each_element(ExecSpace const& space, char const* label, long rows, long
 
 // Row moves in 16-byte pieces: f(row, col) for col = 0, 4, 8, ... < cols, one work item per piece
 // (for matrices whose rows_of_vectors holds). A warp then reads or writes 512 contiguous bytes, and
-// a row's lookups (a source or destination row) are paid once per four entries. Below 2^32 pieces
-// the row is found with a 32-bit division: 64-bit ones take dozens of instructions on GPUs (the
-// scatter of kept outputs was bound by its divisions, perf/RESULTS.md section 26).
+// a row's lookups (a source or destination row) are paid once per four entries.
 template <class F>
 void for_each_quad(ExecSpace const& space, char const* label, long rows, long cols, F const& f) {
-  long const quads = cols / per_vector<float>, pieces = rows * quads;
-  bool const narrow = pieces <= 0xffffffffL;
+  long const quads = cols / per_vector<float>;
   Kokkos::parallel_for(
-      label, RangePolicy(space, 0, pieces), KOKKOS_LAMBDA(long i) {
-        long const row =
-            narrow ? static_cast<long>(static_cast<unsigned>(i) / static_cast<unsigned>(quads)) : i / quads;
+      label, RangePolicy(space, 0, rows * quads), KOKKOS_LAMBDA(long i) {
+        long const row = i / quads;
         f(row, per_vector<float> * (i - row * quads));
       });
 }
