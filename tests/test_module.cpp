@@ -38,6 +38,17 @@ BatchTensor make_input(Shape s, std::uint64_t seed, bool batch_first = true) {
   return x;
 }
 
+// Each batch row's tokens at positions 0 .. tokens - 1, as [batch * tokens] token rows.
+template <class Space>
+PositionVector token_positions(Space const& space, Shape s) {
+  long const n = static_cast<long>(s.batch) * s.tokens, tokens = s.tokens;
+  PositionVector const positions("test::positions", n);
+  Kokkos::parallel_for(
+      "test::positions", Kokkos::RangePolicy<ExecSpace>(space, 0, n),
+      KOKKOS_LAMBDA(long r) { positions(r) = r % tokens; });
+  return positions;
+}
+
 Matrix batch_row(BatchTensor const& x, int b, bool batch_first = true) {
   auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), x);
   int const tokens = static_cast<int>(batch_first ? h.extent(1) : h.extent(0));
@@ -211,10 +222,7 @@ PROTEUS_TEST_CASE("deferred statistics: the routing's sums from an independent h
   long const n = static_cast<long>(s.batch) * s.tokens;
   TokenMatrix const x(input.data(), n, s.embed);
   TokenMatrix const y("test::y", n, s.embed);
-  PositionVector const positions("test::positions", n);
-  Kokkos::parallel_for(
-      "test::positions", Kokkos::RangePolicy<ExecSpace>(TEST_EXECSPACE(), 0, n),
-      KOKKOS_LAMBDA(long r) { positions(r) = r % s.tokens; });
+  PositionVector const positions = token_positions(TEST_EXECSPACE(), s);
   ForwardStats const now = mha.run(TEST_EXECSPACE(), x, s.batch, positions, y);
   RunOptions deferred;
   deferred.defer_statistics = true;
@@ -362,10 +370,7 @@ PROTEUS_TEST_CASE("x and y one float off 16-byte alignment give the aligned call
   TokenMatrix const x_odd(x_buffer.data() + 1, n, s.embed), y_odd(y_buffer.data() + 1, n, s.embed);
   Kokkos::deep_copy(x_odd, x);
   TokenMatrix const y("test::y", n, s.embed);
-  PositionVector const positions("test::positions", n);
-  Kokkos::parallel_for(
-      "test::positions", Kokkos::RangePolicy<ExecSpace>(TEST_EXECSPACE(), 0, n),
-      KOKKOS_LAMBDA(long i) { positions(i) = i % s.tokens; });
+  PositionVector const positions = token_positions(TEST_EXECSPACE(), s);
   ForwardStats const aligned = mha.run(TEST_EXECSPACE(), x, s.batch, positions, y);
   ForwardStats const odd = mha.run(TEST_EXECSPACE(), x_odd, s.batch, positions, y_odd);
   REQUIRE(aligned.tokens_kept > 0);
@@ -614,10 +619,7 @@ PROTEUS_TEST_CASE("a checked call with NaN input throws naming the query and cha
   h(0, 2, 1) = std::nanf("");        // in the first four-entry load
   h(1, 39, 31) = -INFINITY;          // the last entry
   Kokkos::deep_copy(dirty, h);
-  PositionVector const positions("test::positions", n);
-  Kokkos::parallel_for(
-      "test::positions", Kokkos::RangePolicy<ExecSpace>(TEST_EXECSPACE(), 0, n),
-      KOKKOS_LAMBDA(long r) { positions(r) = r % s.tokens; });
+  PositionVector const positions = token_positions(TEST_EXECSPACE(), s);
   TokenMatrix const y_failed("test::y_failed", n, s.embed), y_fresh("test::y_fresh", n, s.embed);
   RunOptions checked;
   checked.check_input = true;
