@@ -5,6 +5,7 @@
 
 #include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/detail/softmax_state.hpp"
 #include "proteus/detail/workspace.hpp"
 #include "proteus/random.hpp"
 
@@ -128,6 +129,31 @@ void usage_softmax(ExecSpace const& space, GateVector const& usage, GateVector c
         bias(g) = km::exp(-(usage(g) - umin)) / z;
       });
 }
+
+// Two sums formed in one pass over a token's gates; with MergeLanes each is added up in the order
+// of a Kokkos::Sum reduction over the same lanes.
+struct TwoSums {
+  float first, second;
+  KOKKOS_INLINE_FUNCTION void clear() { first = second = 0.0f; }
+  KOKKOS_INLINE_FUNCTION void merge(TwoSums const& o) {
+    first += o.first;
+    second += o.second;
+  }
+};
+
+// The sum and the largest of non-negative numbers.
+struct SumAndMax {
+  float sum, max;
+  KOKKOS_INLINE_FUNCTION void clear() { sum = max = 0.0f; }
+  KOKKOS_INLINE_FUNCTION void add(float v) {
+    sum += v;
+    max = v > max ? v : max;
+  }
+  KOKKOS_INLINE_FUNCTION void merge(SumAndMax const& o) {
+    sum += o.sum;
+    max = o.max > max ? o.max : max;
+  }
+};
 }  // namespace
 
 void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs, GateMatrix const& sim,
@@ -143,7 +169,7 @@ void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& r
   auto confidence = dna.confidence;
   GateVector const bias = detail::first_rows(usage_bias, "proteus::dna::usage_bias", boost > 0.0f ? gates : 0);
   if (boost > 0.0f) usage_softmax(space, dna.usage, bias);
-  // Per token: five reductions over its gates and one exp per gate; exp((sim - smax) / tau) waits
+  // Per token: three reductions over its gates and one exp per gate; exp((sim - smax) / tau) waits
   // in gate_probs until the blend overwrites it.
   detail::for_each_token(
       space, "proteus::dna::hybrid_route", static_cast<long>(router_probs.extent(0)),
@@ -156,8 +182,8 @@ void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& r
             importance(t) = (1.0f - b) * gmax + b * s;
           });
         };
-        float gmax = 0.0f;
         if (!use_dna) {
+          float gmax = 0.0f;
           Kokkos::parallel_reduce(
               lanes,
               [&](int g, float& v) {
@@ -168,45 +194,45 @@ void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& r
           once(0.0f, 0.0f, gmax);
           return;
         }
-        float smax = 0.0f, pz = 0.0f, weighted = 0.0f;
+        float smax = 0.0f;
         Kokkos::parallel_reduce(
             lanes, [&](int g, float& v) { v = sim(t, g) > v ? sim(t, g) : v; }, Kokkos::Max<float>(smax));
+        // proto_probs = softmax(sim / tau) * (confidence + 1e-6), renormalised by wz: the softmax's
+        // normaliser pz and the weighted sum in one pass.
+        TwoSums z;
         Kokkos::parallel_reduce(
             lanes,
-            [&](int g, float& s) {
-              probs(t, g) = km::exp((sim(t, g) - smax) / tau);
-              s += probs(t, g);
+            [&](int g, TwoSums& s) {
+              float const e = km::exp((sim(t, g) - smax) / tau);
+              probs(t, g) = e;
+              s.first += e;
+              s.second += e * (confidence(g) + 1e-6f);
             },
-            pz);
-        // proto_probs = softmax(sim / tau) * (confidence + 1e-6), renormalised by wz.
-        Kokkos::parallel_reduce(
-            lanes, [&](int g, float& s) { s += probs(t, g) * (confidence(g) + 1e-6f); }, weighted);
-        float wz = weighted / pz;
+            detail::MergeLanes<TwoSums>(z));
+        float const pz = z.first;
+        float wz = z.second / pz;
         wz = wz > 1e-6f ? wz : 1e-6f;
         float const proto_scale = 1.0f / (pz * wz);
         float b = (smax - theta) / (1.0f - theta > 1e-6f ? 1.0f - theta : 1e-6f);
         b = b < 0.0f ? 0.0f : (b > 1.0f ? 1.0f : b);
         float const blend = lambda * b;
-        float total = 0.0f;
+        // The blend, its total and its largest entry; max(p / total) = max(p) / total exactly
+        // (rounded division by a positive number keeps the order), so no pass after the division.
+        SumAndMax blended;
         Kokkos::parallel_reduce(
             lanes,
-            [&](int g, float& s) {
+            [&](int g, SumAndMax& s) {
               float const proto = probs(t, g) * (confidence(g) + 1e-6f) * proto_scale;
               float p = (1.0f - blend) * router_probs(t, g) + blend * proto;
               if (boost > 0.0f) p += bias(g) * (1.0f - b) * boost;
               p = p > 0.0f ? p : 0.0f;
               probs(t, g) = p;
-              s += p;
+              s.add(p);
             },
-            total);
-        total = total > 1e-12f ? total : 1e-12f;
-        Kokkos::parallel_reduce(
-            lanes,
-            [&](int g, float& v) {
-              probs(t, g) /= total;
-              v = probs(t, g) > v ? probs(t, g) : v;
-            },
-            Kokkos::Max<float>(gmax));
+            detail::MergeLanes<SumAndMax>(blended));
+        float const total = blended.sum > 1e-12f ? blended.sum : 1e-12f;
+        Kokkos::parallel_for(lanes, [&](int g) { probs(t, g) /= total; });
+        float const gmax = blended.max / total;
         once(smax, b, gmax);
       });
 }

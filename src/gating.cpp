@@ -94,17 +94,39 @@ long select_tokens(ExecSpace const& space, Config const& cfg, TokenVector const&
   return kept;
 }
 
-void head_probabilities(ExecSpace const& space, GateMatrix const& gate_probs,
-                        IndexVector const& gate_to_head, GateMatrix const& head_probs) {
-  int const gates = static_cast<int>(gate_probs.extent(1));
+HeadGates HeadGates::from(std::vector<int> const& gate_to_head, int heads) {
+  int const gates = static_cast<int>(gate_to_head.size());
+  HeadGates hg{IndexVector("proteus::gating::head_first_gate", heads + 1),
+               IndexVector("proteus::gating::head_gates", gates)};
+  auto first = Kokkos::create_mirror_view(hg.first);
+  auto list = Kokkos::create_mirror_view(hg.gates);
+  for (int h = 0; h <= heads; ++h) first(h) = 0;
+  for (int h : gate_to_head) {
+    require(h >= 0 && h < heads, "gate_to_head", "entry " + std::to_string(h) + " is not a head");
+    ++first(h + 1);
+  }
+  for (int h = 0; h < heads; ++h) first(h + 1) += first(h);
+  std::vector<int> next(first.data(), first.data() + heads);
+  for (int g = 0; g < gates; ++g) list(next[gate_to_head[g]]++) = g;  // ascending within a head
+  Kokkos::deep_copy(hg.first, first);
+  Kokkos::deep_copy(hg.gates, list);
+  return hg;
+}
+
+void head_probabilities(ExecSpace const& space, GateMatrix const& gate_probs, HeadGates const& head_gates,
+                        GateMatrix const& head_probs) {
   int const heads = static_cast<int>(head_probs.extent(1));
+  require(static_cast<int>(head_gates.first.extent(0)) == heads + 1, "head_probs",
+          "has " + std::to_string(heads) + " heads, the gate lists " + std::to_string(head_gates.first.extent(0) - 1));
+  auto const first = head_gates.first;
+  auto const gates = head_gates.gates;
   detail::for_each_token(
       space, "proteus::gating::head_probs", static_cast<long>(gate_probs.extent(0)),
       KOKKOS_LAMBDA(detail::TokenMember const& member, long t) {
-        // Lane h sums the gates that map to h (in gate order, as a serial loop would).
+        // Lane h sums its own gates in gate order (the order of a serial loop over all gates).
         Kokkos::parallel_for(Kokkos::ThreadVectorRange(member, heads), [&](int h) {
           float s = 0.0f;
-          for (int g = 0; g < gates; ++g) s += gate_to_head(g) == h ? gate_probs(t, g) : 0.0f;
+          for (int i = first(h); i < first(h + 1); ++i) s += gate_probs(t, gates(i));
           head_probs(t, h) = s;
         });
       });
@@ -167,42 +189,47 @@ void select_heads(ExecSpace const& space, Config const& cfg, GateMatrix const& h
       space, "proteus::gating::select_heads", static_cast<long>(head_probs.extent(0)),
       KOKKOS_LAMBDA(detail::TokenMember const& member, long t) {
         auto const lanes = Kokkos::ThreadVectorRange(member, heads);
+        if (keep(t) == 0) {  // a dropped token has no heads: nothing to rank
+          Kokkos::parallel_for(lanes, [&](int h) { head_mask(t, h) = 0; });
+          return;
+        }
         // The token's probabilities read once into scratch: the ranking and the nucleus read
         // them O(H^2) times (the kernel was latency-bound on those reads, RESULTS section 21).
         auto const order = detail::token_scratch(member, heads);
         auto const probs = detail::token_scratch_floats(member, heads);
         Kokkos::parallel_for(lanes, [&](int h) { probs(h) = head_probs(t, h); });
-        // order(r) = head of rank r: higher probability first, ties to the lower index. Lane h
-        // counts the heads ranked before it (O(H) per lane; H is small, no sort).
-        Kokkos::parallel_for(lanes, [&](int h) {
+        // rank of head h: the heads before it, higher probability first and ties to the lower
+        // index (O(H) per lane; H is small, no sort).
+        auto rank_of = [&](int h) {
           float const ph = probs(h);
           int rank = 0;
           for (int o = 0; o < heads; ++o) {
             float const po = probs(o);
             rank += (po > ph || (po == ph && o < h)) ? 1 : 0;
           }
-          order(rank) = h;
-        });
-        int k = fixed_k;
-        if (per_token) {
-          // Nucleus: the ranks whose cumulative mass (inclusive, summed in rank order) stays below
-          // p * total; every lane forms the total in head order, as one serial loop would.
-          float total = 0.0f;
-          for (int h = 0; h < heads; ++h) total += probs(h);
-          int below = 0;
-          Kokkos::parallel_reduce(
-              lanes,
-              [&](int r, int& n) {
-                float cum = 0.0f;
-                for (int i = 0; i <= r; ++i) cum += probs(order(i));
-                n += cum < top_p * total ? 1 : 0;
-              },
-              below);
-          int const nucleus = below + 1 < heads ? below + 1 : heads;
-          k = mixed_head_count(by_length, kmin, nucleus, linear_k, alpha);
+          return rank;
+        };
+        if (!per_token) {
+          Kokkos::parallel_for(lanes, [&](int h) { head_mask(t, h) = rank_of(h) < fixed_k ? 1 : 0; });
+          return;
         }
-        bool const kept = keep(t) != 0;
-        Kokkos::parallel_for(lanes, [&](int r) { head_mask(t, order(r)) = kept && r < k ? 1 : 0; });
+        Kokkos::parallel_for(lanes, [&](int h) { order(rank_of(h)) = h; });  // order(r): head of rank r
+        // Nucleus: the ranks whose cumulative mass (inclusive, summed in rank order) stays below
+        // p * total; every lane forms the total in head order, as one serial loop would.
+        float total = 0.0f;
+        for (int h = 0; h < heads; ++h) total += probs(h);
+        int below = 0;
+        Kokkos::parallel_reduce(
+            lanes,
+            [&](int r, int& n) {
+              float cum = 0.0f;
+              for (int i = 0; i <= r; ++i) cum += probs(order(i));
+              n += cum < top_p * total ? 1 : 0;
+            },
+            below);
+        int const nucleus = below + 1 < heads ? below + 1 : heads;
+        int const k = mixed_head_count(by_length, kmin, nucleus, linear_k, alpha);
+        Kokkos::parallel_for(lanes, [&](int r) { head_mask(t, order(r)) = r < k ? 1 : 0; });
       },
       detail::scratch_for(heads, heads));
 }

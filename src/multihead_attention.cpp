@@ -182,6 +182,7 @@ CausalGeneticMultiheadAttention::CausalGeneticMultiheadAttention(ExecSpace const
   auto host = Kokkos::create_mirror_view(gate_to_head_);
   for (int g = 0; g < config_.num_gates; ++g) host(g) = config_.gate_to_head[g];
   Kokkos::deep_copy(space, gate_to_head_, host);
+  head_gates_ = HeadGates::from(config_.gate_to_head, config_.num_heads);
   space.fence();  // the host mirror is freed on return
   if (config_.head_controller) start_controller();
 }
@@ -331,7 +332,7 @@ detail::CallPlan CausalGeneticMultiheadAttention::plan_call(ExecSpace const& spa
   st.alpha = call.routed.alpha;
 
   GateMatrix const& head_probs = reuse(work_.head_probs, "proteus::head_probs", n, heads);
-  head_probabilities(space, call.routed.routing.gate_probs, gate_to_head_, head_probs);
+  head_probabilities(space, call.routed.routing.gate_probs, head_gates_, head_probs);
   HeadCount const hc = choose_head_count(space, c, tokens, st.alpha, head_probs);
   st.heads_k = hc.k;
   st.heads_adaptive = hc.adaptive;

@@ -45,19 +45,20 @@ PROTEUS_TEST_CASE("default gate_to_head is floor(g H / G); a custom map is kept"
   Matrix gp = test::random_matrix(9, 16, 3);
   for (auto& row : gp)
     for (auto& v : row) v = std::fabs(v);
-  IndexVector map("map", 16);
-  auto hm = Kokkos::create_mirror_view(map);
   c.gate_to_head = {5, 5, 5, 5, 5, 5, 5, 5, 5, 5, 0, 1, 2, 3, 4, 4};
-  for (int g = 0; g < 16; ++g) hm(g) = c.gate_to_head[g];
-  Kokkos::deep_copy(map, hm);
+  HeadGates const lists = HeadGates::from(c.gate_to_head, 6);
+  std::vector<double> const first = test::to_host_vector(lists.first), gates = test::to_host_vector(lists.gates);
+  CHECK(first == std::vector<double>{0, 1, 2, 3, 4, 6, 16});
+  CHECK(gates == std::vector<double>{10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9});
+  CHECK_THROWS_AS(HeadGates::from({0, 6}, 6), proteus::Error);
   GateMatrix hp("hp", 9, 6);
-  head_probabilities(TEST_EXECSPACE(), test::to_device(gp), map, hp);
+  head_probabilities(TEST_EXECSPACE(), test::to_device(gp), lists, hp);
   Matrix h = test::to_host_matrix(hp);
   for (int t = 0; t < 9; ++t)
     for (int head = 0; head < 6; ++head) {
-      double s = 0;
-      for (int g = 0; g < 16; ++g) s += c.gate_to_head[g] == head ? float(gp[t][g]) : 0.0;
-      CHECK(h[t][head] == Approx(s).margin(1e-5));
+      float s = 0.0f;  // a serial loop over every gate in gate order: the same float sum, bit for bit
+      for (int g = 0; g < 16; ++g) s += c.gate_to_head[g] == head ? float(gp[t][g]) : 0.0f;
+      CHECK(float(h[t][head]) == s);
     }
 }
 
@@ -98,6 +99,7 @@ PROTEUS_TEST_CASE("per-token head top-K with the nucleus rule equals a sort-base
       Kokkos::deep_copy(keep, hk);
       HeadCount const hc = choose_head_count(TEST_EXECSPACE(), c, T, alpha, hp);
       MaskMatrix mask("mask", T, H);
+      Kokkos::deep_copy(mask, std::uint8_t(1));  // every entry is written, dropped tokens' too
       select_heads(TEST_EXECSPACE(), c, hp, hc, alpha, keep, mask);
       long const pairs = count_active_pairs(TEST_EXECSPACE(), mask);
       auto hm = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), mask);

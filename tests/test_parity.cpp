@@ -99,7 +99,7 @@ PROTEUS_TEST_CASE("proteus matches upstream stage by stage on recorded vectors",
 
     // Stage 4: gates to heads, head count K, per-token top-K heads.
     GateMatrix head_probs("head_probs", n, H);
-    head_probabilities(space, routed.routing.gate_probs, model.gate_to_head(), head_probs);
+    head_probabilities(space, routed.routing.gate_probs, model.head_gates(), head_probs);
     HeadCount const hc = choose_head_count(space, rc, T, routed.alpha, head_probs);
     CHECK(hc.k == f.attr_int("/parity", "top_k"));
     CHECK(hc.adaptive == f.attr_int("/parity", "nucleus_k"));

@@ -44,9 +44,17 @@ long mark_kept_tokens(ExecSpace const& space, Config const& cfg, TokenVector con
 // count = the number of kept tokens, computed on the device (nothing waits for it).
 void count_kept_tokens(ExecSpace const& space, MaskVector const& keep, Kokkos::View<long, MemSpace> const& count);
 
-// head_probs[t, h] = sum of gate_probs[t, g] over the gates g with gate_to_head[g] == h.
-void head_probabilities(ExecSpace const& space, GateMatrix const& gate_probs,
-                        IndexVector const& gate_to_head, GateMatrix const& head_probs);
+// The gates of each head in gate order (gate_to_head inverted): head h owns
+// gates(first(h)), ..., gates(first(h + 1) - 1).
+struct HeadGates {
+  IndexVector first;  // [heads + 1]
+  IndexVector gates;  // [gates]
+  static HeadGates from(std::vector<int> const& gate_to_head, int heads);
+};
+
+// head_probs[t, h] = sum of gate_probs[t, g] over the gates g of head h, in gate order.
+void head_probabilities(ExecSpace const& space, GateMatrix const& gate_probs, HeadGates const& head_gates,
+                        GateMatrix const& head_probs);
 
 // K before the nucleus rule: heads_active_max for T <= seq_low, heads_active_min for
 // T >= seq_high, floor(kmax - ((T - seq_low) / (seq_high - seq_low))^curve (kmax - kmin)) between.

@@ -235,6 +235,7 @@ class CausalGeneticMultiheadAttention {
   Weights const& weights() const { return weights_; }
   DnaState const& dna() const { return dna_; }
   IndexVector const& gate_to_head() const { return gate_to_head_; }
+  HeadGates const& head_gates() const { return head_gates_; }
   // Copies the given tensors in (shapes are checked).
   void set_weights(ExecSpace const& space, Weights const& w);
   void set_dna(ExecSpace const& space, DnaState const& dna);
@@ -251,6 +252,7 @@ class CausalGeneticMultiheadAttention {
   Weights weights_;
   DnaState dna_;
   IndexVector gate_to_head_;
+  HeadGates head_gates_;  // gate_to_head_ inverted, for the head probabilities
   mutable detail::ModuleWorkspace work_;
   void start_controller();
   // The controller observes this call's density; a decision changes the head range and linear_L.
