@@ -4,7 +4,8 @@
 # one after the other in the same call, so that a refactoring can be shown to stay within noise.
 #   perf/gpu/compare_baseline.sh BASELINE_DIR [KOKKOS_ROOT]
 # Needs proteus built for this tree in /tmp/bgpu (device_check.sh or build.sh). Every table and
-# log goes to $OUT/compare.tar.gz, the summary to stdout and $OUT/compare.txt.
+# log goes to $OUT/compare.tar.gz, the summary to stdout and $OUT/compare.txt. COMPARE_PROFILE=1
+# adds each kernel's time at 1M tokens (bench_module --profile), FP32 and TF32 with BF16 K|V.
 set -uo pipefail
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 final=${OUT:-/tmp/out}
@@ -22,6 +23,11 @@ bench() {  # bench NAME BUILD: upstream's tinytoy shape, token sparsity on, alph
     --alphas 1.0 --warmup 2 --repeat 5 --token-sparse --csv "$out/module_$1.csv" >"$out/module_$1.txt" 2>&1
   mkdir -p "/tmp/run_$1" && (cd "/tmp/run_$1" && "$2/drivers/proteus_driver" -q "$root/inputs/ctx10m.in" \
     --set checkpoint.at_end=false --set checkpoint.interval_chunks=0 >"$out/ctx10m_$1.txt" 2>&1)
+  [ -n "${COMPARE_PROFILE:-}" ] || return 0
+  for p in "" "--tf32 --kv-bf16"; do
+    "$2/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 1048576 --alphas 1.0 --warmup 1 --repeat 3 \
+      --token-sparse --profile $p
+  done >"$out/profile_$1.txt" 2>&1
 }
 # Twice each, interleaved, so that drift of the machine shows as spread rather than as a difference.
 for round in 1 2; do
@@ -31,5 +37,8 @@ done
 {
   for f in "$out"/module_*.txt; do echo "== $(basename "$f")"; grep -E "^ *[0-9]+ " "$f" | head -8; done
   grep -H -E "total|time " "$out"/ctx10m_*.txt
+  for f in "$out"/profile_*.txt; do
+    [ -f "$f" ] && echo "== $(basename "$f")" && grep -E "^ +1048576 |hybrid_route|select_heads|head_probs|\(all" "$f"
+  done
 } | tee "$final/compare.txt"
 tar czf "$final/compare.tar.gz" -C "$(dirname "$out")" "$(basename "$out")"
