@@ -234,7 +234,8 @@ void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& r
         Kokkos::parallel_for(lanes, [&](int g) { probs(t, g) /= total; });
         float const gmax = blended.max / total;
         once(smax, b, gmax);
-      });
+      },
+      0, detail::lanes_for(gates));
 }
 
 void hybrid_route_backward(ExecSpace const& space, Config const& cfg, Routing const& routing,

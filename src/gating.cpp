@@ -129,7 +129,8 @@ void head_probabilities(ExecSpace const& space, GateMatrix const& gate_probs, He
           for (int i = first(h); i < first(h + 1); ++i) s += gate_probs(t, gates(i));
           head_probs(t, h) = s;
         });
-      });
+      },
+      0, detail::lanes_for(static_cast<int>(gate_probs.extent(1))));
 }
 
 int heads_for_length(Config const& cfg, long tokens) {
@@ -231,7 +232,7 @@ void select_heads(ExecSpace const& space, Config const& cfg, GateMatrix const& h
         int const k = mixed_head_count(by_length, kmin, nucleus, linear_k, alpha);
         Kokkos::parallel_for(lanes, [&](int r) { head_mask(t, order(r)) = r < k ? 1 : 0; });
       },
-      detail::scratch_for(heads, heads));
+      detail::scratch_for(heads, heads), detail::lanes_for(heads));
 }
 
 namespace {

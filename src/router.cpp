@@ -26,7 +26,8 @@ void router_probabilities(ExecSpace const& space, TokenMatrix const& x,
             },
             sum);
         Kokkos::parallel_for(lanes, [&](int g) { probs(t, g) /= sum; });
-      });
+      },
+      0, detail::lanes_for(gates));
 }
 
 void router_probabilities_backward(ExecSpace const& space, TokenMatrix const& x, GateByEmbed const& router_weight,

@@ -79,7 +79,16 @@ using TokenPolicy = TeamPolicy<>;
 using TokenMember = TokenPolicy::member_type;
 inline constexpr bool tokens_on_host = Kokkos::SpaceAccessibility<Kokkos::HostSpace, MemSpace>::accessible;
 inline constexpr int token_lanes = tokens_on_host ? 1 : 32;
-inline constexpr int tokens_per_team = tokens_on_host ? 1 : 8;
+inline constexpr int threads_per_token_team = tokens_on_host ? 1 : 256;
+
+// Lanes per token for rows of `items` entries: about eight entries per lane (a power of two, at
+// most a warp). A warp then serves several tokens of short rows (64 gates: four tokens of eight
+// lanes), and a reduction over a token's lanes takes three shuffles instead of five.
+constexpr int lanes_for(int items) {
+  int lanes = 1;
+  while (!tokens_on_host && lanes < 32 && lanes * 8 < items) lanes *= 2;
+  return lanes;
+}
 
 // scratch_ints: a per-token scratch array of that many ints, shared by the token's lanes
 // (token_scratch(member, count)); a ThreadVectorRange loop ends with its lanes in step, so what one
@@ -103,9 +112,11 @@ KOKKOS_INLINE_FUNCTION TokenFloatScratch token_scratch_floats(TokenMember const&
 constexpr int scratch_for(int ints, int floats) { return ints + floats + 4; }
 
 template <class F>
-void for_each_token(ExecSpace const& space, char const* label, long n, F const& f, int scratch_ints = 0) {
+void for_each_token(ExecSpace const& space, char const* label, long n, F const& f, int scratch_ints = 0,
+                    int lanes = token_lanes) {
+  int const tokens_per_team = threads_per_token_team / lanes;
   long const teams = (n + tokens_per_team - 1) / tokens_per_team;
-  TokenPolicy policy(space, static_cast<int>(teams), tokens_per_team, token_lanes);
+  TokenPolicy policy(space, static_cast<int>(teams), tokens_per_team, lanes);
   if (scratch_ints > 0) policy.set_scratch_size(0, Kokkos::PerThread(TokenScratch::shmem_size(scratch_ints)));
   Kokkos::parallel_for(label, policy,
                        KOKKOS_LAMBDA(TokenMember const& m) {
