@@ -232,7 +232,7 @@ void select_heads(ExecSpace const& space, Config const& cfg, GateMatrix const& h
         int const k = mixed_head_count(by_length, kmin, nucleus, linear_k, alpha);
         Kokkos::parallel_for(lanes, [&](int r) { head_mask(t, order(r)) = r < k ? 1 : 0; });
       },
-      detail::scratch_for(heads, heads), detail::lanes_for(heads));
+      detail::scratch_for(heads, heads));  // a warp per token: a dropped token's warp skips the ranking
 }
 
 namespace {

@@ -1,12 +1,13 @@
 // DNA similarity, hybrid blend, tokens caught and the EMA update against a hand computation
 // in double on a tiny case.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "proteus/dna.hpp"
 #include "proteus/router.hpp"
-#include "test_space.hpp"
 #include "reference.hpp"
+#include "test_space.hpp"
 
 using namespace proteus;
 using test::Matrix;
@@ -21,6 +22,65 @@ Config tiny_config() {
   c.dna_usage_boost = 0.15f;
   return c.resolved();
 }
+
+// One token routed in double: router softmax, cosine similarities, the confidence-weighted
+// prototype distribution, the blend with the usage boost, renormalised (SPEC stage 2).
+struct RoutedToken {
+  std::vector<double> sim, mix;
+  double smax = -2, beta = 0, importance = 0;
+};
+
+RoutedToken route_reference(Config const& c, std::vector<double> const& x, Matrix const& p, Matrix const& wr,
+                            std::vector<double> const& conf, std::vector<double> const& usage) {
+  size_t const G = p.size(), E = x.size();
+  RoutedToken r;
+  std::vector<double> logit(G), router(G);
+  double lz = 0;
+  for (size_t g = 0; g < G; ++g) {
+    for (size_t e = 0; e < E; ++e) logit[g] += x[e] * wr[g][e];
+    lz += std::exp(logit[g]);
+  }
+  for (size_t g = 0; g < G; ++g) router[g] = std::exp(logit[g]) / lz;
+  r.sim.resize(G);
+  for (size_t g = 0; g < G; ++g) {
+    double dot = 0, nx = 0, np = 0;
+    for (size_t e = 0; e < E; ++e) dot += x[e] * p[g][e], nx += x[e] * x[e], np += p[g][e] * p[g][e];
+    r.sim[g] = dot / (std::sqrt(nx) * std::sqrt(np));
+    r.smax = std::max(r.smax, r.sim[g]);
+  }
+  double const tau = c.dna_temperature, theta = c.dna_threshold, lambda = c.dna_blend, boost = c.dna_usage_boost;
+  double pz = 0, wz = 0, uz = 0;
+  for (size_t g = 0; g < G; ++g) pz += std::exp(r.sim[g] / tau);
+  for (size_t g = 0; g < G; ++g) wz += std::exp(r.sim[g] / tau) / pz * (conf[g] + 1e-6);
+  for (size_t g = 0; g < G; ++g) uz += std::exp(-usage[g]);
+  r.beta = std::clamp((r.smax - theta) / (1 - theta), 0.0, 1.0);
+  r.mix.resize(G);
+  double total = 0, gmax = 0;
+  for (size_t g = 0; g < G; ++g) {
+    double const proto = std::exp(r.sim[g] / tau) / pz * (conf[g] + 1e-6) / wz;
+    r.mix[g] =
+        (1 - lambda * r.beta) * router[g] + lambda * r.beta * proto + std::exp(-usage[g]) / uz * (1 - r.beta) * boost;
+    total += r.mix[g];
+  }
+  for (size_t g = 0; g < G; ++g) {
+    r.mix[g] /= total;
+    gmax = std::max(gmax, r.mix[g]);
+  }
+  r.importance = (1 - r.beta) * gmax + r.beta * r.smax;
+  return r;
+}
+
+DnaState dna_state(Matrix const& p, std::vector<double> const& conf, std::vector<double> const& usage) {
+  int const G = static_cast<int>(p.size()), E = static_cast<int>(p[0].size());
+  DnaState dna = DnaState::allocate(G, E);
+  Kokkos::deep_copy(dna.prototypes, test::to_device(p));
+  auto hc = Kokkos::create_mirror_view(dna.confidence);
+  auto hu = Kokkos::create_mirror_view(dna.usage);
+  for (int g = 0; g < G; ++g) hc(g) = static_cast<float>(conf[g]), hu(g) = static_cast<float>(usage[g]);
+  Kokkos::deep_copy(dna.confidence, hc);
+  Kokkos::deep_copy(dna.usage, hu);
+  return dna;
+}
 }  // namespace
 
 PROTEUS_TEST_CASE("DNA similarity, blend and importance match a hand computation", "[dna]") {
@@ -30,17 +90,9 @@ PROTEUS_TEST_CASE("DNA similarity, blend and importance match a hand computation
   Matrix p = {{1, 0, 0, 0}, {0, 1, 0, 0}, {0, 0, 1, 0.5}};
   Matrix wr = {{0.3, -0.2, 0.1, 0.0}, {0.0, 0.5, -0.4, 0.2}, {-0.1, 0.1, 0.2, 0.3}};
   std::vector<double> conf = {0.5, 0.1, 0.9}, usage = {3.0, 1.0, 0.5};
-  int const T = 5, G = 3, E = 4;
+  int const T = 5, G = 3;
 
-  DnaState dna = DnaState::allocate(G, E);
-  Kokkos::deep_copy(dna.prototypes, test::to_device(p));
-  {
-    auto hc = Kokkos::create_mirror_view(dna.confidence);
-    auto hu = Kokkos::create_mirror_view(dna.usage);
-    for (int g = 0; g < G; ++g) hc(g) = static_cast<float>(conf[g]), hu(g) = static_cast<float>(usage[g]);
-    Kokkos::deep_copy(dna.confidence, hc);
-    Kokkos::deep_copy(dna.usage, hu);
-  }
+  DnaState const dna = dna_state(p, conf, usage);
   TokenMatrix xd = test::to_device(x);
   GateMatrix rp("rp", T, G), sim("sim", T, G);
   router_probabilities(TEST_EXECSPACE(), xd, test::to_device(wr), rp);
@@ -51,54 +103,63 @@ PROTEUS_TEST_CASE("DNA similarity, blend and importance match a hand computation
   Matrix gp = test::to_host_matrix(out.gate_probs), simh = test::to_host_matrix(sim);
   auto sal = test::to_host_vector(out.salience), beta = test::to_host_vector(out.beta),
        imp = test::to_host_vector(out.importance);
-  long caught = 0, caught_ref = 0;
+  long caught = 0;
   for (int t = 0; t < T; ++t) {
-    // Router softmax.
-    std::vector<double> logit(G), router(G);
-    double lz = 0;
+    RoutedToken const r = route_reference(c, x[t], p, wr, conf, usage);
     for (int g = 0; g < G; ++g) {
-      for (int e = 0; e < E; ++e) logit[g] += x[t][e] * wr[g][e];
-      lz += std::exp(logit[g]);
+      CHECK(simh[t][g] == Approx(r.sim[g]).margin(1e-6));
+      CHECK(gp[t][g] == Approx(r.mix[g]).margin(1e-6));
     }
-    for (int g = 0; g < G; ++g) router[g] = std::exp(logit[g]) / lz;
-    // Cosine similarity and s_max.
-    std::vector<double> s(G);
-    double smax = -2;
-    for (int g = 0; g < G; ++g) {
-      double dot = 0, nx = 0, np = 0;
-      for (int e = 0; e < E; ++e) dot += x[t][e] * p[g][e], nx += x[t][e] * x[t][e], np += p[g][e] * p[g][e];
-      s[g] = dot / (std::sqrt(nx) * std::sqrt(np));
-      smax = std::max(smax, s[g]);
-      CHECK(simh[t][g] == Approx(s[g]).margin(1e-6));
-    }
-    // Prototype distribution weighted by confidence; blend; usage boost; renormalise.
-    std::vector<double> proto(G);
-    double pz = 0, wz = 0;
-    for (int g = 0; g < G; ++g) pz += std::exp(s[g] / 0.2);
-    for (int g = 0; g < G; ++g) wz += std::exp(s[g] / 0.2) / pz * (conf[g] + 1e-6);
-    for (int g = 0; g < G; ++g) proto[g] = std::exp(s[g] / 0.2) / pz * (conf[g] + 1e-6) / wz;
-    double const b = std::clamp((smax - 0.25) / 0.75, 0.0, 1.0);
-    double uz = 0;
-    for (int g = 0; g < G; ++g) uz += std::exp(-(usage[g] + 1e-6));
-    std::vector<double> mix(G);
-    double total = 0, gmax = 0;
-    for (int g = 0; g < G; ++g) {
-      mix[g] = (1 - 0.6 * b) * router[g] + 0.6 * b * proto[g] + std::exp(-(usage[g] + 1e-6)) / uz * (1 - b) * 0.15;
-      total += mix[g];
-    }
-    for (int g = 0; g < G; ++g) {
-      mix[g] /= total;
-      gmax = std::max(gmax, mix[g]);
-      CHECK(gp[t][g] == Approx(mix[g]).margin(1e-6));
-    }
-    CHECK(sal[t] == Approx(smax).margin(1e-6));
-    CHECK(beta[t] == Approx(b).margin(1e-6));
-    CHECK(imp[t] == Approx((1 - b) * gmax + b * smax).margin(1e-6));
-    caught_ref += b > 0;
+    CHECK(sal[t] == Approx(r.smax).margin(1e-6));
+    CHECK(beta[t] == Approx(r.beta).margin(1e-6));
+    CHECK(imp[t] == Approx(r.importance).margin(1e-6));
     caught += beta[t] > 0;
   }
-  CHECK(caught == caught_ref);
   CHECK(caught == 4);  // only token 3 (opposite to every prototype) stays below theta
+}
+
+PROTEUS_TEST_CASE("routing of many gates matches the double reference: quads and lanes", "[dna]") {
+  // 64 gates: the cosine in 16-byte pieces and several lanes per token on GPUs; 6 gates: single
+  // entries. Random tokens and prototypes, so that the blend strength spans (0, 1).
+  int const G = GENERATE(6, 64);
+  int const T = 37, E = 16;
+  Config c = tiny_config();
+  c.embed_dim = E;
+  c.num_gates = G;
+  c.gate_to_head.clear();
+  c.dna_threshold = 0.1f;
+  c = c.resolved();
+  Matrix const x = test::random_matrix(T, E, 31), p = test::random_matrix(G, E, 32),
+               wr = test::random_matrix(G, E, 33, 0.5);
+  std::vector<double> conf(G), usage(G);
+  for (int g = 0; g < G; ++g) conf[g] = 0.1 + 0.8 * (g % 5) / 4.0, usage[g] = 0.25 * (g % 7);
+  DnaState const dna = dna_state(p, conf, usage);
+  TokenMatrix const xd = test::to_device(x);
+  GateMatrix rp("rp", T, G), sim("sim", T, G);
+  router_probabilities(TEST_EXECSPACE(), xd, test::to_device(wr), rp);
+  dna_similarity(TEST_EXECSPACE(), xd, dna.prototypes, sim);
+  Routing out = Routing::allocate(T, G);
+  hybrid_route(TEST_EXECSPACE(), c, rp, sim, dna, out);
+  Matrix const gp = test::to_host_matrix(out.gate_probs), simh = test::to_host_matrix(sim);
+  auto const sal = test::to_host_vector(out.salience), beta = test::to_host_vector(out.beta),
+             imp = test::to_host_vector(out.importance);
+  int blended = 0;
+  for (int t = 0; t < T; ++t) {
+    RoutedToken const r = route_reference(c, x[t], p, wr, conf, usage);
+    INFO("G " << G << " token " << t);
+    double sum = 0;
+    for (int g = 0; g < G; ++g) {
+      CHECK(simh[t][g] == Approx(r.sim[g]).margin(1e-6));
+      CHECK(gp[t][g] == Approx(r.mix[g]).margin(2e-6));  // float sums of 64 terms near 1
+      sum += gp[t][g];
+    }
+    CHECK(sum == Approx(1.0).margin(1e-5));
+    CHECK(sal[t] == Approx(r.smax).margin(1e-6));
+    CHECK(beta[t] == Approx(r.beta).margin(1e-5));
+    CHECK(imp[t] == Approx(r.importance).margin(1e-5));
+    blended += r.beta > 0 && r.beta < 1;
+  }
+  CHECK(blended > T / 4);  // the blend's both sides are exercised
 }
 
 PROTEUS_TEST_CASE("DNA EMA update matches the formula; gates with no mass are left alone", "[dna][ema]") {
