@@ -104,17 +104,9 @@ void dna_similarity(ExecSpace const& space, TokenMatrix const& x, GateByEmbed co
   row_norms(space, x, xn, "proteus::dna::token_norm");
   row_norms(space, prototypes, pn, "proteus::dna::prototype_norm");
   detail::gemm(space, "N", "T", 1.0f, x, prototypes, 0.0f, sim);
-  long const tokens = static_cast<long>(sim.extent(0)), gates = static_cast<long>(sim.extent(1));
-  if (detail::rows_of_vectors(sim)) {  // 16-byte pieces: a row index per four gates
-    detail::for_each_quad(
-        space, "proteus::dna::cosine", tokens, gates, KOKKOS_LAMBDA(long t, long g) {
-          detail::FloatQuad& s = detail::quad_at(sim, t, g);
-          for (int k = 0; k < 4; ++k) s.v[k] /= xn(t) * pn(g + k);
-        });
-    return;
-  }
   detail::for_each_element(
-      space, "proteus::dna::cosine", tokens, gates, KOKKOS_LAMBDA(long t, long g) { sim(t, g) /= xn(t) * pn(g); });
+      space, "proteus::dna::cosine", static_cast<long>(sim.extent(0)), static_cast<long>(sim.extent(1)),
+      KOKKOS_LAMBDA(long t, long g) { sim(t, g) /= xn(t) * pn(g); });
 }
 
 void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs, GateMatrix const& sim,

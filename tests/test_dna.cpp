@@ -118,9 +118,9 @@ PROTEUS_TEST_CASE("DNA similarity, blend and importance match a hand computation
   CHECK(caught == 4);  // only token 3 (opposite to every prototype) stays below theta
 }
 
-PROTEUS_TEST_CASE("routing of many gates matches the double reference: quads and lanes", "[dna]") {
-  // 64 gates: the cosine in 16-byte pieces and several lanes per token on GPUs; 6 gates: single
-  // entries. Random tokens and prototypes, so that the blend strength spans (0, 1).
+PROTEUS_TEST_CASE("routing of many gates matches the double reference on every lane layout", "[dna]") {
+  // 64 gates: eight lanes per token on GPUs, four tokens to a warp; 6 gates: one lane. Random
+  // tokens and prototypes, so that the blend strength spans (0, 1).
   int const G = GENERATE(6, 64);
   int const T = 37, E = 16;
   Config c = tiny_config();
