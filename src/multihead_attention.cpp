@@ -146,14 +146,6 @@ void nonfinite_into(ExecSpace const& space, TokenMatrix const& v, Count& bad) {
   }
 }
 
-// count = the number of NaN and Inf entries of norms (nothing waits).
-void count_nonfinite_norms(ExecSpace const& space, TokenVector const& norms,
-                           Kokkos::View<long, MemSpace> const& count) {
-  Kokkos::parallel_reduce(
-      "proteus::check_finite_norms", RangePolicy(space, 0, norms.extent(0)),
-      KOKKOS_LAMBDA(long t, long& bad) { bad += detail::kmath::isfinite(norms(t)) ? 0 : 1; }, count);
-}
-
 // r sized for n tokens and `gates` gates: reallocated only when its shape differs.
 void reuse_routing(Routing& r, long n, int gates) {
   if (r.gate_probs.extent(0) != static_cast<size_t>(n) || r.gate_probs.extent(1) != static_cast<size_t>(gates))
@@ -337,7 +329,6 @@ detail::CallPlan CausalGeneticMultiheadAttention::plan_call(ExecSpace const& spa
   call.routed.keep = reuse(work_.keep, "proteus::token_keep", n);
   route_into(space, x, batch, call.routed, Kokkos::subview(work_.call_counts, heads + call_count::kept),
              work_.token_keys);
-  count_input_check_norms(space, n);
   st.alpha = call.routed.alpha;
 
   GateMatrix const& head_probs = reuse(work_.head_probs, "proteus::head_probs", n, heads);
@@ -549,7 +540,7 @@ void CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
   TokenVector const bias_v = Kokkos::subview(weights_.qkv_bias, std::make_pair(2 * e, 3 * e));
   detail::ActiveRows const rows = detail::compact_active_rows(space, call.head_mask, call.routed.keep, call.every_head, batch,
                                                       tokens, t0, t0 + len, work_.rows);
-  finish_input_check(space, x);  // the compaction waited for the device to read its sizes
+  finish_input_check();  // the compaction waited for the device to read its sizes
   // Only kept tokens have queries. With every token of the block kept, the queries are read from
   // x and the outputs written to y in place; otherwise the kept rows are gathered first and
   // scattered back after the output projection.
@@ -661,7 +652,7 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
     if (keep_attended) work_.attended_call = work_.kv_call;
     if (work_.input_check_pending) {  // no query block: nothing has waited for the device yet
       space.fence();
-      finish_input_check(space, x);
+      finish_input_check();
     }
     if (options.row_begin > 0 || row_end < tokens)
       bias_outside_rows(space, weights_.out_bias, y, tokens, options.row_begin, row_end);
@@ -686,32 +677,19 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
 
 void CausalGeneticMultiheadAttention::start_input_check(ExecSpace const& space, TokenMatrix const& x, bool check) {
   work_.input_check_pending = check;
-  work_.input_check_on_norms = check && config_.dna_enable;
   if (!check) return;
   if (work_.nonfinite.data() == nullptr) {
     work_.nonfinite = Kokkos::View<long, MemSpace>("proteus::input_check");
     work_.nonfinite_host = Kokkos::View<long, detail::PinnedHostSpace>("proteus::input_check_host");
   }
-  if (work_.input_check_on_norms) return;  // count_input_check_norms, once the routing has them
   count_nonfinite(space, x, work_.nonfinite);
   Kokkos::deep_copy(space, work_.nonfinite_host, work_.nonfinite);
 }
 
-void CausalGeneticMultiheadAttention::count_input_check_norms(ExecSpace const& space, long n) {
-  if (!work_.input_check_pending || !work_.input_check_on_norms) return;
-  count_nonfinite_norms(space, Kokkos::subview(work_.token_norms, std::make_pair(0L, n)), work_.nonfinite);
-  Kokkos::deep_copy(space, work_.nonfinite_host, work_.nonfinite);
-}
-
-void CausalGeneticMultiheadAttention::finish_input_check(ExecSpace const& space, TokenMatrix const& x) {
+void CausalGeneticMultiheadAttention::finish_input_check() {
   if (!work_.input_check_pending) return;
   work_.input_check_pending = false;
-  long bad = work_.nonfinite_host();
-  if (bad > 0 && work_.input_check_on_norms) {  // tokens with NaN or Inf norms: count the entries
-    bad = 0;
-    nonfinite_into(space, x, bad);
-  }
-  require_finite(bad, "query");
+  require_finite(work_.nonfinite_host(), "query");
 }
 
 namespace {
