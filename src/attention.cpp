@@ -57,34 +57,50 @@ struct SlotWalk {
   KOKKOS_INLINE_FUNCTION long batch_row(Span const& s) const { return static_cast<int>(bh) / s.heads; }
 };
 
-// Whether the slot at w stands for an active row: a kept token whose head is on (or every head).
-struct ActiveSlot {
+// The range's active heads as bits: word j of query slot i (batch i / span) holds heads 32 j ..
+// 32 j + 31 of its token, set where the token is kept and the head on (or every head). The scans
+// over (head, token) slots then read 4 bytes per token and head that neighbouring slots share,
+// where the mask's bytes of one head lie a row of H bytes apart (a sector per slot).
+struct HeadBits {
   MaskMatrix head_mask;
   MaskVector keep;
   bool all_heads;
   Span s;
+  Kokkos::View<std::uint32_t*, MemSpace> bits;
+  int words;  // per token
+
+  // Writes query slot i's words and returns whether its token is kept.
+  KOKKOS_INLINE_FUNCTION bool pack(long i) const {
+    long const row = s.token_row(i);
+    bool const kept = keep(row) != 0;
+    for (int j = 0; j < words; ++j) {
+      std::uint32_t word = 0;
+      for (int h = 32 * j; kept && h < 32 * j + 32 && h < s.heads; ++h)
+        word |= (all_heads || head_mask(row, h) != 0 ? 1u : 0u) << (h - 32 * j);
+      bits(i * words + j) = word;
+    }
+    return kept;
+  }
+  // Whether the slot at w stands for an active row (after pack).
   KOKKOS_INLINE_FUNCTION bool operator()(SlotWalk const& w) const {
     long const b = w.batch_row(s);
-    long const row = b * s.tokens + s.row_begin + w.offset;
-    if (!keep(row)) return false;
-    return all_heads || head_mask(row, static_cast<int>(w.bh - b * s.heads)) != 0;
+    int const h = static_cast<int>(w.bh - b * s.heads);
+    return (bits((b * s.span + w.offset) * words + h / 32) >> (h % 32)) & 1u;
   }
 };
 
 // The compaction's sizes, counted on the device and read in one copy (one wait for the device):
 // kept query tokens, each head's first row (head_start, its last entry the rows in all, which
 // also goes to sizes(2)), and the blocks (each head's rows in runs of attention_block_rows).
-void count_active(ExecSpace const& space, MaskVector const& keep, ActiveSlot const& active, ActiveRowsBuffers& buf,
-                  ActiveRows& r) {
+void count_active(ExecSpace const& space, HeadBits const& active, ActiveRowsBuffers& buf, ActiveRows& r) {
   Span const s = active.s;
   long const span = s.span;
   long const bh_count = static_cast<long>(s.batch) * s.heads, slots = bh_count * span;
   auto const sizes = first_rows(buf.sizes, "proteus::attention::sizes", 3);
   auto const head_start = r.head_start;
-  Kokkos::parallel_reduce(
+  Kokkos::parallel_reduce(  // and the bits the scans read
       "proteus::attention::count_queries", RangePolicy(space, 0, s.batch * span),
-      KOKKOS_LAMBDA(long i, long& n) { n += keep(s.token_row(i)) ? 1 : 0; },
-      Kokkos::subview(sizes, 0));
+      KOKKOS_LAMBDA(long i, long& n) { n += active.pack(i) ? 1 : 0; }, Kokkos::subview(sizes, 0));
   Kokkos::parallel_scan(
       "proteus::attention::count_rows", RangePolicy(space, 0, steps_of(slots)),
       KOKKOS_LAMBDA(long step, long& offset, bool final) {
@@ -131,7 +147,7 @@ void pack_queries(ExecSpace const& space, MaskVector const& keep, Span const& s,
 
 // Active (head, token) rows in (batch*head, token) order and each row's query row (head_start
 // is counted already).
-void pack_rows(ExecSpace const& space, ActiveSlot const& active, ActiveRowsBuffers& buf, ActiveRows& r) {
+void pack_rows(ExecSpace const& space, HeadBits const& active, ActiveRowsBuffers& buf, ActiveRows& r) {
   Span const s = active.s;
   long const span = s.span, row_begin = s.row_begin;
   int const heads = s.heads;
@@ -201,8 +217,11 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
     Kokkos::deep_copy(space, r.block_start, 0L);
     return r;
   }
-  ActiveSlot const active{head_mask, keep, all_heads, s};
-  count_active(space, keep, active, buf, r);
+  int const words = (heads + 31) / 32;
+  auto const bits =
+      first_rows(buf.head_bits, "proteus::attention::head_bits", static_cast<long>(batch) * s.span * words);
+  HeadBits const active{head_mask, keep, all_heads, s, bits, words};
+  count_active(space, active, buf, r);
   pack_queries(space, keep, s, buf, r);
   pack_rows(space, active, buf, r);
   pack_blocks(space, buf, r);

@@ -223,6 +223,60 @@ PROTEUS_TEST_CASE("shortlist attention equals softmax over the candidate set in 
   CHECK(inactive_nonzero == 0);
 }
 
+// The compaction walks (batch*head, token) slots of a row range and reads each token's heads as
+// bits, 32 to a word: head counts of one, two and three words, the dense path's every head, and a
+// range that starts inside the sequence, against a walk over the masks here.
+PROTEUS_TEST_CASE("active rows equal a host walk for any head count, every head and a row range",
+                  "[attention][compaction]") {
+  int const heads = GENERATE(3, 32, 37, 70);
+  bool const all_heads = GENERATE(false, true);
+  int const batch = 2;
+  long const T = 45, row_begin = 7, row_end = 40;
+  MaskMatrix mask("mask", batch * T, heads);
+  MaskVector keep("keep", batch * T);
+  auto hm = Kokkos::create_mirror_view(mask);
+  auto hk = Kokkos::create_mirror_view(keep);
+  test::Matrix const coin = test::random_matrix(batch * T, heads + 1, 12);
+  for (long r = 0; r < batch * T; ++r) {
+    hk(r) = coin[r][heads] > -0.5;
+    for (int h = 0; h < heads; ++h) hm(r, h) = coin[r][h] > 0.3;
+  }
+  Kokkos::deep_copy(mask, hm);
+  Kokkos::deep_copy(keep, hk);
+  detail::ActiveRowsBuffers buffers;
+  ActiveRows const rows =
+      compact_active_rows(TEST_EXECSPACE(), mask, keep, all_heads, batch, T, row_begin, row_end, buffers);
+  auto const head_start = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rows.head_start);
+  auto const row_head = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rows.head);
+  auto const row_token = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rows.token);
+  auto const row_query = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rows.query);
+  long row = 0, wrong = 0, queries = 0;
+  for (int b = 0; b < batch; ++b)
+    for (long t = row_begin; t < row_end; ++t) queries += hk(b * T + t) ? 1 : 0;
+  for (int bh = 0; bh < batch * heads; ++bh) {
+    int const b = bh / heads, h = bh % heads;
+    CHECK(head_start(bh) == row);
+    long query = 0;  // the token's query row: kept tokens of the range before it, batch rows first
+    for (int before = 0; before < b; ++before)
+      for (long t = row_begin; t < row_end; ++t) query += hk(before * T + t) ? 1 : 0;
+    for (long t = row_begin; t < row_end; ++t) {
+      long const token = b * T + t;
+      if (hk(token) && (all_heads || hm(token, h))) {
+        bool const ok = row < rows.rows && row_head(row) == bh && row_token(row) == t && row_query(row) == query;
+        wrong += ok ? 0 : 1;
+        ++row;
+      }
+      query += hk(token) ? 1 : 0;
+    }
+  }
+  INFO("heads " << heads << " all_heads " << all_heads);
+  CHECK(rows.queries == queries);
+  CHECK(rows.rows == row);
+  CHECK(head_start(batch * heads) == row);
+  CHECK(wrong == 0);
+  CHECK(row > 0);
+}
+
 PROTEUS_TEST_CASE("at alpha = 1 every query sees the same candidate count at T = 4k and 64k", "[shortlist][linear]") {
   Config c;
   c.embed_dim = 8;

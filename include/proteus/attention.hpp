@@ -9,6 +9,8 @@
 // causal attention is the same kernels with a window that covers the whole prefix.
 #pragma once
 
+#include <cstdint>
+
 #include "proteus/shortlist.hpp"
 #include "proteus/types.hpp"
 
@@ -39,6 +41,7 @@ struct ActiveRowsBuffers {
   IndexVector head;
   Kokkos::View<long*, MemSpace> token, query, head_start, block_start, query_source, query_of;
   Kokkos::View<long*, MemSpace> sizes;  // [3] queries, blocks, rows: read in one copy
+  Kokkos::View<std::uint32_t*, MemSpace> head_bits;  // the range's active heads, 32 to a word
   Kokkos::View<long*, HostSpace> sizes_host;
 };
 
