@@ -42,6 +42,8 @@ void fill(proteus::BatchTensor const& x, std::uint64_t seed) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Line by line into a pipe as well: a run killed by a time limit still shows how far it got.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   MPI_Init(&argc, &argv);
   int rc = 0;
   {
