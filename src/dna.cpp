@@ -130,17 +130,6 @@ void usage_softmax(ExecSpace const& space, GateVector const& usage, GateVector c
       });
 }
 
-// Two sums formed in one pass over a token's gates; with MergeLanes each is added up in the order
-// of a Kokkos::Sum reduction over the same lanes.
-struct TwoSums {
-  float first, second;
-  KOKKOS_INLINE_FUNCTION void clear() { first = second = 0.0f; }
-  KOKKOS_INLINE_FUNCTION void merge(TwoSums const& o) {
-    first += o.first;
-    second += o.second;
-  }
-};
-
 // The sum and the largest of non-negative numbers.
 struct SumAndMax {
   float sum, max;
@@ -199,18 +188,19 @@ void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& r
             lanes, [&](int g, float& v) { v = sim(t, g) > v ? sim(t, g) : v; }, Kokkos::Max<float>(smax));
         // proto_probs = softmax(sim / tau) * (confidence + 1e-6), renormalised by wz: the softmax's
         // normaliser pz and the weighted sum in one pass.
-        TwoSums z;
+        // Two sums over MergeLanes: each added up in the order of a Kokkos::Sum over the same lanes.
+        detail::LaneSum<2> z;
         Kokkos::parallel_reduce(
             lanes,
-            [&](int g, TwoSums& s) {
+            [&](int g, detail::LaneSum<2>& s) {
               float const e = km::exp((sim(t, g) - smax) / tau);
               probs(t, g) = e;
-              s.first += e;
-              s.second += e * (confidence(g) + 1e-6f);
+              s.v[0] += e;
+              s.v[1] += e * (confidence(g) + 1e-6f);
             },
-            detail::MergeLanes<TwoSums>(z));
-        float const pz = z.first;
-        float wz = z.second / pz;
+            detail::MergeLanes<detail::LaneSum<2>>(z));
+        float const pz = z.v[0];
+        float wz = z.v[1] / pz;
         wz = wz > 1e-6f ? wz : 1e-6f;
         float const proto_scale = 1.0f / (pz * wz);
         float b = (smax - theta) / (1.0f - theta > 1e-6f ? 1.0f - theta : 1e-6f);
