@@ -83,7 +83,7 @@ void row_norms(ExecSpace const& space, GateByEmbed const& m, TokenVector const& 
             s);
         Kokkos::single(Kokkos::PerThread(member), [&]() {
           float const n = km::sqrt(s);
-          norms(i) = n > 1e-6f ? n : 1e-6f;
+          norms(i) = n < 1e-6f ? 1e-6f : n;  // NaN stays NaN (the module's input check reads it)
         });
       });
 }

@@ -329,6 +329,7 @@ detail::CallPlan CausalGeneticMultiheadAttention::plan_call(ExecSpace const& spa
   call.routed.keep = reuse(work_.keep, "proteus::token_keep", n);
   route_into(space, x, batch, call.routed, Kokkos::subview(work_.call_counts, heads + call_count::kept),
              work_.token_keys);
+  count_input_check_norms(space, n);
   st.alpha = call.routed.alpha;
 
   GateMatrix const& head_probs = reuse(work_.head_probs, "proteus::head_probs", n, heads);
@@ -540,7 +541,7 @@ void CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
   TokenVector const bias_v = Kokkos::subview(weights_.qkv_bias, std::make_pair(2 * e, 3 * e));
   detail::ActiveRows const rows = detail::compact_active_rows(space, call.head_mask, call.routed.keep, call.every_head, batch,
                                                       tokens, t0, t0 + len, work_.rows);
-  finish_input_check();  // the compaction waited for the device to read its sizes
+  finish_input_check(space, x);  // the compaction waited for the device to read its sizes
   // Only kept tokens have queries. With every token of the block kept, the queries are read from
   // x and the outputs written to y in place; otherwise the kept rows are gathered first and
   // scattered back after the output projection.
@@ -652,7 +653,7 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
     if (keep_attended) work_.attended_call = work_.kv_call;
     if (work_.input_check_pending) {  // no query block: nothing has waited for the device yet
       space.fence();
-      finish_input_check();
+      finish_input_check(space, x);
     }
     if (options.row_begin > 0 || row_end < tokens)
       bias_outside_rows(space, weights_.out_bias, y, tokens, options.row_begin, row_end);
@@ -677,19 +678,35 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
 
 void CausalGeneticMultiheadAttention::start_input_check(ExecSpace const& space, TokenMatrix const& x, bool check) {
   work_.input_check_pending = check;
+  work_.input_check_on_norms = check && config_.dna_enable;
   if (!check) return;
   if (work_.nonfinite.data() == nullptr) {
     work_.nonfinite = Kokkos::View<long, MemSpace>("proteus::input_check");
     work_.nonfinite_host = Kokkos::View<long, detail::PinnedHostSpace>("proteus::input_check_host");
   }
+  if (work_.input_check_on_norms) return;  // count_input_check_norms, once the routing has them
   count_nonfinite(space, x, work_.nonfinite);
   Kokkos::deep_copy(space, work_.nonfinite_host, work_.nonfinite);
 }
 
-void CausalGeneticMultiheadAttention::finish_input_check() {
+void CausalGeneticMultiheadAttention::count_input_check_norms(ExecSpace const& space, long n) {
+  if (!work_.input_check_pending || !work_.input_check_on_norms) return;
+  auto const norms = Kokkos::subview(work_.token_norms, std::make_pair(0L, n));
+  Kokkos::parallel_reduce(
+      "proteus::check_finite_norms", RangePolicy(space, 0, n),
+      KOKKOS_LAMBDA(long t, long& bad) { bad += detail::kmath::isfinite(norms(t)) ? 0 : 1; }, work_.nonfinite);
+  Kokkos::deep_copy(space, work_.nonfinite_host, work_.nonfinite);
+}
+
+void CausalGeneticMultiheadAttention::finish_input_check(ExecSpace const& space, TokenMatrix const& x) {
   if (!work_.input_check_pending) return;
   work_.input_check_pending = false;
-  require_finite(work_.nonfinite_host(), "query");
+  long bad = work_.nonfinite_host();
+  if (bad > 0 && work_.input_check_on_norms) {  // tokens with NaN or Inf norms: count the entries
+    bad = 0;
+    nonfinite_into(space, x, bad);
+  }
+  require_finite(bad, "query");
 }
 
 namespace {

@@ -605,11 +605,13 @@ PROTEUS_TEST_CASE("check_finite counts NaN and Inf inside the matrix only", "[mo
 // RunOptions::check_input counts the input's NaN/Inf on the device and throws at the call's first
 // wait (the first query block's sizes), or at the end of the attention when no block ran. The
 // failed calls leave nothing behind: the DNA (updated on every call here) and the next call's
-// output have the bits of a module that never saw them.
+// output have the bits of a module that never saw them. With DNA on the check reads the token
+// norms, without it x's entries: both are run.
 PROTEUS_TEST_CASE("a checked call with NaN input throws naming the query and changes no state", "[module][errors]") {
   Shape const s{2, 40, 32, 4};
   Config cfg;
   cfg.dna_update = true;
+  cfg.dna_enable = GENERATE(true, false);
   cfg.token_sparse = true;
   CausalGeneticMultiheadAttention failed(TEST_EXECSPACE(), s.embed, s.heads, true, cfg);
   CausalGeneticMultiheadAttention fresh(TEST_EXECSPACE(), s.embed, s.heads, true, cfg);
@@ -644,6 +646,29 @@ PROTEUS_TEST_CASE("a checked call with NaN input throws naming the query and cha
   CHECK(same_bits(failed.dna().prototypes, fresh.dna().prototypes));
   CHECK(same_bits(failed.dna().usage, fresh.dna().usage));
   CHECK(same_bits(failed.dna().confidence, fresh.dna().confidence));
+}
+
+// With DNA on, the check counts tokens whose norm is NaN or Inf; a norm overflows with finite
+// entries too (here 1e20, whose square is past FLT_MAX), and then x's entries decide.
+PROTEUS_TEST_CASE("a checked call accepts finite input whose token norms overflow", "[module][errors]") {
+  Shape const s{1, 24, 16, 2};
+  Config cfg;
+  cfg.dna_update = false;
+  CausalGeneticMultiheadAttention mha(TEST_EXECSPACE(), s.embed, s.heads, true, cfg);
+  REQUIRE(mha.config().dna_enable);
+  BatchTensor const x = make_input(s, 41);
+  auto h = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), x);
+  for (int j = 0; j < s.embed; ++j) h(0, 5, j) = 1e20f;
+  Kokkos::deep_copy(x, h);
+  TokenMatrix const flat(x.data(), s.tokens, s.embed), y("test::y", s.tokens, s.embed);
+  RunOptions checked;
+  checked.check_input = true;
+  CHECK(message([&] { mha.run(TEST_EXECSPACE(), flat, s.batch, token_positions(TEST_EXECSPACE(), s), y, checked); }) ==
+        "no error");
+  h(0, 7, 3) = INFINITY;
+  Kokkos::deep_copy(x, h);
+  CHECK(message([&] { mha.run(TEST_EXECSPACE(), flat, s.batch, token_positions(TEST_EXECSPACE(), s), y, checked); }) ==
+        "query: contains 1 NaN or Inf value(s)");
 }
 
 PROTEUS_TEST_CASE("the standard causal attn_mask and a key padding mask are accepted", "[module][masks]") {

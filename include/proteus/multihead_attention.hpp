@@ -145,6 +145,10 @@ struct ModuleWorkspace {
   Kokkos::View<long, MemSpace> nonfinite;
   Kokkos::View<long, PinnedHostSpace> nonfinite_host;
   bool input_check_pending = false;
+  // With DNA on, the tokens whose norm (DNA similarity's) is NaN or Inf are counted instead of
+  // x's entries: a NaN or Inf entry makes its token's norm one, and the norms are a pass over x
+  // the routing makes anyway. A norm can also overflow with finite entries: then x is counted.
+  bool input_check_on_norms = false;
   ActiveRowsBuffers rows;
   // The training forward (0: none) whose attention the backward takes as it is instead of
   // recomputing it: its active rows, their queries q, contexts ctx, softmax statistics row_max /
@@ -264,10 +268,12 @@ class CausalGeneticMultiheadAttention {
   void route_into(ExecSpace const& space, TokenMatrix const& x, int batch, RoutingResult& r,
                   Kokkos::View<long, MemSpace> const& kept_count, TokenKeyBuffers& selection) const;
   void start_statistics(ExecSpace const& space, ForwardStats& st);
-  // RunOptions::check_input: start_input_check counts on the device; finish_input_check, called
-  // after a wait for the device, throws if the count is not 0.
+  // RunOptions::check_input: start_input_check counts on the device (count_input_check_norms
+  // after the routing, with DNA on); finish_input_check, called after a wait for the device,
+  // throws if x holds NaN or Inf.
   void start_input_check(ExecSpace const& space, TokenMatrix const& x, bool check);
-  void finish_input_check();
+  void count_input_check_norms(ExecSpace const& space, long n);
+  void finish_input_check(ExecSpace const& space, TokenMatrix const& x);
   ForwardStats run_impl(ExecSpace const& space, TokenMatrix const& x, int batch, PositionVector const& positions,
                         TokenMatrix const& y, RunOptions const& options, TrainingState* state);
   // Stages 1-4 and 6a of one call, with their statistics in st.
