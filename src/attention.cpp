@@ -21,8 +21,8 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
 
 namespace {
 
-// The compaction of compact_active_rows, in its three passes. Slot i of a pass over
-// batch * heads * span slots stands for (batch*head i / span, token row_begin + i % span).
+// The compaction of compact_active_rows. Query slot i of batch * span stands for (batch i / span,
+// token row_begin + i % span).
 struct Span {
   int batch, heads;
   long tokens, row_begin, span;
@@ -30,87 +30,74 @@ struct Span {
   KOKKOS_INLINE_FUNCTION long token_row(long i) const { return (i / span) * tokens + row_begin + i % span; }
 };
 
-// Slots per element of the scans over batch * heads * span slots: an element takes its slots in
-// turn, so that a scan has a step's fraction of the elements. At 1M tokens the two scans over
-// 4.2M slots per span took 0.1 ms each, a cost of the scan's element count rather than of its
-// bytes (latency-bound at 2% of either roof, perf/RESULTS.md section 21).
-constexpr long slots_per_step = 8;
-
-inline long steps_of(long slots) { return (slots + slots_per_step - 1) / slots_per_step; }
-KOKKOS_INLINE_FUNCTION long step_end(long step, long slots) {
-  return (step + 1) * slots_per_step < slots ? (step + 1) * slots_per_step : slots;
-}
-
-// A walk over consecutive slots: slot i's batch*head index and token offset in the span, advanced
-// one slot at a time, so that the 64-bit divisions that locate a slot (dozens of instructions each
-// on GPUs) are paid once per step of slots_per_step slots instead of several times per slot.
-struct SlotWalk {
-  long bh, offset;
-  KOKKOS_INLINE_FUNCTION SlotWalk(Span const& s, long i) : bh(i / s.span), offset(i - bh * s.span) {}
-  KOKKOS_INLINE_FUNCTION void next(Span const& s) {
-    if (++offset == s.span) {
-      offset = 0;
-      ++bh;
-    }
-  }
-  // The batch row of the slot (bh < batch * heads, an int).
-  KOKKOS_INLINE_FUNCTION long batch_row(Span const& s) const { return static_cast<int>(bh) / s.heads; }
-};
-
-// The range's active heads as bits: word j of query slot i (batch i / span) holds heads 32 j ..
-// 32 j + 31 of its token, set where the token is kept and the head on (or every head). The scans
-// over (head, token) slots then read 4 bytes per token and head that neighbouring slots share,
-// where the mask's bytes of one head lie a row of H bytes apart (a sector per slot).
-struct HeadBits {
-  MaskMatrix head_mask;
-  MaskVector keep;
-  bool all_heads;
+// The range's active (head, token) pairs as head-major words of 32 tokens: bit k of word
+// e = bh * tiles + tile is set where token row_begin + 32 tile + k of batch*head bh's batch row is
+// kept and the head on (or every head). A head's rows are the set bits of its words in order, so
+// the row of a bit is the rows before its word (offset, a scan over the words' counts) plus the
+// bits below it in the word. Scans over every (head, token) slot took 0.08 ms each per 131k-token
+// span at 1M (4.2M slots, latency-bound); the scan here has a 32nd of the elements.
+struct HeadWords {
   Span s;
-  Kokkos::View<std::uint32_t*, MemSpace> bits;
-  int words;  // per token
-
-  // Writes query slot i's words and returns whether its token is kept.
-  KOKKOS_INLINE_FUNCTION bool pack(long i) const {
-    long const row = s.token_row(i);
-    bool const kept = keep(row) != 0;
-    for (int j = 0; j < words; ++j) {
-      std::uint32_t word = 0;
-      for (int h = 32 * j; kept && h < 32 * j + 32 && h < s.heads; ++h)
-        word |= (all_heads || head_mask(row, h) != 0 ? 1u : 0u) << (h - 32 * j);
-      bits(i * words + j) = word;
-    }
-    return kept;
-  }
-  // Whether the slot at w stands for an active row (after pack).
-  KOKKOS_INLINE_FUNCTION bool operator()(SlotWalk const& w) const {
-    long const b = w.batch_row(s);
-    int const h = static_cast<int>(w.bh - b * s.heads);
-    return (bits((b * s.span + w.offset) * words + h / 32) >> (h % 32)) & 1u;
-  }
+  long tiles;  // words per batch*head: ceil(span / 32)
+  Kokkos::View<std::uint32_t*, MemSpace> words;
+  Kokkos::View<long*, MemSpace> offset;
+  long count() const { return static_cast<long>(s.batch) * s.heads * tiles; }
 };
+
+// Threads per team of pack_words: a warp, one head per thread (a thread on host backends).
+constexpr int word_team = tokens_on_host ? 1 : 32;
+
+// The words of `active`, and the kept query tokens of the range added to `queries`. One team per
+// 32 tokens of a batch row: the tokens' kept flags as one word, then a thread per head reads the
+// head's flag of each kept token (neighbouring threads, neighbouring bytes of a mask row).
+void pack_words(ExecSpace const& space, MaskMatrix const& head_mask, MaskVector const& keep, bool all_heads,
+                HeadWords const& active, Kokkos::View<long, MemSpace> const& queries) {
+  Span const s = active.s;
+  long const tiles = active.tiles;
+  auto const words = active.words;
+  Kokkos::parallel_reduce(
+      "proteus::attention::count_queries", TeamPolicy<>(space, static_cast<int>(s.batch * tiles), word_team),
+      KOKKOS_LAMBDA(TeamPolicy<>::member_type const& m, long& n) {
+        long const b = m.league_rank() / tiles, tile = m.league_rank() - b * tiles;
+        long const row0 = b * s.tokens + s.row_begin + 32 * tile;  // the token row of bit 0
+        int const bits = static_cast<int>(s.span - 32 * tile < 32 ? s.span - 32 * tile : 32);
+        std::uint32_t kept = 0;  // a sum of distinct powers of two: their bitwise or
+        Kokkos::parallel_reduce(
+            Kokkos::TeamThreadRange(m, bits), [&](int k, std::uint32_t& w) { w += keep(row0 + k) != 0 ? 1u << k : 0u; },
+            kept);
+        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, s.heads), [&](int h) {
+          std::uint32_t word = all_heads ? kept : 0u;
+          for (int k = 0; !all_heads && k < bits; ++k)
+            word |= (kept >> k & 1u) != 0 && head_mask(row0 + k, h) != 0 ? 1u << k : 0u;
+          words((b * s.heads + h) * tiles + tile) = word;
+        });
+        if (m.team_rank() == 0) n += popcount(kept);
+      },
+      queries);
+}
 
 // The compaction's sizes, counted on the device and read in one copy (one wait for the device):
 // kept query tokens, each head's first row (head_start, its last entry the rows in all, which
 // also goes to sizes(2)), and the blocks (each head's rows in runs of attention_block_rows).
-void count_active(ExecSpace const& space, HeadBits const& active, ActiveRowsBuffers& buf, ActiveRows& r) {
-  Span const s = active.s;
-  long const span = s.span;
-  long const bh_count = static_cast<long>(s.batch) * s.heads, slots = bh_count * span;
+void count_active(ExecSpace const& space, MaskMatrix const& head_mask, MaskVector const& keep, bool all_heads,
+                  HeadWords const& active, ActiveRowsBuffers& buf, ActiveRows& r) {
+  long const tiles = active.tiles, count = active.count();
+  long const bh_count = static_cast<long>(active.s.batch) * active.s.heads;
   auto const sizes = first_rows(buf.sizes, "proteus::attention::sizes", 3);
   auto const head_start = r.head_start;
-  Kokkos::parallel_reduce(  // and the bits the scans read
-      "proteus::attention::count_queries", RangePolicy(space, 0, s.batch * span),
-      KOKKOS_LAMBDA(long i, long& n) { n += active.pack(i) ? 1 : 0; }, Kokkos::subview(sizes, 0));
+  auto const words = active.words;
+  auto const offset = active.offset;
+  pack_words(space, head_mask, keep, all_heads, active, Kokkos::subview(sizes, 0));
   Kokkos::parallel_scan(
-      "proteus::attention::count_rows", RangePolicy(space, 0, steps_of(slots)),
-      KOKKOS_LAMBDA(long step, long& offset, bool final) {
-        long const end = step_end(step, slots);
-        SlotWalk w(s, step * slots_per_step);
-        for (long i = step * slots_per_step; i < end; ++i, w.next(s)) {
-          if (final && w.offset == 0) head_start(w.bh) = offset;
-          offset += active(w) ? 1 : 0;
+      "proteus::attention::count_rows", RangePolicy(space, 0, count), KOKKOS_LAMBDA(long e, long& rows, bool final) {
+        int const n = popcount(words(e));
+        if (final) {
+          offset(e) = rows;
+          long const bh = e / tiles;
+          if (e == bh * tiles) head_start(bh) = rows;
+          if (e == count - 1) head_start(bh_count) = sizes(2) = rows + n;
         }
-        if (final && end == slots) head_start(bh_count) = sizes(2) = offset;
+        rows += n;
       });
   constexpr long block_rows = attention_block_rows;
   Kokkos::parallel_reduce(
@@ -146,12 +133,10 @@ void pack_queries(ExecSpace const& space, MaskVector const& keep, Span const& s,
 }
 
 // Active (head, token) rows in (batch*head, token) order and each row's query row (head_start
-// is counted already).
-void pack_rows(ExecSpace const& space, HeadBits const& active, ActiveRowsBuffers& buf, ActiveRows& r) {
+// and the words' offsets are counted already): a thread per bit of the words, no scan.
+void pack_rows(ExecSpace const& space, HeadWords const& active, ActiveRowsBuffers& buf, ActiveRows& r) {
   Span const s = active.s;
-  long const span = s.span, row_begin = s.row_begin;
-  int const heads = s.heads;
-  long const slots = static_cast<long>(s.batch) * heads * span;
+  long const tiles = active.tiles;
   r.head = first_rows(buf.head, "proteus::attention::row_head", r.rows);
   r.token = first_rows(buf.token, "proteus::attention::row_token", r.rows);
   r.query = first_rows(buf.query, "proteus::attention::row_query", r.rows);
@@ -159,20 +144,20 @@ void pack_rows(ExecSpace const& space, HeadBits const& active, ActiveRowsBuffers
   auto row_token = r.token;
   auto row_query = r.query;
   auto query_of = r.query_of;
-  Kokkos::parallel_scan(
-      "proteus::attention::pack_rows", RangePolicy(space, 0, steps_of(slots)),
-      KOKKOS_LAMBDA(long step, long& offset, bool final) {
-        long const end = step_end(step, slots);
-        SlotWalk w(s, step * slots_per_step);
-        for (long i = step * slots_per_step; i < end; ++i, w.next(s)) {
-          bool const a = active(w);
-          if (final && a) {
-            row_head(offset) = static_cast<int>(w.bh);
-            row_token(offset) = row_begin + w.offset;
-            row_query(offset) = query_of(w.batch_row(s) * span + w.offset);
-          }
-          offset += a ? 1 : 0;
-        }
+  auto const words = active.words;
+  auto const offset = active.offset;
+  Kokkos::parallel_for(
+      "proteus::attention::pack_rows", RangePolicy(space, 0, 32 * active.count()), KOKKOS_LAMBDA(long i) {
+        long const e = i / 32;
+        int const k = static_cast<int>(i - 32 * e);
+        std::uint32_t const word = words(e);
+        if ((word >> k & 1u) == 0) return;
+        long const row = offset(e) + popcount(word & ((1u << k) - 1u));
+        long const bh = e / tiles;
+        long const t = 32 * (e - bh * tiles) + k;  // the token's offset in the span
+        row_head(row) = static_cast<int>(bh);
+        row_token(row) = s.row_begin + t;
+        row_query(row) = query_of((bh / s.heads) * s.span + t);
       });
 }
 
@@ -217,11 +202,10 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
     Kokkos::deep_copy(space, r.block_start, 0L);
     return r;
   }
-  int const words = (heads + 31) / 32;
-  auto const bits =
-      first_rows(buf.head_bits, "proteus::attention::head_bits", static_cast<long>(batch) * s.span * words);
-  HeadBits const active{head_mask, keep, all_heads, s, bits, words};
-  count_active(space, active, buf, r);
+  long const tiles = (s.span + 31) / 32, words = static_cast<long>(batch) * heads * tiles;
+  HeadWords const active{s, tiles, first_rows(buf.head_words, "proteus::attention::head_words", words),
+                         first_rows(buf.word_rows, "proteus::attention::word_rows", words)};
+  count_active(space, head_mask, keep, all_heads, active, buf, r);
   pack_queries(space, keep, s, buf, r);
   pack_rows(space, active, buf, r);
   pack_blocks(space, buf, r);

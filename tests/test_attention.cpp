@@ -223,15 +223,17 @@ PROTEUS_TEST_CASE("shortlist attention equals softmax over the candidate set in 
   CHECK(inactive_nonzero == 0);
 }
 
-// The compaction walks (batch*head, token) slots of a row range and reads each token's heads as
-// bits, 32 to a word: head counts of one, two and three words, the dense path's every head, and a
-// range that starts inside the sequence, against a walk over the masks here.
+// The compaction packs each head's active tokens into words of 32 tokens and places a row by the
+// rows before its word and the bits below it: head counts below, at and above a warp, the dense
+// path's every head, and ranges that start inside the sequence and end inside a word (33 and 150
+// tokens: two and five words per head), against a walk over the masks here.
 PROTEUS_TEST_CASE("active rows equal a host walk for any head count, every head and a row range",
                   "[attention][compaction]") {
   int const heads = GENERATE(3, 32, 37, 70);
   bool const all_heads = GENERATE(false, true);
+  long const row_end = GENERATE(40L, 157L);
   int const batch = 2;
-  long const T = 45, row_begin = 7, row_end = 40;
+  long const T = 170, row_begin = 7;
   MaskMatrix mask("mask", batch * T, heads);
   MaskVector keep("keep", batch * T);
   auto hm = Kokkos::create_mirror_view(mask);
@@ -269,7 +271,7 @@ PROTEUS_TEST_CASE("active rows equal a host walk for any head count, every head 
       query += hk(token) ? 1 : 0;
     }
   }
-  INFO("heads " << heads << " all_heads " << all_heads);
+  INFO("heads " << heads << " all_heads " << all_heads << " rows " << row_begin << ".." << row_end);
   CHECK(rows.queries == queries);
   CHECK(rows.rows == row);
   CHECK(head_start(batch * heads) == row);

@@ -41,7 +41,8 @@ struct ActiveRowsBuffers {
   IndexVector head;
   Kokkos::View<long*, MemSpace> token, query, head_start, block_start, query_source, query_of;
   Kokkos::View<long*, MemSpace> sizes;  // [3] queries, blocks, rows: read in one copy
-  Kokkos::View<std::uint32_t*, MemSpace> head_bits;  // the range's active heads, 32 to a word
+  Kokkos::View<std::uint32_t*, MemSpace> head_words;  // a head's active tokens, 32 to a word
+  Kokkos::View<long*, MemSpace> word_rows;            // the rows before each word
   Kokkos::View<long*, HostSpace> sizes_host;
 };
 

@@ -3,19 +3,20 @@
 // or the vendor macros: add a wrapper here instead.
 #pragma once
 
-#include <Kokkos_Core.hpp>
-#include <Kokkos_Sort.hpp>
-#include <KokkosBlas2_gemv.hpp>
-#include <KokkosBlas3_gemm.hpp>
 #include <KokkosKernels_config.h>
 
-#include "proteus/detail/bfloat16.hpp"
-
+#include <KokkosBlas2_gemv.hpp>
+#include <KokkosBlas3_gemm.hpp>
+#include <Kokkos_Core.hpp>
+#include <Kokkos_Sort.hpp>
+#include <cstdint>
 #include <limits>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+
+#include "proteus/detail/bfloat16.hpp"
 
 #if defined(KOKKOS_ENABLE_CUDA)
 #include <cub/device/device_radix_sort.cuh>
@@ -53,6 +54,19 @@ using Kokkos::Experimental::sin;
 using Kokkos::Experimental::sqrt;
 #endif
 }  // namespace kmath
+
+// The number of set bits of a 32-bit word, in kernels: Kokkos::popcount from Kokkos 4.1 (a
+// single instruction on GPUs); before that the classic sum of bit fields in parallel.
+KOKKOS_INLINE_FUNCTION int popcount(std::uint32_t x) {
+#if KOKKOS_VERSION >= 40100
+  return Kokkos::popcount(x);
+#else
+  x = x - ((x >> 1) & 0x55555555u);
+  x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
+  x = (x + (x >> 4)) & 0x0f0f0f0fu;
+  return static_cast<int>((x * 0x01010101u) >> 24);
+#endif
+}
 
 // C = alpha op(A) op(B) + beta C. Kokkos Kernels 4.x takes the execution space instance;
 // 3.4 runs on the default instance, so the caller's stream ordering is kept by fencing it.
