@@ -44,50 +44,38 @@ struct HeadWords {
   long count() const { return static_cast<long>(s.batch) * s.heads * tiles; }
 };
 
-// Threads per team of pack_words: a warp, one head per thread (a thread on host backends).
-constexpr int word_team = tokens_on_host ? 1 : 32;
-
-// The words of `active`, and the kept query tokens of the range added to `queries`. One team per
-// 32 tokens of a batch row: the tokens' kept flags as one word, then a thread per head reads the
-// head's flag of each kept token (neighbouring threads, neighbouring bytes of a mask row).
+// The words of `active`: a thread per (32 tokens, head), heads of the same tokens side by side,
+// so that a warp reads each token's kept flag once (one address) and its head flags as
+// neighbouring bytes of a mask row.
 void pack_words(ExecSpace const& space, MaskMatrix const& head_mask, MaskVector const& keep, bool all_heads,
-                HeadWords const& active, Kokkos::View<long, MemSpace> const& queries) {
+                HeadWords const& active) {
   Span const s = active.s;
   long const tiles = active.tiles;
   auto const words = active.words;
-  Kokkos::parallel_reduce(
-      "proteus::attention::count_queries", TeamPolicy<>(space, static_cast<int>(s.batch * tiles), word_team),
-      KOKKOS_LAMBDA(TeamPolicy<>::member_type const& m, long& n) {
-        long const b = m.league_rank() / tiles, tile = m.league_rank() - b * tiles;
+  Kokkos::parallel_for(
+      "proteus::attention::pack_words", RangePolicy(space, 0, active.count()), KOKKOS_LAMBDA(long i) {
+        long const bt = i / s.heads;  // b * tiles + tile
+        int const h = static_cast<int>(i - bt * s.heads);
+        long const b = bt / tiles, tile = bt - b * tiles;
         long const row0 = b * s.tokens + s.row_begin + 32 * tile;  // the token row of bit 0
         int const bits = static_cast<int>(s.span - 32 * tile < 32 ? s.span - 32 * tile : 32);
-        std::uint32_t kept = 0;  // a sum of distinct powers of two: their bitwise or
-        Kokkos::parallel_reduce(
-            Kokkos::TeamThreadRange(m, bits), [&](int k, std::uint32_t& w) { w += keep(row0 + k) != 0 ? 1u << k : 0u; },
-            kept);
-        Kokkos::parallel_for(Kokkos::TeamThreadRange(m, s.heads), [&](int h) {
-          std::uint32_t word = all_heads ? kept : 0u;
-          for (int k = 0; !all_heads && k < bits; ++k)
-            word |= (kept >> k & 1u) != 0 && head_mask(row0 + k, h) != 0 ? 1u << k : 0u;
-          words((b * s.heads + h) * tiles + tile) = word;
-        });
-        if (m.team_rank() == 0) n += popcount(kept);
-      },
-      queries);
+        std::uint32_t word = 0;
+        for (int k = 0; k < bits; ++k)
+          word |= keep(row0 + k) != 0 && (all_heads || head_mask(row0 + k, h) != 0) ? 1u << k : 0u;
+        words((b * s.heads + h) * tiles + tile) = word;
+      });
 }
 
-// The compaction's sizes, counted on the device and read in one copy (one wait for the device):
-// kept query tokens, each head's first row (head_start, its last entry the rows in all, which
-// also goes to sizes(2)), and the blocks (each head's rows in runs of attention_block_rows).
-void count_active(ExecSpace const& space, MaskMatrix const& head_mask, MaskVector const& keep, bool all_heads,
-                  HeadWords const& active, ActiveRowsBuffers& buf, ActiveRows& r) {
+// Each head's first row (head_start, its last entry the rows in all, which also goes to
+// sizes(2)), each word's first row, and the blocks in sizes(1) (each head's rows in runs of
+// attention_block_rows).
+void count_rows(ExecSpace const& space, HeadWords const& active, Kokkos::View<long*, MemSpace> const& sizes,
+                ActiveRows& r) {
   long const tiles = active.tiles, count = active.count();
   long const bh_count = static_cast<long>(active.s.batch) * active.s.heads;
-  auto const sizes = first_rows(buf.sizes, "proteus::attention::sizes", 3);
   auto const head_start = r.head_start;
   auto const words = active.words;
   auto const offset = active.offset;
-  pack_words(space, head_mask, keep, all_heads, active, Kokkos::subview(sizes, 0));
   Kokkos::parallel_scan(
       "proteus::attention::count_rows", RangePolicy(space, 0, count), KOKKOS_LAMBDA(long e, long& rows, bool final) {
         int const n = popcount(words(e));
@@ -104,21 +92,15 @@ void count_active(ExecSpace const& space, MaskMatrix const& head_mask, MaskVecto
       "proteus::attention::count_blocks", RangePolicy(space, 0, bh_count),
       KOKKOS_LAMBDA(long bh, long& n) { n += (head_start(bh + 1) - head_start(bh) + block_rows - 1) / block_rows; },
       Kokkos::subview(sizes, 1));
-  auto const host = first_rows(buf.sizes_host, "proteus::attention::sizes_host", 3);
-  Kokkos::deep_copy(space, host, Kokkos::subview(sizes, std::make_pair(0, 3)));
-  space.fence();
-  r.queries = host(0);
-  r.blocks = host(1);
-  r.rows = host(2);
 }
 
-// Query rows: the kept tokens of the range, in (batch, token) order.
+// Query rows: the kept tokens of the range, in (batch, token) order; their count goes to
+// sizes(0). query_source is filled for every kept token but sized once the count is read.
 void pack_queries(ExecSpace const& space, MaskVector const& keep, Span const& s, ActiveRowsBuffers& buf,
-                  ActiveRows& r) {
+                  Kokkos::View<long*, MemSpace> const& sizes, ActiveRows& r) {
   long const range = static_cast<long>(s.batch) * s.span;
-  r.query_source = first_rows(buf.query_source, "proteus::attention::query_source", r.queries);
+  auto query_source = first_rows(buf.query_source, "proteus::attention::query_source", range);
   r.query_of = first_rows(buf.query_of, "proteus::attention::query_of", range);
-  auto query_source = r.query_source;
   auto query_of = r.query_of;
   Kokkos::parallel_scan(
       "proteus::attention::pack_queries", RangePolicy(space, 0, range),
@@ -127,13 +109,28 @@ void pack_queries(ExecSpace const& space, MaskVector const& keep, Span const& s,
         if (final) {
           query_of(i) = kept ? offset : -1;
           if (kept) query_source(offset) = s.token_row(i);
+          if (i == range - 1) sizes(0) = offset + (kept ? 1 : 0);
         }
         offset += kept ? 1 : 0;
       });
 }
 
+// The compaction's sizes, counted on the device and read in one copy (one wait for the device):
+// kept query tokens, blocks and rows.
+void read_sizes(ExecSpace const& space, Kokkos::View<long*, MemSpace> const& sizes, ActiveRowsBuffers& buf,
+                ActiveRows& r) {
+  auto const host = first_rows(buf.sizes_host, "proteus::attention::sizes_host", 3);
+  Kokkos::deep_copy(space, host, Kokkos::subview(sizes, std::make_pair(0, 3)));
+  space.fence();
+  r.queries = host(0);
+  r.blocks = host(1);
+  r.rows = host(2);
+  r.query_source = first_rows(buf.query_source, "proteus::attention::query_source", r.queries);
+}
+
 // Active (head, token) rows in (batch*head, token) order and each row's query row (head_start
-// and the words' offsets are counted already): a thread per bit of the words, no scan.
+// and the words' first rows are counted already): a thread per word places its set bits, lowest
+// first, with no scan (most words of a sparse call are empty).
 void pack_rows(ExecSpace const& space, HeadWords const& active, ActiveRowsBuffers& buf, ActiveRows& r) {
   Span const s = active.s;
   long const tiles = active.tiles;
@@ -147,17 +144,18 @@ void pack_rows(ExecSpace const& space, HeadWords const& active, ActiveRowsBuffer
   auto const words = active.words;
   auto const offset = active.offset;
   Kokkos::parallel_for(
-      "proteus::attention::pack_rows", RangePolicy(space, 0, 32 * active.count()), KOKKOS_LAMBDA(long i) {
-        long const e = i / 32;
-        int const k = static_cast<int>(i - 32 * e);
-        std::uint32_t const word = words(e);
-        if ((word >> k & 1u) == 0) return;
-        long const row = offset(e) + popcount(word & ((1u << k) - 1u));
+      "proteus::attention::pack_rows", RangePolicy(space, 0, active.count()), KOKKOS_LAMBDA(long e) {
+        std::uint32_t word = words(e);
+        if (word == 0) return;
         long const bh = e / tiles;
-        long const t = 32 * (e - bh * tiles) + k;  // the token's offset in the span
-        row_head(row) = static_cast<int>(bh);
-        row_token(row) = s.row_begin + t;
-        row_query(row) = query_of((bh / s.heads) * s.span + t);
+        long const t0 = 32 * (e - bh * tiles), q0 = (bh / s.heads) * s.span;  // the word's first token
+        long row = offset(e);
+        for (; word != 0; word &= word - 1u, ++row) {
+          long const t = t0 + popcount((word & (~word + 1u)) - 1u);  // the lowest set bit's token
+          row_head(row) = static_cast<int>(bh);
+          row_token(row) = s.row_begin + t;
+          row_query(row) = query_of(q0 + t);
+        }
       });
 }
 
@@ -205,8 +203,11 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
   long const tiles = (s.span + 31) / 32, words = static_cast<long>(batch) * heads * tiles;
   HeadWords const active{s, tiles, first_rows(buf.head_words, "proteus::attention::head_words", words),
                          first_rows(buf.word_rows, "proteus::attention::word_rows", words)};
-  count_active(space, head_mask, keep, all_heads, active, buf, r);
-  pack_queries(space, keep, s, buf, r);
+  auto const sizes = first_rows(buf.sizes, "proteus::attention::sizes", 3);
+  pack_words(space, head_mask, keep, all_heads, active);
+  count_rows(space, active, sizes, r);
+  pack_queries(space, keep, s, buf, sizes, r);
+  read_sizes(space, sizes, buf, r);
   pack_rows(space, active, buf, r);
   pack_blocks(space, buf, r);
   return r;
