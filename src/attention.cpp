@@ -66,11 +66,8 @@ void pack_words(ExecSpace const& space, MaskMatrix const& head_mask, MaskVector 
       });
 }
 
-// Each head's first row (head_start, its last entry the rows in all, which also goes to
-// sizes(2)), each word's first row, and the blocks in sizes(1) (each head's rows in runs of
-// attention_block_rows).
-void count_rows(ExecSpace const& space, HeadWords const& active, Kokkos::View<long*, MemSpace> const& sizes,
-                ActiveRows& r) {
+// Each head's first row (r.head_start, its last entry the rows in all) and each word's first row.
+void count_rows(ExecSpace const& space, HeadWords const& active, ActiveRows& r) {
   long const tiles = active.tiles, count = active.count();
   long const bh_count = static_cast<long>(active.s.batch) * active.s.heads;
   auto const head_start = r.head_start;
@@ -83,15 +80,10 @@ void count_rows(ExecSpace const& space, HeadWords const& active, Kokkos::View<lo
           offset(e) = rows;
           long const bh = e / tiles;
           if (e == bh * tiles) head_start(bh) = rows;
-          if (e == count - 1) head_start(bh_count) = sizes(2) = rows + n;
+          if (e == count - 1) head_start(bh_count) = rows + n;
         }
         rows += n;
       });
-  constexpr long block_rows = attention_block_rows;
-  Kokkos::parallel_reduce(
-      "proteus::attention::count_blocks", RangePolicy(space, 0, bh_count),
-      KOKKOS_LAMBDA(long bh, long& n) { n += (head_start(bh + 1) - head_start(bh) + block_rows - 1) / block_rows; },
-      Kokkos::subview(sizes, 1));
 }
 
 // Query rows: the kept tokens of the range, in (batch, token) order; their count goes to
@@ -116,15 +108,19 @@ void pack_queries(ExecSpace const& space, MaskVector const& keep, Span const& s,
 }
 
 // The compaction's sizes, counted on the device and read in one copy (one wait for the device):
-// kept query tokens, blocks and rows.
+// sizes holds the kept query tokens, then head_start. The rows are head_start's last entry and
+// the blocks (each head's rows in runs of attention_block_rows) are counted here.
 void read_sizes(ExecSpace const& space, Kokkos::View<long*, MemSpace> const& sizes, ActiveRowsBuffers& buf,
                 ActiveRows& r) {
-  auto const host = first_rows(buf.sizes_host, "proteus::attention::sizes_host", 3);
-  Kokkos::deep_copy(space, host, Kokkos::subview(sizes, std::make_pair(0, 3)));
+  long const n = static_cast<long>(sizes.extent(0)), bh_count = n - 2;
+  auto const host = first_rows(buf.sizes_host, "proteus::attention::sizes_host", n);
+  Kokkos::deep_copy(space, host, sizes);
   space.fence();
   r.queries = host(0);
-  r.blocks = host(1);
-  r.rows = host(2);
+  r.rows = host(n - 1);
+  r.blocks = 0;
+  for (long bh = 0; bh < bh_count; ++bh)
+    r.blocks += (host(bh + 2) - host(bh + 1) + attention_block_rows - 1) / attention_block_rows;
   r.query_source = first_rows(buf.query_source, "proteus::attention::query_source", r.queries);
 }
 
@@ -188,7 +184,9 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
   Span const s{batch, heads, tokens, row_begin, std::max(0L, row_end - row_begin)};
   ActiveRows r;
   r.slots = static_cast<long>(batch) * heads * s.span;
-  r.head_start = first_rows(buf.head_start, "proteus::attention::head_start", batch * heads + 1);
+  long const bh_count = static_cast<long>(batch) * heads;
+  auto const sizes = first_rows(buf.sizes, "proteus::attention::sizes", bh_count + 2);
+  r.head_start = Kokkos::subview(sizes, std::make_pair(1L, bh_count + 2));
   if (s.span == 0) {
     r.head = first_rows(buf.head, "proteus::attention::row_head", 0);
     r.token = first_rows(buf.token, "proteus::attention::row_token", 0);
@@ -200,12 +198,11 @@ ActiveRows compact_active_rows(ExecSpace const& space, MaskMatrix const& head_ma
     Kokkos::deep_copy(space, r.block_start, 0L);
     return r;
   }
-  long const tiles = (s.span + 31) / 32, words = static_cast<long>(batch) * heads * tiles;
+  long const tiles = (s.span + 31) / 32, words = bh_count * tiles;
   HeadWords const active{s, tiles, first_rows(buf.head_words, "proteus::attention::head_words", words),
                          first_rows(buf.word_rows, "proteus::attention::word_rows", words)};
-  auto const sizes = first_rows(buf.sizes, "proteus::attention::sizes", 3);
   pack_words(space, head_mask, keep, all_heads, active);
-  count_rows(space, active, sizes, r);
+  count_rows(space, active, r);
   pack_queries(space, keep, s, buf, sizes, r);
   read_sizes(space, sizes, buf, r);
   pack_rows(space, active, buf, r);

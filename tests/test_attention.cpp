@@ -252,12 +252,13 @@ PROTEUS_TEST_CASE("active rows equal a host walk for any head count, every head 
   auto const row_head = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rows.head);
   auto const row_token = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rows.token);
   auto const row_query = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), rows.query);
-  long row = 0, wrong = 0, queries = 0;
+  long row = 0, wrong = 0, queries = 0, blocks = 0;
   for (int b = 0; b < batch; ++b)
     for (long t = row_begin; t < row_end; ++t) queries += hk(b * T + t) ? 1 : 0;
   for (int bh = 0; bh < batch * heads; ++bh) {
     int const b = bh / heads, h = bh % heads;
     CHECK(head_start(bh) == row);
+    long const first_row = row;
     long query = 0;  // the token's query row: kept tokens of the range before it, batch rows first
     for (int before = 0; before < b; ++before)
       for (long t = row_begin; t < row_end; ++t) query += hk(before * T + t) ? 1 : 0;
@@ -270,10 +271,12 @@ PROTEUS_TEST_CASE("active rows equal a host walk for any head count, every head 
       }
       query += hk(token) ? 1 : 0;
     }
+    blocks += (row - first_row + detail::attention_block_rows - 1) / detail::attention_block_rows;
   }
   INFO("heads " << heads << " all_heads " << all_heads << " rows " << row_begin << ".." << row_end);
   CHECK(rows.queries == queries);
   CHECK(rows.rows == row);
+  CHECK(rows.blocks == blocks);
   CHECK(head_start(batch * heads) == row);
   CHECK(wrong == 0);
   CHECK(row > 0);

@@ -39,8 +39,8 @@ inline constexpr int attention_block_rows = 32;
 // keeps one set): each view of the result is the first part of one of these.
 struct ActiveRowsBuffers {
   IndexVector head;
-  Kokkos::View<long*, MemSpace> token, query, head_start, block_start, query_source, query_of;
-  Kokkos::View<long*, MemSpace> sizes;  // [3] queries, blocks, rows: read in one copy
+  Kokkos::View<long*, MemSpace> token, query, block_start, query_source, query_of;
+  Kokkos::View<long*, MemSpace> sizes;                // [B*H + 2] queries, then head_start: read in one copy
   Kokkos::View<std::uint32_t*, MemSpace> head_words;  // a head's active tokens, 32 to a word
   Kokkos::View<long*, MemSpace> word_rows;            // the rows before each word
   Kokkos::View<long*, HostSpace> sizes_host;
