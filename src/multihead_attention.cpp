@@ -146,14 +146,6 @@ void nonfinite_into(ExecSpace const& space, TokenMatrix const& v, Count& bad) {
   }
 }
 
-// count = the number of NaN and Inf entries of norms (nothing waits).
-void count_nonfinite_norms(ExecSpace const& space, TokenVector const& norms,
-                           Kokkos::View<long, MemSpace> const& count) {
-  Kokkos::parallel_reduce(
-      "proteus::check_finite_norms", RangePolicy(space, 0, norms.extent(0)),
-      KOKKOS_LAMBDA(long t, long& bad) { bad += detail::kmath::isfinite(norms(t)) ? 0 : 1; }, count);
-}
-
 // r sized for n tokens and `gates` gates: reallocated only when its shape differs.
 void reuse_routing(Routing& r, long n, int gates) {
   if (r.gate_probs.extent(0) != static_cast<size_t>(n) || r.gate_probs.extent(1) != static_cast<size_t>(gates))
@@ -699,7 +691,8 @@ void CausalGeneticMultiheadAttention::start_input_check(ExecSpace const& space, 
 
 void CausalGeneticMultiheadAttention::count_input_check_norms(ExecSpace const& space, long n) {
   if (!work_.input_check_pending || !work_.input_check_on_norms) return;
-  count_nonfinite_norms(space, Kokkos::subview(work_.token_norms, std::make_pair(0L, n)), work_.nonfinite);
+  // The n norms as one column: the same count as x's entries, and nothing waits.
+  nonfinite_into(space, TokenMatrix(work_.token_norms.data(), n, 1), work_.nonfinite);
   Kokkos::deep_copy(space, work_.nonfinite_host, work_.nonfinite);
 }
 
