@@ -512,7 +512,7 @@ void CausalGeneticMultiheadAttention::project_keys_values(ExecSpace const& space
   if (!c.kv_bf16) {
     TokenMatrix const& kv = reuse(work_.kv, "proteus::kv", n, 2 * e);
     project_kv(space, x, weights_, kv, precision, &work_.bf16_operands);
-    bias_and_rope(space, kv, bias_k, positions, e, c.num_heads, 1, c.rope, c.rope_base);
+    bias_and_rope(space, kv, bias_k, positions, e, c.num_heads, 1, c.rope, c.rope_base, &work_.rope_turns);
     return;
   }
   // One block of rows at a time: projected in FP32 into the stage, then biased, rotated and rounded
@@ -524,8 +524,8 @@ void CausalGeneticMultiheadAttention::project_keys_values(ExecSpace const& space
     long const m = std::min(block, n - r0);
     TokenMatrix const stage = first_rows(work_.kv_stage, "proteus::kv_stage", m, 2 * e);
     project_kv(space, rows_of(x, r0, m), weights_, stage, precision, &work_.bf16_operands);
-    bias_and_rope_to_bf16(space, stage, bias_k, Kokkos::subview(positions, std::make_pair(r0, r0 + m)), e,
-                          c.num_heads, 1, c.rope, c.rope_base, stored, r0);
+    bias_and_rope_to_bf16(space, stage, bias_k, Kokkos::subview(positions, std::make_pair(r0, r0 + m)), e, c.num_heads,
+                          1, c.rope, c.rope_base, stored, r0, &work_.rope_turns);
   }
 }
 
@@ -557,7 +557,7 @@ void CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
       TokenMatrix const qr = rows_of(qb, b * len, m);
       project_q(space, rows_of(x, b * tokens + t0, m), weights_, qr, precision, &work_.bf16_operands);
       PositionVector const pos = Kokkos::subview(positions, std::make_pair(b * tokens + t0, b * tokens + t0 + m));
-      bias_and_rope(space, qr, bias_q, pos, e, heads, 1, c.rope, c.rope_base);
+      bias_and_rope(space, qr, bias_q, pos, e, heads, 1, c.rope, c.rope_base, &work_.rope_turns);
     }
     if (keep_attended)  // the backward turns RoPE back at the query rows' positions
       gather_positions(space, positions, rows.query_source, first_rows(work_.kept_positions, "proteus::kept_positions", nq));
@@ -566,7 +566,7 @@ void CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
     PositionVector const pos = first_rows(work_.kept_positions, "proteus::kept_positions", nq);
     detail::gather_rows(space, x, rows.query_source, gathered, positions, pos);
     project_q(space, gathered, weights_, qb, precision, &work_.bf16_operands);
-    bias_and_rope(space, qb, bias_q, pos, e, heads, 1, c.rope, c.rope_base);
+    bias_and_rope(space, qb, bias_q, pos, e, heads, 1, c.rope, c.rope_base, &work_.rope_turns);
   }
   st.active_rows += rows.rows;
   Kokkos::deep_copy(space, cb, 0.0f);  // rows of inactive heads stay zero

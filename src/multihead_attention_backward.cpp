@@ -68,7 +68,7 @@ detail::AttendedRows CausalGeneticMultiheadAttention::forward_attention(ExecSpac
   TokenMatrix const& kv = detail::reuse(work_.kv, "proteus::kv", n, 2 * e);
   if (!kept) {  // another call overwrote the forward's K|V since
     project_kv(space, state.x, weights_, kv, GemmPrecision::fp32);
-    bias_and_rope(space, kv, bias_k, state.positions, e, heads, 1, c.rope, c.rope_base);
+    bias_and_rope(space, kv, bias_k, state.positions, e, heads, 1, c.rope, c.rope_base, &work_.rope_turns);
   }
   detail::AttendedRows out;
   out.value_bias = Kokkos::subview(weights_.qkv_bias, std::make_pair(2 * e, 3 * e));
@@ -81,7 +81,7 @@ detail::AttendedRows CausalGeneticMultiheadAttention::forward_attention(ExecSpac
   PositionVector const pos_q = detail::first_rows(work_.kept_positions, "proteus::kept_positions", nq);
   detail::gather_rows(space, state.x, rows.query_source, xq, state.positions, pos_q);
   project_q(space, xq, weights_, q, GemmPrecision::fp32);
-  bias_and_rope(space, q, bias_q, pos_q, e, heads, 1, c.rope, c.rope_base);
+  bias_and_rope(space, q, bias_q, pos_q, e, heads, 1, c.rope, c.rope_base, &work_.rope_turns);
   Kokkos::deep_copy(space, out.ctx, 0.0f);  // columns of inactive heads stay zero
   detail::attend(space, state.plan, q, kv, out.value_bias, rows, state.dna_lists, heads, out.ctx, {}, out.softmax);
   return out;

@@ -1,11 +1,13 @@
 // Stage 5: Q/K/V bias and rotary position embedding at original positions, in place.
 #include "proteus/rope.hpp"
 
+#include <algorithm>
 #include <cstdint>
 
 #include "proteus/detail/bfloat16.hpp"
 #include "proteus/detail/element_range.hpp"
 #include "proteus/detail/kokkos_compat.hpp"
+#include "proteus/detail/workspace.hpp"
 #include "proteus/error.hpp"
 
 namespace proteus {
@@ -25,101 +27,138 @@ KOKKOS_INLINE_FUNCTION void rope_turn(Position pos, long i, int d, double base, 
 }  // namespace
 
 namespace {
-// Two floats that GPUs read or write in one 8-byte access: a pair (col, col + 1) with col even.
-struct alignas(8) FloatPair {
-  float v[2];
+// P neighbouring pairs of columns (col, col + 1), ..., read or written in one access: 8 bytes of
+// floats for P = 1, 16 for P = 2 (heads of a multiple of 4 columns), half that in BF16.
+template <class T, int P>
+struct alignas(2 * P * sizeof(T)) Pairs {
+  T v[2 * P];
 };
 
-// Two BF16 values that GPUs store in one 4-byte write.
-struct alignas(4) Bf16Pair {
-  detail::bf16 v[2];
-};
-
-// Heads whose pairs a work item reads before it writes any: loads in flight per thread (stores
-// to m may alias later loads, so the compiler would not hoist them on its own).
-constexpr int heads_in_flight = 8;
-
-// Whether pairs of a matrix (or a vector: row_stride 2) can be read as FloatPairs.
-bool pairs_aligned(float const* data, long row_stride) {
-  return row_stride % 2 == 0 && reinterpret_cast<std::uintptr_t>(data) % 8 == 0;
+// Whether a matrix's rows (or a vector: row_stride 0) can be read in pieces of `bytes`.
+template <class T>
+bool aligned_to(T const* data, long row_stride, long bytes) {
+  return (row_stride * static_cast<long>(sizeof(T))) % bytes == 0 &&
+         reinterpret_cast<std::uintptr_t>(data) % bytes == 0;
 }
 
-// The bias and rotation of every pair of columns (col, col + 1) of the first `parts` parts of
-// width E of m, each handed to store(row, col, a0, a1). One work item per (row, pair i): one angle,
-// applied to pair i of every head of every part (neighbouring items touch neighbouring columns of
-// a head; a warp reads 64 contiguous bytes of each of 4 rows per head). Columns at or past
-// bias.extent(0) get no bias; parts at or past `rotated` no rotation.
-template <class Store>
-void bias_rope_pairs(ExecSpace const& space, char const* label, TokenMatrix const& m, TokenVector const& bias,
-                     PositionVector const& positions, int embed, int heads, int parts, int rotated, double base,
-                     Store const& store) {
-  int const d = embed / heads;  // even (Config refuses RoPE otherwise)
-  int const biased = static_cast<int>(bias.extent(0));
-  require(pairs_aligned(m.data(), static_cast<long>(m.stride(0))) && pairs_aligned(bias.data(), 2), label,
-          "needs 8-byte aligned column pairs");
+template <class T, int P, class Matrix>
+KOKKOS_INLINE_FUNCTION Pairs<T, P>& pairs_at(Matrix const& m, long row, long col) {
+  return *reinterpret_cast<Pairs<T, P>*>(&m(row, col));
+}
+
+// turns(row, 2i), turns(row, 2i + 1): cos and sin of pair i's angle at the row's position; the
+// rotation's trigonometry once per (row, pair) rather than once per head.
+void fill_turns(ExecSpace const& space, PositionVector const& positions, int d, double base, TokenMatrix const& turns) {
   detail::for_each_element(
-      space, label, static_cast<long>(m.extent(0)), d / 2, KOKKOS_LAMBDA(long row, long i) {
+      space, "proteus::rope::turns", static_cast<long>(turns.extent(0)), d / 2, KOKKOS_LAMBDA(long row, long i) {
         float cs, sn;
         rope_turn(positions(row), i, d, base, cs, sn);
-        auto const pair = [&](int col) { return reinterpret_cast<FloatPair const*>(&m(row, col))[0]; };
-        for (int part = 0; part < parts; ++part) {
-          bool const turn = part < rotated;
-          int const col0 = part * embed + 2 * static_cast<int>(i);
-          for (int h0 = 0; h0 < heads; h0 += heads_in_flight) {
-            FloatPair a[heads_in_flight];
-            for (int k = 0; k < heads_in_flight; ++k)
-              if (h0 + k < heads) a[k] = pair(col0 + (h0 + k) * d);
-            for (int k = 0; k < heads_in_flight && h0 + k < heads; ++k) {
-              int const col = col0 + (h0 + k) * d;
-              if (col < biased) {
-                FloatPair const b = reinterpret_cast<FloatPair const*>(&bias(col))[0];
-                a[k].v[0] += b.v[0];
-                a[k].v[1] += b.v[1];
-              }
-              float const a0 = a[k].v[0], a1 = a[k].v[1];
-              store(row, col, turn ? a0 * cs - a1 * sn : a0, turn ? a1 * cs + a0 * sn : a1);
-            }
-          }
-        }
+        pairs_at<float, 1>(turns, row, 2 * i) = Pairs<float, 1>{{cs, sn}};
       });
 }
+
+// The columns a pass reads and where it stores them. Columns before `biased` get += bias, those
+// before `rotated` (a whole number of heads) are turned by their pair's angle in `turns`.
+struct PassShape {
+  long width;    // columns of m read (and written)
+  long biased;   // bias.extent(0)
+  long rotated;  // columns rotated: rotated parts * E, or 0
+  int d;         // columns per head
+};
+
+// One work item per P pairs of a row: every access is 8 P (FP32) or 4 P bytes (BF16) wide and
+// neighbouring items touch neighbouring addresses, so the pass streams like a copy. Each result
+// goes to store(row, col, Pairs<float, P>).
+template <int P, class Store>
+void bias_rope_stream(ExecSpace const& space, char const* label, TokenMatrix const& m, TokenVector const& bias,
+                      TokenMatrix const& turns, PassShape const shape, Store const& store) {
+  long const per_row = shape.width / (2 * P);
+  Kokkos::parallel_for(
+      label, RangePolicy(space, 0, static_cast<long>(m.extent(0)) * per_row), KOKKOS_LAMBDA(long item) {
+        long const row = item / per_row;
+        long const col = 2 * P * (item - row * per_row);
+        Pairs<float, P> a = pairs_at<float, P>(m, row, col);
+        if (col < shape.biased) {
+          Pairs<float, P> const b = *reinterpret_cast<Pairs<float, P> const*>(&bias(col));
+          for (int k = 0; k < 2 * P; ++k) a.v[k] += b.v[k];
+        }
+        if (col < shape.rotated) {
+          Pairs<float, P> const t = pairs_at<float, P>(turns, row, col % shape.d);
+          for (int k = 0; k < P; ++k) {
+            float const a0 = a.v[2 * k], a1 = a.v[2 * k + 1], cs = t.v[2 * k], sn = t.v[2 * k + 1];
+            a.v[2 * k] = a0 * cs - a1 * sn;
+            a.v[2 * k + 1] = a1 * cs + a0 * sn;
+          }
+        }
+        store(row, col, a);
+      });
+}
+
+// Bias and rotation of `shape`'s columns of m, P = 2 pairs per item where heads and alignments
+// allow 16-byte accesses (out_quads: the destination takes two pairs in one access too), else one.
+template <class Store>
+void bias_rope(ExecSpace const& space, char const* label, TokenMatrix const& m, TokenVector const& bias,
+               PositionVector const& positions, PassShape const shape, double base, TokenMatrix* workspace,
+               bool out_quads, Store const& store) {
+  TokenMatrix turns;
+  if (shape.rotated > 0) {
+    TokenMatrix own;
+    TokenMatrix& buffer = workspace != nullptr ? *workspace : own;
+    turns = detail::first_rows(buffer, "proteus::rope::turns", static_cast<long>(m.extent(0)), shape.d);
+    fill_turns(space, positions, shape.d, base, turns);
+  }
+  bool const quads = shape.d % 4 == 0 && shape.width % 4 == 0 && shape.biased % 4 == 0 && out_quads &&
+                     aligned_to(m.data(), static_cast<long>(m.stride(0)), 16) && aligned_to(bias.data(), 0, 16) &&
+                     aligned_to(turns.data(), shape.d, 16);
+  require(aligned_to(m.data(), static_cast<long>(m.stride(0)), 8) && aligned_to(bias.data(), 0, 8), label,
+          "needs 8-byte aligned column pairs");
+  if (quads)
+    bias_rope_stream<2>(space, label, m, bias, turns, shape, store);
+  else
+    bias_rope_stream<1>(space, label, m, bias, turns, shape, store);
+}
+
+PassShape shape_of(long width, TokenVector const& bias, int embed, int heads, int rotated, bool rope) {
+  long const turned = rope ? static_cast<long>(std::max(rotated, 0)) * embed : 0;
+  return PassShape{width, static_cast<long>(bias.extent(0)), turned, embed / heads};  // D even (Config)
+}
+
+// Stores of the pass: back into m, or rounded once to BF16 into rows row0.. of out.
+struct InPlace {
+  TokenMatrix m;
+  template <int P>
+  KOKKOS_INLINE_FUNCTION void operator()(long row, long col, Pairs<float, P> const& a) const {
+    pairs_at<float, P>(m, row, col) = a;
+  }
+};
+
+struct RoundedToBf16 {
+  Bf16Matrix out;
+  long row0;
+  template <int P>
+  KOKKOS_INLINE_FUNCTION void operator()(long row, long col, Pairs<float, P> const& a) const {
+    Pairs<detail::bf16, P> b;
+    for (int k = 0; k < 2 * P; ++k) b.v[k] = detail::to_bf16(a.v[k]);
+    pairs_at<detail::bf16, P>(out, row0 + row, col) = b;
+  }
+};
 }  // namespace
 
 void bias_and_rope(ExecSpace const& space, TokenMatrix const& m, TokenVector const& bias,
-                   PositionVector const& positions, int embed, int heads, int rotated, bool rope, double base) {
-  if (!rope || rotated <= 0) {
-    detail::for_each_element(
-        space, "proteus::rope::bias", static_cast<long>(m.extent(0)), static_cast<long>(bias.extent(0)),
-        KOKKOS_LAMBDA(long row, long col) { m(row, col) += bias(col); });
-    return;
-  }
-  int const parts = static_cast<int>(bias.extent(0)) / embed;
-  bias_rope_pairs(
-      space, "proteus::rope::bias_rope", m, bias, positions, embed, heads, parts, rotated, base,
-      KOKKOS_LAMBDA(long row, int col, float a0, float a1) {
-        reinterpret_cast<FloatPair*>(&m(row, col))[0] = FloatPair{{a0, a1}};
-      });
+                   PositionVector const& positions, int embed, int heads, int rotated, bool rope, double base,
+                   TokenMatrix* turns) {
+  PassShape const shape = shape_of(static_cast<long>(bias.extent(0)), bias, embed, heads, rotated, rope);
+  bias_rope(space, "proteus::rope::bias_rope", m, bias, positions, shape, base, turns, true, InPlace{m});
 }
 
 void bias_and_rope_to_bf16(ExecSpace const& space, TokenMatrix const& m, TokenVector const& bias,
                            PositionVector const& positions, int embed, int heads, int rotated, bool rope, double base,
-                           Bf16Matrix const& out, long out_row0) {
-  long const biased = static_cast<long>(bias.extent(0));
-  if (!rope || rotated <= 0) {
-    detail::for_each_element(
-        space, "proteus::rope::bias_bf16", static_cast<long>(m.extent(0)), static_cast<long>(m.extent(1)),
-        KOKKOS_LAMBDA(long row, long col) {
-          out(out_row0 + row, col) = detail::to_bf16(col < biased ? m(row, col) + bias(col) : m(row, col));
-        });
-    return;
-  }
-  int const parts = static_cast<int>(m.extent(1)) / embed;
-  bias_rope_pairs(space, "proteus::rope::bias_rope_bf16", m, bias, positions, embed, heads, parts, rotated, base,
-                  KOKKOS_LAMBDA(long row, int col, float a0, float a1) {
-                    // col is even and rows hold an even number of columns: 4-byte aligned pairs.
-                    *reinterpret_cast<Bf16Pair*>(&out(out_row0 + row, col)) = Bf16Pair{{detail::to_bf16(a0),
-                                                                                       detail::to_bf16(a1)}};
-                  });
+                           Bf16Matrix const& out, long out_row0, TokenMatrix* turns) {
+  char const* label = "proteus::rope::bias_rope_bf16";
+  require(aligned_to(out.data(), static_cast<long>(out.stride(0)), 4), label, "needs 4-byte aligned BF16 pairs");
+  PassShape const shape = shape_of(static_cast<long>(m.extent(1)), bias, embed, heads, rotated, rope);
+  bool const out_quads = aligned_to(out.data(), static_cast<long>(out.stride(0)), 8);
+  bias_rope(space, label, m, bias, positions, shape, base, turns, out_quads, RoundedToBf16{out, out_row0});
 }
 
 void rope_backward(ExecSpace const& space, TokenMatrix const& g, PositionVector const& positions, int embed,

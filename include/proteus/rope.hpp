@@ -12,9 +12,11 @@ namespace proteus {
 // parts (x[2i], x[2i+1]) is rotated by angle pos * base^(-2i/D); the angle is formed in double so
 // that positions of 10^7 and more keep their precision. Columns past the bias are not touched
 // (the module passes K's bias alone: V's is added to the attention context). positions [N].
-// rope = false: bias only.
+// rope = false: bias only. turns: a buffer kept between calls for the cos and sin of each row's
+// pairs ([N x D], grown when short), or nullptr for one of the call's own.
 void bias_and_rope(ExecSpace const& space, TokenMatrix const& m, TokenVector const& bias,
-                   PositionVector const& positions, int embed, int heads, int rotated, bool rope, double base);
+                   PositionVector const& positions, int embed, int heads, int rotated, bool rope, double base,
+                   TokenMatrix* turns = nullptr);
 
 // The same without touching m: every column of m (the first parts*E with the bias and rotation,
 // the rest as they are), each rounded once to BF16, into rows out_row0.. of out (K|V with
@@ -22,7 +24,7 @@ void bias_and_rope(ExecSpace const& space, TokenMatrix const& m, TokenVector con
 // columns.
 void bias_and_rope_to_bf16(ExecSpace const& space, TokenMatrix const& m, TokenVector const& bias,
                            PositionVector const& positions, int embed, int heads, int rotated, bool rope, double base,
-                           Bf16Matrix const& out, long out_row0);
+                           Bf16Matrix const& out, long out_row0, TokenMatrix* turns = nullptr);
 
 // Backward of bias_and_rope: g [N x W] holds the gradient with respect to its outputs; the first `rotated` parts of width E are turned back in place, so that g becomes the
 // gradient with respect to the projections plus bias (the bias's gradient is its column sum).
