@@ -364,26 +364,33 @@ Rows rows_of(Rows const& v, long first, long count) {
   return Kokkos::subview(v, std::make_pair(first, first + count), Kokkos::ALL);
 }
 
-// Kept rows of x and their positions, gathered for a block whose tokens are not all kept.
-// Outputs of the kept rows back to their tokens; dropped tokens output the bias alone. In
-// 16-byte pieces where every row allows it (y may be a caller's unaligned tensor).
+// Outputs of the kept rows (yq: their products with W_out, unbiased) back to their tokens, with the
+// bias; dropped tokens output the bias alone. In 16-byte pieces where every row allows it (y may
+// be a caller's unaligned tensor). Row i of the block is token t0 + i % len of batch row i / len
+// (the divisions skipped for one batch row: 64-bit divisions cost GPUs dozens of instructions).
 void scatter_kept_outputs(ExecSpace const& space, TokenMatrix const& yq, Kokkos::View<long*, MemSpace> const& query_of,
                           TokenVector const& out_bias, TokenMatrix const& y, int batch, long tokens, long t0, long len) {
   long const rows = batch * len, cols = static_cast<long>(y.extent(1));
+  auto const token_row = KOKKOS_LAMBDA(long i) { return batch == 1 ? t0 + i : (i / len) * tokens + t0 + i % len; };
   bool const bias_quads = reinterpret_cast<std::uintptr_t>(out_bias.data()) % alignof(FloatQuad) == 0;
   if (detail::rows_of_vectors(y) && detail::rows_of_vectors(yq) && bias_quads) {
     auto const* bias = reinterpret_cast<FloatQuad const*>(out_bias.data());
     detail::for_each_quad(
         space, "proteus::module::scatter_kept", rows, cols, KOKKOS_LAMBDA(long i, long j) {
           long const qi = query_of(i);
-          detail::quad_at(y, (i / len) * tokens + t0 + i % len, j) = qi >= 0 ? detail::quad_at(yq, qi, j) : bias[j / 4];
+          FloatQuad v = bias[j / 4];
+          if (qi >= 0) {
+            FloatQuad const p = detail::quad_at(yq, qi, j);
+            for (int k = 0; k < 4; ++k) v.v[k] += p.v[k];
+          }
+          detail::quad_at(y, token_row(i), j) = v;
         });
     return;
   }
   detail::for_each_element(
       space, "proteus::module::scatter_kept", rows, cols, KOKKOS_LAMBDA(long i, long j) {
         long const qi = query_of(i);
-        y((i / len) * tokens + t0 + i % len, j) = qi >= 0 ? yq(qi, j) : out_bias(j);
+        y(token_row(i), j) = qi >= 0 ? yq(qi, j) + out_bias(j) : out_bias(j);
       });
 }
 
@@ -587,7 +594,7 @@ void CausalGeneticMultiheadAttention::attend_block(ExecSpace const& space, detai
       project_output(space, rows_of(cb, b * len, len), weights_, rows_of(y, b * tokens + t0, len), precision,
                      &work_.bf16_operands);
   } else {
-    if (nq > 0) project_output(space, cb, weights_, gathered, precision, &work_.bf16_operands);
+    if (nq > 0) project_output_unbiased(space, cb, weights_, gathered, precision, &work_.bf16_operands);
     scatter_kept_outputs(space, gathered, rows.query_of, weights_.out_bias, y, batch, tokens, t0, len);
   }
   add_block_statistics(space, rows, counts, heads, batch, work_);

@@ -124,8 +124,13 @@ void project_kv(ExecSpace const& space, TokenMatrix const& x, Weights const& w, 
 
 void project_output(ExecSpace const& space, TokenMatrix const& ctx, Weights const& w, TokenMatrix const& y,
                     GemmPrecision precision, Bf16Operands* operands) {
-  gemm_nt(space, ctx, w.out_weight, y, precision, operands);
+  project_output_unbiased(space, ctx, w, y, precision, operands);
   add_bias(space, y, w.out_bias, "proteus::projection::out_bias");
+}
+
+void project_output_unbiased(ExecSpace const& space, TokenMatrix const& ctx, Weights const& w, TokenMatrix const& y,
+                             GemmPrecision precision, Bf16Operands* operands) {
+  gemm_nt(space, ctx, w.out_weight, y, precision, operands);
 }
 
 void project_output_backward(ExecSpace const& space, TokenMatrix const& ctx, TokenMatrix const& dy, Weights const& w,

@@ -46,6 +46,10 @@ using Gradients = Weights;
 // y [N x E] = ctx W_out^T + b.
 void project_output(ExecSpace const& space, TokenMatrix const& ctx, Weights const& w, TokenMatrix const& y,
                     GemmPrecision precision, Bf16Operands* operands = nullptr);
+// y = ctx W_out^T without the bias, for a caller that adds it in a pass of its own over y (the
+// module's scatter of the kept rows).
+void project_output_unbiased(ExecSpace const& space, TokenMatrix const& ctx, Weights const& w, TokenMatrix const& y,
+                             GemmPrecision precision, Bf16Operands* operands = nullptr);
 
 // Backward of the projections (FP32 GEMMs whatever the forward's precision). Weight gradients are
 // written, not accumulated.
