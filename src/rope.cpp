@@ -2,6 +2,7 @@
 #include "proteus/rope.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "proteus/detail/bfloat16.hpp"
@@ -15,14 +16,16 @@ namespace proteus {
 namespace km = detail::kmath;
 
 namespace {
-// cos and sin of the angle pos * base^(-2i/D) of pair i, formed in double and reduced modulo 2 pi,
-// so that positions of 10^7 and more keep their precision. The one rule of the forward and backward.
-KOKKOS_INLINE_FUNCTION void rope_turn(Position pos, long i, int d, double base, float& cs, float& sn) {
-  double constexpr two_pi = 6.283185307179586;
-  double angle = static_cast<double>(pos) * km::pow(base, -2.0 * static_cast<double>(i) / d);
-  angle -= two_pi * km::floor(angle / two_pi);
-  cs = static_cast<float>(km::cos(angle));
-  sn = static_cast<float>(km::sin(angle));
+// cos and sin of the angle pos * base^(-2i/D) of pair i (log_base = ln(base), taken on the host):
+// the angle is formed in double and reduced to [-pi, pi], so that positions of 10^7 and more keep
+// their precision; cos and sin of the reduced angle are then taken in float (a few ulp, where
+// double's took GPUs about ten times longer per angle). The one rule of the forward and backward.
+KOKKOS_INLINE_FUNCTION void rope_turn(Position pos, long i, int d, double log_base, float& cs, float& sn) {
+  double constexpr two_pi = 6.283185307179586, per_turn = 0.15915494309189535;  // 2 pi and 1 / (2 pi)
+  double const angle = static_cast<double>(pos) * km::exp(-2.0 * static_cast<double>(i) / d * log_base);
+  float const reduced = static_cast<float>(angle - two_pi * km::floor(angle * per_turn + 0.5));
+  cs = km::cos(reduced);
+  sn = km::sin(reduced);
 }
 }  // namespace
 
@@ -49,10 +52,11 @@ KOKKOS_INLINE_FUNCTION Pairs<T, P>& pairs_at(Matrix const& m, long row, long col
 // turns(row, 2i), turns(row, 2i + 1): cos and sin of pair i's angle at the row's position; the
 // rotation's trigonometry once per (row, pair) rather than once per head.
 void fill_turns(ExecSpace const& space, PositionVector const& positions, int d, double base, TokenMatrix const& turns) {
+  double const log_base = std::log(base);
   detail::for_each_element(
       space, "proteus::rope::turns", static_cast<long>(turns.extent(0)), d / 2, KOKKOS_LAMBDA(long row, long i) {
         float cs, sn;
-        rope_turn(positions(row), i, d, base, cs, sn);
+        rope_turn(positions(row), i, d, log_base, cs, sn);
         pairs_at<float, 1>(turns, row, 2 * i) = Pairs<float, 1>{{cs, sn}};
       });
 }
@@ -167,11 +171,12 @@ void rope_backward(ExecSpace const& space, TokenMatrix const& g, PositionVector 
   long const rows = static_cast<long>(g.extent(0));
   int const d = embed / heads;
   int const pairs = d / 2;
+  double const log_base = std::log(base);
   // The transpose of the forward's rotation: the same angle, turned the other way.
   detail::for_each_element(
       space, "proteus::rope::backward", rows, pairs, KOKKOS_LAMBDA(long row, long i) {
         float cs, sn;
-        rope_turn(positions(row), i, d, base, cs, sn);
+        rope_turn(positions(row), i, d, log_base, cs, sn);
         for (int part = 0; part < rotated; ++part)
           for (int h = 0; h < heads; ++h) {
             int const col = part * embed + h * d + 2 * static_cast<int>(i);
