@@ -126,6 +126,17 @@ PROTEUS_TEST_CASE("bias + RoPE rotates each head's pairs at the original positio
     for (long i = 0; i < n; ++i)
       for (int j = e; j < 2 * e; ++j) untouched = std::max(untouched, std::fabs(got[i][j] - float(m0[i][j])));
     CHECK(untouched == 0.0);
+    // Rows that start 8 bytes past a 16-byte boundary are turned one pair per access: the same
+    // values to the bit.
+    Kokkos::View<float*, MemSpace> padded("padded", n * 2 * e + 2);
+    TokenMatrix const shifted(padded.data() + 2, n, 2 * e);
+    Kokkos::deep_copy(shifted, test::to_device(m0));
+    bias_and_rope(space, shifted, b, pos, e, heads, 1, rope, base);
+    auto const pairwise = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), shifted);
+    long differing = 0;
+    for (long i = 0; i < n; ++i)
+      for (int j = 0; j < 2 * e; ++j) differing += pairwise(i, j) != static_cast<float>(got[i][j]);
+    CHECK(differing == 0);
   }
 }
 
