@@ -160,24 +160,6 @@ PROTEUS_TEST_CASE("routing of many gates matches the double reference on every l
     blended += r.beta > 0 && r.beta < 1;
   }
   CHECK(blended > T / 4);  // the blend's both sides are exercised
-  // From the similarity's parts (the module's way, each cosine divided as it is read): the same
-  // routing to the bit.
-  GateMatrix dots("dots", T, G);
-  TokenVector token_norms;
-  GateVector prototype_norms, usage_bias;
-  CosineParts const parts =
-      dna_similarity_parts(TEST_EXECSPACE(), xd, dna.prototypes, dots, token_norms, prototype_norms);
-  Routing fused = Routing::allocate(T, G);
-  hybrid_route(TEST_EXECSPACE(), c, rp, parts, dna, fused, usage_bias);
-  Matrix const gp_fused = test::to_host_matrix(fused.gate_probs);
-  auto const sal_fused = test::to_host_vector(fused.salience), beta_fused = test::to_host_vector(fused.beta),
-             imp_fused = test::to_host_vector(fused.importance);
-  long differing = 0;
-  for (int t = 0; t < T; ++t) {
-    for (int g = 0; g < G; ++g) differing += gp_fused[t][g] != gp[t][g];
-    differing += (sal_fused[t] != sal[t]) + (beta_fused[t] != beta[t]) + (imp_fused[t] != imp[t]);
-  }
-  CHECK(differing == 0);
 }
 
 PROTEUS_TEST_CASE("DNA EMA update matches the formula; gates with no mass are left alone", "[dna][ema]") {
