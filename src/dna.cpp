@@ -96,17 +96,23 @@ void dna_similarity(ExecSpace const& space, TokenMatrix const& x, GateByEmbed co
   dna_similarity(space, x, prototypes, sim, token_norms, prototype_norms);
 }
 
-void dna_similarity(ExecSpace const& space, TokenMatrix const& x, GateByEmbed const& prototypes,
-                    GateMatrix const& sim, TokenVector& token_norms, GateVector& prototype_norms) {
+CosineParts dna_similarity_parts(ExecSpace const& space, TokenMatrix const& x, GateByEmbed const& prototypes,
+                                 GateMatrix const& dots, TokenVector& token_norms, GateVector& prototype_norms) {
   TokenVector const xn = detail::first_rows(token_norms, "proteus::dna::token_norm", static_cast<long>(x.extent(0)));
   GateVector const pn =
       detail::first_rows(prototype_norms, "proteus::dna::prototype_norm", static_cast<long>(prototypes.extent(0)));
   row_norms(space, x, xn, "proteus::dna::token_norm");
   row_norms(space, prototypes, pn, "proteus::dna::prototype_norm");
-  detail::gemm(space, "N", "T", 1.0f, x, prototypes, 0.0f, sim);
+  detail::gemm(space, "N", "T", 1.0f, x, prototypes, 0.0f, dots);
+  return CosineParts{dots, xn, pn};
+}
+
+void dna_similarity(ExecSpace const& space, TokenMatrix const& x, GateByEmbed const& prototypes, GateMatrix const& sim,
+                    TokenVector& token_norms, GateVector& prototype_norms) {
+  CosineParts const parts = dna_similarity_parts(space, x, prototypes, sim, token_norms, prototype_norms);
   detail::for_each_element(
       space, "proteus::dna::cosine", static_cast<long>(sim.extent(0)), static_cast<long>(sim.extent(1)),
-      KOKKOS_LAMBDA(long t, long g) { sim(t, g) /= xn(t) * pn(g); });
+      KOKKOS_LAMBDA(long t, long g) { sim(t, g) = parts(t, g); });
 }
 
 void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs, GateMatrix const& sim,
@@ -143,9 +149,11 @@ struct SumAndMax {
     max = o.max > max ? o.max : max;
   }
 };
-}  // namespace
 
-void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs, GateMatrix const& sim,
+// hybrid_route with sim(t, g) the similarity of token t to gate g (a matrix of cosines, or their
+// parts): each entry is read once, into gate_probs, where the softmax over the gates then finds it.
+template <class Similarity>
+void route_tokens(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs, Similarity const& sim,
                   DnaState const& dna, Routing const& out, GateVector& usage_bias) {
   int const gates = static_cast<int>(router_probs.extent(1));
   bool const use_dna = cfg.dna_enable;
@@ -185,7 +193,13 @@ void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& r
         }
         float smax = 0.0f;
         Kokkos::parallel_reduce(
-            lanes, [&](int g, float& v) { v = sim(t, g) > v ? sim(t, g) : v; }, Kokkos::Max<float>(smax));
+            lanes,
+            [&](int g, float& v) {
+              float const c = sim(t, g);
+              probs(t, g) = c;
+              v = c > v ? c : v;
+            },
+            Kokkos::Max<float>(smax));
         // proto_probs = softmax(sim / tau) * (confidence + 1e-6), renormalised by wz: the softmax's
         // normaliser pz and the weighted sum in one pass.
         // Two sums over MergeLanes: each added up in the order of a Kokkos::Sum over the same lanes.
@@ -193,7 +207,7 @@ void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& r
         Kokkos::parallel_reduce(
             lanes,
             [&](int g, detail::LaneSum<2>& s) {
-              float const e = km::exp((sim(t, g) - smax) / tau);
+              float const e = km::exp((probs(t, g) - smax) / tau);
               probs(t, g) = e;
               s.v[0] += e;
               s.v[1] += e * (confidence(g) + 1e-6f);
@@ -226,6 +240,18 @@ void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& r
         once(smax, b, gmax);
       },
       0, detail::lanes_for(gates));
+}
+
+}  // namespace
+
+void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs, GateMatrix const& sim,
+                  DnaState const& dna, Routing const& out, GateVector& usage_bias) {
+  route_tokens(space, cfg, router_probs, sim, dna, out, usage_bias);
+}
+
+void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs, CosineParts const& sim,
+                  DnaState const& dna, Routing const& out, GateVector& usage_bias) {
+  route_tokens(space, cfg, router_probs, sim, dna, out, usage_bias);
 }
 
 void hybrid_route_backward(ExecSpace const& space, Config const& cfg, Routing const& routing,

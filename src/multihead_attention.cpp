@@ -301,12 +301,14 @@ void CausalGeneticMultiheadAttention::route_into(ExecSpace const& space, TokenMa
   r.alpha = resolve_alpha(config_, tokens);
   GateMatrix const& router_probs = reuse(work_.router_probs, "proteus::router_probs", n, config_.num_gates);
   router_probabilities(space, x, weights_.router_weight, router_probs);
-  GateMatrix sim;
-  if (config_.dna_enable) {
-    sim = reuse(work_.sim, "proteus::dna::similarity", n, config_.num_gates);
-    dna_similarity(space, x, dna_.prototypes, sim, work_.token_norms, work_.prototype_norms);
+  if (config_.dna_enable) {  // the cosines divided as hybrid_route reads them
+    GateMatrix const& dots = reuse(work_.sim, "proteus::dna::similarity", n, config_.num_gates);
+    CosineParts const sim =
+        dna_similarity_parts(space, x, dna_.prototypes, dots, work_.token_norms, work_.prototype_norms);
+    hybrid_route(space, config_, router_probs, sim, dna_, r.routing, work_.usage_bias);
+  } else {
+    hybrid_route(space, config_, router_probs, GateMatrix(), dna_, r.routing, work_.usage_bias);
   }
-  hybrid_route(space, config_, router_probs, sim, dna_, r.routing, work_.usage_bias);
   if (kept_count.data() == nullptr) {
     r.tokens_kept =
         select_tokens(space, config_, r.routing.importance, batch, tokens, r.alpha, r.keep, selection);

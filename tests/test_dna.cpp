@@ -160,6 +160,34 @@ PROTEUS_TEST_CASE("routing of many gates matches the double reference on every l
     blended += r.beta > 0 && r.beta < 1;
   }
   CHECK(blended > T / 4);  // the blend's both sides are exercised
+  // From the similarity's parts (the module's way, each cosine divided as it is read): the same
+  // reference margins, and within 1e-6 of the cosine matrix's routing. Not to the bit: on GPUs the
+  // two instantiations of the routing kernel may contract products into FMAs differently.
+  GateMatrix dots("dots", T, G);
+  TokenVector token_norms;
+  GateVector prototype_norms, usage_bias;
+  CosineParts const parts =
+      dna_similarity_parts(TEST_EXECSPACE(), xd, dna.prototypes, dots, token_norms, prototype_norms);
+  Routing fused = Routing::allocate(T, G);
+  hybrid_route(TEST_EXECSPACE(), c, rp, parts, dna, fused, usage_bias);
+  Matrix const gp_fused = test::to_host_matrix(fused.gate_probs);
+  auto const sal_fused = test::to_host_vector(fused.salience), beta_fused = test::to_host_vector(fused.beta),
+             imp_fused = test::to_host_vector(fused.importance);
+  double gap = 0;
+  for (int t = 0; t < T; ++t) {
+    RoutedToken const r = route_reference(c, x[t], p, wr, conf, usage);
+    INFO("parts: G " << G << " token " << t);
+    for (int g = 0; g < G; ++g) {
+      CHECK(gp_fused[t][g] == Approx(r.mix[g]).margin(2e-6));
+      gap = std::max(gap, std::abs(gp_fused[t][g] - gp[t][g]));
+    }
+    CHECK(sal_fused[t] == Approx(r.smax).margin(1e-6));
+    CHECK(beta_fused[t] == Approx(r.beta).margin(1e-5));
+    CHECK(imp_fused[t] == Approx(r.importance).margin(1e-5));
+    gap = std::max(
+        {gap, std::abs(sal_fused[t] - sal[t]), std::abs(beta_fused[t] - beta[t]), std::abs(imp_fused[t] - imp[t])});
+  }
+  CHECK(gap <= 1e-6);
 }
 
 PROTEUS_TEST_CASE("DNA EMA update matches the formula; gates with no mass are left alone", "[dna][ema]") {

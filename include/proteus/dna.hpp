@@ -38,6 +38,21 @@ void dna_similarity(ExecSpace const& space, TokenMatrix const& x, GateByEmbed co
 void dna_similarity(ExecSpace const& space, TokenMatrix const& x, GateByEmbed const& prototypes,
                     GateMatrix const& sim, TokenVector& token_norms, GateVector& prototype_norms);
 
+// The cosine similarity before its division: cos(x[t], P[g]) = dots(t, g) / (token_norms(t)
+// prototype_norms(g)), the same rounding as dna_similarity's. hybrid_route divides as it reads
+// each entry, which saves a pass over the [N x G] matrix.
+struct CosineParts {
+  GateMatrix dots;             // [N x G] x P^T
+  TokenVector token_norms;     // [N] clamped at 1e-6
+  GateVector prototype_norms;  // [G] clamped at 1e-6
+  KOKKOS_INLINE_FUNCTION float operator()(long t, long g) const {
+    return dots(t, g) / (token_norms(t) * prototype_norms(g));
+  }
+};
+// dots = x P^T into `dots` and the norms into buffers that grow when too short.
+CosineParts dna_similarity_parts(ExecSpace const& space, TokenMatrix const& x, GateByEmbed const& prototypes,
+                                 GateMatrix const& dots, TokenVector& token_norms, GateVector& prototype_norms);
+
 // Blends router_probs with the prototype distribution (SPEC stage 2, steps 2-4) and computes
 // salience, beta and importance. Without DNA (cfg.dna_enable false) gate_probs = router_probs.
 void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs,
@@ -45,6 +60,10 @@ void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& r
 // The same with the usage term's per-gate softmax in a buffer that grows when too short.
 void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs,
                   GateMatrix const& sim, DnaState const& dna, Routing const& out, GateVector& usage_bias);
+// The same from the similarity's parts (the module's way): equal to the bit to the above after
+// dna_similarity.
+void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs, CosineParts const& sim,
+                  DnaState const& dna, Routing const& out, GateVector& usage_bias);
 
 // Backward of hybrid_route to the router's probabilities, with the blend strength and the
 // prototype distribution held constant (the DNA similarity passes no gradient: straight-through):
