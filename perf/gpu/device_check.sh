@@ -76,6 +76,19 @@ for step in "$@"; do
       ncu --csv --metrics gpu__time_duration.sum "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 \
         --tokens 32768 --alphas 1.0 --warmup 1 --repeat 1 --token-sparse >"$out/ncu_time_32k.csv" 2>"$out/ncu_time.err"
       tail -3 "$out/ncu_time.err" ;;
+    ncu_time_1m)
+      # GPU time of every kernel (Kokkos and cuBLAS) of one forward at 1M tokens with token sparsity
+      # (warm-up 0, so the first call's one-off kernels show too): FP32, TF32 + BF16 K|V, and BF16
+      # projections + BF16 K|V, each summed by perf/ncu_kernels.py.
+      for mode in fp32 tf32_kvbf16 bf16_kvbf16; do
+        flags=""
+        [ "$mode" = tf32_kvbf16 ] && flags="--tf32 --kv-bf16"
+        [ "$mode" = bf16_kvbf16 ] && flags="--bf16 --kv-bf16"
+        ncu --csv --kernel-name-base demangled --metrics gpu__time_duration.sum "$bin/perf/bench_module" --embed 512 \
+          --heads 32 --gates 64 --tokens 1048576 --alphas 1.0 --warmup 0 --repeat 1 --token-sparse $flags \
+          >"$out/ncu_time_1m_$mode.csv" 2>"$out/ncu_time_1m.err"
+        echo "== $mode"; python3 "$root/perf/ncu_kernels.py" "$out/ncu_time_1m_$mode.csv" --top 40 | tee "$out/ncu_time_1m_$mode.txt"
+      done ;;
     module_sparse)
       "$bin/perf/bench_module" --embed 512 --heads 32 --gates 64 --tokens 4096 32768 65536 131072 524288 1048576 \
         --alphas 1.0 --warmup 2 --repeat 5 --token-sparse --csv "$out/module_alpha1_sparse.csv" | tee "$out/module_sparse.txt" ;;
