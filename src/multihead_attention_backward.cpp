@@ -180,8 +180,8 @@ void CausalGeneticMultiheadAttention::bias_gradients(ExecSpace const& space, Tra
   int const e = c.embed_dim, heads = c.num_heads;
   long const nq = rows.queries;
   PositionVector const pos_q = detail::first_rows(work_.kept_positions, "proteus::kept_positions", nq);
-  rope_backward(space, dq, pos_q, e, heads, 1, c.rope, c.rope_base);
-  rope_backward(space, dkv, state.positions, e, heads, 1, c.rope, c.rope_base);
+  rope_backward(space, dq, pos_q, e, heads, 1, c.rope, c.rope_base, &work_.rope_turns);
+  rope_backward(space, dkv, state.positions, e, heads, 1, c.rope, c.rope_base, &work_.rope_turns);
   column_sums(space, dq, Kokkos::subview(grads.qkv_bias, std::make_pair(0, e)), work_.column_partials);
   column_sums(space, dkv, Kokkos::subview(grads.qkv_bias, std::make_pair(e, 3 * e)), work_.column_partials);
 }

@@ -60,12 +60,14 @@ void fill_turns(ExecSpace const& space, PositionVector const& positions, int d, 
 }
 
 // The columns a pass reads and where it stores them. Columns before `biased` get += bias, those
-// before `rotated` (a whole number of heads) are turned by their pair's angle in `turns`.
+// before `rotated` (a whole number of heads) are turned by their pair's angle in `turns`: forward
+// (turn +1) or back by the transpose (turn -1, the backward's: the same angle, sine negated).
 struct PassShape {
   long width;    // columns of m read (and written)
   long biased;   // bias.extent(0)
   long rotated;  // columns rotated: rotated parts * E, or 0
   int d;         // columns per head
+  float turn;    // +1 forward, -1 back
 };
 
 // One work item per P pairs of a row: every access is 8 P (FP32) or 4 P bytes (BF16) wide and
@@ -87,7 +89,7 @@ void bias_rope_stream(ExecSpace const& space, char const* label, TokenMatrix con
         if (col < shape.rotated) {
           Pairs<float, P> const t = pairs_at<float, P>(turns, row, col % shape.d);
           for (int k = 0; k < P; ++k) {
-            float const a0 = a.v[2 * k], a1 = a.v[2 * k + 1], cs = t.v[2 * k], sn = t.v[2 * k + 1];
+            float const a0 = a.v[2 * k], a1 = a.v[2 * k + 1], cs = t.v[2 * k], sn = shape.turn * t.v[2 * k + 1];
             a.v[2 * k] = a0 * cs - a1 * sn;
             a.v[2 * k + 1] = a1 * cs + a0 * sn;
           }
@@ -120,9 +122,10 @@ void bias_rope(ExecSpace const& space, char const* label, TokenMatrix const& m, 
     bias_rope_stream<1>(space, label, m, bias, turns, shape, store);
 }
 
-PassShape shape_of(long width, TokenVector const& bias, int embed, int heads, int rotated, bool rope) {
+PassShape shape_of(long width, TokenVector const& bias, int embed, int heads, int rotated, bool rope,
+                   float turn = 1.0f) {
   long const turned = rope ? static_cast<long>(std::max(rotated, 0)) * embed : 0;
-  return PassShape{width, static_cast<long>(bias.extent(0)), turned, embed / heads};  // D even (Config)
+  return PassShape{width, static_cast<long>(bias.extent(0)), turned, embed / heads, turn};  // D even (Config)
 }
 
 // Stores of the pass: back into m, or rounded once to BF16 into rows row0.. of out.
@@ -163,26 +166,13 @@ void bias_and_rope_to_bf16(ExecSpace const& space, TokenMatrix const& m, TokenVe
   bias_rope(space, label, m, bias, positions, shape, base, turns, out_quads, RoundedToBf16{out, out_row0});
 }
 
-void rope_backward(ExecSpace const& space, TokenMatrix const& g, PositionVector const& positions, int embed,
-                   int heads, int rotated, bool rope, double base) {
+void rope_backward(ExecSpace const& space, TokenMatrix const& g, PositionVector const& positions, int embed, int heads,
+                   int rotated, bool rope, double base, TokenMatrix* turns) {
   if (!rope || rotated <= 0) return;  // bias only: its gradient passes through unchanged
-  long const rows = static_cast<long>(g.extent(0));
-  int const d = embed / heads;
-  int const pairs = d / 2;
-  double const log_base = std::log(base);
-  // The transpose of the forward's rotation: the same angle, turned the other way.
-  detail::for_each_element(
-      space, "proteus::rope::backward", rows, pairs, KOKKOS_LAMBDA(long row, long i) {
-        float cs, sn;
-        rope_turn(positions(row), i, d, log_base, cs, sn);
-        for (int part = 0; part < rotated; ++part)
-          for (int h = 0; h < heads; ++h) {
-            int const col = part * embed + h * d + 2 * static_cast<int>(i);
-            float const g0 = g(row, col), g1 = g(row, col + 1);
-            g(row, col) = g0 * cs + g1 * sn;
-            g(row, col + 1) = g1 * cs - g0 * sn;
-          }
-      });
+  // The transpose of the forward's rotation over the rotated parts alone, in place, no bias.
+  PassShape const shape =
+      shape_of(static_cast<long>(rotated) * embed, TokenVector(), embed, heads, rotated, rope, -1.0f);
+  bias_rope(space, "proteus::rope::backward", g, TokenVector(), positions, shape, base, turns, true, InPlace{g});
 }
 
 }  // namespace proteus

@@ -26,9 +26,11 @@ void bias_and_rope_to_bf16(ExecSpace const& space, TokenMatrix const& m, TokenVe
                            PositionVector const& positions, int embed, int heads, int rotated, bool rope, double base,
                            Bf16Matrix const& out, long out_row0, TokenMatrix* turns = nullptr);
 
-// Backward of bias_and_rope: g [N x W] holds the gradient with respect to its outputs; the first `rotated` parts of width E are turned back in place, so that g becomes the
-// gradient with respect to the projections plus bias (the bias's gradient is its column sum).
-void rope_backward(ExecSpace const& space, TokenMatrix const& g, PositionVector const& positions, int embed,
-                   int heads, int rotated, bool rope, double base);
+// Backward of bias_and_rope: g [N x W] holds the gradient with respect to its outputs; the first
+// `rotated` parts of width E are turned back in place (the transpose of the forward's rotation,
+// from the same table of cos and sin), so that g becomes the gradient with respect to the
+// projections plus bias (the bias's gradient is its column sum). turns: as bias_and_rope's.
+void rope_backward(ExecSpace const& space, TokenMatrix const& g, PositionVector const& positions, int embed, int heads,
+                   int rotated, bool rope, double base, TokenMatrix* turns = nullptr);
 
 }  // namespace proteus
