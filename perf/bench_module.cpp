@@ -29,7 +29,7 @@ struct Options {
   double budget_seconds = 60.0;  // skip a row predicted to take longer than this
   std::string csv;
   bool backward = false, defer_statistics = false;
-  int heads_active_min = 0, linear_head_k = 0, linear_L = 0;  // 0: Config's default
+  int heads_active_min = 0, linear_head_k = 0, linear_L = 0, kv_stage_rows = 0;  // 0: Config's default
 };
 
 void fill(proteus::BatchTensor const& x, std::uint64_t seed) {
@@ -63,6 +63,10 @@ int main(int argc, char** argv) {
     app.add_flag("--tf32", o.tf32, "projection GEMMs on TF32 tensor cores (CUDA + cuBLAS builds)");
     app.add_flag("--bf16", o.bf16, "projection GEMMs with BF16 inputs and FP32 sums (BF16 tensor cores with cuBLAS)");
     app.add_flag("--kv-bf16", o.kv_bf16, "keys and values stored in BF16 for the attention");
+    app.add_option("--kv-stage-rows", o.kv_stage_rows,
+                   "Config::kv_stage_rows: with --kv-bf16, K|V rows projected in "
+                   "FP32 at a time (0: the default)")
+        ->check(CLI::NonNegativeNumber);
     app.add_option("--budget", o.budget_seconds, "skip rows predicted to take longer (s)");
     app.add_option("--csv", o.csv, "write the table as CSV here");
     app.add_flag("--backward", o.backward,
@@ -81,11 +85,13 @@ int main(int argc, char** argv) {
     proteus::detail::track_memory();
     if (o.memory) proteus::detail::record_live_allocations();
     if (o.profile) proteus::perf::install_kernel_timer();
-    std::printf("# proteus %s (%s), %s, E=%d H=%d B=%d, dna_update=%d token_sparse=%d tf32=%d "
-                "bf16=%d kv_bf16=%d%s\n",
-                PROTEUS_VERSION_STRING, PROTEUS_GIT_COMMIT, proteus::ExecSpace::name(), o.embed, o.heads, o.batch,
-                o.dna_update, o.token_sparse, o.tf32, o.bf16, o.kv_bf16,
-                o.backward ? ", training step (forward + backward)" : "");
+    std::printf(
+        "# proteus %s (%s), %s, E=%d H=%d B=%d, dna_update=%d token_sparse=%d tf32=%d "
+        "bf16=%d kv_bf16=%d kv_stage_rows=%d%s\n",
+        PROTEUS_VERSION_STRING, PROTEUS_GIT_COMMIT, proteus::ExecSpace::name(), o.embed, o.heads, o.batch, o.dna_update,
+        o.token_sparse, o.tf32, o.bf16, o.kv_bf16,
+        o.kv_stage_rows > 0 ? o.kv_stage_rows : proteus::Config().kv_stage_rows,
+        o.backward ? ", training step (forward + backward)" : "");
     std::printf("%9s %6s %10s %4s %8s %12s %12s %10s %10s %6s\n", "T", "alpha", "mode", "K", "L", "median_ms",
                 "tokens_per_s", "peak_MB", "cand/row", "kept");
     std::ofstream csv;
@@ -117,6 +123,7 @@ int main(int argc, char** argv) {
         if (o.heads_active_min > 0) cfg.heads_active_min = o.heads_active_min;
         if (o.linear_head_k > 0) cfg.linear_head_k = o.linear_head_k;
         if (o.linear_L > 0) cfg.linear_L = o.linear_L;
+        if (o.kv_stage_rows > 0) cfg.kv_stage_rows = o.kv_stage_rows;
         proteus::BatchTensor x("bench::x", o.batch, T, o.embed);
         fill(x, 5);
         proteus::detail::reset_peak_memory();

@@ -24,6 +24,7 @@ Config Config::resolved() const {
             std::to_string(c.num_heads));
   int const d = c.embed_dim / c.num_heads;
   check(c.query_block_rows >= 1, "query_block_rows", "must be positive, got " + std::to_string(c.query_block_rows));
+  check(c.kv_stage_rows >= 1, "kv_stage_rows", "must be positive, got " + std::to_string(c.kv_stage_rows));
   check(d <= 256, "num_heads",
         "head width embed_dim / num_heads = " + std::to_string(d) + " exceeds 256 (use more heads)");
   check(!c.rope || d % 2 == 0, "rope",

@@ -167,6 +167,9 @@ std::vector<Key> const& registry() {
     k.push_back(key<bool>("model", "use_dna_candidates", "", "add the most salient earlier tokens to each shortlist", REF(model.use_dna_candidates)));
     k.push_back(key<int>("model", "query_block_rows", "rows",
                           "query rows (over the batch, kept tokens only) projected and attended at a time", REF(model.query_block_rows), 1, 2e9));
+    k.push_back(key<int>("model", "kv_stage_rows", "rows",
+                         "with kv_bf16: K|V rows projected in FP32 at a time before rounding", REF(model.kv_stage_rows),
+                         1, 2e9));
     k.push_back(key<float>("model", "force_dense_threshold", "", "dense when K/H >= this and alpha < 0.95; 0 = off", REF(model.force_dense_threshold), 0, 1));
     // [sequence]
     k.push_back(key<std::string>("sequence", "source", "", "synthetic | hdf5", REF(sequence.source)));

@@ -524,11 +524,11 @@ void CausalGeneticMultiheadAttention::project_keys_values(ExecSpace const& space
     bias_and_rope(space, kv, bias_k, positions, e, c.num_heads, 1, c.rope, c.rope_base, &work_.rope_turns);
     return;
   }
-  // One block of rows at a time: projected in FP32 into the stage, then biased, rotated and rounded
-  // in one pass into the BF16 rows.
+  // One stage of rows at a time: projected in FP32, then biased, rotated and rounded in one pass
+  // into the BF16 rows (a stage small enough for the L2 cache is read back from it).
   work_.kv = TokenMatrix();  // a call before may have left an FP32 K|V
   Bf16Matrix const& stored = reuse(work_.kv_bf16, "proteus::kv_bf16", n, 2 * e);
-  long const block = std::max(1L, std::min(n, static_cast<long>(c.query_block_rows)));
+  long const block = std::max(1L, std::min(n, static_cast<long>(c.kv_stage_rows)));
   for (long r0 = 0; r0 < n; r0 += block) {
     long const m = std::min(block, n - r0);
     TokenMatrix const stage = first_rows(work_.kv_stage, "proteus::kv_stage", m, 2 * e);

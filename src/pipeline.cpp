@@ -405,9 +405,9 @@ double estimate_rank_bytes(RunDeck const& deck, long tokens, int ranks) {
   // Candidates: this rank's, then everyone's during the exchange (position, score, key).
   double const cand_bytes = candidates / ranks * 12 + candidates * 28;
   // Buffer pass: x, q, context, output and their copies (7 E floats a token), K|V (2 E floats, or
-  // 2 E BF16 values and one query block in FP32), the BF16 copies of the GEMMs' rows and weights
+  // 2 E BF16 values and one stage of kv_stage_rows in FP32), the BF16 copies of the GEMMs' rows and weights
   // (bf16_projections), routing, head masks.
-  double const kv = c.kv_bf16 ? s * 2 * 2 * e + std::min<double>(s, c.query_block_rows) * 4 * 2 * e : s * 4 * 2 * e;
+  double const kv = c.kv_bf16 ? s * 2 * 2 * e + std::min<double>(s, c.kv_stage_rows) * 4 * 2 * e : s * 4 * 2 * e;
   double const rounded = c.bf16_projections ? s * 2 * e + 2 * 2 * e * e : 0.0;
   double const buffer_bytes = p.buffer_pass ? s * (4 * 7 * e + 16 * g + 9 * h + 40) + kv + rounded : s * 4 * e;
   double const model_bytes = 4 * (5 * e * e + 3 * g * e) * 2;

@@ -216,14 +216,14 @@ TEST_CASE("the memory estimate counts the buffer pass's BF16 storage", "[deck][m
   RunDeck d;
   d.model.embed_dim = 64;
   d.model.num_heads = 4;
-  d.model.query_block_rows = 1000;
+  d.model.kv_stage_rows = 1000;
   d.pipeline.buffer_tokens = 4096;
   d.pipeline.chunk_tokens = 8192;
   d.pipeline.chunk_budget = 4096;  // every chunk fills the buffer: s = 4096 buffer tokens
   long const tokens = 1 << 20;
   double const s = 4096, e = 64;
   double const fp32 = estimate_rank_bytes(d, tokens, 1);
-  // kv_bf16: K|V in 2 bytes a value instead of 4, plus one query block of FP32 rows.
+  // kv_bf16: K|V in 2 bytes a value instead of 4, plus one stage of FP32 rows.
   RunDeck kv = d;
   kv.model.kv_bf16 = true;
   CHECK(fp32 - estimate_rank_bytes(kv, tokens, 1) == s * 2 * e * 2 - 1000 * 2 * e * 4);

@@ -519,7 +519,8 @@ PROTEUS_TEST_CASE("BF16 keys and values or projections choose what FP32 chooses,
       Config b = f;
       b.kv_bf16 = v.kv_bf16;
       b.bf16_projections = v.projections;
-      b.query_block_rows = 256;  // K|V projected (and rounded) in blocks of 256 rows: the batch's 1200 in 5
+      b.query_block_rows = 256;  // queries in blocks of 256 rows, K|V projected and rounded in stages of
+      b.kv_stage_rows = 100;     // 100: the batch's 1200 rows in 5 and 12
       CausalGeneticMultiheadAttention fp32(TEST_EXECSPACE(), s.embed, s.heads, true, f),
           bf16(TEST_EXECSPACE(), s.embed, s.heads, true, b);
       auto [yf, sf] = fp32.forward(TEST_EXECSPACE(), x, {}, {}, {}, true);

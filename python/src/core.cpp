@@ -464,6 +464,7 @@ void bind_config(py::module_& m) {
   PROTEUS_FIELD(window); PROTEUS_FIELD(anchor_stride); PROTEUS_FIELD(use_local); PROTEUS_FIELD(use_anchors);
   PROTEUS_FIELD(use_dna_candidates); PROTEUS_FIELD(frac_local); PROTEUS_FIELD(frac_anchor); PROTEUS_FIELD(frac_dna);
   PROTEUS_FIELD(query_block_rows);
+  PROTEUS_FIELD(kv_stage_rows);
   PROTEUS_FIELD(head_controller); PROTEUS_FIELD(head_target_density); PROTEUS_FIELD(head_tolerance);
   PROTEUS_FIELD(head_cooldown); PROTEUS_FIELD(head_controller_min); PROTEUS_FIELD(head_controller_max);
 #undef PROTEUS_FIELD
