@@ -7,6 +7,7 @@
 #include "proteus/detail/kokkos_compat.hpp"
 #include "proteus/detail/softmax_state.hpp"
 #include "proteus/detail/workspace.hpp"
+#include "proteus/error.hpp"
 #include "proteus/random.hpp"
 
 namespace proteus {
@@ -150,12 +151,47 @@ struct SumAndMax {
   }
 };
 
-// hybrid_route with sim(t, g) the similarity of token t to gate g (a matrix of cosines, or their
-// parts): each entry is read once, into gate_probs, where the softmax over the gates then finds it.
-template <class Similarity>
-void route_tokens(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs, Similarity const& sim,
-                  DnaState const& dna, Routing const& out, GateVector& usage_bias) {
-  int const gates = static_cast<int>(router_probs.extent(1));
+// The router's probabilities of one token, p(g), read from a matrix of them...
+struct ProbabilityRow {
+  GateMatrix probs;
+  long t;
+  KOKKOS_INLINE_FUNCTION float operator()(int g) const { return probs(t, g); }
+  KOKKOS_INLINE_FUNCTION void keep(int, float) const {}
+};
+template <class Lanes>
+KOKKOS_INLINE_FUNCTION ProbabilityRow router_row(GateMatrix const& probs, Lanes const&, long t) {
+  return ProbabilityRow{probs, t};
+}
+
+// ... or formed from its logits as router_probabilities' softmax forms them: the same maximum and
+// normaliser (the same reductions over the token's lanes), each exp(l - max) / sum as it is read.
+struct LogitRow {
+  GateMatrix logits;
+  long t;
+  float max, sum;
+  bool keep_probabilities;
+  KOKKOS_INLINE_FUNCTION float operator()(int g) const { return km::exp(logits(t, g) - max) / sum; }
+  KOKKOS_INLINE_FUNCTION void keep(int g, float p) const {
+    if (keep_probabilities) logits(t, g) = p;
+  }
+};
+template <class Lanes>
+KOKKOS_INLINE_FUNCTION LogitRow router_row(RouterLogits const& router, Lanes const& lanes, long t) {
+  auto const& l = router.logits;
+  float m = 0.0f, sum = 0.0f;
+  Kokkos::parallel_reduce(
+      lanes, [&](int g, float& v) { v = l(t, g) > v ? l(t, g) : v; }, Kokkos::Max<float>(m));
+  Kokkos::parallel_reduce(
+      lanes, [&](int g, float& s) { s += km::exp(l(t, g) - m); }, sum);
+  return LogitRow{l, t, m, sum, router.keep_probabilities};
+}
+
+// hybrid_route with the router's probabilities (or logits) and sim(t, g), the similarity of token t
+// to gate g (a matrix of cosines, or their parts): each similarity is read once, into gate_probs,
+// where the softmax over the gates then finds it.
+template <class Router, class Similarity>
+void route_tokens(ExecSpace const& space, Config const& cfg, Router const& router, long tokens, int gates,
+                  Similarity const& sim, DnaState const& dna, Routing const& out, GateVector& usage_bias) {
   bool const use_dna = cfg.dna_enable;
   float const theta = cfg.dna_threshold, lambda = cfg.dna_blend, tau = cfg.dna_temperature;
   float const boost = use_dna ? cfg.dna_usage_boost : 0.0f;
@@ -169,9 +205,10 @@ void route_tokens(ExecSpace const& space, Config const& cfg, GateMatrix const& r
   // Per token: three reductions over its gates and one exp per gate; exp((sim - smax) / tau) waits
   // in gate_probs until the blend overwrites it.
   detail::for_each_token(
-      space, "proteus::dna::hybrid_route", static_cast<long>(router_probs.extent(0)),
+      space, "proteus::dna::hybrid_route", tokens,
       KOKKOS_LAMBDA(detail::TokenMember const& member, long t) {
         auto const lanes = Kokkos::ThreadVectorRange(member, gates);
+        auto const router_probs = router_row(router, lanes, t);
         auto once = [&](float s, float b, float gmax) {
           Kokkos::single(Kokkos::PerThread(member), [&]() {
             salience(t) = s;
@@ -184,8 +221,10 @@ void route_tokens(ExecSpace const& space, Config const& cfg, GateMatrix const& r
           Kokkos::parallel_reduce(
               lanes,
               [&](int g, float& v) {
-                probs(t, g) = router_probs(t, g);
-                v = probs(t, g) > v ? probs(t, g) : v;
+                float const p = router_probs(g);
+                router_probs.keep(g, p);
+                probs(t, g) = p;
+                v = p > v ? p : v;
               },
               Kokkos::Max<float>(gmax));
           once(0.0f, 0.0f, gmax);
@@ -227,7 +266,9 @@ void route_tokens(ExecSpace const& space, Config const& cfg, GateMatrix const& r
             lanes,
             [&](int g, SumAndMax& s) {
               float const proto = probs(t, g) * (confidence(g) + 1e-6f) * proto_scale;
-              float p = (1.0f - blend) * router_probs(t, g) + blend * proto;
+              float const rp = router_probs(g);
+              router_probs.keep(g, rp);
+              float p = (1.0f - blend) * rp + blend * proto;
               if (boost > 0.0f) p += bias(g) * (1.0f - b) * boost;
               p = p > 0.0f ? p : 0.0f;
               probs(t, g) = p;
@@ -246,12 +287,27 @@ void route_tokens(ExecSpace const& space, Config const& cfg, GateMatrix const& r
 
 void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs, GateMatrix const& sim,
                   DnaState const& dna, Routing const& out, GateVector& usage_bias) {
-  route_tokens(space, cfg, router_probs, sim, dna, out, usage_bias);
+  route_tokens(space, cfg, router_probs, static_cast<long>(router_probs.extent(0)),
+               static_cast<int>(router_probs.extent(1)), sim, dna, out, usage_bias);
 }
 
 void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs, CosineParts const& sim,
                   DnaState const& dna, Routing const& out, GateVector& usage_bias) {
-  route_tokens(space, cfg, router_probs, sim, dna, out, usage_bias);
+  route_tokens(space, cfg, router_probs, static_cast<long>(router_probs.extent(0)),
+               static_cast<int>(router_probs.extent(1)), sim, dna, out, usage_bias);
+}
+
+void hybrid_route(ExecSpace const& space, Config const& cfg, RouterLogits const& router, CosineParts const& sim,
+                  DnaState const& dna, Routing const& out, GateVector& usage_bias) {
+  route_tokens(space, cfg, router, static_cast<long>(router.logits.extent(0)),
+               static_cast<int>(router.logits.extent(1)), sim, dna, out, usage_bias);
+}
+
+void hybrid_route(ExecSpace const& space, Config const& cfg, RouterLogits const& router, DnaState const& dna,
+                  Routing const& out, GateVector& usage_bias) {
+  require(!cfg.dna_enable, "hybrid_route", "without a similarity, DNA must be off (dna_enable false)");
+  route_tokens(space, cfg, router, static_cast<long>(router.logits.extent(0)),
+               static_cast<int>(router.logits.extent(1)), GateMatrix(), dna, out, usage_bias);
 }
 
 void hybrid_route_backward(ExecSpace const& space, Config const& cfg, Routing const& routing,

@@ -299,15 +299,18 @@ void CausalGeneticMultiheadAttention::route_into(ExecSpace const& space, TokenMa
   long const n = static_cast<long>(x.extent(0));
   long const tokens = n / batch;
   r.alpha = resolve_alpha(config_, tokens);
-  GateMatrix const& router_probs = reuse(work_.router_probs, "proteus::router_probs", n, config_.num_gates);
-  router_probabilities(space, x, weights_.router_weight, router_probs);
-  if (config_.dna_enable) {  // the cosines divided as hybrid_route reads them
+  // The router's softmax and the cosines' divisions are taken as hybrid_route reads them; the
+  // logits become the probabilities in place only where the router's gradient needs them.
+  GateMatrix const& logits = reuse(work_.router_probs, "proteus::router_probs", n, config_.num_gates);
+  router_logits(space, x, weights_.router_weight, logits);
+  RouterLogits const router{logits, config_.router_gradient};
+  if (config_.dna_enable) {
     GateMatrix const& dots = reuse(work_.sim, "proteus::dna::similarity", n, config_.num_gates);
     CosineParts const sim =
         dna_similarity_parts(space, x, dna_.prototypes, dots, work_.token_norms, work_.prototype_norms);
-    hybrid_route(space, config_, router_probs, sim, dna_, r.routing, work_.usage_bias);
+    hybrid_route(space, config_, router, sim, dna_, r.routing, work_.usage_bias);
   } else {
-    hybrid_route(space, config_, router_probs, GateMatrix(), dna_, r.routing, work_.usage_bias);
+    hybrid_route(space, config_, router, dna_, r.routing, work_.usage_bias);
   }
   if (kept_count.data() == nullptr) {
     r.tokens_kept =

@@ -6,9 +6,14 @@
 
 namespace proteus {
 
+void router_logits(ExecSpace const& space, TokenMatrix const& x, GateByEmbed const& router_weight,
+                   GateMatrix const& logits) {
+  detail::gemm(space, "N", "T", 1.0f, x, router_weight, 0.0f, logits);
+}
+
 void router_probabilities(ExecSpace const& space, TokenMatrix const& x,
                           GateByEmbed const& router_weight, GateMatrix const& probs) {
-  detail::gemm(space, "N", "T", 1.0f, x, router_weight, 0.0f, probs);
+  router_logits(space, x, router_weight, probs);
   int const gates = static_cast<int>(probs.extent(1));
   detail::for_each_token(
       space, "proteus::router::softmax", static_cast<long>(probs.extent(0)),

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "proteus/dna.hpp"
+#include "proteus/error.hpp"
 #include "proteus/router.hpp"
 #include "reference.hpp"
 #include "test_space.hpp"
@@ -26,7 +27,7 @@ Config tiny_config() {
 // One token routed in double: router softmax, cosine similarities, the confidence-weighted
 // prototype distribution, the blend with the usage boost, renormalised (SPEC stage 2).
 struct RoutedToken {
-  std::vector<double> sim, mix;
+  std::vector<double> router, sim, mix;  // the router's probabilities, cosines, blended gates
   double smax = -2, beta = 0, importance = 0;
 };
 
@@ -41,6 +42,7 @@ RoutedToken route_reference(Config const& c, std::vector<double> const& x, Matri
     lz += std::exp(logit[g]);
   }
   for (size_t g = 0; g < G; ++g) router[g] = std::exp(logit[g]) / lz;
+  r.router = router;
   r.sim.resize(G);
   for (size_t g = 0; g < G; ++g) {
     double dot = 0, nx = 0, np = 0;
@@ -188,6 +190,55 @@ PROTEUS_TEST_CASE("routing of many gates matches the double reference on every l
         {gap, std::abs(sal_fused[t] - sal[t]), std::abs(beta_fused[t] - beta[t]), std::abs(imp_fused[t] - imp[t])});
   }
   CHECK(gap <= 1e-6);
+  // From the router's logits (the module's way, the softmax taken as they are read): the same
+  // routing within 1e-6, the same reference margins; with keep_probabilities the logits become
+  // router_probabilities' values to the bit (the same reductions and division).
+  GateMatrix const logits("logits", T, G);
+  router_logits(TEST_EXECSPACE(), xd, test::to_device(wr), logits);
+  Routing from_logits = Routing::allocate(T, G);
+  hybrid_route(TEST_EXECSPACE(), c, RouterLogits{logits, true}, parts, dna, from_logits, usage_bias);
+  Matrix const gp_logits = test::to_host_matrix(from_logits.gate_probs), kept = test::to_host_matrix(logits),
+               rph = test::to_host_matrix(rp);
+  auto const imp_logits = test::to_host_vector(from_logits.importance);
+  auto const beta_logits = test::to_host_vector(from_logits.beta);
+  double logit_gap = 0;
+  long kept_differing = 0;
+  for (int t = 0; t < T; ++t) {
+    RoutedToken const r = route_reference(c, x[t], p, wr, conf, usage);
+    INFO("logits: G " << G << " token " << t);
+    for (int g = 0; g < G; ++g) {
+      CHECK(gp_logits[t][g] == Approx(r.mix[g]).margin(2e-6));
+      logit_gap = std::max(logit_gap, std::abs(gp_logits[t][g] - gp_fused[t][g]));
+      kept_differing += kept[t][g] != rph[t][g];
+    }
+    CHECK(beta_logits[t] == Approx(r.beta).margin(1e-5));
+    CHECK(imp_logits[t] == Approx(r.importance).margin(1e-5));
+    logit_gap = std::max({logit_gap, std::abs(imp_logits[t] - imp_fused[t]), std::abs(beta_logits[t] - beta_fused[t])});
+  }
+  CHECK(logit_gap <= 1e-6);
+  CHECK(kept_differing == 0);
+  // Without DNA: the gates are the router's probabilities, importance their largest; the logits
+  // stay logits without keep_probabilities.
+  Config off = c;
+  off.dna_enable = false;
+  router_logits(TEST_EXECSPACE(), xd, test::to_device(wr), logits);
+  Matrix const raw = test::to_host_matrix(logits);
+  hybrid_route(TEST_EXECSPACE(), off, RouterLogits{logits, false}, dna, from_logits, usage_bias);
+  Matrix const gp_off = test::to_host_matrix(from_logits.gate_probs), after = test::to_host_matrix(logits);
+  auto const imp_off = test::to_host_vector(from_logits.importance);
+  long logits_changed = 0;
+  for (int t = 0; t < T; ++t) {
+    RoutedToken const r = route_reference(c, x[t], p, wr, conf, usage);
+    double const rmax = *std::max_element(r.router.begin(), r.router.end());
+    for (int g = 0; g < G; ++g) {
+      CHECK(gp_off[t][g] == Approx(r.router[g]).margin(1e-6));
+      logits_changed += after[t][g] != raw[t][g];
+    }
+    CHECK(imp_off[t] == Approx(rmax).margin(1e-6));
+  }
+  CHECK(logits_changed == 0);
+  CHECK_THROWS_AS(hybrid_route(TEST_EXECSPACE(), c, RouterLogits{logits, false}, dna, from_logits, usage_bias),
+                  proteus::Error);
 }
 
 PROTEUS_TEST_CASE("DNA EMA update matches the formula; gates with no mass are left alone", "[dna][ema]") {

@@ -65,6 +65,20 @@ void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& r
 void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs, CosineParts const& sim,
                   DnaState const& dna, Routing const& out, GateVector& usage_bias);
 
+// The router's logits in place of its probabilities (the module's way): hybrid_route takes each
+// token's softmax as router_probabilities does (the same maximum, normaliser and division), as it
+// reads them. keep_probabilities: the probabilities are written over the logits too (the training
+// state of Config::router_gradient needs them).
+struct RouterLogits {
+  GateMatrix logits;  // [N x G] x W_router^T
+  bool keep_probabilities = false;
+};
+void hybrid_route(ExecSpace const& space, Config const& cfg, RouterLogits const& router, CosineParts const& sim,
+                  DnaState const& dna, Routing const& out, GateVector& usage_bias);
+// Without DNA (cfg.dna_enable false): gate_probs = the router's probabilities.
+void hybrid_route(ExecSpace const& space, Config const& cfg, RouterLogits const& router, DnaState const& dna,
+                  Routing const& out, GateVector& usage_bias);
+
 // Backward of hybrid_route to the router's probabilities, with the blend strength and the
 // prototype distribution held constant (the DNA similarity passes no gradient: straight-through):
 // gate_probs = u / total, u = (1 - lambda beta) router_probs + (terms without the router), so

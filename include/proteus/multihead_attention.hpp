@@ -108,7 +108,8 @@ namespace detail {
 // Scratch tensors a module keeps between calls of the same shape, so that repeated forwards
 // (and chunks) do not pay for allocation and first touch again.
 struct ModuleWorkspace {
-  GateMatrix router_probs, sim;
+  GateMatrix router_probs;       // the router's logits; its probabilities with Config::router_gradient
+  GateMatrix sim;                // x P^T, the DNA cosines' numerators
   TokenVector token_norms;       // DNA similarity's scratch
   GateVector prototype_norms;
   GateVector usage_bias;         // hybrid_route's usage term
