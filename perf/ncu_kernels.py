@@ -19,7 +19,7 @@ def short_name(name):
     name = re.sub(r"\(anonymous namespace\)::|<unnamed>::", "", name)
     # A Kokkos kernel: the function whose lambda (or functor) it runs, inside the policy's brackets.
     inner = re.search(r"Parallel(?:For|Reduce|Scan)<(?:Kokkos::CombinedFunctorReducer<)?(?:void )?"
-                      r"(?:proteus::)?(?:detail::)?(?:for_each_\w+<)?(?:proteus::)?([\w:~]+)", name)
+                      r"(?:proteus::)?(?:detail::)?(?:for_each_\w+<)?(?:void )?(?:proteus::)?([\w:~]+)", name)
     if kind and inner:
         return f"{inner.group(1).rstrip(':')} [{kind}]"
     return re.match(r"[^<(]+", name).group(0).strip() or name[:60]
