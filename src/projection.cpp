@@ -75,10 +75,26 @@ void add_bias(ExecSpace const& space, TokenMatrix const& y, TokenVector const& b
 bool tf32_available() { return detail::tf32_gemm_available(); }
 
 namespace {
-// The first rows of `buffer` = m rounded to BF16 (to nearest even).
+// Four BF16 values written in one 8-byte access.
+struct alignas(8) Bf16Quad {
+  detail::bf16 v[4];
+};
+
+// The first rows of `buffer` = m rounded to BF16 (to nearest even): four entries per work item
+// (one 16-byte read, one 8-byte write) where m's rows allow, else one.
 Bf16Matrix rounded(ExecSpace const& space, TokenMatrix const& m, Bf16Matrix& buffer, char const* label) {
   long const rows = static_cast<long>(m.extent(0)), cols = static_cast<long>(m.extent(1));
   Bf16Matrix const out = detail::first_rows(buffer, label, rows, cols);
+  if (detail::rows_of_vectors(m)) {  // out: rows of 4k values, 8-byte aligned (a fresh allocation)
+    detail::for_each_quad(
+        space, label, rows, cols, KOKKOS_LAMBDA(long r, long j) {
+          detail::FloatQuad const q = detail::quad_at(m, r, j);
+          Bf16Quad b;
+          for (int k = 0; k < 4; ++k) b.v[k] = detail::to_bf16(q.v[k]);
+          *reinterpret_cast<Bf16Quad*>(&out(r, j)) = b;
+        });
+    return out;
+  }
   detail::for_each_element(
       space, label, rows, cols, KOKKOS_LAMBDA(long r, long j) { out(r, j) = detail::to_bf16(m(r, j)); });
   return out;
