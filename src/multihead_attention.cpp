@@ -528,7 +528,7 @@ void CausalGeneticMultiheadAttention::project_keys_values(ExecSpace const& space
     return;
   }
   // One stage of rows at a time: projected in FP32, then biased, rotated and rounded in one pass
-  // into the BF16 rows (a stage small enough for the L2 cache is read back from it).
+  // into the BF16 rows.
   work_.kv = TokenMatrix();  // a call before may have left an FP32 K|V
   Bf16Matrix const& stored = reuse(work_.kv_bf16, "proteus::kv_bf16", n, 2 * e);
   long const block = std::max(1L, std::min(n, static_cast<long>(c.kv_stage_rows)));
