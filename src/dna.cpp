@@ -202,8 +202,9 @@ void route_tokens(ExecSpace const& space, Config const& cfg, Router const& route
   auto confidence = dna.confidence;
   GateVector const bias = detail::first_rows(usage_bias, "proteus::dna::usage_bias", boost > 0.0f ? gates : 0);
   if (boost > 0.0f) usage_softmax(space, dna.usage, bias);
-  // Per token: three reductions over its gates and one exp per gate; exp((sim - smax) / tau) waits
-  // in gate_probs until the blend overwrites it.
+  // Per token: three reductions over its gates and one exp per gate (from logits, the router's
+  // softmax adds two reductions and two exps per gate); exp((sim - smax) / tau) waits in gate_probs
+  // until the blend overwrites it.
   detail::for_each_token(
       space, "proteus::dna::hybrid_route", tokens,
       KOKKOS_LAMBDA(detail::TokenMember const& member, long t) {

@@ -60,8 +60,8 @@ void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& r
 // The same with the usage term's per-gate softmax in a buffer that grows when too short.
 void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs,
                   GateMatrix const& sim, DnaState const& dna, Routing const& out, GateVector& usage_bias);
-// The same from the similarity's parts (the module's way): equal to the bit to the above after
-// dna_similarity.
+// The same from the similarity's parts: the above after dna_similarity within float rounding (to
+// the bit on the CPU; a GPU compiler may contract the two kernels' products differently).
 void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs, CosineParts const& sim,
                   DnaState const& dna, Routing const& out, GateVector& usage_bias);
 
