@@ -99,12 +99,17 @@ void dna_similarity(ExecSpace const& space, TokenMatrix const& x, GateByEmbed co
 
 CosineParts dna_similarity_parts(ExecSpace const& space, TokenMatrix const& x, GateByEmbed const& prototypes,
                                  GateMatrix const& dots, TokenVector& token_norms, GateVector& prototype_norms) {
+  detail::gemm(space, "N", "T", 1.0f, x, prototypes, 0.0f, dots);
+  return dna_cosine_parts(space, x, prototypes, dots, token_norms, prototype_norms);
+}
+
+CosineParts dna_cosine_parts(ExecSpace const& space, TokenMatrix const& x, GateByEmbed const& prototypes,
+                             GateColumns const& dots, TokenVector& token_norms, GateVector& prototype_norms) {
   TokenVector const xn = detail::first_rows(token_norms, "proteus::dna::token_norm", static_cast<long>(x.extent(0)));
   GateVector const pn =
       detail::first_rows(prototype_norms, "proteus::dna::prototype_norm", static_cast<long>(prototypes.extent(0)));
   row_norms(space, x, xn, "proteus::dna::token_norm");
   row_norms(space, prototypes, pn, "proteus::dna::prototype_norm");
-  detail::gemm(space, "N", "T", 1.0f, x, prototypes, 0.0f, dots);
   return CosineParts{dots, xn, pn};
 }
 
@@ -166,7 +171,7 @@ KOKKOS_INLINE_FUNCTION ProbabilityRow router_row(GateMatrix const& probs, Lanes 
 // ... or formed from its logits as router_probabilities' softmax forms them: the same maximum and
 // normaliser (the same reductions over the token's lanes), each exp(l - max) / sum as it is read.
 struct LogitRow {
-  GateMatrix logits;
+  GateColumns logits;
   long t;
   float max, sum;
   bool keep_probabilities;

@@ -9,8 +9,9 @@
 #include "proteus/error.hpp"
 #include "proteus/multihead_attention.hpp"
 #include "proteus/projection.hpp"
-#include "test_space.hpp"
+#include "proteus/router.hpp"
 #include "reference.hpp"
+#include "test_space.hpp"
 
 using namespace proteus;
 using proteus::test::Matrix;
@@ -694,4 +695,43 @@ PROTEUS_TEST_CASE("the standard causal attn_mask and a key padding mask are acce
   for (auto const& row : batch_row(y2, 1))
     for (double v : row) CHECK(v == 0.0);
   CHECK(batch_row(y2, 0) == batch_row(y0, 0));
+}
+
+PROTEUS_TEST_CASE("the module's routing (one GEMM for the router and the DNA) equals the stage functions'",
+                  "[module][routing]") {
+  // route() stacks W_router over the prototypes for one GEMM and reads the logits and the dot
+  // products as columns of its output; the stage functions take them one at a time, in matrices of
+  // their own. The salience (the largest cosine) shows that the DNA's columns are the right ones.
+  for (bool dna : {true, false}) {
+    Config cfg;
+    cfg.seed = 23;
+    cfg.dna_enable = dna;
+    cfg.dna_threshold = 0.05f;  // some tokens blend at this size
+    CausalGeneticMultiheadAttention mha(TEST_EXECSPACE(), 64, 4, true, cfg);
+    long const n = 97;
+    TokenMatrix const x = test::to_device(test::random_matrix(n, 64, 29));
+    RoutingResult const r = mha.route(TEST_EXECSPACE(), x, 1);
+    Config const& c = mha.config();
+    GateMatrix rp("rp", n, c.num_gates), sim("sim", n, c.num_gates);
+    router_probabilities(TEST_EXECSPACE(), x, mha.weights().router_weight, rp);
+    if (dna) dna_similarity(TEST_EXECSPACE(), x, mha.dna().prototypes, sim);
+    Routing want = Routing::allocate(static_cast<int>(n), c.num_gates);
+    hybrid_route(TEST_EXECSPACE(), c, rp, dna ? sim : GateMatrix(), mha.dna(), want);
+    Matrix const got_gp = test::to_host_matrix(r.routing.gate_probs), want_gp = test::to_host_matrix(want.gate_probs);
+    auto const got_sal = test::to_host_vector(r.routing.salience), want_sal = test::to_host_vector(want.salience);
+    auto const got_imp = test::to_host_vector(r.routing.importance), want_imp = test::to_host_vector(want.importance);
+    auto const beta = test::to_host_vector(want.beta);
+    double gap = 0.0, largest_salience = 0.0;
+    long blended = 0;
+    for (long t = 0; t < n; ++t) {
+      for (int g = 0; g < c.num_gates; ++g) gap = std::max(gap, std::fabs(got_gp[t][g] - want_gp[t][g]));
+      gap = std::max({gap, std::fabs(got_sal[t] - want_sal[t]), std::fabs(got_imp[t] - want_imp[t])});
+      largest_salience = std::max(largest_salience, std::fabs(want_sal[t]));
+      blended += beta[t] > 0.0;
+    }
+    INFO("DNA " << dna << ": largest gap " << gap << ", tokens blended " << blended);
+    CHECK(gap <= 1e-6);  // float sums of 64 products in another order, through the same kernels
+    CHECK((largest_salience > 0.05) == dna);
+    if (dna) CHECK(blended > 0);
+  }
 }

@@ -42,7 +42,7 @@ void dna_similarity(ExecSpace const& space, TokenMatrix const& x, GateByEmbed co
 // prototype_norms(g)), the same rounding as dna_similarity's. hybrid_route divides as it reads
 // each entry, which saves a pass over the [N x G] matrix.
 struct CosineParts {
-  GateMatrix dots;             // [N x G] x P^T
+  GateColumns dots;            // [N x G] x P^T
   TokenVector token_norms;     // [N] clamped at 1e-6
   GateVector prototype_norms;  // [G] clamped at 1e-6
   KOKKOS_INLINE_FUNCTION float operator()(long t, long g) const {
@@ -52,6 +52,10 @@ struct CosineParts {
 // dots = x P^T into `dots` and the norms into buffers that grow when too short.
 CosineParts dna_similarity_parts(ExecSpace const& space, TokenMatrix const& x, GateByEmbed const& prototypes,
                                  GateMatrix const& dots, TokenVector& token_norms, GateVector& prototype_norms);
+// The same around dots = x P^T computed elsewhere (the module's one GEMM for router and DNA): the
+// norms only.
+CosineParts dna_cosine_parts(ExecSpace const& space, TokenMatrix const& x, GateByEmbed const& prototypes,
+                             GateColumns const& dots, TokenVector& token_norms, GateVector& prototype_norms);
 
 // Blends router_probs with the prototype distribution (SPEC stage 2, steps 2-4) and computes
 // salience, beta and importance. Without DNA (cfg.dna_enable false) gate_probs = router_probs.
@@ -70,7 +74,7 @@ void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& r
 // reads them. keep_probabilities: the probabilities are written over the logits too (the training
 // state of Config::router_gradient needs them).
 struct RouterLogits {
-  GateMatrix logits;  // [N x G] x W_router^T
+  GateColumns logits;  // [N x G] x W_router^T
   bool keep_probabilities = false;
 };
 void hybrid_route(ExecSpace const& space, Config const& cfg, RouterLogits const& router, CosineParts const& sim,

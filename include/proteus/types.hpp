@@ -31,6 +31,9 @@ using TokenMatrix = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;
 using Bf16Matrix = Kokkos::View<detail::bf16**, Kokkos::LayoutRight, MemSpace>;
 // [tokens x gates] or [tokens x heads]: per-token probabilities.
 using GateMatrix = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;
+// The same as columns of a wider matrix (the routing GEMM's [tokens x 2 gates]); a GateMatrix
+// converts to it.
+using GateColumns = Kokkos::View<float**, Kokkos::LayoutStride, MemSpace>;
 // [gates x embed]: DNA prototypes, router weights.
 using GateByEmbed = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;
 // [batch x tokens x embed] or [tokens x batch x embed]: the module's public input/output.
