@@ -146,6 +146,11 @@ void nonfinite_into(ExecSpace const& space, TokenMatrix const& v, Count& bad) {
   }
 }
 
+// The router's logits (or probabilities): the first `gates` columns of the routing GEMM's output.
+GateColumns router_columns(GateMatrix const& scores, int gates) {
+  return Kokkos::subview(scores, Kokkos::ALL, std::make_pair(0, gates));
+}
+
 // r sized for n tokens and `gates` gates: reallocated only when its shape differs.
 void reuse_routing(Routing& r, long n, int gates) {
   if (r.gate_probs.extent(0) != static_cast<size_t>(n) || r.gate_probs.extent(1) != static_cast<size_t>(gates))
@@ -305,20 +310,19 @@ void CausalGeneticMultiheadAttention::route_into(ExecSpace const& space, TokenMa
   // router's gradient needs them.
   int const g = config_.num_gates;
   bool const dna = config_.dna_enable;
-  GateByEmbed const& stacked =
-      reuse(work_.routing_weights, "proteus::routing_weights", dna ? 2 * g : g, config_.embed_dim);
-  Kokkos::deep_copy(space, Kokkos::subview(stacked, std::make_pair(0, g), Kokkos::ALL), weights_.router_weight);
-  if (dna) Kokkos::deep_copy(space, Kokkos::subview(stacked, std::make_pair(g, 2 * g), Kokkos::ALL), dna_.prototypes);
   GateMatrix const& scores = reuse(work_.routing_scores, "proteus::routing_scores", n, dna ? 2 * g : g);
-  router_logits(space, x, stacked, scores);
-  work_.router_logits = Kokkos::subview(scores, Kokkos::ALL, std::make_pair(0, g));
-  RouterLogits const router{work_.router_logits, config_.router_gradient};
-  if (dna) {
+  RouterLogits const router{router_columns(scores, g), config_.router_gradient};
+  if (!dna) {
+    router_logits(space, x, weights_.router_weight, scores);
+    hybrid_route(space, config_, router, dna_, r.routing, work_.usage_bias);
+  } else {
+    GateByEmbed const& stacked = reuse(work_.routing_weights, "proteus::routing_weights", 2 * g, config_.embed_dim);
+    Kokkos::deep_copy(space, Kokkos::subview(stacked, std::make_pair(0, g), Kokkos::ALL), weights_.router_weight);
+    Kokkos::deep_copy(space, Kokkos::subview(stacked, std::make_pair(g, 2 * g), Kokkos::ALL), dna_.prototypes);
+    router_logits(space, x, stacked, scores);
     GateColumns const dots = Kokkos::subview(scores, Kokkos::ALL, std::make_pair(g, 2 * g));
     CosineParts const sim = dna_cosine_parts(space, x, dna_.prototypes, dots, work_.token_norms, work_.prototype_norms);
     hybrid_route(space, config_, router, sim, dna_, r.routing, work_.usage_bias);
-  } else {
-    hybrid_route(space, config_, router, dna_, r.routing, work_.usage_bias);
   }
   if (kept_count.data() == nullptr) {
     r.tokens_kept =
@@ -648,7 +652,8 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
   if (state) {
     keep_for_backward(space, call, x, batch, positions, options.row_begin, row_end, *state);
     if (c.router_gradient)
-      copy_into(space, work_.router_logits, state->router_probs, "proteus::training::router_probs");
+      copy_into(space, router_columns(work_.routing_scores, c.num_gates), state->router_probs,
+                "proteus::training::router_probs");
   }
   {
     // Keys and values of every token; queries, context and output projection a block of tokens

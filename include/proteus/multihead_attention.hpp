@@ -108,9 +108,9 @@ namespace detail {
 // Scratch tensors a module keeps between calls of the same shape, so that repeated forwards
 // (and chunks) do not pay for allocation and first touch again.
 struct ModuleWorkspace {
-  GateByEmbed routing_weights;   // [2G x E]: W_router over the DNA prototypes (copied each call)
-  GateMatrix routing_scores;     // [N x 2G] x routing_weights^T: logits, then the cosines' numerators
-  GateColumns router_logits;     // its first G columns; probabilities with Config::router_gradient
+  GateByEmbed routing_weights;   // [2G x E]: W_router over the DNA prototypes (copied each call with DNA)
+  GateMatrix routing_scores;     // [N x 2G] x routing_weights^T: the router's logits (probabilities with
+                                 // Config::router_gradient), then the cosines' numerators; [N x G] without DNA
   TokenVector token_norms;       // DNA similarity's scratch
   GateVector prototype_norms;
   GateVector usage_bias;         // hybrid_route's usage term
