@@ -5,23 +5,10 @@ TF32), at the shapes of a forward: does merging them pay? Also the same GEMMs in
 scale. Medians of --repeat runs by CUDA events, after a warm-up.
     python3 perf/gpu/routing_gemms.py --tokens 1048576 --embed 512 --gates 64"""
 import argparse
-import statistics
 
 import torch
 
-
-def median_ms(work, repeat):
-    for _ in range(3):
-        work()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        work()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+from peaks import median_ms  # this script's directory is on sys.path when it runs
 
 
 def main():
