@@ -156,7 +156,8 @@ struct SumAndMax {
   }
 };
 
-// The router's probabilities of one token, p(g), read from a matrix of them...
+// The router's probabilities of one token, p(g), read from a matrix of them (router.hpp's
+// router_row forms them from the logits instead).
 struct ProbabilityRow {
   GateMatrix probs;
   long t;
@@ -166,29 +167,6 @@ struct ProbabilityRow {
 template <class Lanes>
 KOKKOS_INLINE_FUNCTION ProbabilityRow router_row(GateMatrix const& probs, Lanes const&, long t) {
   return ProbabilityRow{probs, t};
-}
-
-// ... or formed from its logits as router_probabilities' softmax forms them: the same maximum and
-// normaliser (the same reductions over the token's lanes), each exp(l - max) / sum as it is read.
-struct LogitRow {
-  GateColumns logits;
-  long t;
-  float max, sum;
-  bool keep_probabilities;
-  KOKKOS_INLINE_FUNCTION float operator()(int g) const { return km::exp(logits(t, g) - max) / sum; }
-  KOKKOS_INLINE_FUNCTION void keep(int g, float p) const {
-    if (keep_probabilities) logits(t, g) = p;
-  }
-};
-template <class Lanes>
-KOKKOS_INLINE_FUNCTION LogitRow router_row(RouterLogits const& router, Lanes const& lanes, long t) {
-  auto const& l = router.logits;
-  float m = 0.0f, sum = 0.0f;
-  Kokkos::parallel_reduce(
-      lanes, [&](int g, float& v) { v = l(t, g) > v ? l(t, g) : v; }, Kokkos::Max<float>(m));
-  Kokkos::parallel_reduce(
-      lanes, [&](int g, float& s) { s += km::exp(l(t, g) - m); }, sum);
-  return LogitRow{l, t, m, sum, router.keep_probabilities};
 }
 
 // hybrid_route with the router's probabilities (or logits) and sim(t, g), the similarity of token t

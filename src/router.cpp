@@ -15,22 +15,13 @@ void router_probabilities(ExecSpace const& space, TokenMatrix const& x,
                           GateByEmbed const& router_weight, GateMatrix const& probs) {
   router_logits(space, x, router_weight, probs);
   int const gates = static_cast<int>(probs.extent(1));
+  RouterLogits const logits{probs};
   detail::for_each_token(
       space, "proteus::router::softmax", static_cast<long>(probs.extent(0)),
       KOKKOS_LAMBDA(detail::TokenMember const& member, long t) {
         auto const lanes = Kokkos::ThreadVectorRange(member, gates);
-        float m = 0.0f, sum = 0.0f;
-        Kokkos::parallel_reduce(
-            lanes, [&](int g, float& v) { v = probs(t, g) > v ? probs(t, g) : v; }, Kokkos::Max<float>(m));
-        Kokkos::parallel_reduce(
-            lanes,
-            [&](int g, float& s) {
-              float const e = detail::kmath::exp(probs(t, g) - m);
-              probs(t, g) = e;
-              s += e;
-            },
-            sum);
-        Kokkos::parallel_for(lanes, [&](int g) { probs(t, g) /= sum; });
+        RouterRow const row = router_row(logits, lanes, t);
+        Kokkos::parallel_for(lanes, [&](int g) { probs(t, g) = row(g); });
       },
       0, detail::lanes_for(gates));
 }

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "proteus/config.hpp"
+#include "proteus/router.hpp"
 #include "proteus/types.hpp"
 
 namespace proteus {
@@ -69,14 +70,8 @@ void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& r
 void hybrid_route(ExecSpace const& space, Config const& cfg, GateMatrix const& router_probs, CosineParts const& sim,
                   DnaState const& dna, Routing const& out, GateVector& usage_bias);
 
-// The router's logits in place of its probabilities (the module's way): hybrid_route takes each
-// token's softmax as router_probabilities does (the same maximum, normaliser and division), as it
-// reads them. keep_probabilities: the probabilities are written over the logits too (the training
-// state of Config::router_gradient needs them).
-struct RouterLogits {
-  GateColumns logits;  // [N x G] x W_router^T
-  bool keep_probabilities = false;
-};
+// The router's logits in place of its probabilities (the module's way, router.hpp's RouterLogits):
+// hybrid_route takes each token's softmax as it reads them, with router_probabilities' code.
 void hybrid_route(ExecSpace const& space, Config const& cfg, RouterLogits const& router, CosineParts const& sim,
                   DnaState const& dna, Routing const& out, GateVector& usage_bias);
 // Without DNA (cfg.dna_enable false): gate_probs = the router's probabilities.
