@@ -454,10 +454,11 @@ void routing_statistics(ExecSpace const& space, Routing const& rt, detail::Modul
   // One work item per four gates of a token, so that neighbouring items read neighbouring gates (a
   // token per item read its row of gates with a stride of a whole row across the warp).
   int const quads = (gates + 3) / 4;
+  detail::RowSplit const split(n, quads);
   Kokkos::parallel_reduce(
       "proteus::stats::routing", RangePolicy(space, 0, n * quads),
       KOKKOS_LAMBDA(long i, RoutingSums& s) {
-        long const t = i / quads;
+        long const t = split.row(i);
         int const g0 = 4 * static_cast<int>(i - t * quads);
         for (int g = g0; g < g0 + 4 && g < gates; ++g) {
           float const p = gp(t, g);

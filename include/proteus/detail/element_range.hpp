@@ -29,6 +29,19 @@ bool rows_of_vectors(Matrix const& m) {
   return m.extent(1) % n == 0 && m.stride(0) % n == 0 && reinterpret_cast<std::uintptr_t>(m.data()) % 16 == 0;
 }
 
+// Item i of a flat range over rows of per_row items: its row, by a 32-bit division where the
+// range fits in 32 bits (one branch, the same for every thread), else by a 64-bit one (which GPUs
+// emulate in dozens of instructions: streaming passes over [131072 x 1024] stages paid it per item).
+struct RowSplit {
+  long per_row;
+  bool narrow;
+  RowSplit(long rows, long per_row_) : per_row(per_row_), narrow(rows * per_row_ <= 0x7fffffffL) {}
+  KOKKOS_INLINE_FUNCTION long row(long i) const {
+    return narrow ? static_cast<long>(static_cast<std::uint32_t>(i) / static_cast<std::uint32_t>(per_row))
+                  : i / per_row;
+  }
+};
+
 // Work item i covers four columns of a row, one in each quarter of it (c, c + q, c + 2q, c + 3q
 // for a quarter of q columns): the division and remainder that find an item's row and column
 // (64-bit integer arithmetic, which GPUs emulate in dozens of instructions) are paid once per four
@@ -43,12 +56,13 @@ template <class F>
 void for_each_element(ExecSpace const& space, char const* label, long rows, long cols, F const& f) {
   long const per_item = cols >= grouped_from ? columns_per_item : 1;
   long const quarter = (cols + per_item - 1) / per_item;
-  Kokkos::parallel_for(label, RangePolicy(space, 0, rows * quarter),
-                       KOKKOS_LAMBDA(long i) {
-                         long const row = i / quarter;
-                         long const first = i - row * quarter;
-                         for (long col = first; col < cols; col += quarter) f(row, col);
-                       });
+  RowSplit const split(rows, quarter);
+  Kokkos::parallel_for(
+      label, RangePolicy(space, 0, rows * quarter), KOKKOS_LAMBDA(long i) {
+        long const row = split.row(i);
+        long const first = i - row * quarter;
+        for (long col = first; col < cols; col += quarter) f(row, col);
+      });
 }
 
 // Row moves in 16-byte pieces: f(row, col) for col = 0, 4, 8, ... < cols, one work item per piece
@@ -57,9 +71,10 @@ void for_each_element(ExecSpace const& space, char const* label, long rows, long
 template <class F>
 void for_each_quad(ExecSpace const& space, char const* label, long rows, long cols, F const& f) {
   long const quads = cols / per_vector<float>;
+  RowSplit const split(rows, quads);
   Kokkos::parallel_for(
       label, RangePolicy(space, 0, rows * quads), KOKKOS_LAMBDA(long i) {
-        long const row = i / quads;
+        long const row = split.row(i);
         f(row, per_vector<float> * (i - row * quads));
       });
 }
