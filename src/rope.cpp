@@ -20,9 +20,14 @@ namespace {
 // the angle is formed in double and reduced to [-pi, pi], so that positions of 10^7 and more keep
 // their precision; cos and sin of the reduced angle are then taken in float (a few ulp; pow, cos
 // and sin in double took an H200 twice as long per angle). The one rule of the forward and backward.
-KOKKOS_INLINE_FUNCTION void rope_turn(Position pos, long i, int d, double log_base, float& cs, float& sn) {
+// The rule in two parts: pair i's frequency base^(-2i/D), then cos and sin at a position.
+KOKKOS_INLINE_FUNCTION double rope_frequency(long i, int d, double log_base) {
+  return km::exp(-2.0 * static_cast<double>(i) / d * log_base);
+}
+
+KOKKOS_INLINE_FUNCTION void rope_turn(Position pos, double frequency, float& cs, float& sn) {
   double constexpr two_pi = 6.283185307179586, per_turn = 0.15915494309189535;  // 2 pi and 1 / (2 pi)
-  double const angle = static_cast<double>(pos) * km::exp(-2.0 * static_cast<double>(i) / d * log_base);
+  double const angle = static_cast<double>(pos) * frequency;
   float const reduced = static_cast<float>(angle - two_pi * km::floor(angle * per_turn + 0.5));
   cs = km::cos(reduced);
   sn = km::sin(reduced);
@@ -48,14 +53,22 @@ KOKKOS_INLINE_FUNCTION Pairs<T, P>& pairs_at(Matrix const& m, long row, long col
 }
 
 // turns(row, 2i), turns(row, 2i + 1): cos and sin of pair i's angle at the row's position; the
-// rotation's trigonometry once per (row, pair) rather than once per head.
+// rotation's trigonometry once per (row, pair) rather than once per head. A work item takes pair
+// i of turn_rows rows in a row, so that the frequency's exp (in double) is paid once for them.
+constexpr long turn_rows = 4;
+
 void fill_turns(ExecSpace const& space, PositionVector const& positions, int d, double base, TokenMatrix const& turns) {
   double const log_base = std::log(base);
+  long const rows = static_cast<long>(turns.extent(0));
   detail::for_each_element(
-      space, "proteus::rope::turns", static_cast<long>(turns.extent(0)), d / 2, KOKKOS_LAMBDA(long row, long i) {
-        float cs, sn;
-        rope_turn(positions(row), i, d, log_base, cs, sn);
-        pairs_at<float, 1>(turns, row, 2 * i) = Pairs<float, 1>{{cs, sn}};
+      space, "proteus::rope::turns", (rows + turn_rows - 1) / turn_rows, d / 2, KOKKOS_LAMBDA(long group, long i) {
+        double const frequency = rope_frequency(i, d, log_base);
+        long const end = (group + 1) * turn_rows < rows ? (group + 1) * turn_rows : rows;
+        for (long row = group * turn_rows; row < end; ++row) {
+          float cs, sn;
+          rope_turn(positions(row), frequency, cs, sn);
+          pairs_at<float, 1>(turns, row, 2 * i) = Pairs<float, 1>{{cs, sn}};
+        }
       });
 }
 
@@ -76,10 +89,11 @@ struct PassShape {
 template <int P, class Store>
 void bias_rope_stream(ExecSpace const& space, char const* label, TokenMatrix const& m, TokenVector const& bias,
                       TokenMatrix const& turns, PassShape const shape, Store const& store) {
-  long const per_row = shape.width / (2 * P);
+  long const per_row = shape.width / (2 * P), rows = static_cast<long>(m.extent(0));
+  detail::RowSplit const split(rows, per_row);
   Kokkos::parallel_for(
-      label, RangePolicy(space, 0, static_cast<long>(m.extent(0)) * per_row), KOKKOS_LAMBDA(long item) {
-        long const row = item / per_row;
+      label, RangePolicy(space, 0, rows * per_row), KOKKOS_LAMBDA(long item) {
+        long const row = split.row(item);
         long const col = 2 * P * (item - row * per_row);
         Pairs<float, P> a = pairs_at<float, P>(m, row, col);
         if (col < shape.biased) {
