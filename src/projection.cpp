@@ -100,10 +100,16 @@ Bf16Matrix rounded(ExecSpace const& space, TokenMatrix const& m, Bf16Matrix& buf
   return out;
 }
 
+// Rows [begin, end) of a weight rounded by round_weights, or an empty matrix where it was not.
+Bf16Matrix rounded_rows(Bf16Matrix const& rounded, long begin, long end) {
+  if (rounded.extent(0) < static_cast<size_t>(end)) return Bf16Matrix();
+  return Kokkos::subview(rounded, std::make_pair(begin, end), Kokkos::ALL);
+}
+
 // c = a b^T in the given precision; TF32 only around this one call (the router's and the DNA's
-// GEMMs stay FP32).
+// GEMMs stay FP32). b_rounded: b in BF16 already (round_weights), or empty.
 void gemm_nt(ExecSpace const& space, TokenMatrix const& a, TokenMatrix const& b, TokenMatrix const& c,
-             GemmPrecision precision, Bf16Operands* operands) {
+             GemmPrecision precision, Bf16Operands* operands, Bf16Matrix const& b_rounded = Bf16Matrix()) {
   switch (precision) {
     case GemmPrecision::fp32:
       detail::gemm(space, "N", "T", 1.0f, a, b, 0.0f, c);
@@ -116,26 +122,50 @@ void gemm_nt(ExecSpace const& space, TokenMatrix const& a, TokenMatrix const& b,
     case GemmPrecision::bf16: {
       Bf16Operands own;
       Bf16Operands& o = operands ? *operands : own;
-      detail::gemm_bf16_nt(space, rounded(space, a, o.rows, "proteus::projection::rows_bf16"),
-                           rounded(space, b, o.weight, "proteus::projection::weight_bf16"), c);
+      Bf16Matrix const weight =
+          b_rounded.data() != nullptr ? b_rounded : rounded(space, b, o.weight, "proteus::projection::weight_bf16");
+      detail::gemm_bf16_nt(space, rounded(space, a, o.rows, "proteus::projection::rows_bf16"), weight, c);
       return;
     }
   }
 }
+
+Bf16Matrix qkv_rows(Bf16Operands const* operands, long begin, long end) {
+  return operands != nullptr ? rounded_rows(operands->qkv_weight, begin, end) : Bf16Matrix();
+}
 }  // namespace
+
+void round_weights(ExecSpace const& space, Weights const& w, Bf16Operands& operands) {
+  rounded(space, w.qkv_weight, operands.qkv_weight, "proteus::projection::qkv_weight_bf16");
+  rounded(space, w.out_weight, operands.out_weight, "proteus::projection::out_weight_bf16");
+}
 
 void project_q(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& q,
                GemmPrecision precision, Bf16Operands* operands) {
   long const e = static_cast<long>(w.out_weight.extent(0));
   TokenMatrix const wq = Kokkos::subview(w.qkv_weight, std::make_pair(0L, e), Kokkos::ALL);
-  gemm_nt(space, x, wq, q, precision, operands);
+  gemm_nt(space, x, wq, q, precision, operands, qkv_rows(operands, 0, e));
 }
 
 void project_kv(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& kv,
                 GemmPrecision precision, Bf16Operands* operands) {
   long const e = static_cast<long>(w.out_weight.extent(0));
   TokenMatrix const wkv = Kokkos::subview(w.qkv_weight, std::make_pair(e, 3 * e), Kokkos::ALL);
-  gemm_nt(space, x, wkv, kv, precision, operands);
+  gemm_nt(space, x, wkv, kv, precision, operands, qkv_rows(operands, e, 3 * e));
+}
+
+void project_kv_bf16(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& k,
+                     Bf16Strided const& v, Bf16Operands& operands) {
+  long const e = static_cast<long>(w.out_weight.extent(0));
+  Bf16Matrix weights = qkv_rows(&operands, e, 3 * e);
+  if (weights.data() == nullptr)
+    weights = rounded(space, Kokkos::subview(w.qkv_weight, std::make_pair(e, 3 * e), Kokkos::ALL), operands.weight,
+                      "proteus::projection::weight_bf16");
+  Bf16Matrix const rows = rounded(space, x, operands.rows, "proteus::projection::rows_bf16");
+  Bf16Matrix const wk = Kokkos::subview(weights, std::make_pair(0L, e), Kokkos::ALL);
+  Bf16Matrix const wv = Kokkos::subview(weights, std::make_pair(e, 2 * e), Kokkos::ALL);
+  detail::gemm_bf16_nt(space, rows, wk, k);
+  detail::gemm_bf16_nt_rounded(space, rows, wv, v);
 }
 
 void project_output(ExecSpace const& space, TokenMatrix const& ctx, Weights const& w, TokenMatrix const& y,
@@ -146,7 +176,9 @@ void project_output(ExecSpace const& space, TokenMatrix const& ctx, Weights cons
 
 void project_output_unbiased(ExecSpace const& space, TokenMatrix const& ctx, Weights const& w, TokenMatrix const& y,
                              GemmPrecision precision, Bf16Operands* operands) {
-  gemm_nt(space, ctx, w.out_weight, y, precision, operands);
+  long const e = static_cast<long>(w.out_weight.extent(0));
+  gemm_nt(space, ctx, w.out_weight, y, precision, operands,
+          operands != nullptr ? rounded_rows(operands->out_weight, 0, e) : Bf16Matrix());
 }
 
 void project_output_backward(ExecSpace const& space, TokenMatrix const& ctx, TokenMatrix const& dy, Weights const& w,

@@ -88,6 +88,52 @@ PROTEUS_TEST_CASE("BF16 projections equal the GEMMs of the operands rounded to B
   CHECK(unrounded < 1e-2);
   // Rows of 6 entries (not whole 16-byte pieces) are rounded one entry per work item.
   check_projections(space, GemmPrecision::bf16, rounded_to_bf16, initialised_weights(space, 6, 17), nullptr);
+  // The weights rounded once for every GEMM (a forward's way): each GEMM reads its own rows of them.
+  Bf16Operands once;
+  round_weights(space, w, once);
+  check_projections(space, GemmPrecision::bf16, rounded_to_bf16, w, &once);
+}
+
+PROTEUS_TEST_CASE("BF16 K|V from BF16 operands: K in FP32, V rounded once into its columns of the BF16 rows",
+                  "[projection][bfloat16]") {
+  TEST_EXECSPACE space;
+  long const e = 64, n = 37, stored_rows = 50, r0 = 9;
+  Weights const w = initialised_weights(space, e, 23);
+  Matrix const x = test::random_matrix(n, e, 29);
+  Matrix const xo = rounded_to_bf16(x), wqkv = rounded_to_bf16(test::to_host_matrix(w.qkv_weight));
+  Matrix const k_ref = test::linear(xo, rows_of(wqkv, e, e), {}), v_ref = test::linear(xo, rows_of(wqkv, 2 * e, e), {});
+  double scale = 0.0;
+  for (auto const& row : v_ref)
+    for (double v : row) scale = std::max(scale, std::fabs(v));
+  for (bool once : {false, true}) {
+    INFO((once ? "weights rounded once" : "weights rounded by the call"));
+    Bf16Operands operands;
+    if (once) round_weights(space, w, operands);
+    TokenMatrix const k("k", n, e);
+    Bf16Matrix const out("out", stored_rows, 2 * e);  // zeros: every entry but rows r0.., columns e.. stays so
+    project_kv_bf16(space, test::to_device(x), w, k,
+                    Kokkos::subview(out, std::make_pair(r0, r0 + n), std::make_pair(e, 2 * e)), operands);
+    CHECK(max_gap(test::to_host_matrix(k), k_ref) < 1e-5);
+    auto const got = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), out);
+    // BF16 keeps 8 significant bits: rounding to nearest moves a value by at most 2^-8 of it. The
+    // FP32 sums before it add at most 1e-5 of the largest entry (as above).
+    long outside = 0, beyond = 0;
+    double largest = 0.0;
+    for (long i = 0; i < stored_rows; ++i)
+      for (long j = 0; j < 2 * e; ++j) {
+        if (i < r0 || i >= r0 + n || j < e) {
+          outside += got(i, j).bits != 0;
+          continue;
+        }
+        double const ref = v_ref[i - r0][j - e], gap = std::fabs(detail::to_float(got(i, j)) - ref);
+        beyond += gap > std::ldexp(std::fabs(ref), -8) + 1e-5 * scale;
+        largest = std::max(largest, gap / scale);
+      }
+    CHECK(outside == 0);
+    CHECK(beyond == 0);
+    INFO("largest gap to the double product, relative to its largest entry: " << largest);
+    CHECK(largest > 1e-4);  // rounded to BF16, not stored in FP32
+  }
 }
 
 PROTEUS_TEST_CASE("bias + RoPE rotates each head's pairs at the original position, in place", "[rope]") {

@@ -124,7 +124,7 @@ struct ModuleWorkspace {
   PositionVector positions;      // forward's, [B*T]
   TokenMatrix kv;                // [B*T x 2E]
   Bf16Matrix kv_bf16;            // [B*T x 2E] with Config::kv_bf16 (kv is then not kept)
-  TokenMatrix kv_stage;          // [kv_stage_rows x 2E]: kv_bf16's rows in FP32 before rounding
+  TokenMatrix kv_stage;  // [kv_stage_rows x 2E] (x E, K alone, with BF16 projections): kv_bf16 in FP32 before rounding
   TokenMatrix rope_turns;        // [rows x D]: cos and sin of each row's RoPE angles (bias_and_rope)
   Bf16Operands bf16_operands;    // the projections' operands rounded to BF16 (Config::bf16_projections)
   long training_calls = 0;       // training forwards so far

@@ -31,8 +31,16 @@ bool tf32_available();
 // so that no call allocates. Without one (nullptr) a bf16 GEMM allocates its own.
 struct Bf16Operands {
   Bf16Matrix rows;    // the input rows (x or the context)
-  Bf16Matrix weight;  // the rows of the weight used
+  Bf16Matrix weight;  // the rows of the weight used, rounded by the GEMM itself
+  // W_qkv and W_out rounded once for a whole forward (round_weights). While they are empty, each
+  // GEMM rounds the rows of the weight it uses into `weight`.
+  Bf16Matrix qkv_weight, out_weight;
 };
+
+// operands.qkv_weight and out_weight = w's weights rounded to BF16, for the BF16 GEMMs that follow
+// (a forward rounds them once, not once per block of rows). A caller that changes the weights
+// calls it again before the next BF16 GEMM with these operands.
+void round_weights(ExecSpace const& space, Weights const& w, Bf16Operands& operands);
 
 // q [N x E] = x W_q^T and kv [N x 2E] = x [W_k; W_v]^T (rows 0..E-1 and E..3E-1 of W_qkv). The
 // bias is added in the same pass as RoPE (rope.hpp).
@@ -40,6 +48,12 @@ void project_q(ExecSpace const& space, TokenMatrix const& x, Weights const& w, T
                GemmPrecision precision, Bf16Operands* operands = nullptr);
 void project_kv(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& kv,
                 GemmPrecision precision, Bf16Operands* operands = nullptr);
+// The same K|V in BF16 storage (Config::kv_bf16 with BF16 projections), from BF16 operands:
+// k [N x E] = x W_k^T in FP32, for the pass that adds K's bias, turns it and rounds it; V = x W_v^T
+// rounded once to BF16 as the GEMM stores it, straight into v [N x E] (V's bias is added to the
+// attention's context, so V needs no pass of its own).
+void project_kv_bf16(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& k,
+                     Bf16Strided const& v, Bf16Operands& operands);
 // Gradients of the trainable parameters have the shapes of the parameters themselves.
 using Gradients = Weights;
 

@@ -29,6 +29,8 @@ using TeamPolicy = Kokkos::TeamPolicy<ExecSpace, LightWeight, Traits...>;
 using TokenMatrix = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;
 // The same rows stored in BF16 (keys and values with Config::kv_bf16).
 using Bf16Matrix = Kokkos::View<detail::bf16**, Kokkos::LayoutRight, MemSpace>;
+// Columns of such rows (V's half of the BF16 K|V rows); a Bf16Matrix converts to it.
+using Bf16Strided = Kokkos::View<detail::bf16**, Kokkos::LayoutStride, MemSpace>;
 // [tokens x gates] or [tokens x heads]: per-token probabilities.
 using GateMatrix = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;
 // The same as columns of a wider matrix (the routing GEMM's [tokens x 2 gates]); a GateMatrix
