@@ -263,14 +263,37 @@ KOKKOS_INLINE_FUNCTION void load_row(bf16 const* src, int d, float (&dst)[D]) {
 constexpr long stage_density = 8;
 inline bool stages_unions(ActiveRows const& rows) { return rows.rows * stage_density >= rows.slots; }
 
+// Where keys and values lie: the key of token t of batch row b, head h, at
+// data + b * batch_step + h * head_step + t * stride, its value value_offset further.
+template <class Kv>
+struct KvLayout {
+  Kv const* data;
+  long tokens, batch_step, head_step, stride, value_offset;
+  bool vectors;  // every key and value row can be read in 16-byte loads
+};
+
+// FP32 K|V rows [B*T x 2E]: a token's keys of every head, then its values.
+inline KvLayout<float> kv_layout(TokenMatrix const& kv, int heads, long batch) {
+  long const tokens = static_cast<long>(kv.extent(0)) / batch, stride = static_cast<long>(kv.stride(0));
+  long const embed = static_cast<long>(kv.extent(1)) / 2;
+  return {kv.data(), tokens, tokens * stride, embed / heads, stride, embed, rows_of_vectors(kv)};
+}
+
+// BF16 head rows [B*H x T x 2D]: each (head, token)'s key and value side by side.
+inline KvLayout<bf16> kv_layout(Bf16HeadRows const& kv, int heads, long) {
+  long const d = static_cast<long>(kv.extent(2)) / 2, head_step = static_cast<long>(kv.stride(0));
+  bool const vectors = d % per_vector<bf16> == 0 && reinterpret_cast<std::uintptr_t>(kv.data()) % 16 == 0;
+  return {kv.data(), static_cast<long>(kv.extent(1)), heads * head_step, head_step, static_cast<long>(kv.stride(1)), d,
+          vectors};
+}
+
 // What both attention kernels read: the blocks of active rows, where a head's queries, keys and
 // values lie (keys and values stored as Kv: float or bf16), and where a row's context goes.
 template <class Kv>
 struct Blocks {
-  using KvMatrix = Kokkos::View<Kv**, Kokkos::LayoutRight, MemSpace>;
   ShortlistPlan p;
   TokenMatrix q;
-  KvMatrix kv;
+  KvLayout<Kv> kv;
   TokenMatrix ctx;
   TokenVector value_bias;
   CandidateLists dna_lists;
@@ -279,21 +302,33 @@ struct Blocks {
   Kokkos::View<int*, MemSpace> candidate_count;
   RowSoftmax softmax;
   int heads, embed, d;
-  long tokens, q_stride, stride, dna_blocks;
+  long tokens, q_stride, stride, value_offset, dna_blocks;
   float scale;
   bool count, biased, with_softmax;
   bool stage;  // whether blocks of rows close together stage the union of their windows
 
-  Blocks(ShortlistPlan const& plan, TokenMatrix const& q_, KvMatrix const& kv_, TokenVector const& value_bias_,
+  Blocks(ShortlistPlan const& plan, TokenMatrix const& q_, KvLayout<Kv> const& kv_, TokenVector const& value_bias_,
          ActiveRows const& rows, CandidateLists const& lists, int heads_, TokenMatrix const& ctx_,
          Kokkos::View<int*, MemSpace> const& counts, RowSoftmax const& softmax_)
-      : p(plan), q(q_), kv(kv_), ctx(ctx_), value_bias(value_bias_), dna_lists(lists), block_start(rows.block_start),
-        row_token(rows.token), row_query(rows.query), row_head(rows.head), candidate_count(counts), softmax(softmax_),
-        heads(heads_), embed(static_cast<int>(q_.extent(1))), d(embed / heads_) {
-    long const batch = static_cast<long>(rows.head_start.extent(0) - 1) / heads;
-    tokens = static_cast<long>(kv.extent(0)) / batch;
+      : p(plan),
+        q(q_),
+        kv(kv_),
+        ctx(ctx_),
+        value_bias(value_bias_),
+        dna_lists(lists),
+        block_start(rows.block_start),
+        row_token(rows.token),
+        row_query(rows.query),
+        row_head(rows.head),
+        candidate_count(counts),
+        softmax(softmax_),
+        heads(heads_),
+        embed(static_cast<int>(q_.extent(1))),
+        d(embed / heads_) {
+    tokens = kv.tokens;
     q_stride = static_cast<long>(q.stride(0));
-    stride = static_cast<long>(kv.stride(0));
+    stride = kv.stride;
+    value_offset = kv.value_offset;
     dna_blocks = (tokens + p.dna_block - 1) / p.dna_block;
     scale = 1.0f / std::sqrt(static_cast<float>(d));
     count = counts.extent(0) > 0;
@@ -316,8 +351,8 @@ struct Blocks {
     hi = row_token(r0 + n - 1);
     return stage && proteus::walks_union(p, row_token(r0), hi);
   }
-  // Keys of batch b, head h: key of token t at keys(b, h) + t * stride, its value embed further.
-  KOKKOS_INLINE_FUNCTION Kv const* keys(long b, long h) const { return kv.data() + b * tokens * stride + h * d; }
+  // Keys of batch b, head h: key of token t at keys(b, h) + t * stride, its value value_offset further.
+  KOKKOS_INLINE_FUNCTION Kv const* keys(long b, long h) const { return kv.data + b * kv.batch_step + h * kv.head_step; }
   KOKKOS_INLINE_FUNCTION float const* query(long h, long qrow) const { return q.data() + h * d + qrow * q_stride; }
   KOKKOS_INLINE_FUNCTION Position const* dna_of(long b, long t) const {
     return p.dna_cap > 0 ? &dna_lists(b * dna_blocks + t / p.dna_block, 0) : nullptr;
@@ -328,14 +363,14 @@ struct Blocks {
     load_row<D, Wide>(query(h, qrow), d, qr);
     for (int j = 0; j < D; ++j) qr[j] *= scale;
   }
-  // Adds candidate c, read from the head's keys k (values at k + embed), to s.
+  // Adds candidate c, read from the head's keys k (values at k + value_offset), to s.
   template <int D, bool Wide>
   KOKKOS_INLINE_FUNCTION void add(detail::SoftmaxState<D>& s, float const (&qr)[D], Kv const* k, long c) const {
     float kc[D], vc[D];
     load_row<D, Wide>(k + c * stride, d, kc);
     float dot = 0.0f;
     for (int j = 0; j < D; ++j) dot += qr[j] * kc[j];
-    load_row<D, Wide>(k + embed + c * stride, d, vc);
+    load_row<D, Wide>(k + value_offset + c * stride, d, vc);
     s.add(dot, vc);
   }
   template <int D>
@@ -428,7 +463,7 @@ void attend_union(ExecSpace const& space, Blocks<Kv> const& a, long blocks) {
         a.rows_of(team.league_rank(), r0, n, b, h);
         if (!a.walks_union(r0, n, lo, hi)) return;
         Kv const* k = a.keys(b, h);
-        Kv const* v = k + a.embed;
+        Kv const* v = k + a.value_offset;
         Floats tile_k(team.team_scratch(0), tile * pitch), tile_v(team.team_scratch(0), tile * pitch);
         States states(team.team_scratch(0), attention_block_rows * lanes);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
@@ -486,18 +521,16 @@ void attend_union(ExecSpace const& space, Blocks<Kv> const& a, long blocks) {
       });
 }
 
-
 template <class Kv>
-void attend_stored(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q,
-                   Kokkos::View<Kv**, Kokkos::LayoutRight, MemSpace> const& kv, TokenVector const& value_bias,
-                   ActiveRows const& rows, CandidateLists const& dna_lists, int heads, TokenMatrix const& ctx,
-                   Kokkos::View<int*, MemSpace> const& candidate_count, RowSoftmax const& softmax) {
+void attend_stored(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, KvLayout<Kv> const& kv,
+                   TokenVector const& value_bias, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
+                   TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count,
+                   RowSoftmax const& softmax) {
   if (rows.blocks == 0) return;
   int const d = static_cast<int>(q.extent(1)) / heads;
   // 16-byte loads need rows of exactly D values, a head's d values filling whole loads, at 16-byte
   // aligned addresses.
-  bool const aligned_rows = d % per_vector<Kv> == 0 && d % per_vector<float> == 0 && rows_of_vectors(q) &&
-                            rows_of_vectors(kv);
+  bool const aligned_rows = d % per_vector<Kv> == 0 && d % per_vector<float> == 0 && rows_of_vectors(q) && kv.vectors;
   auto run = [&](auto width) {
     constexpr int D = decltype(width)::value;
     Blocks<Kv> const blocks(plan, q, kv, value_bias, rows, dna_lists, heads, ctx, candidate_count, softmax);
@@ -527,13 +560,16 @@ void attend_stored(ExecSpace const& space, ShortlistPlan const& plan, TokenMatri
 void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, TokenMatrix const& kv,
             TokenVector const& value_bias, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
             TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count, RowSoftmax const& softmax) {
-  attend_stored(space, plan, q, kv, value_bias, rows, dna_lists, heads, ctx, candidate_count, softmax);
+  long const batch = static_cast<long>(rows.head_start.extent(0) - 1) / heads;
+  attend_stored(space, plan, q, kv_layout(kv, heads, batch), value_bias, rows, dna_lists, heads, ctx, candidate_count,
+                softmax);
 }
 
-void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, Bf16Matrix const& kv,
+void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, Bf16HeadRows const& kv,
             TokenVector const& value_bias, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
             TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count, RowSoftmax const& softmax) {
-  attend_stored(space, plan, q, kv, value_bias, rows, dna_lists, heads, ctx, candidate_count, softmax);
+  attend_stored(space, plan, q, kv_layout(kv, heads, 0), value_bias, rows, dna_lists, heads, ctx, candidate_count,
+                softmax);
 }
 
 void scale_active_heads(ExecSpace const& space, ActiveRows const& rows, GateMatrix const& weight,

@@ -526,7 +526,7 @@ void keep_for_backward(ExecSpace const& space, detail::CallPlan const& call, Tok
 
 }  // namespace
 
-void CausalGeneticMultiheadAttention::project_keys_values(ExecSpace const& space, TokenMatrix const& x,
+void CausalGeneticMultiheadAttention::project_keys_values(ExecSpace const& space, TokenMatrix const& x, int batch,
                                                           PositionVector const& positions) {
   Config const& c = config_;
   long const n = static_cast<long>(x.extent(0));
@@ -541,22 +541,17 @@ void CausalGeneticMultiheadAttention::project_keys_values(ExecSpace const& space
     return;
   }
   // One stage of rows at a time: projected in FP32, then biased, rotated and rounded in one pass
-  // into the BF16 rows. With BF16 projections only K takes the stage: the GEMM stores V in BF16.
+  // into the BF16 head rows.
   work_.kv = TokenMatrix();  // a call before may have left an FP32 K|V
-  Bf16Matrix const& stored = reuse(work_.kv_bf16, "proteus::kv_bf16", n, 2 * e);
-  bool const v_stored = precision == GemmPrecision::bf16;
+  int const heads = c.num_heads;
+  Bf16HeadRows const& stored = reuse(work_.kv_bf16, "proteus::kv_bf16", batch * heads, n / batch, 2 * (e / heads));
   long const block = std::max(1L, std::min(n, static_cast<long>(c.kv_stage_rows)));
   for (long r0 = 0; r0 < n; r0 += block) {
     long const m = std::min(block, n - r0);
-    TokenMatrix const stage = first_rows(work_.kv_stage, "proteus::kv_stage", m, v_stored ? e : 2 * e);
-    if (v_stored)
-      project_kv_bf16(space, rows_of(x, r0, m), weights_, stage,
-                      Kokkos::subview(stored, std::make_pair(r0, r0 + m), std::make_pair(e, 2 * e)),
-                      work_.bf16_operands);
-    else
-      project_kv(space, rows_of(x, r0, m), weights_, stage, precision, &work_.bf16_operands);
-    bias_and_rope_to_bf16(space, stage, bias_k, Kokkos::subview(positions, std::make_pair(r0, r0 + m)), e, c.num_heads,
-                          1, c.rope, c.rope_base, stored, r0, &work_.rope_turns);
+    TokenMatrix const stage = first_rows(work_.kv_stage, "proteus::kv_stage", m, 2 * e);
+    project_kv(space, rows_of(x, r0, m), weights_, stage, precision, &work_.bf16_operands);
+    bias_and_rope_to_bf16(space, stage, bias_k, Kokkos::subview(positions, std::make_pair(r0, r0 + m)), e, heads,
+                          c.rope, c.rope_base, stored, r0, &work_.rope_turns);
   }
 }
 
@@ -667,7 +662,7 @@ ForwardStats CausalGeneticMultiheadAttention::run_impl(ExecSpace const& space, T
     // at a time (the only [N x E] buffers that live through the call are x, K|V and y).
     detail::ScopedRegion region("proteus::module::attention");
     if (projection_precision(c) == GemmPrecision::bf16) round_weights(space, weights_, work_.bf16_operands);
-    project_keys_values(space, x, positions);
+    project_keys_values(space, x, batch, positions);
     // The backward can use this K|V while no other call has overwritten it (FP32 only: it recomputes in FP32).
     bool const fp32_kv = projection_precision(c) == GemmPrecision::fp32 && !c.kv_bf16;
     work_.kv_call = state && fp32_kv ? (state->call = ++work_.training_calls) : 0;

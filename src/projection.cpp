@@ -154,20 +154,6 @@ void project_kv(ExecSpace const& space, TokenMatrix const& x, Weights const& w, 
   gemm_nt(space, x, wkv, kv, precision, operands, qkv_rows(operands, e, 3 * e));
 }
 
-void project_kv_bf16(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& k,
-                     Bf16Strided const& v, Bf16Operands& operands) {
-  long const e = static_cast<long>(w.out_weight.extent(0));
-  Bf16Matrix weights = qkv_rows(&operands, e, 3 * e);
-  if (weights.data() == nullptr)
-    weights = rounded(space, Kokkos::subview(w.qkv_weight, std::make_pair(e, 3 * e), Kokkos::ALL), operands.weight,
-                      "proteus::projection::weight_bf16");
-  Bf16Matrix const rows = rounded(space, x, operands.rows, "proteus::projection::rows_bf16");
-  Bf16Matrix const wk = Kokkos::subview(weights, std::make_pair(0L, e), Kokkos::ALL);
-  Bf16Matrix const wv = Kokkos::subview(weights, std::make_pair(e, 2 * e), Kokkos::ALL);
-  detail::gemm_bf16_nt(space, rows, wk, k);
-  detail::gemm_bf16_nt_rounded(space, rows, wv, v);
-}
-
 void project_output(ExecSpace const& space, TokenMatrix const& ctx, Weights const& w, TokenMatrix const& y,
                     GemmPrecision precision, Bf16Operands* operands) {
   project_output_unbiased(space, ctx, w, y, precision, operands);

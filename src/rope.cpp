@@ -151,14 +151,19 @@ struct InPlace {
   }
 };
 
-struct RoundedToBf16 {
-  Bf16Matrix out;
+// Rounded once to BF16 into the head rows of out (bias_and_rope_to_bf16 says where each goes).
+struct RoundedToHeadRows {
+  Bf16HeadRows out;
   long row0;
+  detail::RowSplit batch_of;  // a token row's batch row (per_row: the tokens of a batch row)
+  int heads, d, embed;
   template <int P>
   KOKKOS_INLINE_FUNCTION void operator()(long row, long col, Pairs<float, P> const& a) const {
-    Pairs<detail::bf16, P> b;
-    for (int k = 0; k < 2 * P; ++k) b.v[k] = detail::to_bf16(a.v[k]);
-    pairs_at<detail::bf16, P>(out, row0 + row, col) = b;
+    long const r = row0 + row, b = batch_of.row(r), t = r - b * batch_of.per_row;
+    int const value = col >= embed ? 1 : 0, c = static_cast<int>(col) - value * embed, h = c / d;
+    Pairs<detail::bf16, P> v;
+    for (int k = 0; k < 2 * P; ++k) v.v[k] = detail::to_bf16(a.v[k]);
+    *reinterpret_cast<Pairs<detail::bf16, P>*>(&out(b * heads + h, t, value * d + c - h * d)) = v;
   }
 };
 }  // namespace
@@ -171,13 +176,19 @@ void bias_and_rope(ExecSpace const& space, TokenMatrix const& m, TokenVector con
 }
 
 void bias_and_rope_to_bf16(ExecSpace const& space, TokenMatrix const& m, TokenVector const& bias,
-                           PositionVector const& positions, int embed, int heads, int rotated, bool rope, double base,
-                           Bf16Matrix const& out, long out_row0, TokenMatrix* turns) {
+                           PositionVector const& positions, int embed, int heads, bool rope, double base,
+                           Bf16HeadRows const& out, long out_row0, TokenMatrix* turns) {
   char const* label = "proteus::rope::bias_rope_bf16";
-  require(aligned_to(out.data(), static_cast<long>(out.stride(0)), 4), label, "needs 4-byte aligned BF16 pairs");
-  PassShape const shape = shape_of(static_cast<long>(m.extent(1)), bias, embed, heads, rotated, rope);
-  bool const out_quads = aligned_to(out.data(), static_cast<long>(out.stride(0)), 8);
-  bias_rope(space, label, m, bias, positions, shape, base, turns, out_quads, RoundedToBf16{out, out_row0});
+  int const d = embed / heads;
+  long const tokens = static_cast<long>(out.extent(1)), batch = static_cast<long>(out.extent(0)) / heads;
+  require(m.extent(1) == static_cast<size_t>(2 * embed) && out.extent(2) == static_cast<size_t>(2 * d) &&
+              out.extent(0) == static_cast<size_t>(batch * heads) && out_row0 + m.extent(0) <= batch * tokens,
+          label, "needs K|V rows [N x 2E] and head rows [batch*heads x tokens x 2D] that hold them");
+  require(aligned_to(out.data(), static_cast<long>(out.stride(1)), 4), label, "needs 4-byte aligned BF16 pairs");
+  PassShape const shape = shape_of(static_cast<long>(m.extent(1)), bias, embed, heads, 1, rope);
+  bool const out_quads = aligned_to(out.data(), static_cast<long>(out.stride(1)), 8);
+  RoundedToHeadRows const store{out, out_row0, detail::RowSplit(batch, tokens), heads, d, embed};
+  bias_rope(space, label, m, bias, positions, shape, base, turns, out_quads, store);
 }
 
 void rope_backward(ExecSpace const& space, TokenMatrix const& g, PositionVector const& positions, int embed, int heads,

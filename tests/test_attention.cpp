@@ -428,7 +428,7 @@ PROTEUS_TEST_CASE("attention over BF16 keys and values is attention over them ro
   int const e = heads * d;
   ShortlistPlan const plan = plan_shortlist(window_config(heads, d, false), T, 0.9);
   TokenMatrix q("q", batch * T, e), rounded("rounded", batch * T, 2 * e);
-  Bf16Matrix stored("stored", batch * T, 2 * e);
+  Bf16HeadRows stored("stored", batch * heads, T, 2 * d);  // the same values by head
   auto hq = Kokkos::create_mirror_view(q);
   auto hr = Kokkos::create_mirror_view(rounded);
   auto hs = Kokkos::create_mirror_view(stored);
@@ -436,9 +436,10 @@ PROTEUS_TEST_CASE("attention over BF16 keys and values is attention over them ro
   std::normal_distribution<float> normal(0.0f, 1.5f);
   for (long i = 0; i < batch * T; ++i) {
     for (int j = 0; j < e; ++j) hq(i, j) = normal(rng);
-    for (int j = 0; j < 2 * e; ++j) {
-      hs(i, j) = detail::to_bf16(normal(rng));
-      hr(i, j) = detail::to_float(hs(i, j));
+    for (int j = 0; j < 2 * e; ++j) {  // K|V column j: key (j < e) or value column j % d of head (j % e) / d
+      detail::bf16 const v = detail::to_bf16(normal(rng));
+      hs((i / T) * heads + (j % e) / d, i % T, (j / e) * d + j % d) = v;
+      hr(i, j) = detail::to_float(v);
     }
   }
   Kokkos::deep_copy(q, hq);

@@ -94,48 +94,6 @@ PROTEUS_TEST_CASE("BF16 projections equal the GEMMs of the operands rounded to B
   check_projections(space, GemmPrecision::bf16, rounded_to_bf16, w, &once);
 }
 
-PROTEUS_TEST_CASE("BF16 K|V from BF16 operands: K in FP32, V rounded once into its columns of the BF16 rows",
-                  "[projection][bfloat16]") {
-  TEST_EXECSPACE space;
-  long const e = 64, n = 37, stored_rows = 50, r0 = 9;
-  Weights const w = initialised_weights(space, e, 23);
-  Matrix const x = test::random_matrix(n, e, 29);
-  Matrix const xo = rounded_to_bf16(x), wqkv = rounded_to_bf16(test::to_host_matrix(w.qkv_weight));
-  Matrix const k_ref = test::linear(xo, rows_of(wqkv, e, e), {}), v_ref = test::linear(xo, rows_of(wqkv, 2 * e, e), {});
-  double scale = 0.0;
-  for (auto const& row : v_ref)
-    for (double v : row) scale = std::max(scale, std::fabs(v));
-  for (bool once : {false, true}) {
-    INFO((once ? "weights rounded once" : "weights rounded by the call"));
-    Bf16Operands operands;
-    if (once) round_weights(space, w, operands);
-    TokenMatrix const k("k", n, e);
-    Bf16Matrix const out("out", stored_rows, 2 * e);  // zeros: every entry but rows r0.., columns e.. stays so
-    project_kv_bf16(space, test::to_device(x), w, k,
-                    Kokkos::subview(out, std::make_pair(r0, r0 + n), std::make_pair(e, 2 * e)), operands);
-    CHECK(max_gap(test::to_host_matrix(k), k_ref) < 1e-5);
-    auto const got = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), out);
-    // BF16 keeps 8 significant bits: rounding to nearest moves a value by at most 2^-8 of it. The
-    // FP32 sums before it add at most 1e-5 of the largest entry (as above).
-    long outside = 0, beyond = 0;
-    double largest = 0.0;
-    for (long i = 0; i < stored_rows; ++i)
-      for (long j = 0; j < 2 * e; ++j) {
-        if (i < r0 || i >= r0 + n || j < e) {
-          outside += got(i, j).bits != 0;
-          continue;
-        }
-        double const ref = v_ref[i - r0][j - e], gap = std::fabs(detail::to_float(got(i, j)) - ref);
-        beyond += gap > std::ldexp(std::fabs(ref), -8) + 1e-5 * scale;
-        largest = std::max(largest, gap / scale);
-      }
-    CHECK(outside == 0);
-    CHECK(beyond == 0);
-    INFO("largest gap to the double product, relative to its largest entry: " << largest);
-    CHECK(largest > 1e-4);  // rounded to BF16, not stored in FP32
-  }
-}
-
 PROTEUS_TEST_CASE("bias + RoPE rotates each head's pairs at the original position, in place", "[rope]") {
   TEST_EXECSPACE space;
   // Heads of 8 columns are turned two pairs per access, heads of 6 one pair per access.
@@ -188,12 +146,14 @@ PROTEUS_TEST_CASE("bias + RoPE rotates each head's pairs at the original positio
   }
 }
 
-PROTEUS_TEST_CASE("bias + RoPE into BF16 is the in-place pass rounded once, in the rows asked for",
+PROTEUS_TEST_CASE("bias + RoPE into BF16 head rows is the in-place pass rounded once, in the rows asked for",
                   "[rope][bfloat16]") {
   TEST_EXECSPACE space;
   int const heads = 4, d = GENERATE(8, 6), e = heads * d;
   INFO("heads of " << d);
-  long const n = 19, r0 = 5, stored_rows = n + 9;
+  // Token rows r0 .. r0 + n - 1 of two batch rows of 14 tokens: the last rows of batch row 0 and
+  // the first of batch row 1.
+  long const n = 19, r0 = 5, tokens = 14, batch = 2, stored_rows = batch * tokens;
   Matrix const m0 = test::random_matrix(n, 2 * e, 17);  // K | V
   PositionVector pos("pos", n);
   auto hp = Kokkos::create_mirror_view(pos);
@@ -204,21 +164,23 @@ PROTEUS_TEST_CASE("bias + RoPE into BF16 is the in-place pass rounded once, in t
   for (bool rope : {true, false}) {
     TokenMatrix const in_place = test::to_device(m0), source = test::to_device(m0);
     bias_and_rope(space, in_place, bias, pos, e, heads, 1, rope, 10000.0);
-    Bf16Matrix const out("out", stored_rows, 2 * e);  // zeros: rows outside r0 .. r0 + n - 1 stay so
-    bias_and_rope_to_bf16(space, source, bias, pos, e, heads, 1, rope, 10000.0, out, r0);
+    Bf16HeadRows const out("out", batch * heads, tokens, 2 * d);  // zeros: rows outside r0 .. r0 + n - 1 stay so
+    bias_and_rope_to_bf16(space, source, bias, pos, e, heads, rope, 10000.0, out, r0);
     auto const want = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), in_place);
     auto const got = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), out);
     auto const kept = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), source);
     long differing = 0, nonzero_outside = 0, source_changed = 0;
     for (long i = 0; i < stored_rows; ++i)
       for (int j = 0; j < 2 * e; ++j) {
+        // K|V column j of token row i: key (j < e) or value column j % d of head (j % e) / d.
+        detail::bf16 const stored = got((i / tokens) * heads + (j % e) / d, i % tokens, (j / e) * d + j % d);
         bool const inside = i >= r0 && i < r0 + n;
         if (!inside) {
-          nonzero_outside += got(i, j).bits != 0;
+          nonzero_outside += stored.bits != 0;
           continue;
         }
         // V's half too: the in-place pass leaves it as it is, and it is rounded like K's.
-        differing += got(i, j).bits != detail::to_bf16(want(i - r0, j)).bits;
+        differing += stored.bits != detail::to_bf16(want(i - r0, j)).bits;
         source_changed += kept(i - r0, j) != static_cast<float>(m0[i - r0][j]);
       }
     INFO("rope " << rope);

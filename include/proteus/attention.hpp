@@ -74,9 +74,10 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const
             TokenVector const& value_bias, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
             TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count,
             RowSoftmax const& softmax = {});
-// The same with keys and values stored in BF16 (Config::kv_bf16): each is widened to float as it
-// is read, so the result is attend's on kv rounded to BF16, bit for bit.
-void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, Bf16Matrix const& kv,
+// The same with keys and values stored in BF16 by head (Config::kv_bf16, Bf16HeadRows
+// [B*H x T x 2D]): each is widened to float as it is read, so the result is attend's on kv rounded
+// to BF16, bit for bit.
+void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, Bf16HeadRows const& kv,
             TokenVector const& value_bias, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
             TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count,
             RowSoftmax const& softmax = {});

@@ -123,8 +123,8 @@ struct ModuleWorkspace {
   TokenVector head_total;        // [B*T] (router_gradient)
   PositionVector positions;      // forward's, [B*T]
   TokenMatrix kv;                // [B*T x 2E]
-  Bf16Matrix kv_bf16;            // [B*T x 2E] with Config::kv_bf16 (kv is then not kept)
-  TokenMatrix kv_stage;  // [kv_stage_rows x 2E] (x E, K alone, with BF16 projections): kv_bf16 in FP32 before rounding
+  Bf16HeadRows kv_bf16;          // [B*H x T x 2D] with Config::kv_bf16 (kv is then not kept)
+  TokenMatrix kv_stage;          // [kv_stage_rows x 2E]: kv_bf16's rows in FP32 before rounding
   TokenMatrix rope_turns;        // [rows x D]: cos and sin of each row's RoPE angles (bias_and_rope)
   Bf16Operands bf16_operands;    // the projections' operands rounded to BF16 (Config::bf16_projections)
   long training_calls = 0;       // training forwards so far
@@ -282,9 +282,9 @@ class CausalGeneticMultiheadAttention {
   // Stages 1-4 and 6a of one call, with their statistics in st.
   detail::CallPlan plan_call(ExecSpace const& space, TokenMatrix const& x, int batch, RunOptions const& options,
                              ForwardStats& st);
-  // K|V of every token (stage 5's keys and values) into work_.kv, or into work_.kv_bf16 a block
-  // of rows at a time with Config::kv_bf16.
-  void project_keys_values(ExecSpace const& space, TokenMatrix const& x, PositionVector const& positions);
+  // K|V of every token (stage 5's keys and values) into work_.kv, or into work_.kv_bf16's head rows
+  // a block of rows at a time with Config::kv_bf16.
+  void project_keys_values(ExecSpace const& space, TokenMatrix const& x, int batch, PositionVector const& positions);
   // Stages 5-7 for query rows [t0, t0 + len) of every batch row (K|V in work_.kv); adds the block's
   // rows per head and candidates to the call's statistics on the device. keep_attended: also the
   // rows' softmax statistics and query positions, and the rows in work_.attended_rows.

@@ -48,12 +48,6 @@ void project_q(ExecSpace const& space, TokenMatrix const& x, Weights const& w, T
                GemmPrecision precision, Bf16Operands* operands = nullptr);
 void project_kv(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& kv,
                 GemmPrecision precision, Bf16Operands* operands = nullptr);
-// The same K|V in BF16 storage (Config::kv_bf16 with BF16 projections), from BF16 operands:
-// k [N x E] = x W_k^T in FP32, for the pass that adds K's bias, turns it and rounds it; V = x W_v^T
-// rounded once to BF16 as the GEMM stores it, straight into v [N x E] (V's bias is added to the
-// attention's context, so V needs no pass of its own).
-void project_kv_bf16(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& k,
-                     Bf16Strided const& v, Bf16Operands& operands);
 // Gradients of the trainable parameters have the shapes of the parameters themselves.
 using Gradients = Weights;
 

@@ -18,13 +18,14 @@ void bias_and_rope(ExecSpace const& space, TokenMatrix const& m, TokenVector con
                    PositionVector const& positions, int embed, int heads, int rotated, bool rope, double base,
                    TokenMatrix* turns = nullptr);
 
-// The same without touching m: every column of m (the first parts*E with the bias and rotation,
-// the rest as they are), each rounded once to BF16, into rows out_row0.. of out (K|V with
-// Config::kv_bf16: projected and rotated in FP32, then stored in BF16). m has an even number of
-// columns.
+// The same for K|V (m [N x 2E]) without touching m: K with its bias and rotation, V as it is,
+// each value rounded once to BF16 into the head rows of out (Config::kv_bf16: projected and
+// rotated in FP32, then stored in BF16). Row r of m is token row out_row0 + r of the call (batch
+// row b, token t, with out.extent(1) tokens a batch row): column c of K goes to key column c % D of
+// head c / D, out(b * heads + c / D, t, c % D), and V's column c to out(b * heads + c / D, t, D + c % D).
 void bias_and_rope_to_bf16(ExecSpace const& space, TokenMatrix const& m, TokenVector const& bias,
-                           PositionVector const& positions, int embed, int heads, int rotated, bool rope, double base,
-                           Bf16Matrix const& out, long out_row0, TokenMatrix* turns = nullptr);
+                           PositionVector const& positions, int embed, int heads, bool rope, double base,
+                           Bf16HeadRows const& out, long out_row0, TokenMatrix* turns = nullptr);
 
 // Backward of bias_and_rope: g [N x W] holds the gradient with respect to its outputs; the first
 // `rotated` parts of width E are turned back in place (the transpose of the forward's rotation,

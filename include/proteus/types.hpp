@@ -29,8 +29,11 @@ using TeamPolicy = Kokkos::TeamPolicy<ExecSpace, LightWeight, Traits...>;
 using TokenMatrix = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;
 // The same rows stored in BF16 (keys and values with Config::kv_bf16).
 using Bf16Matrix = Kokkos::View<detail::bf16**, Kokkos::LayoutRight, MemSpace>;
-// Columns of such rows (V's half of the BF16 K|V rows); a Bf16Matrix converts to it.
-using Bf16Strided = Kokkos::View<detail::bf16**, Kokkos::LayoutStride, MemSpace>;
+// Keys and values in BF16 by head (Config::kv_bf16): [batch*heads x tokens x 2D], the key and then
+// the value of head h at token t side by side, a head's tokens one after another. The attention
+// reads a (token, head) pair's key and value, so they share 64-byte pieces of memory (D = 16),
+// and the keys of a window of tokens lie together.
+using Bf16HeadRows = Kokkos::View<detail::bf16***, Kokkos::LayoutRight, MemSpace>;
 // [tokens x gates] or [tokens x heads]: per-token probabilities.
 using GateMatrix = Kokkos::View<float**, Kokkos::LayoutRight, MemSpace>;
 // The same as columns of a wider matrix (the routing GEMM's [tokens x 2 gates]); a GateMatrix

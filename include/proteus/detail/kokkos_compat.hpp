@@ -302,29 +302,6 @@ Kokkos::View<float**, Kokkos::LayoutRight, typename Bf16View::memory_space> wide
   return f;
 }
 
-#ifdef PROTEUS_HAVE_TF32
-// Row-major C = A B^T (A [n x k], B [m x k] in BF16, unit column strides) by cublasGemmEx on the
-// space's stream, FP32 sums, C stored as c_type (CUDA_R_32F or CUDA_R_16BF, rounded once).
-// Row-major C = A B^T is column-major C^T = B A^T: cuBLAS sees B^T [k x m] and A^T [k x n].
-template <class Space, class Bf16View>
-void cublas_gemm_bf16_nt(Space const& space, Bf16View const& a, Bf16View const& b, void* c, long ldc, long n, long m,
-                         cudaDataType_t c_type) {
-  cublasHandle_t const handle = KokkosBlas::Impl::CudaBlasSingleton::singleton().handle;
-  cudaStream_t saved = nullptr;
-  if (cublasGetStream(handle, &saved) != CUBLAS_STATUS_SUCCESS ||
-      cublasSetStream(handle, space.cuda_stream()) != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error("proteus: cuBLAS: cannot set the stream of a BF16 GEMM");
-  float const one = 1.0f, zero = 0.0f;
-  cublasStatus_t const status = cublasGemmEx(
-      handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m), static_cast<int>(n), static_cast<int>(a.extent(1)), &one,
-      b.data(), CUDA_R_16BF, static_cast<int>(b.stride(0)), a.data(), CUDA_R_16BF, static_cast<int>(a.stride(0)), &zero,
-      c, c_type, static_cast<int>(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
-  cublasSetStream(handle, saved);
-  if (status != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error("proteus: cuBLAS: cublasGemmEx (BF16) failed with status " + std::to_string(status));
-}
-#endif
-
 // C = A B^T with A [n x k] and B [m x k] in BF16 and C [n x m] in float (all LayoutRight, unit
 // column stride): products of BF16 values are exact in FP32 and the sums are FP32. CUDA builds
 // calling cuBLAS run it on BF16 tensor cores (cublasGemmEx, Kokkos Kernels has no BF16 GEMM);
@@ -335,31 +312,23 @@ void gemm_bf16_nt(Space const& space, Bf16View const& a, Bf16View const& b, Floa
   static_assert(sizeof(typename Bf16View::value_type) == 2, "BF16 operands");
   if (c.extent(0) == 0 || c.extent(1) == 0) return;
 #ifdef PROTEUS_HAVE_TF32
-  cublas_gemm_bf16_nt(space, a, b, c.data(), static_cast<long>(c.stride(0)), static_cast<long>(c.extent(0)),
-                      static_cast<long>(c.extent(1)), CUDA_R_32F);
+  cublasHandle_t const handle = KokkosBlas::Impl::CudaBlasSingleton::singleton().handle;
+  cudaStream_t saved = nullptr;
+  if (cublasGetStream(handle, &saved) != CUBLAS_STATUS_SUCCESS ||
+      cublasSetStream(handle, space.cuda_stream()) != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error("proteus: cuBLAS: cannot set the stream of a BF16 GEMM");
+  float const one = 1.0f, zero = 0.0f;
+  // Row-major C = A B^T is column-major C^T = B A^T: cuBLAS sees B^T [k x m] and A^T [k x n].
+  cublasStatus_t const status =
+      cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(c.extent(1)), static_cast<int>(c.extent(0)),
+                   static_cast<int>(a.extent(1)), &one, b.data(), CUDA_R_16BF, static_cast<int>(b.stride(0)), a.data(),
+                   CUDA_R_16BF, static_cast<int>(a.stride(0)), &zero, c.data(), CUDA_R_32F,
+                   static_cast<int>(c.stride(0)), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  cublasSetStream(handle, saved);
+  if (status != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error("proteus: cuBLAS: cublasGemmEx (BF16) failed with status " + std::to_string(status));
 #else
   gemm(space, "N", "T", 1.0f, widened(space, a), widened(space, b), 0.0f, c);
-#endif
-}
-
-// The same with C in BF16 (any rows' stride, unit column stride): each FP32 sum rounded once to
-// BF16 (to nearest even) as it is stored, by cuBLAS; elsewhere the float product is rounded by
-// a pass of its own.
-template <class Space, class Bf16View, class OutView>
-void gemm_bf16_nt_rounded(Space const& space, Bf16View const& a, Bf16View const& b, OutView const& c) {
-  static_assert(sizeof(typename Bf16View::value_type) == 2 && sizeof(typename OutView::value_type) == 2,
-                "BF16 operands and result");
-  long const n = static_cast<long>(c.extent(0)), m = static_cast<long>(c.extent(1));
-  if (n == 0 || m == 0) return;
-  if (c.stride(1) != 1) throw std::invalid_argument("proteus: gemm_bf16_nt_rounded: C needs unit column stride");
-#ifdef PROTEUS_HAVE_TF32
-  cublas_gemm_bf16_nt(space, a, b, c.data(), static_cast<long>(c.stride(0)), n, m, CUDA_R_16BF);
-#else
-  Kokkos::View<float**, Kokkos::LayoutRight, typename OutView::memory_space> f("proteus::gemm_bf16::product", n, m);
-  gemm_bf16_nt(space, a, b, f);
-  Kokkos::parallel_for(
-      "proteus::gemm_bf16::round", Kokkos::RangePolicy<Space>(space, 0, n * m),
-      KOKKOS_LAMBDA(long i) { c(i / m, i % m) = to_bf16(f(i / m, i % m)); });
 #endif
 }
 
