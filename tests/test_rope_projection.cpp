@@ -149,11 +149,12 @@ PROTEUS_TEST_CASE("bias + RoPE rotates each head's pairs at the original positio
 PROTEUS_TEST_CASE("bias + RoPE into BF16 head rows is the in-place pass rounded once, in the rows asked for",
                   "[rope][bfloat16]") {
   TEST_EXECSPACE space;
-  int const heads = 4, d = GENERATE(8, 6), e = heads * d;
+  // Heads of 16 and 8 columns: 16-byte pieces (two blocks of 32 rows); of 6: one pair per item.
+  int const heads = 4, d = GENERATE(16, 8, 6), e = heads * d;
   INFO("heads of " << d);
-  // Token rows r0 .. r0 + n - 1 of two batch rows of 14 tokens: the last rows of batch row 0 and
+  // Token rows r0 .. r0 + n - 1 of two batch rows of 30 tokens: the last rows of batch row 0 and
   // the first of batch row 1.
-  long const n = 19, r0 = 5, tokens = 14, batch = 2, stored_rows = batch * tokens;
+  long const n = 45, r0 = 7, tokens = 30, batch = 2, stored_rows = batch * tokens;
   Matrix const m0 = test::random_matrix(n, 2 * e, 17);  // K | V
   PositionVector pos("pos", n);
   auto hp = Kokkos::create_mirror_view(pos);
