@@ -166,54 +166,6 @@ struct RoundedToHeadRows {
     *reinterpret_cast<Pairs<detail::bf16, P>*>(&out(b * heads + h, t, value * d + c - h * d)) = v;
   }
 };
-// K|V rows of m into head rows in 16-byte pieces of 8 values (heads of a multiple of 8 columns):
-// work item i is piece i % pieces of a (token row, head) pair's 2D stored values (the key's, then
-// the value's), pairs ordered by blocks of 32 rows, then head, then row. Neighbouring threads
-// then write neighbouring pieces of a head's rows (a warp: 512 contiguous bytes at D = 16), and
-// the warps of the next heads read the rest of the same 32 rows of m while they are in the L2
-// cache. The one-pair-per-item stream scattered its 8-byte stores over the heads: 3.35 ms at 1M
-// on an H200 against 2.47 for stores in m's own order (Nsight Compute, fb1c6f8).
-constexpr long head_block_rows = 32;
-
-void kv_pieces_to_head_rows(ExecSpace const& space, char const* label, TokenMatrix const& m, TokenVector const& bias,
-                            TokenMatrix const& turns, PassShape const shape, RoundedToHeadRows const& store) {
-  long const rows = static_cast<long>(m.extent(0));
-  int const d = store.d, heads = store.heads, embed = store.embed, pieces = 2 * d / 8;
-  long const per_block = static_cast<long>(heads) * head_block_rows * pieces;
-  long const blocks = (rows + head_block_rows - 1) / head_block_rows;
-  detail::RowSplit const block_of(blocks, per_block);
-  bool const biased = shape.biased > 0, rotated = shape.rotated > 0;
-  Kokkos::parallel_for(
-      label, RangePolicy(space, 0, blocks * per_block), KOKKOS_LAMBDA(long i) {
-        long const block = block_of.row(i);
-        int const in_block = static_cast<int>(i - block * per_block), pair = in_block / pieces;
-        int const h = pair / static_cast<int>(head_block_rows), piece = in_block - pair * pieces;
-        long const row = block * head_block_rows + (pair - h * head_block_rows);
-        if (row >= rows) return;
-        int const value = piece >= pieces / 2 ? 1 : 0,
-                  j0 = 8 * piece - value * d;  // the piece's first column in K or V
-        int const col = value * embed + h * d + j0;
-        Pairs<float, 2> a[2] = {pairs_at<float, 2>(m, row, col), pairs_at<float, 2>(m, row, col + 4)};
-        for (int q = 0; q < 2 && !value; ++q) {
-          if (biased) {
-            Pairs<float, 2> const b = *reinterpret_cast<Pairs<float, 2> const*>(&bias(col + 4 * q));
-            for (int k = 0; k < 4; ++k) a[q].v[k] += b.v[k];
-          }
-          if (rotated) {
-            Pairs<float, 2> const t = pairs_at<float, 2>(turns, row, j0 + 4 * q);
-            for (int k = 0; k < 2; ++k) {
-              float const a0 = a[q].v[2 * k], a1 = a[q].v[2 * k + 1], cs = t.v[2 * k], sn = shape.turn * t.v[2 * k + 1];
-              a[q].v[2 * k] = a0 * cs - a1 * sn;
-              a[q].v[2 * k + 1] = a1 * cs + a0 * sn;
-            }
-          }
-        }
-        long const r = store.row0 + row, b = store.batch_of.row(r), t = r - b * store.batch_of.per_row;
-        Pairs<detail::bf16, 4> v;
-        for (int k = 0; k < 8; ++k) v.v[k] = detail::to_bf16(a[k / 4].v[k % 4]);
-        *reinterpret_cast<Pairs<detail::bf16, 4>*>(&store.out(b * heads + h, t, 8 * piece)) = v;
-      });
-}
 }  // namespace
 
 void bias_and_rope(ExecSpace const& space, TokenMatrix const& m, TokenVector const& bias,
@@ -236,20 +188,7 @@ void bias_and_rope_to_bf16(ExecSpace const& space, TokenMatrix const& m, TokenVe
   PassShape const shape = shape_of(static_cast<long>(m.extent(1)), bias, embed, heads, 1, rope);
   bool const out_quads = aligned_to(out.data(), static_cast<long>(out.stride(1)), 8);
   RoundedToHeadRows const store{out, out_row0, detail::RowSplit(batch, tokens), heads, d, embed};
-  bool const pieces = d % 8 == 0 && (shape.biased == 0 || shape.biased == embed) && detail::rows_of_vectors(m) &&
-                      aligned_to(bias.data(), 0, 16) && aligned_to(out.data(), static_cast<long>(out.stride(1)), 16);
-  if (!pieces) {
-    bias_rope(space, label, m, bias, positions, shape, base, turns, out_quads, store);
-    return;
-  }
-  TokenMatrix table;
-  if (shape.rotated > 0) {
-    TokenMatrix own;
-    TokenMatrix& buffer = turns != nullptr ? *turns : own;
-    table = detail::first_rows(buffer, "proteus::rope::turns", static_cast<long>(m.extent(0)), d);
-    fill_turns(space, positions, d, base, table);
-  }
-  kv_pieces_to_head_rows(space, label, m, bias, table, shape, store);
+  bias_rope(space, label, m, bias, positions, shape, base, turns, out_quads, store);
 }
 
 void rope_backward(ExecSpace const& space, TokenMatrix const& g, PositionVector const& positions, int embed, int heads,
