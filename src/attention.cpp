@@ -280,7 +280,7 @@ inline KvLayout<float> kv_layout(TokenMatrix const& kv, int heads, long batch) {
 }
 
 // BF16 head rows [B*H x T x 2D]: each (head, token)'s key and value side by side.
-inline KvLayout<bf16> kv_layout(Bf16HeadRows const& kv, int heads, long) {
+inline KvLayout<bf16> kv_layout(Bf16HeadRows const& kv, int heads) {
   long const d = static_cast<long>(kv.extent(2)) / 2, head_step = static_cast<long>(kv.stride(0));
   bool const vectors = d % per_vector<bf16> == 0 && reinterpret_cast<std::uintptr_t>(kv.data()) % 16 == 0;
   return {kv.data(), static_cast<long>(kv.extent(1)), heads * head_step, head_step, static_cast<long>(kv.stride(1)), d,
@@ -302,7 +302,7 @@ struct Blocks {
   Kokkos::View<int*, MemSpace> candidate_count;
   RowSoftmax softmax;
   int heads, embed, d;
-  long tokens, q_stride, stride, value_offset, dna_blocks;
+  long tokens, q_stride, dna_blocks;
   float scale;
   bool count, biased, with_softmax;
   bool stage;  // whether blocks of rows close together stage the union of their windows
@@ -327,8 +327,6 @@ struct Blocks {
         d(embed / heads_) {
     tokens = kv.tokens;
     q_stride = static_cast<long>(q.stride(0));
-    stride = kv.stride;
-    value_offset = kv.value_offset;
     dna_blocks = (tokens + p.dna_block - 1) / p.dna_block;
     scale = 1.0f / std::sqrt(static_cast<float>(d));
     count = counts.extent(0) > 0;
@@ -351,7 +349,7 @@ struct Blocks {
     hi = row_token(r0 + n - 1);
     return stage && proteus::walks_union(p, row_token(r0), hi);
   }
-  // Keys of batch b, head h: key of token t at keys(b, h) + t * stride, its value value_offset further.
+  // Keys of batch b, head h: key of token t at keys(b, h) + t * kv.stride, its value kv.value_offset further.
   KOKKOS_INLINE_FUNCTION Kv const* keys(long b, long h) const { return kv.data + b * kv.batch_step + h * kv.head_step; }
   KOKKOS_INLINE_FUNCTION float const* query(long h, long qrow) const { return q.data() + h * d + qrow * q_stride; }
   KOKKOS_INLINE_FUNCTION Position const* dna_of(long b, long t) const {
@@ -363,14 +361,14 @@ struct Blocks {
     load_row<D, Wide>(query(h, qrow), d, qr);
     for (int j = 0; j < D; ++j) qr[j] *= scale;
   }
-  // Adds candidate c, read from the head's keys k (values at k + value_offset), to s.
+  // Adds candidate c, read from the head's keys k (values kv.value_offset further), to s.
   template <int D, bool Wide>
   KOKKOS_INLINE_FUNCTION void add(detail::SoftmaxState<D>& s, float const (&qr)[D], Kv const* k, long c) const {
     float kc[D], vc[D];
-    load_row<D, Wide>(k + c * stride, d, kc);
+    load_row<D, Wide>(k + c * kv.stride, d, kc);
     float dot = 0.0f;
     for (int j = 0; j < D; ++j) dot += qr[j] * kc[j];
-    load_row<D, Wide>(k + value_offset + c * stride, d, vc);
+    load_row<D, Wide>(k + kv.value_offset + c * kv.stride, d, vc);
     s.add(dot, vc);
   }
   template <int D>
@@ -463,7 +461,7 @@ void attend_union(ExecSpace const& space, Blocks<Kv> const& a, long blocks) {
         a.rows_of(team.league_rank(), r0, n, b, h);
         if (!a.walks_union(r0, n, lo, hi)) return;
         Kv const* k = a.keys(b, h);
-        Kv const* v = k + a.value_offset;
+        Kv const* v = k + a.kv.value_offset;
         Floats tile_k(team.team_scratch(0), tile * pitch), tile_v(team.team_scratch(0), tile * pitch);
         States states(team.team_scratch(0), attention_block_rows * lanes);
         Kokkos::parallel_for(Kokkos::TeamThreadRange(team, n), [&](int r) {
@@ -475,8 +473,8 @@ void attend_union(ExecSpace const& space, Blocks<Kv> const& a, long blocks) {
           Kokkos::parallel_for(Kokkos::TeamThreadRange(team, len), [&](int i) {
             Kokkos::parallel_for(Kokkos::ThreadVectorRange(team, D), [&](int j) {
               bool const in = j < a.d;
-              tile_k(i * pitch + j) = in ? widen(k[(c0 + i) * a.stride + j]) : 0.0f;
-              tile_v(i * pitch + j) = in ? widen(v[(c0 + i) * a.stride + j]) : 0.0f;
+              tile_k(i * pitch + j) = in ? widen(k[(c0 + i) * a.kv.stride + j]) : 0.0f;
+              tile_v(i * pitch + j) = in ? widen(v[(c0 + i) * a.kv.stride + j]) : 0.0f;
             });
           });
           team.team_barrier();
@@ -568,7 +566,7 @@ void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const
 void attend(ExecSpace const& space, ShortlistPlan const& plan, TokenMatrix const& q, Bf16HeadRows const& kv,
             TokenVector const& value_bias, ActiveRows const& rows, CandidateLists const& dna_lists, int heads,
             TokenMatrix const& ctx, Kokkos::View<int*, MemSpace> const& candidate_count, RowSoftmax const& softmax) {
-  attend_stored(space, plan, q, kv_layout(kv, heads, 0), value_bias, rows, dna_lists, heads, ctx, candidate_count,
+  attend_stored(space, plan, q, kv_layout(kv, heads), value_bias, rows, dna_lists, heads, ctx, candidate_count,
                 softmax);
 }
 

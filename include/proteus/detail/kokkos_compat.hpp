@@ -319,11 +319,11 @@ void gemm_bf16_nt(Space const& space, Bf16View const& a, Bf16View const& b, Floa
     throw std::runtime_error("proteus: cuBLAS: cannot set the stream of a BF16 GEMM");
   float const one = 1.0f, zero = 0.0f;
   // Row-major C = A B^T is column-major C^T = B A^T: cuBLAS sees B^T [k x m] and A^T [k x n].
-  cublasStatus_t const status =
-      cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(c.extent(1)), static_cast<int>(c.extent(0)),
-                   static_cast<int>(a.extent(1)), &one, b.data(), CUDA_R_16BF, static_cast<int>(b.stride(0)), a.data(),
-                   CUDA_R_16BF, static_cast<int>(a.stride(0)), &zero, c.data(), CUDA_R_32F,
-                   static_cast<int>(c.stride(0)), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  cublasStatus_t const status = cublasGemmEx(
+      handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(c.extent(1)), static_cast<int>(c.extent(0)),
+      static_cast<int>(a.extent(1)), &one, b.data(), CUDA_R_16BF, static_cast<int>(b.stride(0)), a.data(), CUDA_R_16BF,
+      static_cast<int>(a.stride(0)), &zero, c.data(), CUDA_R_32F, static_cast<int>(c.stride(0)), CUBLAS_COMPUTE_32F,
+      CUBLAS_GEMM_DEFAULT);
   cublasSetStream(handle, saved);
   if (status != CUBLAS_STATUS_SUCCESS)
     throw std::runtime_error("proteus: cuBLAS: cublasGemmEx (BF16) failed with status " + std::to_string(status));
