@@ -302,7 +302,7 @@ struct Blocks {
   Kokkos::View<int*, MemSpace> candidate_count;
   RowSoftmax softmax;
   int heads, embed, d;
-  long tokens, q_stride, dna_blocks;
+  long q_stride, dna_blocks;
   float scale;
   bool count, biased, with_softmax;
   bool stage;  // whether blocks of rows close together stage the union of their windows
@@ -325,9 +325,8 @@ struct Blocks {
         heads(heads_),
         embed(static_cast<int>(q_.extent(1))),
         d(embed / heads_) {
-    tokens = kv.tokens;
     q_stride = static_cast<long>(q.stride(0));
-    dna_blocks = (tokens + p.dna_block - 1) / p.dna_block;
+    dna_blocks = (kv.tokens + p.dna_block - 1) / p.dna_block;
     scale = 1.0f / std::sqrt(static_cast<float>(d));
     count = counts.extent(0) > 0;
     biased = value_bias.extent(0) > 0;

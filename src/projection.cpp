@@ -100,10 +100,11 @@ Bf16Matrix rounded(ExecSpace const& space, TokenMatrix const& m, Bf16Matrix& buf
   return out;
 }
 
-// Rows [begin, end) of a weight rounded by round_weights, or an empty matrix where it was not.
-Bf16Matrix rounded_rows(Bf16Matrix const& rounded, long begin, long end) {
-  if (rounded.extent(0) < static_cast<size_t>(end)) return Bf16Matrix();
-  return Kokkos::subview(rounded, std::make_pair(begin, end), Kokkos::ALL);
+// Rows [begin, end) of the weight round_weights rounded into operands->*weight, or an empty matrix
+// where it did not (no operands, or not rounded).
+Bf16Matrix rounded_rows(Bf16Operands const* operands, Bf16Matrix Bf16Operands::*weight, long begin, long end) {
+  if (operands == nullptr || (operands->*weight).extent(0) < static_cast<size_t>(end)) return Bf16Matrix();
+  return Kokkos::subview(operands->*weight, std::make_pair(begin, end), Kokkos::ALL);
 }
 
 // c = a b^T in the given precision; TF32 only around this one call (the router's and the DNA's
@@ -129,10 +130,6 @@ void gemm_nt(ExecSpace const& space, TokenMatrix const& a, TokenMatrix const& b,
     }
   }
 }
-
-Bf16Matrix qkv_rows(Bf16Operands const* operands, long begin, long end) {
-  return operands != nullptr ? rounded_rows(operands->qkv_weight, begin, end) : Bf16Matrix();
-}
 }  // namespace
 
 void round_weights(ExecSpace const& space, Weights const& w, Bf16Operands& operands) {
@@ -144,14 +141,14 @@ void project_q(ExecSpace const& space, TokenMatrix const& x, Weights const& w, T
                GemmPrecision precision, Bf16Operands* operands) {
   long const e = static_cast<long>(w.out_weight.extent(0));
   TokenMatrix const wq = Kokkos::subview(w.qkv_weight, std::make_pair(0L, e), Kokkos::ALL);
-  gemm_nt(space, x, wq, q, precision, operands, qkv_rows(operands, 0, e));
+  gemm_nt(space, x, wq, q, precision, operands, rounded_rows(operands, &Bf16Operands::qkv_weight, 0, e));
 }
 
 void project_kv(ExecSpace const& space, TokenMatrix const& x, Weights const& w, TokenMatrix const& kv,
                 GemmPrecision precision, Bf16Operands* operands) {
   long const e = static_cast<long>(w.out_weight.extent(0));
   TokenMatrix const wkv = Kokkos::subview(w.qkv_weight, std::make_pair(e, 3 * e), Kokkos::ALL);
-  gemm_nt(space, x, wkv, kv, precision, operands, qkv_rows(operands, e, 3 * e));
+  gemm_nt(space, x, wkv, kv, precision, operands, rounded_rows(operands, &Bf16Operands::qkv_weight, e, 3 * e));
 }
 
 void project_output(ExecSpace const& space, TokenMatrix const& ctx, Weights const& w, TokenMatrix const& y,
@@ -163,8 +160,7 @@ void project_output(ExecSpace const& space, TokenMatrix const& ctx, Weights cons
 void project_output_unbiased(ExecSpace const& space, TokenMatrix const& ctx, Weights const& w, TokenMatrix const& y,
                              GemmPrecision precision, Bf16Operands* operands) {
   long const e = static_cast<long>(w.out_weight.extent(0));
-  gemm_nt(space, ctx, w.out_weight, y, precision, operands,
-          operands != nullptr ? rounded_rows(operands->out_weight, 0, e) : Bf16Matrix());
+  gemm_nt(space, ctx, w.out_weight, y, precision, operands, rounded_rows(operands, &Bf16Operands::out_weight, 0, e));
 }
 
 void project_output_backward(ExecSpace const& space, TokenMatrix const& ctx, TokenMatrix const& dy, Weights const& w,
